@@ -74,6 +74,46 @@ pub struct RegionHeader {
 }
 const _: () = assert!(size_of::<RegionHeader>() == 128);
 
+impl RegionHeader {
+    /// The header's bytes as they lie in memory (native byte order, `#[repr(C)]` offsets),
+    /// for writing it into a region without unsafe code.
+    pub fn to_bytes(&self) -> [u8; 128] {
+        let mut b = [0u8; 128];
+        b[0..8].copy_from_slice(&self.magic.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.abi_version.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.num_fp_queues.to_ne_bytes());
+        b[16..20].copy_from_slice(&self.queue_entries.to_ne_bytes());
+        b[20..24].copy_from_slice(&self.conn_slots.to_ne_bytes());
+        b[24..32].copy_from_slice(&self.region_size.to_ne_bytes());
+        b[32..40].copy_from_slice(&self.queues_offset.to_ne_bytes());
+        b[40..48].copy_from_slice(&self.sp_queue_offset.to_ne_bytes());
+        b[48..56].copy_from_slice(&self.payload_offset.to_ne_bytes());
+        b[56..60].copy_from_slice(&self.rx_buf_size.to_ne_bytes());
+        b[60..64].copy_from_slice(&self.tx_buf_size.to_ne_bytes());
+        b
+    }
+
+    /// Decode a header from its bytes (the inverse of [`RegionHeader::to_bytes`]).
+    pub fn from_bytes(b: &[u8; 128]) -> Self {
+        let u32_at = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        RegionHeader {
+            magic: u64_at(0),
+            abi_version: u32_at(8),
+            num_fp_queues: u32_at(12),
+            queue_entries: u32_at(16),
+            conn_slots: u32_at(20),
+            region_size: u64_at(24),
+            queues_offset: u64_at(32),
+            sp_queue_offset: u64_at(40),
+            payload_offset: u64_at(48),
+            rx_buf_size: u32_at(56),
+            tx_buf_size: u32_at(60),
+            _reserved: [0; 8],
+        }
+    }
+}
+
 /// An index word alone on its cache line.
 #[repr(C, align(64))]
 #[derive(Debug)]
@@ -724,6 +764,9 @@ mod tests {
         let l = layout();
         let h = l.header();
         assert_eq!(Layout::validate(&h, l.region_size()), Ok(l));
+        assert_eq!(RegionHeader::from_bytes(&h.to_bytes()).to_bytes(), h.to_bytes());
+        assert_eq!(core::mem::offset_of!(RegionHeader, tx_buf_size), 60);
+        assert_eq!(core::mem::offset_of!(RegionHeader, region_size), 24);
         assert_eq!(Layout::validate(&h, l.region_size() - 1), Err(LayoutError::TooSmall));
         let mut bad = h;
         bad.magic = 0;

@@ -1,1 +1,14 @@
-//! Slow path.
+//! The TAS slow path and the pieces of the `tasd` service.
+//!
+//! - [`slow`]: the sans-I/O slow path (connection setup/teardown, listeners, timers,
+//!   neighbour resolution, application control requests).
+//! - [`config`]: configuration file and flags.
+//! - [`frames`]: frames the slow path builds.
+//! - [`sim`]: a whole service on the in-memory link for deterministic tests.
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod frames;
+pub mod sim;
+pub mod slow;

@@ -1,0 +1,1033 @@
+//! The per-core engine and its poll loop.
+//!
+//! [`FastPath::poll`] runs one batch: slow-path commands, a burst of received frames,
+//! application doorbells, the queue manager's transmissions, ACKs, events to the
+//! applications, one transmit kick, and a slice of the retransmission-timer scan. It is
+//! driven by a thread pinned to its core in the service ([`run_pinned`]) and directly
+//! by the simulator and the benchmarks, with the time passed in.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringbuf::traits::{Consumer, Observer, Producer};
+use tas_proto::queue::ShmQueue;
+use tas_proto::shm::{Doorbell, FpEvent};
+
+use crate::ctl::*;
+use crate::flow::*;
+use crate::io::{PacketIo, RxFrame, MAX_FRAME};
+use crate::qman::ReadyQueue;
+use crate::rx::{self, RxCounters, SegInfo};
+use crate::time::{Clock, Instant};
+use crate::tx;
+use crate::wire::{self, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, TcpFlags, TcpSegment};
+
+/// Settings of one fast-path core.
+#[derive(Debug, Clone)]
+pub struct FpConfig {
+    /// Core number (= queue pair index in every app region).
+    pub core: u8,
+    /// The service's address.
+    pub local_ip: Ipv4Addr,
+    /// The interface's Ethernet address.
+    pub local_mac: EthernetAddress,
+    /// Flow slots on this core.
+    pub flow_capacity: u32,
+    /// Frames per receive burst (32-64 is the sweet spot).
+    pub rx_batch: usize,
+    /// Segments one flow may send per scheduling turn.
+    pub tx_burst: u32,
+    /// Minimum RTO in µs (Linux uses 200 ms).
+    pub min_rto_us: u32,
+    /// Maximum RTO in µs (RFC 6298 allows a cap of at least 60 s).
+    pub max_rto_us: u32,
+    /// RTO before an RTT sample exists, µs (RFC 6298: 1 s).
+    pub initial_rto_us: u32,
+    /// Consecutive timeouts before the connection is given up.
+    pub max_retries: u8,
+    /// Verify IPv4/TCP checksums of received frames (off only for NICs that do it).
+    pub verify_checksums: bool,
+}
+
+impl FpConfig {
+    /// Defaults for `core`, address and MAC.
+    pub fn new(core: u8, local_ip: Ipv4Addr, local_mac: EthernetAddress) -> Self {
+        FpConfig {
+            core,
+            local_ip,
+            local_mac,
+            flow_capacity: 16_384,
+            rx_batch: 32,
+            tx_burst: 16,
+            min_rto_us: 200_000,
+            max_rto_us: 60_000_000,
+            initial_rto_us: 1_000_000,
+            max_retries: 12,
+            verify_checksums: true,
+        }
+    }
+}
+
+/// Per-core counters, readable by other threads (single writer: the core).
+#[derive(Debug, Default)]
+pub struct CoreCounters {
+    /// Frames received.
+    pub rx_frames: AtomicU64,
+    /// Frames transmitted (data, ACKs, slow-path frames).
+    pub tx_frames: AtomicU64,
+    /// Data segments sent (first transmissions and retransmissions).
+    pub tx_segments: AtomicU64,
+    /// Pure ACKs sent.
+    pub tx_acks: AtomicU64,
+    /// Payload bytes delivered in order to applications.
+    pub rx_payload_bytes: AtomicU64,
+    /// Payload bytes transmitted.
+    pub tx_payload_bytes: AtomicU64,
+    /// Frames handed to the slow path.
+    pub exceptions: AtomicU64,
+    /// Exceptions dropped because the slow-path queue was full.
+    pub exceptions_dropped: AtomicU64,
+    /// Frames dropped: not parseable (truncated, malformed).
+    pub drop_malformed: AtomicU64,
+    /// Frames dropped: bad IPv4 or TCP checksum.
+    pub drop_checksum: AtomicU64,
+    /// Frames dropped: not addressed to the service's IP.
+    pub drop_not_ours: AtomicU64,
+    /// Frames dropped: IPv4 but not TCP.
+    pub drop_not_tcp: AtomicU64,
+    /// Frames dropped: fragments or unsupported IPv4 features.
+    pub drop_unsupported: AtomicU64,
+    /// Segments received out of order and kept.
+    pub ooo_kept: AtomicU64,
+    /// Segments received out of order and dropped.
+    pub ooo_dropped: AtomicU64,
+    /// Payload bytes dropped for lack of receive window.
+    pub window_dropped: AtomicU64,
+    /// Duplicate segments.
+    pub rx_duplicates: AtomicU64,
+    /// Duplicate ACKs received.
+    pub dupacks: AtomicU64,
+    /// Retransmission timeouts.
+    pub rto_fired: AtomicU64,
+    /// Fast retransmits.
+    pub fast_retransmits: AtomicU64,
+    /// Doorbells processed.
+    pub doorbells: AtomicU64,
+    /// Doorbells rejected (bad flow, slot or length).
+    pub bad_doorbells: AtomicU64,
+    /// Application queues found corrupt.
+    pub corrupt_queues: AtomicU64,
+    /// Events dropped because an application's event queue was full.
+    pub app_queue_full: AtomicU64,
+    /// Transmit frames unavailable when needed.
+    pub tx_no_frame: AtomicU64,
+    /// Transmit kick errors.
+    pub tx_errors: AtomicU64,
+    /// Polls that did work.
+    pub busy_polls: AtomicU64,
+    /// Polls that found nothing.
+    pub idle_polls: AtomicU64,
+    /// Times the core went to sleep.
+    pub sleeps: AtomicU64,
+    /// Live flows.
+    pub flows: AtomicU64,
+}
+
+#[inline]
+fn bump(c: &AtomicU64, n: u64) {
+    // Single writer: a plain load+store is enough and avoids a locked instruction.
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// Wakes a thread that may be sleeping (the slow path, or this core).
+pub trait Notify: Send + Sync {
+    /// Wake it.
+    fn notify(&self);
+}
+
+/// A sleeping core's doorbell: an eventfd plus the flag that says a write is needed.
+#[derive(Debug)]
+pub struct CoreDoorbell {
+    /// The eventfd applications and the slow path write.
+    pub fd: Arc<OwnedFd>,
+    /// True while the core sleeps (or is about to).
+    pub sleeping: AtomicBool,
+}
+
+impl CoreDoorbell {
+    /// A new doorbell (non-blocking, close-on-exec eventfd).
+    pub fn new() -> std::io::Result<Self> {
+        Ok(CoreDoorbell { fd: Arc::new(eventfd()?), sleeping: AtomicBool::new(false) })
+    }
+    /// Ring it if the core sleeps.
+    pub fn ring(&self) {
+        if self.sleeping.load(Ordering::SeqCst) {
+            eventfd_write(self.fd.as_raw_fd());
+        }
+    }
+}
+
+impl Notify for CoreDoorbell {
+    fn notify(&self) {
+        self.ring()
+    }
+}
+
+/// Make an eventfd.
+pub fn eventfd() -> std::io::Result<OwnedFd> {
+    crate::sys::eventfd()
+}
+
+/// Add 1 to an eventfd (ignoring EAGAIN: the counter is already non-zero).
+pub fn eventfd_write(fd: RawFd) {
+    crate::sys::eventfd_write(fd)
+}
+
+struct AppSlot {
+    attach: Box<AppAttach>,
+    to_fp: ShmQueue,
+    to_app: ShmQueue,
+    /// Events pushed in this batch, not yet published.
+    dirty: bool,
+    /// The app corrupted a queue: ignore it until the slow path removes it.
+    broken: bool,
+}
+
+/// What one poll did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PollResult {
+    /// Frames received.
+    pub rx: usize,
+    /// Frames sent.
+    pub tx: usize,
+    /// Doorbells and commands handled.
+    pub other: usize,
+}
+
+impl PollResult {
+    /// True if anything happened.
+    pub fn did_work(&self) -> bool {
+        self.rx + self.tx + self.other > 0
+    }
+}
+
+/// The engine of one fast-path core.
+pub struct FastPath<IO: PacketIo> {
+    cfg: FpConfig,
+    io: IO,
+    flows: FlowTable,
+    apps: Vec<Option<AppSlot>>,
+    cmds: CommandRx,
+    to_slow: ToSlowTx,
+    slow_notify: Option<Arc<dyn Notify>>,
+    counters: Arc<CoreCounters>,
+    rxc: RxCounters,
+    ready: ReadyQueue,
+    touched: Vec<u32>,
+    frames: Vec<RxFrame>,
+    ident: u16,
+    rto_cursor: u32,
+    now: Instant,
+    now_us: u32,
+    notified_slow: bool,
+}
+
+impl<IO: PacketIo> std::fmt::Debug for FastPath<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPath").field("core", &self.cfg.core).field("flows", &self.flows.len()).finish()
+    }
+}
+
+/// Maximum application contexts per core.
+pub const MAX_APPS: usize = 1024;
+/// Doorbells taken from one application per poll (fairness between applications).
+const DOORBELL_BUDGET: usize = 64;
+/// Flows examined by the timer scan per poll.
+const RTO_SCAN_PER_POLL: u32 = 64;
+
+impl<IO: PacketIo> FastPath<IO> {
+    /// A core engine over `io`, receiving commands on `cmds` and reporting on `to_slow`.
+    pub fn new(cfg: FpConfig, io: IO, cmds: CommandRx, to_slow: ToSlowTx, slow_notify: Option<Arc<dyn Notify>>) -> Self {
+        let cap = cfg.flow_capacity;
+        FastPath {
+            flows: FlowTable::new(cap, rand::random()),
+            apps: (0..MAX_APPS).map(|_| None).collect(),
+            ready: ReadyQueue::new(cap),
+            touched: Vec::with_capacity(cfg.rx_batch * 2 + DOORBELL_BUDGET * 4),
+            frames: vec![RxFrame::default(); cfg.rx_batch],
+            cfg,
+            io,
+            cmds,
+            to_slow,
+            slow_notify,
+            counters: Arc::new(CoreCounters::default()),
+            rxc: RxCounters::default(),
+            ident: 0,
+            rto_cursor: 0,
+            now: Instant::ZERO,
+            now_us: 0,
+            notified_slow: false,
+        }
+    }
+
+    /// This core's counters (shared with readers).
+    pub fn counters(&self) -> Arc<CoreCounters> {
+        self.counters.clone()
+    }
+    /// The packet I/O (for tests and statistics).
+    pub fn io(&self) -> &IO {
+        &self.io
+    }
+    /// Mutable packet I/O (for scripted tests).
+    pub fn io_mut(&mut self) -> &mut IO {
+        &mut self.io
+    }
+    /// The flow table (read-only; for tests and the control API's snapshots).
+    pub fn flows(&self) -> &FlowTable {
+        &self.flows
+    }
+    /// File descriptors to poll while idle.
+    pub fn poll_fds(&self) -> Vec<RawFd> {
+        self.io.poll_fds()
+    }
+
+    /// Run one batch at time `now`.
+    pub fn poll(&mut self, now: Instant) -> PollResult {
+        self.now = now;
+        self.now_us = (now.as_nanos() / 1_000) as u32;
+        self.notified_slow = false;
+        let mut res = PollResult { other: self.commands(), ..PollResult::default() };
+        res.rx = self.receive();
+        if res.rx > 0 {
+            self.publish_rx_counters();
+        }
+        res.other += self.doorbells();
+        res.tx = self.transmit();
+        self.timers();
+        self.finish_batch();
+        if let Err(_e) = self.io.tx_flush() {
+            bump(&self.counters.tx_errors, 1);
+        }
+        if self.notified_slow {
+            if let Some(n) = &self.slow_notify {
+                n.notify();
+            }
+        }
+        if res.did_work() {
+            bump(&self.counters.busy_polls, 1);
+        } else {
+            bump(&self.counters.idle_polls, 1);
+        }
+        res
+    }
+
+    fn publish_rx_counters(&self) {
+        let (c, r) = (&self.counters, &self.rxc);
+        for (a, v) in [
+            (&c.ooo_kept, r.ooo_kept),
+            (&c.ooo_dropped, r.ooo_dropped),
+            (&c.window_dropped, r.window_dropped),
+            (&c.rx_duplicates, r.duplicates),
+            (&c.dupacks, r.dupacks),
+        ] {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
+    // ---- commands -------------------------------------------------------------------
+
+    fn commands(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(cmd) = self.cmds.try_pop() {
+            n += 1;
+            match cmd {
+                Command::AddApp { slot, app } => self.add_app(slot, app),
+                Command::RemoveApp { slot } => {
+                    if let Some(s) = self.apps.get_mut(slot as usize) {
+                        *s = None;
+                    }
+                }
+                Command::InstallFlow { flow, state } => {
+                    let state = *state;
+                    if self.flows.insert(flow, state).is_ok() {
+                        bump(&self.counters.flows, 1);
+                        // Data the app queued before installation, or a FIN, goes out now.
+                        self.schedule(flow);
+                    } else {
+                        tracing::error!(core = self.cfg.core, flow, "flow install refused");
+                    }
+                }
+                Command::RemoveFlow { flow } => {
+                    if let Ok(st) = self.flows.remove(flow) {
+                        self.counters.flows.store(self.flows.len() as u64, Ordering::Relaxed);
+                        self.report(ToSlow::FlowRemoved { flow, state: Box::new(st) });
+                    }
+                }
+                Command::SendFrame(frame) => {
+                    self.send_raw(&frame);
+                }
+                Command::Reinject(frame) => {
+                    self.process_frame(&frame);
+                }
+                Command::Retransmit { flow } => self.go_back(flow),
+                Command::Snapshot(reply) => {
+                    let flows = self.flows.iter().map(|(i, f)| (i, *f)).collect();
+                    let _ = reply.try_send((self.cfg.core, flows));
+                }
+            }
+        }
+        n
+    }
+
+    fn add_app(&mut self, slot: u16, app: Box<AppAttach>) {
+        let l = app.layout;
+        let c = self.cfg.core as u32;
+        let (Some(to_fp), Some(mut to_app)) = (
+            app.mem.queue(l.to_fp_offset(c), l.queue_entries),
+            app.mem.queue(l.to_app_offset(c), l.queue_entries),
+        ) else {
+            tracing::error!(core = self.cfg.core, app = app.app_id, "app region too small for its queues");
+            return;
+        };
+        // The service initialised the queues; pick up where they are.
+        to_app.resume_as_producer();
+        if let Some(s) = self.apps.get_mut(slot as usize) {
+            *s = Some(AppSlot { attach: app, to_fp, to_app, dirty: false, broken: false });
+        }
+    }
+
+    fn send_raw(&mut self, frame: &[u8]) -> bool {
+        let Some(t) = self.io.tx_alloc() else {
+            bump(&self.counters.tx_no_frame, 1);
+            return false;
+        };
+        let buf = self.io.tx_data(&t);
+        if frame.len() > buf.len() {
+            self.io.tx_abort(t);
+            return false;
+        }
+        buf[..frame.len()].copy_from_slice(frame);
+        self.io.tx_submit(t, frame.len());
+        bump(&self.counters.tx_frames, 1);
+        true
+    }
+
+    fn report(&mut self, m: ToSlow) {
+        if self.to_slow.try_push(m).is_err() {
+            bump(&self.counters.exceptions_dropped, 1);
+        }
+        self.notified_slow = true;
+    }
+
+    // ---- receive --------------------------------------------------------------------
+
+    fn receive(&mut self) -> usize {
+        let mut frames = std::mem::take(&mut self.frames);
+        let n = self.io.rx_burst(&mut frames);
+        if n > 0 {
+            bump(&self.counters.rx_frames, n as u64);
+            // Prefetch the index buckets of the whole batch before touching any flow.
+            for f in &frames[..n] {
+                if let Some(key) = peek_key(self.io.rx_data(f)) {
+                    self.flows.prefetch(key);
+                }
+            }
+            for f in &frames[..n] {
+                let (action, exc) = {
+                    let FastPath { io, cfg, flows, apps, counters, rxc, ready, touched, now_us, to_slow, .. } = self;
+                    let mut parts = Parts { cfg, flows, apps, counters, rxc, ready, touched, now_us: *now_us };
+                    let data = io.rx_data(f);
+                    let action = parts.on_frame(data);
+                    let exc = match action {
+                        FrameAction::Exception => exc_copy(counters, to_slow, data),
+                        _ => None,
+                    };
+                    (action, exc)
+                };
+                self.act(action, exc);
+            }
+            self.io.rx_release(&frames[..n]);
+        }
+        self.frames = frames;
+        n
+    }
+
+    fn parts(&mut self) -> Parts<'_> {
+        Parts {
+            cfg: &self.cfg,
+            flows: &mut self.flows,
+            apps: &mut self.apps,
+            counters: &self.counters,
+            rxc: &mut self.rxc,
+            ready: &mut self.ready,
+            touched: &mut self.touched,
+            now_us: self.now_us,
+        }
+    }
+
+
+    fn act(&mut self, action: FrameAction, exc: Option<Box<ExcFrame>>) {
+        match action {
+            FrameAction::Done => {}
+            FrameAction::Exception => {
+                if let Some(f) = exc {
+                    self.report(ToSlow::Frame(f));
+                }
+            }
+            FrameAction::Note(flow, note) => self.report(ToSlow::Note { flow, note }),
+            FrameAction::FastRetransmit(flow) => {
+                bump(&self.counters.fast_retransmits, 1);
+                self.go_back(flow);
+            }
+        }
+    }
+
+    /// Process a frame that is not in the I/O buffers (reinjected by the slow path).
+    fn process_frame(&mut self, data: &[u8]) {
+        let action = self.parts().on_frame(data);
+        let exc = match action {
+            FrameAction::Exception => exc_copy(&self.counters, &self.to_slow, data),
+            _ => None,
+        };
+        self.act(action, exc);
+    }
+
+    // ---- doorbells ------------------------------------------------------------------
+
+    fn doorbells(&mut self) -> usize {
+        let mut n = 0;
+        for slot in 0..self.apps.len() {
+            let Some(app) = self.apps[slot].as_mut() else { continue };
+            if app.broken {
+                continue;
+            }
+            let mut taken = 0;
+            while taken < DOORBELL_BUDGET {
+                let d = match app.to_fp.pop() {
+                    Ok(Some(d)) => d,
+                    Ok(None) => break,
+                    Err(_) => {
+                        app.broken = true;
+                        bump(&self.counters.corrupt_queues, 1);
+                        tracing::warn!(core = self.cfg.core, app = app.attach.app_id, "doorbell queue corrupt; ignoring app");
+                        break;
+                    }
+                };
+                taken += 1;
+                let ok = match Doorbell::decode(&d) {
+                    Ok(db) => apply_doorbell(&mut self.flows, slot as u16, db, &mut self.ready, &mut self.touched),
+                    Err(_) => false,
+                };
+                if !ok {
+                    bump(&self.counters.bad_doorbells, 1);
+                }
+            }
+            if taken > 0 {
+                app.to_fp.release();
+                n += taken;
+            }
+        }
+        bump(&self.counters.doorbells, n as u64);
+        n
+    }
+
+    // ---- transmit -------------------------------------------------------------------
+
+    fn schedule(&mut self, flow: u32) {
+        if let Some(f) = self.flows.get_mut(flow) {
+            if !f.has(F_IN_TXQ) {
+                f.flags |= F_IN_TXQ;
+                self.ready.push(flow);
+            }
+        }
+    }
+
+    fn go_back(&mut self, flow: u32) {
+        let Some(f) = self.flows.get_mut(flow) else { return };
+        if !f.has(F_ACTIVE) {
+            return;
+        }
+        // Go-back-N: everything unacknowledged is unsent again.
+        f.tx_avail += f.tx_sent;
+        f.tx_sent = 0;
+        if f.has(F_TX_FIN_SENT) && !f.has(F_TX_FIN_ACKED) {
+            f.flags &= !F_TX_FIN_SENT;
+        }
+        f.dupacks = 0;
+        f.cnt_retx = f.cnt_retx.wrapping_add(1);
+        self.schedule(flow);
+    }
+
+    fn transmit(&mut self) -> usize {
+        let mut sent = 0;
+        let rounds = self.ready.len();
+        for _ in 0..rounds {
+            let Some(idx) = self.ready.pop() else { break };
+            let (n, more) = self.send_flow(idx);
+            sent += n;
+            if let Some(f) = self.flows.get_mut(idx) {
+                if more {
+                    self.ready.push(idx);
+                } else {
+                    f.flags &= !F_IN_TXQ;
+                }
+            }
+            if n == 0 && more {
+                break; // out of frames
+            }
+        }
+        sent
+    }
+
+    /// Send what flow `idx` may send now. Returns (segments, still has sendable data).
+    fn send_flow(&mut self, idx: u32) -> (usize, bool) {
+        let mut n = 0;
+        loop {
+            let Some(f) = self.flows.get(idx) else { return (n, false) };
+            if !f.has(F_ACTIVE) {
+                return (n, false);
+            }
+            let f = *f;
+            let room = f.snd_wnd.saturating_sub(f.tx_sent);
+            let mut len = f.tx_avail.min(f.mss as u32).min(room);
+            let probe = len == 0 && f.tx_avail > 0 && f.has(F_PROBE);
+            if probe {
+                len = 1;
+            }
+            let fin_now = f.has(F_TX_FIN_PENDING) && !f.has(F_TX_FIN_SENT) && len == f.tx_avail;
+            if len == 0 && !fin_now {
+                return (n, false);
+            }
+            if n as u32 >= self.cfg.tx_burst {
+                return (n, true);
+            }
+            let mut flags = TcpFlags::ACK;
+            if len > 0 && len == f.tx_avail {
+                flags = flags | TcpFlags::PSH;
+            }
+            if fin_now {
+                flags = flags | TcpFlags::FIN;
+            }
+            let seq = f.snd_una.wrapping_add(f.tx_sent);
+            let pos = f.tx_head.wrapping_add(f.tx_sent);
+            if !self.emit(idx, flags, seq, pos, len as usize) {
+                return (n, true);
+            }
+            let fm = self.flows.get_mut(idx).expect("checked");
+            if fm.tx_sent == 0 && !fm.has(F_TX_FIN_SENT) {
+                fm.progress_us = self.now_us; // start the retransmission timer
+            }
+            fm.tx_sent += len;
+            fm.tx_avail -= len;
+            fm.flags &= !(F_ACK_PENDING | F_PROBE);
+            if fin_now {
+                fm.flags |= F_TX_FIN_SENT;
+            }
+            bump(&self.counters.tx_segments, 1);
+            bump(&self.counters.tx_payload_bytes, len as u64);
+            n += 1;
+            if probe || fin_now {
+                return (n, false);
+            }
+        }
+    }
+
+    /// Build and queue one segment of flow `idx`.
+    fn emit(&mut self, idx: u32, flags: TcpFlags, seq: u32, ring_pos: u32, len: usize) -> bool {
+        let Some(t) = self.io.tx_alloc() else {
+            bump(&self.counters.tx_no_frame, 1);
+            return false;
+        };
+        let f = *self.flows.get(idx).expect("live flow");
+        let mem = self.apps.get(f.app as usize).and_then(|a| a.as_ref()).map(|a| &a.attach.mem);
+        self.ident = self.ident.wrapping_add(1);
+        let buf = self.io.tx_data(&t);
+        match tx::build_segment(&f, self.cfg.local_mac, self.cfg.local_ip, self.ident, self.now_us, flags, seq, ring_pos, len, mem, buf) {
+            Some(total) => {
+                self.io.tx_submit(t, total);
+                bump(&self.counters.tx_frames, 1);
+                true
+            }
+            None => {
+                self.io.tx_abort(t);
+                false
+            }
+        }
+    }
+
+    // ---- timers ---------------------------------------------------------------------
+
+    fn timers(&mut self) {
+        let cap = self.flows.capacity();
+        if cap == 0 || self.flows.is_empty() {
+            return;
+        }
+        for _ in 0..RTO_SCAN_PER_POLL.min(cap) {
+            let idx = self.rto_cursor;
+            self.rto_cursor = (self.rto_cursor + 1) % cap;
+            let Some(f) = self.flows.get(idx) else { continue };
+            if !f.has(F_ACTIVE) {
+                continue;
+            }
+            let outstanding = f.tx_sent > 0 || (f.has(F_TX_FIN_SENT) && !f.has(F_TX_FIN_ACKED));
+            let zero_window = f.tx_sent == 0 && f.tx_avail > 0 && f.snd_wnd == 0;
+            if !outstanding && !zero_window {
+                continue;
+            }
+            let rto = rx::rto_us(f, self.cfg.min_rto_us, self.cfg.max_rto_us, self.cfg.initial_rto_us);
+            let rto = (rto as u64) << f.rto_backoff.min(16);
+            let rto = rto.min(self.cfg.max_rto_us as u64) as u32;
+            if self.now_us.wrapping_sub(f.progress_us) < rto {
+                continue;
+            }
+            let gave_up = f.rto_backoff >= self.cfg.max_retries;
+            let fm = self.flows.get_mut(idx).expect("checked");
+            fm.rto_backoff = fm.rto_backoff.saturating_add(1);
+            fm.progress_us = self.now_us;
+            if gave_up {
+                self.report(ToSlow::Note { flow: idx, note: FlowNote::GaveUp });
+                continue;
+            }
+            if zero_window {
+                fm.flags |= F_PROBE;
+                self.schedule(idx);
+            } else {
+                bump(&self.counters.rto_fired, 1);
+                self.go_back(idx);
+            }
+        }
+    }
+
+    // ---- end of batch: ACKs and application events ----------------------------------
+
+    fn finish_batch(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        for &idx in &touched {
+            let Some(f) = self.flows.get_mut(idx) else { continue };
+            f.flags &= !F_TOUCHED;
+            if !f.has(F_ACTIVE) {
+                continue;
+            }
+            let f = *f;
+            if f.has(F_ACK_PENDING) {
+                let pos = f.tx_head;
+                if self.emit(idx, TcpFlags::ACK, f.snd_nxt(), pos, 0) {
+                    bump(&self.counters.tx_acks, 1);
+                    self.flows.get_mut(idx).expect("live").flags &= !F_ACK_PENDING;
+                }
+            }
+            if f.rx_pending > 0 || f.tx_freed_pending > 0 || (f.has(F_RX_FIN) && !f.has(F_FIN_REPORTED)) {
+                self.post_events(idx);
+            }
+        }
+        self.touched = touched;
+        self.touched.clear();
+        // Publish each application's events once per batch, waking sleepers.
+        for app in self.apps.iter_mut().flatten() {
+            if app.dirty {
+                app.dirty = false;
+                if app.to_app.publish() {
+                    if let Some(w) = &app.attach.wake {
+                        eventfd_write(w.as_raw_fd());
+                    }
+                }
+            }
+        }
+    }
+
+    fn post_events(&mut self, idx: u32) {
+        let f = self.flows.get_mut(idx).expect("live");
+        let Some(app) = self.apps.get_mut(f.app as usize).and_then(|a| a.as_mut()) else { return };
+        let fin_new = f.has(F_RX_FIN) && !f.has(F_FIN_REPORTED);
+        if f.rx_pending > 0 || fin_new {
+            let ev = FpEvent::RxData { conn: f.conn, bytes: f.rx_pending, fin: fin_new };
+            if app.to_app.push(ev.encode()) {
+                bump(&self.counters.rx_payload_bytes, f.rx_pending as u64);
+                f.rx_pending = 0;
+                if fin_new {
+                    f.flags |= F_FIN_REPORTED;
+                }
+                app.dirty = true;
+            } else {
+                bump(&self.counters.app_queue_full, 1);
+                // Retry next batch: keep the flow on the touched list.
+                if f.flags & F_TOUCHED == 0 {
+                    f.flags |= F_TOUCHED;
+                    self.touched.push(idx);
+                }
+            }
+        }
+        if f.tx_freed_pending > 0 {
+            let ev = FpEvent::TxFreed { conn: f.conn, bytes: f.tx_freed_pending };
+            if app.to_app.push(ev.encode()) {
+                f.tx_freed_pending = 0;
+                app.dirty = true;
+            } else {
+                bump(&self.counters.app_queue_full, 1);
+                if f.flags & F_TOUCHED == 0 {
+                    f.flags |= F_TOUCHED;
+                    self.touched.push(idx);
+                }
+            }
+        }
+    }
+
+    /// Prepare to block: announce sleeping on every application doorbell queue and
+    /// report whether it is safe to sleep (nothing pending anywhere).
+    pub fn prepare_sleep(&mut self) -> bool {
+        if !self.ready.is_empty() || !self.cmds.is_empty() {
+            return false;
+        }
+        let mut ok = true;
+        for app in self.apps.iter_mut().flatten() {
+            if !app.broken && !app.to_fp.prepare_sleep() {
+                ok = false;
+            }
+        }
+        if !ok {
+            self.woke();
+        }
+        ok
+    }
+
+    /// Clear the sleeping announcements after waking.
+    pub fn woke(&mut self) {
+        for app in self.apps.iter_mut().flatten() {
+            app.to_fp.woke();
+        }
+    }
+
+    /// True if commands are waiting.
+    pub fn has_commands(&self) -> bool {
+        !self.cmds.is_empty()
+    }
+}
+
+/// Copy a frame for the slow path (None, counted, if its queue is full).
+fn exc_copy(counters: &CoreCounters, to_slow: &ToSlowTx, data: &[u8]) -> Option<Box<ExcFrame>> {
+    bump(&counters.exceptions, 1);
+    if to_slow.is_full() || data.len() > MAX_FRAME {
+        bump(&counters.exceptions_dropped, 1);
+        return None;
+    }
+    let mut f = Box::new(ExcFrame { buf: [0; MAX_FRAME], len: data.len() as u16 });
+    f.buf[..data.len()].copy_from_slice(data);
+    Some(f)
+}
+
+enum FrameAction {
+    Done,
+    Exception,
+    Note(u32, FlowNote),
+    FastRetransmit(u32),
+}
+
+/// The fields a received frame may touch, borrowed apart from the I/O buffers.
+struct Parts<'a> {
+    cfg: &'a FpConfig,
+    flows: &'a mut FlowTable,
+    apps: &'a mut Vec<Option<AppSlot>>,
+    counters: &'a CoreCounters,
+    rxc: &'a mut RxCounters,
+    ready: &'a mut ReadyQueue,
+    touched: &'a mut Vec<u32>,
+    now_us: u32,
+}
+
+impl Parts<'_> {
+    fn on_frame(&mut self, data: &[u8]) -> FrameAction {
+        let Ok(eth) = EthernetFrame::new_checked(data) else {
+            bump(&self.counters.drop_malformed, 1);
+            return FrameAction::Done;
+        };
+        if eth.ethertype() != EtherType::Ipv4 {
+            return FrameAction::Exception; // ARP and others: the slow path decides
+        }
+        let ip = match Ipv4Packet::new_checked(eth.payload()) {
+            Ok(ip) => ip,
+            Err(_) => {
+                bump(&self.counters.drop_malformed, 1);
+                return FrameAction::Done;
+            }
+        };
+        if self.cfg.verify_checksums && !ip.verify_checksum() {
+            bump(&self.counters.drop_checksum, 1);
+            return FrameAction::Done;
+        }
+        if ip.dst_addr() != self.cfg.local_ip {
+            bump(&self.counters.drop_not_ours, 1);
+            return FrameAction::Done;
+        }
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            bump(&self.counters.drop_unsupported, 1);
+            return FrameAction::Done;
+        }
+        if ip.protocol() != wire::ipv4::PROTO_TCP {
+            bump(&self.counters.drop_not_tcp, 1);
+            return FrameAction::Done;
+        }
+        let src = ip.src_addr();
+        let Ok(tcp) = TcpSegment::new_checked(ip.payload()) else {
+            bump(&self.counters.drop_malformed, 1);
+            return FrameAction::Done;
+        };
+        if self.cfg.verify_checksums && !tcp.verify_checksum(src, self.cfg.local_ip) {
+            bump(&self.counters.drop_checksum, 1);
+            return FrameAction::Done;
+        }
+        let key = FlowKey::new(u32::from(src), tcp.src_port(), tcp.dst_port());
+        let Some(idx) = self.flows.lookup(key) else {
+            return FrameAction::Exception;
+        };
+        let flags = tcp.flags();
+        let seg = SegInfo {
+            seq: tcp.seq_number(),
+            ack: tcp.ack_number(),
+            flags,
+            window: tcp.window_len(),
+            ts: tcp.timestamps(),
+        };
+        let f = self.flows.get_mut(idx).expect("indexed flow exists");
+        let Some(app) = self.apps.get(f.app as usize).and_then(|a| a.as_ref()) else {
+            return FrameAction::Exception;
+        };
+        let v = rx::on_segment(f, &seg, tcp.payload(), &app.attach.mem, self.now_us, self.rxc);
+        if v & rx::V_EXCEPTION != 0 {
+            return FrameAction::Exception;
+        }
+        if v & rx::V_ACK != 0 {
+            f.flags |= F_ACK_PENDING;
+        }
+        if v & (rx::V_ACK | rx::V_DELIVERED | rx::V_TX) != 0 || f.tx_freed_pending > 0 {
+            if f.flags & F_TOUCHED == 0 {
+                f.flags |= F_TOUCHED;
+                self.touched.push(idx);
+            }
+        }
+        if v & rx::V_TX != 0 && (f.tx_avail > 0 || (f.has(F_TX_FIN_PENDING) && !f.has(F_TX_FIN_SENT))) && !f.has(F_IN_TXQ) {
+            f.flags |= F_IN_TXQ;
+            self.ready.push(idx);
+        }
+        if v & rx::V_FAST_RETX != 0 {
+            return FrameAction::FastRetransmit(idx);
+        }
+        if v & rx::V_PEER_FIN != 0 {
+            return FrameAction::Note(idx, FlowNote::PeerFin);
+        }
+        if v & rx::V_FIN_ACKED != 0 {
+            return FrameAction::Note(idx, FlowNote::FinAcked);
+        }
+        FrameAction::Done
+    }
+}
+
+/// The flow key of a frame, if it is IPv4/TCP (cheap peek for prefetching; no checks
+/// beyond bounds).
+#[inline]
+fn peek_key(d: &[u8]) -> Option<FlowKey> {
+    if d.len() < 34 + 4 || d[12] != 0x08 || d[13] != 0x00 {
+        return None;
+    }
+    let ihl = ((d[14] & 0x0f) as usize) * 4;
+    let t = 14 + ihl;
+    let p = d.get(t..t + 4)?;
+    let src = u32::from_be_bytes([d[26], d[27], d[28], d[29]]);
+    Some(FlowKey::new(src, u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
+}
+
+/// Apply one doorbell after checking it against the core's own state. False if the
+/// doorbell is invalid (wrong app, slot, flow, or a length beyond the ring).
+fn apply_doorbell(flows: &mut FlowTable, app: u16, db: Doorbell, ready: &mut ReadyQueue, touched: &mut Vec<u32>) -> bool {
+    let (flow, conn) = match db {
+        Doorbell::TxAdded { flow, conn, .. } | Doorbell::RxConsumed { flow, conn, .. } | Doorbell::ShutdownTx { flow, conn } => (flow, conn),
+    };
+    let Some(f) = flows.get_mut(flow) else { return false };
+    if !f.has(F_ACTIVE) || f.app != app || f.conn != conn {
+        return false;
+    }
+    match db {
+        Doorbell::TxAdded { bytes, .. } => {
+            // Never more than the ring can hold beyond what is queued or unacknowledged.
+            let used = f.tx_sent as u64 + f.tx_avail as u64;
+            if bytes == 0 || used + bytes as u64 > f.tx_size as u64 || f.has(F_TX_FIN_PENDING) {
+                return false;
+            }
+            f.tx_avail += bytes;
+        }
+        Doorbell::RxConsumed { bytes, .. } => {
+            let before = f.rx_avail;
+            if bytes == 0 || before as u64 + bytes as u64 > f.rx_size as u64 {
+                return false;
+            }
+            f.rx_avail += bytes;
+            // Window update when the window reopens meaningfully (RFC 9293 3.8.6.2.2,
+            // receiver SWS avoidance: at least min(rcv buffer / 2, MSS) of new space).
+            let threshold = (f.rx_size / 2).min(f.mss as u32 * 2);
+            let advertised = before;
+            if f.rx_avail - advertised >= threshold || advertised < f.mss as u32 {
+                f.flags |= F_ACK_PENDING;
+                if f.flags & F_TOUCHED == 0 {
+                    f.flags |= F_TOUCHED;
+                    touched.push(flow);
+                }
+            }
+            return true;
+        }
+        Doorbell::ShutdownTx { .. } => {
+            if f.has(F_TX_FIN_PENDING) {
+                return true;
+            }
+            f.flags |= F_TX_FIN_PENDING;
+        }
+    }
+    if !f.has(F_IN_TXQ) {
+        f.flags |= F_IN_TXQ;
+        ready.push(flow);
+    }
+    true
+}
+
+/// Drive a core forever on the calling thread: pin it to `cpu`, poll, and after
+/// `spin` without work block in `poll(2)` on the I/O fds and the doorbell.
+pub fn run_pinned<IO: PacketIo>(
+    mut fp: FastPath<IO>,
+    clock: &dyn Clock,
+    cpu: Option<usize>,
+    doorbell: Arc<CoreDoorbell>,
+    stop: Arc<AtomicBool>,
+    spin: Duration,
+) {
+    if let Some(cpu) = cpu {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            tracing::warn!(cpu, "could not pin fast-path core");
+        }
+    }
+    let mut fds: Vec<RawFd> = fp.poll_fds();
+    fds.push(doorbell.fd.as_raw_fd());
+    let mut last_work = clock.now();
+    while !stop.load(Ordering::Relaxed) {
+        let now = clock.now();
+        if fp.poll(now).did_work() {
+            last_work = now;
+            continue;
+        }
+        if now.saturating_since(last_work) < spin {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Announce, re-check, sleep: no lost wake-ups (see tas_proto::queue).
+        doorbell.sleeping.store(true, Ordering::SeqCst);
+        if fp.prepare_sleep() {
+            bump(&fp.counters.sleeps, 1);
+            // Wake at least every 10 ms for the timers.
+            crate::sys::poll_readable(&fds, 10);
+            crate::sys::eventfd_drain(doorbell.fd.as_raw_fd());
+            fp.woke();
+        }
+        doorbell.sleeping.store(false, Ordering::SeqCst);
+        last_work = clock.now();
+    }
+}

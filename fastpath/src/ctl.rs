@@ -1,0 +1,144 @@
+//! Messages between the slow path and a fast-path core.
+//!
+//! The slow path never writes a core's state: it sends [`Command`]s on an SPSC queue
+//! (`ringbuf`), and the core reports exceptions and flow milestones with [`ToSlow`]
+//! messages on another. Both queues are bounded; a full exception queue drops the
+//! packet and counts it (TCP recovers), a full command queue makes the slow path retry.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use ringbuf::traits::Split;
+use ringbuf::HeapRb;
+
+use crate::appmem::AppMem;
+use crate::flow::FlowState;
+use crate::io::MAX_FRAME;
+use tas_proto::shm::Layout;
+
+/// What a core needs to serve one application context.
+#[derive(Debug, Clone)]
+pub struct AppAttach {
+    /// The service-wide application id (for statistics).
+    pub app_id: u32,
+    /// The mapped region.
+    pub mem: AppMem,
+    /// Its geometry.
+    pub layout: Layout,
+    /// The application's wake-up eventfd.
+    pub wake: Option<Arc<OwnedFd>>,
+}
+
+/// Slow path -> core.
+#[derive(Debug)]
+pub enum Command {
+    /// Serve an application context in local slot `slot`.
+    AddApp {
+        /// Local slot (the `app` field of its flows).
+        slot: u16,
+        /// The context.
+        app: Box<AppAttach>,
+    },
+    /// Stop serving application slot `slot` (its flows were removed before).
+    RemoveApp {
+        /// Local slot.
+        slot: u16,
+    },
+    /// Install an established flow at index `flow`.
+    InstallFlow {
+        /// Flow-table index chosen by the slow path.
+        flow: u32,
+        /// Initial state.
+        state: Box<FlowState>,
+    },
+    /// Remove flow `flow`; the core answers [`ToSlow::FlowRemoved`].
+    RemoveFlow {
+        /// Flow-table index.
+        flow: u32,
+    },
+    /// Transmit a frame built by the slow path (SYN, SYN-ACK, RST, ARP, ...).
+    SendFrame(Box<[u8]>),
+    /// Process a frame as if it had just been received (segments that raced a flow
+    /// installation come back this way, in order).
+    Reinject(Box<[u8]>),
+    /// Go back to `snd_una` and resend (the slow path's loss recovery).
+    Retransmit {
+        /// Flow-table index.
+        flow: u32,
+    },
+    /// Send a copy of every live flow (for the control API; rare, allocates).
+    Snapshot(crossbeam_channel::Sender<(u8, Vec<(u32, FlowState)>)>),
+}
+
+/// A frame copied out of the fast path for the slow path.
+#[derive(Clone)]
+pub struct ExcFrame {
+    /// Frame bytes (the first `len` are valid).
+    pub buf: [u8; MAX_FRAME],
+    /// Length.
+    pub len: u16,
+}
+
+impl std::fmt::Debug for ExcFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ExcFrame({} bytes)", self.len)
+    }
+}
+
+impl ExcFrame {
+    /// The valid bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+}
+
+/// Why a flow milestone is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowNote {
+    /// The peer's FIN arrived in order.
+    PeerFin,
+    /// Our FIN was acknowledged.
+    FinAcked,
+    /// The retransmission budget ran out (the slow path resets the connection).
+    GaveUp,
+}
+
+/// Core -> slow path.
+#[derive(Debug)]
+pub enum ToSlow {
+    /// A frame the fast path does not handle (SYN, RST, unknown flow, ARP, ...).
+    Frame(Box<ExcFrame>),
+    /// A milestone of flow `flow`.
+    Note {
+        /// Flow-table index.
+        flow: u32,
+        /// What happened.
+        note: FlowNote,
+    },
+    /// Flow `flow` was removed; its final state.
+    FlowRemoved {
+        /// Flow-table index.
+        flow: u32,
+        /// Final state.
+        state: Box<FlowState>,
+    },
+}
+
+/// Producer half of the command queue.
+pub type CommandTx = ringbuf::HeapProd<Command>;
+/// Consumer half of the command queue.
+pub type CommandRx = ringbuf::HeapCons<Command>;
+/// Producer half of the core -> slow path queue.
+pub type ToSlowTx = ringbuf::HeapProd<ToSlow>;
+/// Consumer half of the core -> slow path queue.
+pub type ToSlowRx = ringbuf::HeapCons<ToSlow>;
+
+/// Make a command queue with room for `n` commands.
+pub fn command_queue(n: usize) -> (CommandTx, CommandRx) {
+    HeapRb::<Command>::new(n).split()
+}
+
+/// Make a core -> slow path queue with room for `n` messages.
+pub fn to_slow_queue(n: usize) -> (ToSlowTx, ToSlowRx) {
+    HeapRb::<ToSlow>::new(n).split()
+}

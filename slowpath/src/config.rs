@@ -1,0 +1,325 @@
+//! tasd configuration: a TOML file and command-line flags with the same keys (flags win).
+//!
+//! Every problem is reported as one line that names the key, what is wrong and how to
+//! fix it.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// How to attach the XDP program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Native (driver) mode, falling back to generic.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (SKB) mode.
+    Generic,
+}
+
+/// How to bind the AF_XDP sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BindModeSetting {
+    /// Zero-copy, falling back to copy mode.
+    #[default]
+    Auto,
+    /// Zero-copy only.
+    ZeroCopy,
+    /// Copy mode.
+    Copy,
+}
+
+/// The whole configuration, as the file spells it.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Interface to serve.
+    pub interface: Option<String>,
+    /// Service address with prefix, e.g. "10.0.0.1/24".
+    pub ip: Option<String>,
+    /// Default gateway for destinations outside the prefix.
+    pub gateway: Option<Ipv4Addr>,
+    /// Fast-path cores.
+    pub fp_cores: Option<u8>,
+    /// CPUs to pin fast-path cores to, in order (default: the last CPUs).
+    pub fp_cpus: Option<Vec<usize>>,
+    /// Application socket path.
+    pub app_socket: Option<PathBuf>,
+    /// Control (gRPC) socket path.
+    pub control_socket: Option<PathBuf>,
+    /// XDP attach mode.
+    pub xdp_mode: Option<XdpModeSetting>,
+    /// AF_XDP bind mode.
+    pub bind_mode: Option<BindModeSetting>,
+    /// Receive ring per connection, bytes (power of two).
+    pub rx_buffer: Option<u32>,
+    /// Transmit ring per connection, bytes (power of two).
+    pub tx_buffer: Option<u32>,
+    /// Connection slots per application context.
+    pub conns_per_app: Option<u32>,
+    /// Flow slots per fast-path core.
+    pub flows_per_core: Option<u32>,
+    /// Entries per shared-memory queue.
+    pub queue_entries: Option<u32>,
+    /// First port of the ephemeral range.
+    pub ephemeral_low: Option<u16>,
+    /// Last port of the ephemeral range.
+    pub ephemeral_high: Option<u16>,
+    /// Microseconds a fast-path core spins without work before it sleeps.
+    pub idle_spin_us: Option<u64>,
+    /// TIME_WAIT duration in milliseconds.
+    pub time_wait_ms: Option<u64>,
+    /// Answer ARP requests for the service address ("auto": only if the kernel does not
+    /// own the address).
+    pub arp_reply: Option<String>,
+    /// Log filter (tracing env-filter syntax).
+    pub log_level: Option<String>,
+    /// Group that may use the sockets (name).
+    pub socket_group: Option<String>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Interface.
+    pub interface: String,
+    /// Service address.
+    pub ip: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// Fast-path cores.
+    pub fp_cores: u8,
+    /// Pinning.
+    pub fp_cpus: Option<Vec<usize>>,
+    /// App socket.
+    pub app_socket: PathBuf,
+    /// Control socket.
+    pub control_socket: PathBuf,
+    /// XDP mode.
+    pub xdp_mode: XdpModeSetting,
+    /// Bind mode.
+    pub bind_mode: BindModeSetting,
+    /// Receive ring size.
+    pub rx_buffer: u32,
+    /// Transmit ring size.
+    pub tx_buffer: u32,
+    /// Connection slots per app.
+    pub conns_per_app: u32,
+    /// Flow slots per core.
+    pub flows_per_core: u32,
+    /// Queue entries.
+    pub queue_entries: u32,
+    /// Ephemeral port range.
+    pub ephemeral: (u16, u16),
+    /// Idle spin before sleeping, µs.
+    pub idle_spin_us: u64,
+    /// TIME_WAIT, ms.
+    pub time_wait_ms: u64,
+    /// ARP reply policy: Some(true) always, Some(false) never, None auto.
+    pub arp_reply: Option<bool>,
+    /// Log filter.
+    pub log_level: String,
+    /// Socket group.
+    pub socket_group: Option<String>,
+}
+
+/// A configuration problem, with its fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(s: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(s.into()))
+}
+
+/// Parse "A.B.C.D/N".
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
+    let (a, p) = s.split_once('/').ok_or_else(|| {
+        ConfigError(format!("--ip {s:?} has no prefix length: write it as ADDRESS/PREFIX, e.g. 10.0.0.1/24"))
+    })?;
+    let ip: Ipv4Addr =
+        a.parse().map_err(|_| ConfigError(format!("--ip {s:?}: {a:?} is not an IPv4 address (e.g. 10.0.0.1/24)")))?;
+    let prefix: u8 = p
+        .parse()
+        .ok()
+        .filter(|p| (1..=32).contains(p))
+        .ok_or_else(|| ConfigError(format!("--ip {s:?}: prefix {p:?} must be a number from 1 to 32")))?;
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+        return err(format!("--ip {s:?}: {ip} cannot be a host address; use a unicast address"));
+    }
+    Ok((ip, prefix))
+}
+
+impl FileConfig {
+    /// Read a TOML file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            ConfigError(format!("config file {}: {}", path.display(), e.to_string().replace('\n', " ").trim()))
+        })
+    }
+
+    /// Overlay `o` (command line) on `self` (file).
+    pub fn merge(self, o: FileConfig) -> FileConfig {
+        macro_rules! pick {
+            ($($f:ident),*) => { FileConfig { $($f: o.$f.or(self.$f)),* } };
+        }
+        pick!(
+            interface, ip, gateway, fp_cores, fp_cpus, app_socket, control_socket, xdp_mode, bind_mode,
+            rx_buffer, tx_buffer, conns_per_app, flows_per_core, queue_entries, ephemeral_low,
+            ephemeral_high, idle_spin_us, time_wait_ms, arp_reply, log_level, socket_group
+        )
+    }
+
+    /// Check everything and fill defaults.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let FileConfig {
+            interface,
+            ip,
+            gateway,
+            fp_cores,
+            fp_cpus,
+            app_socket,
+            control_socket,
+            xdp_mode,
+            bind_mode,
+            rx_buffer,
+            tx_buffer,
+            conns_per_app,
+            flows_per_core,
+            queue_entries,
+            ephemeral_low,
+            ephemeral_high,
+            idle_spin_us,
+            time_wait_ms,
+            arp_reply,
+            log_level,
+            socket_group,
+        } = self;
+        let Some(interface) = interface else {
+            return err("no interface given: pass --interface IF (or `interface = \"IF\"` in the config file)");
+        };
+        if interface.is_empty() || interface.len() > 15 || interface.contains('/') {
+            return err(format!("--interface {interface:?} is not a valid interface name (1-15 characters, see `ip link`)"));
+        }
+        let Some(ip) = ip else {
+            return err("no service address given: pass --ip ADDRESS/PREFIX, e.g. --ip 10.0.0.1/24");
+        };
+        let (ip, prefix) = parse_cidr(&ip)?;
+        let fp_cores = fp_cores.unwrap_or(1);
+        if fp_cores == 0 || fp_cores > 64 {
+            return err(format!("--fp-cores {fp_cores}: must be 1 to 64"));
+        }
+        if let Some(cpus) = &fp_cpus {
+            if cpus.len() < fp_cores as usize {
+                return err(format!("fp_cpus lists {} CPUs for {} fast-path cores: list one CPU per core", cpus.len(), fp_cores));
+            }
+        }
+        let pow2 = |name: &str, v: u32, lo: u32, hi: u32| -> Result<u32, ConfigError> {
+            if !v.is_power_of_two() || v < lo || v > hi {
+                return err(format!("{name} = {v}: must be a power of two from {lo} to {hi}"));
+            }
+            Ok(v)
+        };
+        let rx_buffer = pow2("rx_buffer", rx_buffer.unwrap_or(256 * 1024), 4096, 1 << 30)?;
+        let tx_buffer = pow2("tx_buffer", tx_buffer.unwrap_or(256 * 1024), 4096, 1 << 30)?;
+        let queue_entries = pow2("queue_entries", queue_entries.unwrap_or(1024), 16, 65536)?;
+        let conns_per_app = conns_per_app.unwrap_or(1024);
+        if conns_per_app == 0 || conns_per_app > 1 << 20 {
+            return err(format!("conns_per_app = {conns_per_app}: must be 1 to 1048576"));
+        }
+        let flows_per_core = flows_per_core.unwrap_or(65536);
+        if flows_per_core == 0 || flows_per_core > 1 << 22 {
+            return err(format!("flows_per_core = {flows_per_core}: must be 1 to 4194304"));
+        }
+        // Above Linux's default ip_local_port_range (32768-60999), so the kernel's own
+        // connections on the same address never pick the same port.
+        let ephemeral = (ephemeral_low.unwrap_or(61000), ephemeral_high.unwrap_or(65535));
+        if ephemeral.0 < 1024 || ephemeral.0 > ephemeral.1 {
+            return err(format!(
+                "ephemeral port range {}-{} is invalid: need 1024 <= ephemeral_low <= ephemeral_high",
+                ephemeral.0, ephemeral.1
+            ));
+        }
+        if let Some(gw) = gateway {
+            if !same_subnet(gw, ip, prefix) {
+                return err(format!("--gateway {gw} is not inside {ip}/{prefix}: the gateway must be on the local subnet"));
+            }
+        }
+        let arp_reply = match arp_reply.as_deref() {
+            None | Some("auto") => None,
+            Some("always") | Some("true") => Some(true),
+            Some("never") | Some("false") => Some(false),
+            Some(o) => return err(format!("arp_reply = {o:?}: use \"auto\", \"always\" or \"never\"")),
+        };
+        Ok(Config {
+            interface,
+            ip,
+            prefix,
+            gateway,
+            fp_cores,
+            fp_cpus,
+            app_socket: app_socket.unwrap_or_else(|| tas_proto::attach::DEFAULT_APP_SOCKET.into()),
+            control_socket: control_socket.unwrap_or_else(|| "/run/tas/control.sock".into()),
+            xdp_mode: xdp_mode.unwrap_or_default(),
+            bind_mode: bind_mode.unwrap_or_default(),
+            rx_buffer,
+            tx_buffer,
+            conns_per_app,
+            flows_per_core,
+            queue_entries,
+            ephemeral,
+            idle_spin_us: idle_spin_us.unwrap_or(50),
+            time_wait_ms: time_wait_ms.unwrap_or(60_000),
+            arp_reply,
+            log_level: log_level.unwrap_or_else(|| "info".into()),
+            socket_group,
+        })
+    }
+}
+
+/// True if `a` is inside `net/prefix`.
+pub fn same_subnet(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix as u32) };
+    u32::from(a) & mask == u32::from(net) & mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> FileConfig {
+        FileConfig { interface: Some("tas0".into()), ip: Some("10.0.0.1/24".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_and_merge() {
+        let c = base().validate().unwrap();
+        assert_eq!((c.ip, c.prefix, c.fp_cores), ("10.0.0.1".parse().unwrap(), 24, 1));
+        assert_eq!(c.ephemeral, (61000, 65535));
+        let file: FileConfig = toml::from_str("interface = \"eth9\"\nfp_cores = 2\nip = \"10.1.0.5/16\"").unwrap();
+        let merged = file.merge(FileConfig { fp_cores: Some(1), ..Default::default() }).validate().unwrap();
+        assert_eq!((merged.interface.as_str(), merged.fp_cores, merged.prefix), ("eth9", 1, 16));
+    }
+
+    #[test]
+    fn errors_name_the_fix() {
+        let e = |f: FileConfig| f.validate().unwrap_err().0;
+        assert!(e(FileConfig::default()).contains("--interface"));
+        assert!(e(FileConfig { ip: Some("10.0.0.1".into()), ..base() }).contains("ADDRESS/PREFIX"));
+        assert!(e(FileConfig { ip: Some("10.0.0.300/24".into()), ..base() }).contains("not an IPv4 address"));
+        assert!(e(FileConfig { ip: Some("10.0.0.1/40".into()), ..base() }).contains("1 to 32"));
+        assert!(e(FileConfig { fp_cores: Some(0), ..base() }).contains("1 to 64"));
+        assert!(e(FileConfig { rx_buffer: Some(5000), ..base() }).contains("power of two"));
+        assert!(e(FileConfig { gateway: Some("192.168.1.1".parse().unwrap()), ..base() }).contains("local subnet"));
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err(), "unknown keys are rejected");
+    }
+}

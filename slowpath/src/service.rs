@@ -1,0 +1,352 @@
+//! The `tasd` runtime: loads the XDP program, opens one AF_XDP socket per fast-path
+//! core, starts the pinned core threads, the slow-path thread, the application socket,
+//! the ARP listener and the gRPC control API, and shuts all of it down in order.
+
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+use tas_fastpath::appmem::AppMem;
+use tas_fastpath::core::{run_pinned, CoreDoorbell, FastPath, FpConfig, Notify};
+use tas_fastpath::ctl::{command_queue, to_slow_queue};
+use tas_fastpath::io::af_xdp::{BindMode, XdpConfig, XdpMode, XdpProgram, XskSocket};
+use tas_fastpath::time::{Clock, SystemClock};
+use tas_fastpath::wire::EthernetAddress;
+use tas_proto::shm::Layout;
+
+use crate::attach::{AttachConfig, AttachEvent, AttachServer};
+use crate::config::{BindModeSetting, Config, XdpModeSetting};
+use crate::grpc::{ControlService, Query, StatusSnap};
+use crate::packet_socket::ArpSocket;
+use crate::slow::{CoreLink, PortFilter, SlowConfig, SlowPath};
+
+/// The XDP program's owned-ports map as the slow path's port filter.
+struct XdpPorts(Arc<XdpProgram>);
+
+impl PortFilter for XdpPorts {
+    fn own(&self, port: u16) -> Result<(), String> {
+        self.0.own_port(port).map_err(|e| e.to_string())
+    }
+    fn release(&self, port: u16) {
+        if let Err(e) = self.0.release_port(port) {
+            tracing::warn!(port, error = %e, "could not release port");
+        }
+    }
+}
+
+/// Wakes the slow-path thread.
+struct ChannelNotify(Sender<()>);
+
+impl Notify for ChannelNotify {
+    fn notify(&self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+fn read_mac(ifname: &str) -> Result<EthernetAddress, String> {
+    let path = format!("/sys/class/net/{ifname}/address");
+    let s = std::fs::read_to_string(&path)
+        .map_err(|_| format!("interface {ifname} not found: check the name with `ip link` (and the network namespace)"))?;
+    let bytes: Vec<u8> = s.trim().split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+    let arr: [u8; 6] = bytes.try_into().map_err(|_| format!("interface {ifname} has no Ethernet address ({})", s.trim()))?;
+    Ok(EthernetAddress(arr))
+}
+
+/// True if the kernel has `ip` configured on some interface (then it answers ARP).
+fn kernel_owns(ip: Ipv4Addr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
+fn default_cpus(n: u8) -> Vec<usize> {
+    // Fast-path cores take the last CPUs; the slow path, applications and the kernel
+    // keep CPU 0 and upwards.
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..n as usize).map(|i| ncpu.saturating_sub(1 + i)).collect()
+}
+
+/// Run the service until SIGTERM/SIGINT. Returns a one-line error on failure to start.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let Config {
+        interface,
+        ip,
+        prefix,
+        gateway,
+        fp_cores,
+        fp_cpus,
+        app_socket,
+        control_socket,
+        xdp_mode,
+        bind_mode,
+        rx_buffer,
+        tx_buffer,
+        conns_per_app,
+        flows_per_core,
+        queue_entries,
+        ephemeral,
+        idle_spin_us,
+        time_wait_ms,
+        arp_reply,
+        log_level: _,
+        socket_group,
+    } = cfg;
+    let started = std::time::Instant::now();
+    if not_root() {
+        tracing::warn!("not running as root: loading XDP needs CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW and CAP_IPC_LOCK");
+    }
+    let mac = read_mac(&interface)?;
+    let layout = Layout { num_fp_queues: fp_cores as u32, queue_entries, conn_slots: conns_per_app, rx_buf_size: rx_buffer, tx_buf_size: tx_buffer };
+    layout.check().map_err(|e| format!("invalid buffer/queue geometry: {e:?}"))?;
+    let arp_reply = arp_reply.unwrap_or_else(|| !kernel_owns(ip));
+
+    let mode = match xdp_mode {
+        XdpModeSetting::Auto => XdpMode::Auto,
+        XdpModeSetting::Native => XdpMode::Native,
+        XdpModeSetting::Generic => XdpMode::Generic,
+    };
+    let program = Arc::new(XdpProgram::load(&interface, mode, ip).map_err(|e| e.to_string())?);
+    let xcfg = XdpConfig {
+        ifname: interface.clone(),
+        queues: (0..fp_cores as u32).collect(),
+        mode,
+        bind: match bind_mode {
+            BindModeSetting::Auto => BindMode::Auto,
+            BindModeSetting::ZeroCopy => BindMode::ZeroCopy,
+            BindModeSetting::Copy => BindMode::Copy,
+        },
+        frame_size: 4096,
+        frames: 4096,
+        ring_size: 2048,
+        busy_poll: false,
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (notify_tx, notify_rx) = bounded::<()>(1);
+    let slow_notify: Arc<dyn Notify> = Arc::new(ChannelNotify(notify_tx));
+    let cpus = fp_cpus.unwrap_or_else(|| default_cpus(fp_cores));
+    let mut links = Vec::new();
+    let mut doorbells: Vec<Arc<CoreDoorbell>> = Vec::new();
+    let mut core_threads: Vec<JoinHandle<()>> = Vec::new();
+    for c in 0..fp_cores {
+        let sock = XskSocket::open(&xcfg, c as u32).map_err(|e| e.to_string())?;
+        program.register(&sock).map_err(|e| e.to_string())?;
+        tracing::info!(core = c, queue = c, mode = ?sock.bound_mode(), cpu = cpus[c as usize], "fast-path core ready");
+        let (cmd_tx, cmd_rx) = command_queue(8192);
+        let (rep_tx, rep_rx) = to_slow_queue(8192);
+        let mut fcfg = FpConfig::new(c, ip, mac);
+        fcfg.flow_capacity = flows_per_core;
+        let fp = FastPath::new(fcfg, sock, cmd_rx, rep_tx, Some(slow_notify.clone()));
+        let door = Arc::new(CoreDoorbell::new().map_err(|e| format!("eventfd: {e}"))?);
+        links.push(CoreLink::new(cmd_tx, rep_rx, Some(door.clone() as Arc<dyn Notify>), fp.counters(), flows_per_core));
+        doorbells.push(door.clone());
+        let (stop2, cpu) = (stop.clone(), cpus[c as usize]);
+        let spin = Duration::from_micros(idle_spin_us);
+        core_threads.push(
+            std::thread::Builder::new()
+                .name(format!("tas-fp{c}"))
+                .spawn(move || run_pinned(fp, &SystemClock, Some(cpu), door, stop2, spin))
+                .map_err(|e| format!("cannot start fast-path thread: {e}"))?,
+        );
+    }
+
+    let mut scfg = SlowConfig::new(ip, prefix, mac, layout);
+    scfg.gateway = gateway;
+    scfg.ephemeral = ephemeral;
+    scfg.time_wait = Duration::from_millis(time_wait_ms);
+    scfg.arp_reply = arp_reply;
+    let mut slow = SlowPath::new(scfg, links, Box::new(XdpPorts(program.clone())));
+
+    // ARP copies from the kernel's side of the interface.
+    let (frame_tx, frame_rx) = bounded::<Vec<u8>>(1024);
+    let arp_sock = ArpSocket::open(program.ifindex(), Duration::from_millis(200))
+        .map_err(|e| format!("cannot open an ARP packet socket on {interface}: {e} (needs CAP_NET_RAW)"))?;
+    let stop_arp = stop.clone();
+    let arp_thread = std::thread::Builder::new()
+        .name("tas-arp".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 2048];
+            while !stop_arp.load(Ordering::Relaxed) {
+                match arp_sock.recv(&mut buf) {
+                    Ok(Some(n)) => {
+                        let _ = frame_tx.try_send(buf[..n].to_vec());
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "ARP socket failed");
+                        break;
+                    }
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+
+    // Applications. The socket appears only now that everything can serve.
+    let (attach_tx, attach_rx) = bounded::<AttachEvent>(256);
+    let core_fds: Vec<Arc<OwnedFd>> = doorbells.iter().map(|d| d.fd.clone()).collect();
+    let attach = AttachServer::bind(
+        &app_socket,
+        AttachConfig { layout, local_ip: ip, group: socket_group.clone() },
+        core_fds,
+        attach_tx,
+    )
+    .map_err(|e| e.to_string())?;
+
+    // The control API and signals run on a small tokio runtime on this thread.
+    let (query_tx, query_rx) = bounded::<Query>(64);
+    let xdp_mode_name = format!("{:?}", program.attached_mode()).to_lowercase();
+    let status_base = StatusSnap {
+        interface: interface.clone(),
+        address: format!("{ip}/{prefix}"),
+        fp_cores: fp_cores as u32,
+        xdp_mode: xdp_mode_name,
+        started,
+        flows: 0,
+        apps: 0,
+        listeners: 0,
+    };
+    let stop_slow = stop.clone();
+    let slow_thread = std::thread::Builder::new()
+        .name("tas-slow".into())
+        .spawn(move || slow_loop(&mut slow, attach_rx, frame_rx, query_rx, notify_rx, stop_slow, status_base))
+        .map_err(|e| e.to_string())?;
+
+    tracing::info!(%interface, %ip, prefix, fp_cores, app_socket = %app_socket.display(), control_socket = %control_socket.display(), arp_reply, "tasd ready");
+    notify_systemd_ready();
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let res = rt.block_on(async {
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        };
+        crate::grpc::serve_unix(&control_socket, ControlService::new(query_tx), shutdown).await
+    });
+    // Orderly stop: slow path resets connections, then the cores stop.
+    stop.store(true, Ordering::SeqCst);
+    let _ = slow_thread.join();
+    for t in core_threads {
+        let _ = t.join();
+    }
+    let _ = arp_thread.join();
+    attach.shutdown();
+    drop(program); // detaches the XDP program (bpf_link)
+    tracing::info!("tasd stopped");
+    res
+}
+
+fn not_root() -> bool {
+    // /proc/self/status avoids an unsafe libc call for a warning.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) != Some("0")))
+        .unwrap_or(false)
+}
+
+fn notify_systemd_ready() {
+    // sd_notify(READY=1) without libsystemd: one datagram to $NOTIFY_SOCKET.
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let p = std::path::PathBuf::from(&path);
+    if p.to_string_lossy().starts_with('@') {
+        return; // abstract sockets need a different address type; systemd uses a path by default
+    }
+    let _ = sock.send_to(b"READY=1\nSTATUS=serving\n", p);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn slow_loop(
+    slow: &mut SlowPath,
+    attach_rx: Receiver<AttachEvent>,
+    frame_rx: Receiver<Vec<u8>>,
+    query_rx: Receiver<Query>,
+    notify_rx: Receiver<()>,
+    stop: Arc<AtomicBool>,
+    status_base: StatusSnap,
+) {
+    let clock = SystemClock;
+    let tick = Duration::from_millis(1);
+    while !stop.load(Ordering::Relaxed) {
+        select! {
+            recv(attach_rx) -> m => if let Ok(m) = m { on_attach(slow, m) },
+            recv(frame_rx) -> f => if let Ok(f) = f { slow.on_kernel_frame(&f) },
+            recv(query_rx) -> q => if let Ok(q) = q { answer(slow, q, &status_base) },
+            recv(notify_rx) -> _ => {},
+            default(tick) => {},
+        }
+        while let Ok(m) = attach_rx.try_recv() {
+            on_attach(slow, m);
+        }
+        while let Ok(f) = frame_rx.try_recv() {
+            slow.on_kernel_frame(&f);
+        }
+        slow.poll(clock.now());
+    }
+    tracing::info!(
+        flows = slow.flow_count(),
+        listeners = slow.listener_count(),
+        apps = slow.app_count(),
+        "shutdown: flows={} listeners={} apps={}",
+        slow.flow_count(),
+        slow.listener_count(),
+        slow.app_count()
+    );
+    eprintln!("shutdown: flows={} listeners={} apps={}", slow.flow_count(), slow.listener_count(), slow.app_count());
+    // Reset every connection politely and give the cores time to send the RSTs.
+    slow.reset_all();
+    let until = std::time::Instant::now() + Duration::from_millis(200);
+    while std::time::Instant::now() < until {
+        slow.poll(clock.now());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn on_attach(slow: &mut SlowPath, ev: AttachEvent) {
+    match ev {
+        AttachEvent::Attached(app) => {
+            let region = app.region.clone();
+            // SAFETY: the AppRegion maps `len` bytes at `base` (64-byte aligned, page
+            // aligned in fact) for as long as the Arc handed over as keep-alive lives.
+            #[allow(unsafe_code)]
+            let mem = unsafe { AppMem::new(region.base(), region.len(), region.clone()) };
+            let res = slow
+                .attach_app(app.app_id, app.name.clone(), app.pid, app.uid, mem, Some(app.app_eventfd.clone()))
+                .map_err(|e| (e, format!("service cannot take more applications: {e}")));
+            let _ = app.reply.send(res);
+        }
+        AttachEvent::Detached { app_id } => slow.detach_app(app_id),
+    }
+}
+
+fn answer(slow: &mut SlowPath, q: Query, base: &StatusSnap) {
+    match q {
+        Query::Status(tx) => {
+            let mut s = base.clone();
+            s.flows = slow.flow_count() as u32;
+            s.apps = slow.app_count() as u32;
+            s.listeners = slow.listener_count() as u32;
+            let _ = tx.send(s);
+        }
+        Query::Flows(tx) => {
+            let (snap_tx, snap_rx) = bounded(64);
+            let n = slow.request_snapshots(snap_tx);
+            let _ = tx.send((slow.conn_infos(), n, snap_rx));
+        }
+        Query::Apps(tx) => {
+            let _ = tx.send(slow.app_infos());
+        }
+        Query::Counters(tx) => {
+            let _ = tx.send(slow.all_counters());
+        }
+    }
+}

@@ -1,0 +1,1649 @@
+//! The slow path: connection setup and teardown, listeners, applications' control
+//! requests, neighbour resolution, and timers. Sans-I/O like the fast path: it is
+//! driven by [`SlowPath::poll`] with the time passed in, talks to fast-path cores only
+//! through their command / report queues, and to applications only through their shared
+//! regions. `tasd` runs it on its own thread; the simulator runs it inline.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::BuildHasher;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringbuf::traits::{Consumer, Producer};
+use tas_fastpath::appmem::AppMem;
+use tas_fastpath::core::{eventfd_write, CoreCounters, Notify};
+use tas_fastpath::ctl::*;
+use tas_fastpath::flow::{FlowKey, FlowState, F_TS};
+use tas_fastpath::rx::{tsval, TS_TICK_SHIFT};
+use tas_fastpath::time::Instant;
+use tas_fastpath::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, SackBlocks, TcpFlags,
+    TcpRepr, TcpSegment,
+};
+use tas_proto::queue::ShmQueue;
+use tas_proto::shm::{ConnHandle, ControlRequest, ErrorCode, Layout, SpEvent};
+
+use crate::frames;
+
+/// Settings of the slow path.
+#[derive(Debug, Clone)]
+pub struct SlowConfig {
+    /// Service address.
+    pub local_ip: Ipv4Addr,
+    /// Prefix length of the local subnet.
+    pub prefix: u8,
+    /// Gateway for other destinations.
+    pub gateway: Option<Ipv4Addr>,
+    /// Interface MAC.
+    pub local_mac: EthernetAddress,
+    /// Geometry of every application region.
+    pub layout: Layout,
+    /// Ephemeral ports for active opens.
+    pub ephemeral: (u16, u16),
+    /// Our MSS (MTU 1500 - 40).
+    pub mss: u16,
+    /// TIME_WAIT duration (2 MSL).
+    pub time_wait: Duration,
+    /// FIN_WAIT_2 timeout after our FIN was acknowledged (Linux tcp_fin_timeout: 60 s).
+    pub fin_wait2_timeout: Duration,
+    /// SYN / SYN-ACK retransmissions before giving up (Linux: 6 and 5).
+    pub syn_retries: u8,
+    /// First SYN retransmission timeout (RFC 6298: 1 s).
+    pub syn_rto: Duration,
+    /// Answer ARP requests for our address.
+    pub arp_reply: bool,
+    /// Upper bound on any listener's backlog (Linux somaxconn default: 4096).
+    pub max_backlog: u32,
+}
+
+impl SlowConfig {
+    /// Defaults for an address and MAC.
+    pub fn new(local_ip: Ipv4Addr, prefix: u8, local_mac: EthernetAddress, layout: Layout) -> Self {
+        SlowConfig {
+            local_ip,
+            prefix,
+            gateway: None,
+            local_mac,
+            layout,
+            ephemeral: (61000, 65535),
+            mss: 1460,
+            time_wait: Duration::from_secs(60),
+            fin_wait2_timeout: Duration::from_secs(60),
+            syn_retries: 6,
+            syn_rto: Duration::from_secs(1),
+            arp_reply: true,
+            max_backlog: 4096,
+        }
+    }
+}
+
+/// Marks ports as owned by the service (the XDP program's map) or not.
+pub trait PortFilter: Send {
+    /// Redirect this port to the service.
+    fn own(&self, port: u16) -> Result<(), String>;
+    /// Stop redirecting it.
+    fn release(&self, port: u16);
+}
+
+/// A filter that does nothing (the simulated link delivers everything).
+#[derive(Debug, Default)]
+pub struct NoFilter;
+impl PortFilter for NoFilter {
+    fn own(&self, _port: u16) -> Result<(), String> {
+        Ok(())
+    }
+    fn release(&self, _port: u16) {}
+}
+
+/// The slow path's link to one fast-path core.
+pub struct CoreLink {
+    /// Commands to the core.
+    pub cmds: CommandTx,
+    /// Reports from the core.
+    pub reports: ToSlowRx,
+    /// Wakes the core if it sleeps.
+    pub wake: Option<Arc<dyn Notify>>,
+    /// The core's counters.
+    pub counters: Arc<CoreCounters>,
+    /// Flow slots of the core not in use.
+    free_flows: Vec<u32>,
+    /// Which connection each flow slot serves.
+    owners: Vec<Option<FlowKey>>,
+    /// Commands that did not fit the queue yet (kept in order).
+    backlog: std::collections::VecDeque<Command>,
+}
+
+impl CoreLink {
+    /// A link with `flow_capacity` flow slots.
+    pub fn new(cmds: CommandTx, reports: ToSlowRx, wake: Option<Arc<dyn Notify>>, counters: Arc<CoreCounters>, flow_capacity: u32) -> Self {
+        CoreLink {
+            cmds,
+            reports,
+            wake,
+            counters,
+            free_flows: (0..flow_capacity).rev().collect(),
+            owners: vec![None; flow_capacity as usize],
+            backlog: Default::default(),
+        }
+    }
+
+    fn send(&mut self, c: Command) {
+        if self.backlog.is_empty() {
+            if let Err(c) = self.cmds.try_push(c) {
+                self.backlog.push_back(c);
+            }
+        } else {
+            self.backlog.push_back(c);
+        }
+        if let Some(w) = &self.wake {
+            w.notify();
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(c) = self.backlog.pop_front() {
+            if let Err(c) = self.cmds.try_push(c) {
+                self.backlog.push_front(c);
+                break;
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for CoreLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreLink").field("free_flows", &self.free_flows.len()).finish()
+    }
+}
+
+/// An attached application, as the slow path sees it.
+struct App {
+    id: u32,
+    name: String,
+    pid: u32,
+    uid: u32,
+    slot: u16,
+    mem: AppMem,
+    sp_q: ShmQueue,
+    req_q: ShmQueue,
+    wake: Option<Arc<OwnedFd>>,
+    free_conns: Vec<u32>,
+    conns: u32,
+    listeners: Vec<u32>,
+    detaching: bool,
+    broken: bool,
+    dirty: bool,
+}
+
+struct Listener {
+    id: u32,
+    port: u16,
+    app: u32,
+    backlog: u32,
+    /// Handshakes in progress.
+    syn_rcvd: u32,
+    /// Established, announced to the app, not yet accepted.
+    unaccepted: u32,
+}
+
+/// Options a peer offered in its SYN (or SYN-ACK).
+#[derive(Debug, Clone, Copy, Default)]
+struct PeerOpts {
+    mss: Option<u16>,
+    wscale: Option<u8>,
+    ts: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    /// Orderly close; go to TIME_WAIT afterwards if `time_wait`.
+    Close { time_wait: bool },
+    /// Reset: send RST (if `send_rst`) and report `error`.
+    Reset { send_rst: bool, error: ErrorCode },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    SynSent { token: u64, iss: u32, retries: u8, sent_at: Instant },
+    SynRcvd { listener: u32, iss: u32, irs: u32, opts: PeerOpts, retries: u8, sent_at: Instant },
+    Established,
+    Removing(Removal),
+    TimeWait { snd_nxt: u32, rcv_nxt: u32 },
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    key: FlowKey,
+    remote_ip: Ipv4Addr,
+    remote_port: u16,
+    local_port: u16,
+    remote_mac: Option<EthernetAddress>,
+    app: u32,
+    slot: Option<u32>,
+    core: u8,
+    flow: Option<u32>,
+    phase: Phase,
+    peer_fin: bool,
+    fin_acked: bool,
+    /// Our FIN was acknowledged before the peer's FIN arrived: active close.
+    we_closed_first: bool,
+    /// Holds a reference on its local port (active opens and accepted connections).
+    port_ref: bool,
+    deadline: Option<Instant>,
+}
+
+/// Counters of the slow path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlowCounters {
+    /// Passive opens completed.
+    pub passive_opens: u64,
+    /// Active opens completed.
+    pub active_opens: u64,
+    /// Active opens that failed.
+    pub connect_failures: u64,
+    /// SYNs dropped: listener backlog full.
+    pub syn_backlog_drops: u64,
+    /// SYNs dropped: no connection slot or flow slot.
+    pub syn_resource_drops: u64,
+    /// RSTs sent.
+    pub rsts_sent: u64,
+    /// RSTs received.
+    pub rsts_received: u64,
+    /// Segments reinjected into a fast-path core after installation raced them.
+    pub reinjected: u64,
+    /// Frames the slow path could not parse.
+    pub bad_frames: u64,
+    /// Control requests rejected as malformed.
+    pub bad_requests: u64,
+    /// Connections closed in order.
+    pub closes: u64,
+    /// Connections reset.
+    pub resets: u64,
+    /// ARP requests sent.
+    pub arp_requests: u64,
+    /// ARP replies sent.
+    pub arp_replies: u64,
+    /// Connections that timed out.
+    pub timeouts: u64,
+    /// Handshake retransmissions.
+    pub syn_retransmits: u64,
+}
+
+/// A snapshot of one connection for the control API.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Peer address.
+    pub remote: std::net::SocketAddrV4,
+    /// Local port.
+    pub local_port: u16,
+    /// State name (RFC 9293 names).
+    pub state: &'static str,
+    /// Owning app id.
+    pub app: u32,
+    /// Fast-path core.
+    pub core: u8,
+    /// Flow slot on the core.
+    pub flow: Option<u32>,
+}
+
+/// A snapshot of one application for the control API.
+#[derive(Debug, Clone)]
+pub struct AppInfo {
+    /// Service-wide id.
+    pub id: u32,
+    /// Name it gave.
+    pub name: String,
+    /// Process id.
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Open connections.
+    pub conns: u32,
+    /// Listeners.
+    pub listeners: u32,
+}
+
+struct Neighbour {
+    mac: Option<EthernetAddress>,
+    /// Connections waiting for the resolution.
+    waiting: Vec<FlowKey>,
+    asked_at: Instant,
+    tries: u8,
+}
+
+/// The slow path.
+pub struct SlowPath {
+    cfg: SlowConfig,
+    cores: Vec<CoreLink>,
+    filter: Box<dyn PortFilter>,
+    apps: HashMap<u32, App>,
+    app_slots: Vec<bool>,
+    listeners: HashMap<u32, Listener>,
+    listener_by_port: HashMap<u16, u32>,
+    port_refs: HashMap<u16, u32>,
+    conns: HashMap<FlowKey, Conn>,
+    by_slot: HashMap<(u32, u32), FlowKey>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    timer_keys: HashMap<u64, FlowKey>,
+    timer_seq: u64,
+    neigh: HashMap<Ipv4Addr, Neighbour>,
+    isn_key: std::collections::hash_map::RandomState,
+    next_listener: u32,
+    next_ephemeral: u16,
+    now: Instant,
+    counters: SlowCounters,
+    rcv_wscale: u8,
+}
+
+/// Applications' region slots per core (the `app` field of a flow is a u16).
+const MAX_APPS: usize = tas_fastpath::core::MAX_APPS;
+/// Control requests taken from one application per poll.
+const REQUEST_BUDGET: usize = 64;
+
+fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+impl SlowPath {
+    /// A slow path over `cores`.
+    pub fn new(cfg: SlowConfig, cores: Vec<CoreLink>, filter: Box<dyn PortFilter>) -> Self {
+        // Window scale: the smallest shift that lets the 16-bit window field cover the
+        // whole receive ring (RFC 7323 2.3).
+        let mut rcv_wscale = 0u8;
+        while (cfg.layout.rx_buf_size >> rcv_wscale) > u16::MAX as u32 && rcv_wscale < 14 {
+            rcv_wscale += 1;
+        }
+        SlowPath {
+            next_ephemeral: cfg.ephemeral.0,
+            cfg,
+            cores,
+            filter,
+            apps: HashMap::new(),
+            app_slots: vec![false; MAX_APPS],
+            listeners: HashMap::new(),
+            listener_by_port: HashMap::new(),
+            port_refs: HashMap::new(),
+            conns: HashMap::new(),
+            by_slot: HashMap::new(),
+            timers: BinaryHeap::new(),
+            timer_keys: HashMap::new(),
+            timer_seq: 0,
+            neigh: HashMap::new(),
+            isn_key: std::collections::hash_map::RandomState::new(),
+            next_listener: 1,
+            now: Instant::ZERO,
+            counters: SlowCounters::default(),
+            rcv_wscale,
+        }
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> SlowCounters {
+        self.counters
+    }
+    /// Number of connections in any state (TIME_WAIT included).
+    pub fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+    /// Number of flows installed on fast-path cores.
+    pub fn flow_count(&self) -> usize {
+        self.conns.values().filter(|c| c.flow.is_some()).count()
+    }
+    /// Number of listeners.
+    pub fn listener_count(&self) -> usize {
+        self.listeners.len()
+    }
+    /// Number of attached applications.
+    pub fn app_count(&self) -> usize {
+        self.apps.len()
+    }
+    /// The configuration.
+    pub fn config(&self) -> &SlowConfig {
+        &self.cfg
+    }
+    /// Counters of every core.
+    pub fn core_counters(&self) -> Vec<Arc<CoreCounters>> {
+        self.cores.iter().map(|c| c.counters.clone()).collect()
+    }
+
+    /// Snapshot of every connection.
+    pub fn conn_infos(&self) -> Vec<ConnInfo> {
+        self.conns
+            .values()
+            .map(|c| ConnInfo {
+                remote: std::net::SocketAddrV4::new(c.remote_ip, c.remote_port),
+                local_port: c.local_port,
+                state: c.state_name(),
+                app: c.app,
+                core: c.core,
+                flow: c.flow,
+            })
+            .collect()
+    }
+
+    /// Snapshot of every application.
+    pub fn app_infos(&self) -> Vec<AppInfo> {
+        self.apps
+            .values()
+            .map(|a| AppInfo {
+                id: a.id,
+                name: a.name.clone(),
+                pid: a.pid,
+                uid: a.uid,
+                conns: a.conns,
+                listeners: a.listeners.len() as u32,
+            })
+            .collect()
+    }
+
+    /// Ask every core for a copy of its flows, answered on `tx`; returns the number of
+    /// cores asked.
+    pub fn request_snapshots(&mut self, tx: crossbeam_channel::Sender<(u8, Vec<(u32, FlowState)>)>) -> u32 {
+        for c in &mut self.cores {
+            c.send(Command::Snapshot(tx.clone()));
+        }
+        self.cores.len() as u32
+    }
+
+    /// Every counter: (name, value, core or -1 for the slow path).
+    pub fn all_counters(&self) -> Vec<(String, u64, i32)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.counters;
+        let mut v: Vec<(String, u64, i32)> = [
+            ("passive_opens", s.passive_opens),
+            ("active_opens", s.active_opens),
+            ("connect_failures", s.connect_failures),
+            ("syn_backlog_drops", s.syn_backlog_drops),
+            ("syn_resource_drops", s.syn_resource_drops),
+            ("rsts_sent", s.rsts_sent),
+            ("rsts_received", s.rsts_received),
+            ("reinjected", s.reinjected),
+            ("bad_frames", s.bad_frames),
+            ("bad_requests", s.bad_requests),
+            ("closes", s.closes),
+            ("resets", s.resets),
+            ("arp_requests", s.arp_requests),
+            ("arp_replies", s.arp_replies),
+            ("timeouts", s.timeouts),
+            ("syn_retransmits", s.syn_retransmits),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v, -1))
+        .collect();
+        for (i, c) in self.cores.iter().enumerate() {
+            let k = &c.counters;
+            for (n, a) in [
+                ("rx_frames", &k.rx_frames),
+                ("tx_frames", &k.tx_frames),
+                ("tx_segments", &k.tx_segments),
+                ("tx_acks", &k.tx_acks),
+                ("rx_payload_bytes", &k.rx_payload_bytes),
+                ("tx_payload_bytes", &k.tx_payload_bytes),
+                ("exceptions", &k.exceptions),
+                ("exceptions_dropped", &k.exceptions_dropped),
+                ("drop_malformed", &k.drop_malformed),
+                ("drop_checksum", &k.drop_checksum),
+                ("drop_not_ours", &k.drop_not_ours),
+                ("drop_not_tcp", &k.drop_not_tcp),
+                ("drop_unsupported", &k.drop_unsupported),
+                ("ooo_kept", &k.ooo_kept),
+                ("ooo_dropped", &k.ooo_dropped),
+                ("window_dropped", &k.window_dropped),
+                ("rx_duplicates", &k.rx_duplicates),
+                ("dupacks", &k.dupacks),
+                ("rto_fired", &k.rto_fired),
+                ("fast_retransmits", &k.fast_retransmits),
+                ("doorbells", &k.doorbells),
+                ("bad_doorbells", &k.bad_doorbells),
+                ("corrupt_queues", &k.corrupt_queues),
+                ("app_queue_full", &k.app_queue_full),
+                ("tx_no_frame", &k.tx_no_frame),
+                ("tx_errors", &k.tx_errors),
+                ("busy_polls", &k.busy_polls),
+                ("idle_polls", &k.idle_polls),
+                ("sleeps", &k.sleeps),
+                ("flows", &k.flows),
+            ] {
+                v.push((n.to_string(), a.load(Relaxed), i as i32));
+            }
+        }
+        v
+    }
+
+    // ---- applications ---------------------------------------------------------------
+
+    /// Register an application whose region the service created and initialised.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach_app(&mut self, id: u32, name: String, pid: u32, uid: u32, mem: AppMem, wake: Option<Arc<OwnedFd>>) -> Result<(), ErrorCode> {
+        let l = self.cfg.layout;
+        let slot = self.app_slots.iter().position(|u| !u).ok_or(ErrorCode::NoResources)?;
+        let (Some(mut sp_q), Some(req_q)) = (mem.queue(l.sp_queue_offset(), l.queue_entries), mem.queue(l.req_queue_offset(), l.queue_entries)) else {
+            return Err(ErrorCode::Invalid);
+        };
+        sp_q.resume_as_producer();
+        self.app_slots[slot] = true;
+        for core in &mut self.cores {
+            core.send(Command::AddApp {
+                slot: slot as u16,
+                app: Box::new(AppAttach { app_id: id, mem: mem.clone(), layout: l, wake: wake.clone() }),
+            });
+        }
+        tracing::info!(app = id, %name, pid, uid, "application attached");
+        self.apps.insert(
+            id,
+            App {
+                id,
+                name,
+                pid,
+                uid,
+                slot: slot as u16,
+                mem,
+                sp_q,
+                req_q,
+                wake,
+                free_conns: (0..l.conn_slots).rev().collect(),
+                conns: 0,
+                listeners: Vec::new(),
+                detaching: false,
+                broken: false,
+                dirty: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// The application's socket closed: reset its connections, close its listeners, and
+    /// free its region once the cores let go of it.
+    pub fn detach_app(&mut self, id: u32) {
+        let Some(app) = self.apps.get_mut(&id) else { return };
+        app.detaching = true;
+        tracing::info!(app = id, conns = app.conns, "application detached");
+        for l in std::mem::take(&mut app.listeners) {
+            self.close_listener(l);
+        }
+        let keys: Vec<FlowKey> = self.conns.values().filter(|c| c.app == id).map(|c| c.key).collect();
+        for k in keys {
+            self.abort_conn(k, ErrorCode::Aborted, true);
+        }
+        self.maybe_finish_detach(id);
+    }
+
+    fn maybe_finish_detach(&mut self, id: u32) {
+        let done = self.apps.get(&id).is_some_and(|a| a.detaching && a.conns == 0)
+            && !self.conns.values().any(|c| c.app == id && c.slot.is_some());
+        if !done {
+            return;
+        }
+        let app = self.apps.remove(&id).expect("present");
+        for core in &mut self.cores {
+            core.send(Command::RemoveApp { slot: app.slot });
+        }
+        self.app_slots[app.slot as usize] = false;
+        // `app.mem` drops here; the cores drop their clones when they handle RemoveApp.
+    }
+
+    fn post(&mut self, app: u32, ev: SpEvent) {
+        let Some(a) = self.apps.get_mut(&app) else { return };
+        if a.detaching {
+            return;
+        }
+        if a.sp_q.push(ev.encode()) {
+            a.dirty = true;
+        } else {
+            tracing::warn!(app, ?ev, "application event queue full; event lost");
+        }
+    }
+
+    fn publish_events(&mut self) {
+        for a in self.apps.values_mut() {
+            if a.dirty {
+                a.dirty = false;
+                if a.sp_q.publish() {
+                    if let Some(w) = &a.wake {
+                        eventfd_write(w.as_raw_fd());
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- the loop -------------------------------------------------------------------
+
+    /// Do all pending work at time `now`; returns how many items were handled.
+    pub fn poll(&mut self, now: Instant) -> usize {
+        self.now = now;
+        let mut n = 0;
+        for c in 0..self.cores.len() {
+            self.cores[c].flush();
+            while let Some(m) = self.cores[c].reports.try_pop() {
+                n += 1;
+                self.on_report(c as u8, m);
+            }
+        }
+        n += self.requests();
+        n += self.run_timers();
+        self.publish_events();
+        n
+    }
+
+    /// The earliest timer deadline, for sleeping.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    fn requests(&mut self) -> usize {
+        let ids: Vec<u32> = self.apps.keys().copied().collect();
+        let mut n = 0;
+        for id in ids {
+            for _ in 0..REQUEST_BUDGET {
+                let Some(app) = self.apps.get_mut(&id) else { break };
+                if app.broken || app.detaching {
+                    break;
+                }
+                let d = match app.req_q.pop() {
+                    Ok(Some(d)) => d,
+                    Ok(None) => break,
+                    Err(_) => {
+                        app.broken = true;
+                        tracing::warn!(app = id, "control queue corrupt; ignoring the application's requests");
+                        break;
+                    }
+                };
+                app.req_q.release();
+                n += 1;
+                match ControlRequest::decode(&d) {
+                    Ok(r) => self.on_request(id, r),
+                    Err(_) => self.counters.bad_requests += 1,
+                }
+            }
+        }
+        n
+    }
+
+    fn on_request(&mut self, app: u32, r: ControlRequest) {
+        match r {
+            ControlRequest::Listen { token, port, backlog } => {
+                let ev = match self.listen(app, port, backlog) {
+                    Ok(listener) => SpEvent::ListenOk { token, listener },
+                    Err(error) => SpEvent::ListenFailed { token, error },
+                };
+                self.post(app, ev);
+            }
+            ControlRequest::Connect { token, ip, port } => {
+                if let Err(error) = self.connect(app, token, Ipv4Addr::from(ip), port) {
+                    self.counters.connect_failures += 1;
+                    self.post(app, SpEvent::ConnectFailed { token, error });
+                }
+            }
+            ControlRequest::Accepted { listener, count } => {
+                if let Some(l) = self.listeners.get_mut(&listener) {
+                    if l.app == app {
+                        l.unaccepted = l.unaccepted.saturating_sub(count);
+                    }
+                }
+            }
+            ControlRequest::Abort { conn } => {
+                if let Some(&k) = self.by_slot.get(&(app, conn)) {
+                    self.abort_conn(k, ErrorCode::Aborted, true);
+                } else {
+                    self.counters.bad_requests += 1;
+                }
+            }
+            ControlRequest::Unlisten { listener } => {
+                if self.listeners.get(&listener).is_some_and(|l| l.app == app) {
+                    if let Some(a) = self.apps.get_mut(&app) {
+                        a.listeners.retain(|&l| l != listener);
+                    }
+                    self.close_listener(listener);
+                }
+            }
+        }
+    }
+
+    fn listen(&mut self, app: u32, port: u16, backlog: u32) -> Result<u32, ErrorCode> {
+        if port == 0 {
+            return Err(ErrorCode::Invalid);
+        }
+        if self.listener_by_port.contains_key(&port) || self.port_refs.contains_key(&port) {
+            return Err(ErrorCode::AddrInUse);
+        }
+        self.filter.own(port).map_err(|e| {
+            tracing::error!(port, error = %e, "cannot claim port in the XDP map");
+            ErrorCode::NoResources
+        })?;
+        let id = self.next_listener;
+        self.next_listener += 1;
+        let backlog = backlog.clamp(1, self.cfg.max_backlog);
+        self.listeners.insert(id, Listener { id, port, app, backlog, syn_rcvd: 0, unaccepted: 0 });
+        self.listener_by_port.insert(port, id);
+        if let Some(a) = self.apps.get_mut(&app) {
+            a.listeners.push(id);
+        }
+        tracing::debug!(app, port, backlog, listener = id, "listening");
+        Ok(id)
+    }
+
+    fn close_listener(&mut self, id: u32) {
+        let Some(l) = self.listeners.remove(&id) else { return };
+        self.listener_by_port.remove(&l.port);
+        // Handshakes in progress on it die with it.
+        let pending: Vec<FlowKey> = self
+            .conns
+            .values()
+            .filter(|c| matches!(c.phase, Phase::SynRcvd { listener, .. } if listener == id))
+            .map(|c| c.key)
+            .collect();
+        for k in pending {
+            self.conns.remove(&k);
+        }
+        if !self.port_refs.contains_key(&l.port) {
+            self.filter.release(l.port);
+        }
+    }
+
+    fn port_ref(&mut self, port: u16) {
+        *self.port_refs.entry(port).or_insert(0) += 1;
+    }
+
+    fn port_unref(&mut self, port: u16) {
+        if let Some(n) = self.port_refs.get_mut(&port) {
+            *n -= 1;
+            if *n == 0 {
+                self.port_refs.remove(&port);
+                if !self.listener_by_port.contains_key(&port) {
+                    self.filter.release(port);
+                }
+            }
+        }
+    }
+
+    fn next_hop(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        if crate::config::same_subnet(dst, self.cfg.local_ip, self.cfg.prefix) {
+            Some(dst)
+        } else {
+            self.cfg.gateway
+        }
+    }
+
+    fn isn(&self, key: FlowKey) -> u32 {
+        // RFC 6528: ISN = M + F(4-tuple, secret), M a 4 µs clock, F a keyed hash.
+        let f = self.isn_key.hash_one((key.0, u32::from(self.cfg.local_ip))) as u32;
+        f.wrapping_add((self.now.as_nanos() / 4_000) as u32)
+    }
+
+    fn core_for(&self, key: FlowKey) -> u8 {
+        (key.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 % self.cores.len() as u8
+    }
+
+    fn connect(&mut self, app: u32, token: u64, ip: Ipv4Addr, port: u16) -> Result<(), ErrorCode> {
+        if port == 0 || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+            return Err(ErrorCode::Invalid);
+        }
+        let hop = self.next_hop(ip).ok_or(ErrorCode::Unreachable)?;
+        // Pick an ephemeral port whose 4-tuple is free.
+        let (lo, hi) = self.cfg.ephemeral;
+        let span = (hi - lo) as u32 + 1;
+        let mut local_port = None;
+        for _ in 0..span {
+            let p = self.next_ephemeral;
+            self.next_ephemeral = if p >= hi { lo } else { p + 1 };
+            if self.listener_by_port.contains_key(&p) {
+                continue;
+            }
+            if !self.conns.contains_key(&FlowKey::new(u32::from(ip), port, p)) {
+                local_port = Some(p);
+                break;
+            }
+        }
+        let local_port = local_port.ok_or(ErrorCode::NoResources)?;
+        let key = FlowKey::new(u32::from(ip), port, local_port);
+        let a = self.apps.get_mut(&app).ok_or(ErrorCode::NotFound)?;
+        let slot = a.free_conns.pop().ok_or(ErrorCode::NoResources)?;
+        a.conns += 1;
+        if !self.port_refs.contains_key(&local_port) {
+            if let Err(e) = self.filter.own(local_port) {
+                tracing::error!(port = local_port, error = %e, "cannot claim port");
+                let a = self.apps.get_mut(&app).expect("present");
+                a.free_conns.push(slot);
+                a.conns -= 1;
+                return Err(ErrorCode::NoResources);
+            }
+        }
+        self.port_ref(local_port);
+        let core = self.core_for(key);
+        let iss = self.isn(key);
+        let mac = self.neigh.get(&hop).and_then(|n| n.mac);
+        self.conns.insert(
+            key,
+            Conn {
+                key,
+                remote_ip: ip,
+                remote_port: port,
+                local_port,
+                remote_mac: mac,
+                app,
+                slot: Some(slot),
+                core,
+                flow: None,
+                phase: Phase::SynSent { token, iss, retries: 0, sent_at: self.now },
+                peer_fin: false,
+                fin_acked: false,
+                we_closed_first: false,
+                port_ref: true,
+                deadline: None,
+            },
+        );
+        self.by_slot.insert((app, slot), key);
+        if mac.is_some() {
+            self.send_syn(key);
+        } else {
+            self.resolve(hop, key);
+        }
+        Ok(())
+    }
+
+    fn resolve(&mut self, hop: Ipv4Addr, key: FlowKey) {
+        let now = self.now;
+        let n = self.neigh.entry(hop).or_insert(Neighbour { mac: None, waiting: Vec::new(), asked_at: now, tries: 0 });
+        n.waiting.push(key);
+        let first = n.tries == 0;
+        if first {
+            n.tries = 1;
+            n.asked_at = now;
+        }
+        if first {
+            self.send_arp_request(hop);
+        }
+        // Retried from the connection's SYN timer until resolved.
+        self.arm(key, now + self.cfg.syn_rto);
+    }
+
+    fn send_arp_request(&mut self, target: Ipv4Addr) {
+        self.counters.arp_requests += 1;
+        let f = frames::arp_request(self.cfg.local_mac, self.cfg.local_ip, target);
+        self.cores[0].send(Command::SendFrame(f));
+    }
+
+    fn our_syn_opts(&self, peer: Option<PeerOpts>, tsval_now: u32) -> (Option<u8>, Option<(u32, u32)>) {
+        match peer {
+            // Active open: offer everything.
+            None => (Some(self.rcv_wscale), Some((tsval_now, 0))),
+            // Passive open: only what the peer offered (RFC 7323 1.3, 3.2).
+            Some(p) => (p.wscale.map(|_| self.rcv_wscale), p.ts.map(|v| (tsval_now, v))),
+        }
+    }
+
+    fn send_syn(&mut self, key: FlowKey) {
+        let Some(c) = self.conns.get(&key) else { return };
+        let Phase::SynSent { iss, .. } = c.phase else { return };
+        let (ws, ts) = self.our_syn_opts(None, tsval(self.now_us()));
+        let tcp = TcpRepr {
+            src_port: c.local_port,
+            dst_port: c.remote_port,
+            seq_number: iss,
+            ack_number: None,
+            flags: TcpFlags::SYN,
+            window_len: self.syn_window(),
+            max_seg_size: Some(self.cfg.mss),
+            window_scale: ws,
+            sack_permitted: false,
+            sack_ranges: SackBlocks::default(),
+            timestamp: ts,
+            payload_len: 0,
+        };
+        let mac = c.remote_mac.expect("resolved");
+        let (core, ip) = (c.core, c.remote_ip);
+        let f = frames::tcp_frame(self.cfg.local_mac, mac, self.cfg.local_ip, ip, &tcp);
+        self.cores[core as usize].send(Command::SendFrame(f));
+        let rto = self.cfg.syn_rto;
+        self.arm(key, self.now + rto);
+    }
+
+    fn syn_window(&self) -> u16 {
+        // The window in a SYN is never scaled (RFC 7323 2.2).
+        self.cfg.layout.rx_buf_size.min(u16::MAX as u32) as u16
+    }
+
+    fn now_us(&self) -> u32 {
+        (self.now.as_nanos() / 1_000) as u32
+    }
+
+    fn arm(&mut self, key: FlowKey, at: Instant) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.deadline = Some(at);
+            self.timer_seq += 1;
+            self.timers.push(Reverse((at, self.timer_seq)));
+            self.timer_keys.insert(self.timer_seq, key);
+        }
+    }
+
+    fn run_timers(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > self.now {
+                break;
+            }
+            self.timers.pop();
+            let Some(key) = self.timer_keys.remove(&id) else { continue };
+            let Some(c) = self.conns.get(&key) else { continue };
+            if c.deadline != Some(at) {
+                continue; // re-armed since
+            }
+            n += 1;
+            self.on_timer(key);
+        }
+        n
+    }
+
+    fn on_timer(&mut self, key: FlowKey) {
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        c.deadline = None;
+        match c.phase {
+            Phase::SynSent { token, iss, retries, sent_at } => {
+                if retries >= self.cfg.syn_retries {
+                    let app = c.app;
+                    self.counters.connect_failures += 1;
+                    self.counters.timeouts += 1;
+                    let unresolved = c.remote_mac.is_none();
+                    self.drop_conn(key);
+                    let error = if unresolved { ErrorCode::Unreachable } else { ErrorCode::TimedOut };
+                    self.post(app, SpEvent::ConnectFailed { token, error });
+                    return;
+                }
+                c.phase = Phase::SynSent { token, iss, retries: retries + 1, sent_at };
+                self.counters.syn_retransmits += 1;
+                let backoff = self.cfg.syn_rto * (1 << (retries + 1).min(6));
+                if c.remote_mac.is_none() {
+                    let ip = c.remote_ip;
+                    if let Some(hop) = self.next_hop(ip) {
+                        self.send_arp_request(hop);
+                    }
+                    self.arm(key, self.now + backoff);
+                } else {
+                    self.send_syn(key);
+                    self.arm(key, self.now + backoff);
+                }
+            }
+            Phase::SynRcvd { listener, iss, irs, opts, retries, sent_at } => {
+                if retries >= self.cfg.syn_retries.saturating_sub(1) {
+                    if let Some(l) = self.listeners.get_mut(&listener) {
+                        l.syn_rcvd = l.syn_rcvd.saturating_sub(1);
+                    }
+                    self.counters.timeouts += 1;
+                    self.conns.remove(&key);
+                    return;
+                }
+                c.phase = Phase::SynRcvd { listener, iss, irs, opts, retries: retries + 1, sent_at };
+                self.counters.syn_retransmits += 1;
+                self.send_synack(key);
+                let backoff = self.cfg.syn_rto * (1 << (retries + 1).min(6));
+                self.arm(key, self.now + backoff);
+            }
+            Phase::Established => {
+                // FIN_WAIT_2 timeout: our FIN was acknowledged, the peer never closed.
+                if c.fin_acked && !c.peer_fin {
+                    self.abort_conn(key, ErrorCode::TimedOut, true);
+                }
+            }
+            Phase::Removing(_) => {}
+            Phase::TimeWait { .. } => {
+                self.drop_conn(key);
+            }
+        }
+    }
+
+    /// Forget a connection that holds no flow.
+    fn drop_conn(&mut self, key: FlowKey) {
+        let Some(c) = self.conns.remove(&key) else { return };
+        if let Some(slot) = c.slot {
+            self.by_slot.remove(&(c.app, slot));
+            if let Some(a) = self.apps.get_mut(&c.app) {
+                a.free_conns.push(slot);
+                a.conns -= 1;
+            }
+        }
+        if c.port_ref {
+            self.port_unref(c.local_port);
+        }
+        self.maybe_finish_detach(c.app);
+    }
+
+    // ---- reports from the cores -----------------------------------------------------
+
+    fn on_report(&mut self, core: u8, m: ToSlow) {
+        match m {
+            ToSlow::Frame(f) => self.on_frame(core, f.data()),
+            ToSlow::Note { flow, note } => {
+                let Some(key) = self.cores[core as usize].owners.get(flow as usize).copied().flatten() else { return };
+                self.on_note(key, note);
+            }
+            ToSlow::FlowRemoved { flow, state } => {
+                let c = &mut self.cores[core as usize];
+                let Some(key) = c.owners.get_mut(flow as usize).and_then(|o| o.take()) else { return };
+                c.free_flows.push(flow);
+                self.on_removed(key, &state);
+            }
+        }
+    }
+
+    /// A frame from the kernel side (e.g. ARP from a packet socket) for the slow path.
+    pub fn on_kernel_frame(&mut self, data: &[u8]) {
+        self.on_frame(0, data);
+        self.publish_events();
+    }
+
+    fn on_frame(&mut self, core: u8, data: &[u8]) {
+        let Ok(eth) = EthernetFrame::new_checked(data) else {
+            self.counters.bad_frames += 1;
+            return;
+        };
+        match eth.ethertype() {
+            EtherType::Arp => self.on_arp(eth.payload()),
+            EtherType::Ipv4 => {
+                let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+                    self.counters.bad_frames += 1;
+                    return;
+                };
+                let Ok(tcp) = TcpSegment::new_checked(ip.payload()) else {
+                    self.counters.bad_frames += 1;
+                    return;
+                };
+                let src = ip.src_addr();
+                let Ok(repr) = TcpRepr::parse(&tcp, src, ip.dst_addr(), true) else {
+                    self.counters.bad_frames += 1;
+                    return;
+                };
+                self.on_tcp(core, eth.src_addr(), src, &repr, data);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_arp(&mut self, payload: &[u8]) {
+        let Ok(pkt) = ArpPacket::new_checked(payload) else { return };
+        let Ok(arp) = ArpRepr::parse(&pkt) else { return };
+        let sender = arp.source_protocol_addr;
+        // Learn (RFC 826 merge): update an entry we have or are waiting for.
+        if let Some(n) = self.neigh.get_mut(&sender) {
+            n.mac = Some(arp.source_hardware_addr);
+            let waiting = std::mem::take(&mut n.waiting);
+            for key in waiting {
+                if let Some(c) = self.conns.get_mut(&key) {
+                    if c.remote_mac.is_none() {
+                        c.remote_mac = Some(arp.source_hardware_addr);
+                        self.send_syn(key);
+                    }
+                }
+            }
+        }
+        if arp.operation == ArpOperation::Request && arp.target_protocol_addr == self.cfg.local_ip && self.cfg.arp_reply {
+            self.counters.arp_replies += 1;
+            let reply = ArpRepr {
+                operation: ArpOperation::Reply,
+                source_hardware_addr: self.cfg.local_mac,
+                source_protocol_addr: self.cfg.local_ip,
+                target_hardware_addr: arp.source_hardware_addr,
+                target_protocol_addr: sender,
+            };
+            let f = frames::arp_frame(self.cfg.local_mac, arp.source_hardware_addr, &reply);
+            self.cores[0].send(Command::SendFrame(f));
+        }
+    }
+
+    fn send_tcp(&mut self, core: u8, mac: EthernetAddress, ip: Ipv4Addr, tcp: &TcpRepr) {
+        let f = frames::tcp_frame(self.cfg.local_mac, mac, self.cfg.local_ip, ip, tcp);
+        self.cores[core as usize].send(Command::SendFrame(f));
+    }
+
+    /// RFC 9293 3.10.7.1 / "Reset Generation": the reply to a segment for no connection.
+    fn send_rst_for(&mut self, core: u8, mac: EthernetAddress, ip: Ipv4Addr, seg: &TcpRepr) {
+        if seg.flags.contains(TcpFlags::RST) {
+            return;
+        }
+        let seg_len = seg.payload_len as u32
+            + seg.flags.contains(TcpFlags::SYN) as u32
+            + seg.flags.contains(TcpFlags::FIN) as u32;
+        let tcp = match seg.ack_number {
+            // "If the incoming segment has an ACK field, the reset takes its sequence
+            // number from the ACK field of the segment"
+            Some(ack) => TcpRepr { seq_number: ack, ack_number: None, flags: TcpFlags::RST, ..self.bare(seg) },
+            // "otherwise the reset has sequence number zero and the ACK field is set to
+            // the sum of the sequence number and segment length of the incoming segment"
+            None => TcpRepr {
+                seq_number: 0,
+                ack_number: Some(seg.seq_number.wrapping_add(seg_len)),
+                flags: TcpFlags::RST | TcpFlags::ACK,
+                ..self.bare(seg)
+            },
+        };
+        self.counters.rsts_sent += 1;
+        self.send_tcp(core, mac, ip, &tcp);
+    }
+
+    fn bare(&self, seg: &TcpRepr) -> TcpRepr {
+        TcpRepr {
+            src_port: seg.dst_port,
+            dst_port: seg.src_port,
+            seq_number: 0,
+            ack_number: None,
+            flags: TcpFlags::default(),
+            window_len: 0,
+            max_seg_size: None,
+            window_scale: None,
+            sack_permitted: false,
+            sack_ranges: SackBlocks::default(),
+            timestamp: None,
+            payload_len: 0,
+        }
+    }
+
+    fn on_tcp(&mut self, core: u8, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr, frame: &[u8]) {
+        let key = FlowKey::new(u32::from(src), seg.src_port, seg.dst_port);
+        let Some(c) = self.conns.get(&key) else {
+            if seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::ACK) {
+                if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
+                    self.passive_open(core, lid, key, mac, src, seg);
+                    return;
+                }
+            }
+            self.send_rst_for(core, mac, src, seg);
+            return;
+        };
+        let phase = c.phase;
+        match phase {
+            Phase::SynSent { token, iss, sent_at, .. } => self.on_synsent(key, token, iss, sent_at, mac, seg),
+            Phase::SynRcvd { listener, iss, irs, opts, sent_at, .. } => {
+                if seg.flags.contains(TcpFlags::RST) {
+                    if seq_in(seg.seq_number, irs.wrapping_add(1), self.cfg.layout.rx_buf_size) {
+                        self.counters.rsts_received += 1;
+                        if let Some(l) = self.listeners.get_mut(&listener) {
+                            l.syn_rcvd = l.syn_rcvd.saturating_sub(1);
+                        }
+                        self.conns.remove(&key);
+                    }
+                    return;
+                }
+                if seg.flags.contains(TcpFlags::SYN) {
+                    // Retransmitted SYN: our SYN-ACK was lost.
+                    if seg.seq_number == irs {
+                        self.send_synack(key);
+                    }
+                    return;
+                }
+                match seg.ack_number {
+                    Some(ack) if ack == iss.wrapping_add(1) && seg.seq_number == irs.wrapping_add(1) => {
+                        self.establish_passive(core, key, listener, iss, irs, opts, sent_at, seg, frame);
+                    }
+                    Some(_) => self.send_rst_for(core, mac, src, seg),
+                    None => {}
+                }
+            }
+            Phase::Established => {
+                if seg.flags.contains(TcpFlags::RST) {
+                    // RFC 5961 checks (challenge ACKs) come with the loss-recovery work;
+                    // for now any RST for an installed flow resets it.
+                    self.counters.rsts_received += 1;
+                    self.abort_conn(key, ErrorCode::Reset, false);
+                    return;
+                }
+                if seg.flags.contains(TcpFlags::SYN) {
+                    return; // a duplicate SYN/SYN-ACK; the fast path ACKs data as usual
+                }
+                // Raced the installation (or arrived on another core): hand it to the owner.
+                let (owner, has_flow) = (c.core, c.flow.is_some());
+                if has_flow {
+                    self.counters.reinjected += 1;
+                    self.cores[owner as usize].send(Command::Reinject(frame.into()));
+                }
+            }
+            Phase::Removing(_) => {}
+            Phase::TimeWait { snd_nxt, rcv_nxt } => {
+                if seg.flags.contains(TcpFlags::RST) {
+                    return;
+                }
+                // RFC 9293 3.10.7.4 TIME-WAIT: acknowledge a retransmitted FIN and restart
+                // the 2 MSL timeout.
+                if seg.flags.contains(TcpFlags::FIN) {
+                    let tcp = TcpRepr {
+                        seq_number: snd_nxt,
+                        ack_number: Some(rcv_nxt),
+                        flags: TcpFlags::ACK,
+                        ..self.bare(seg)
+                    };
+                    self.send_tcp(core, mac, src, &tcp);
+                    let tw = self.cfg.time_wait;
+                    self.arm(key, self.now + tw);
+                }
+            }
+        }
+    }
+
+    fn peer_opts(seg: &TcpRepr) -> PeerOpts {
+        PeerOpts { mss: seg.max_seg_size, wscale: seg.window_scale, ts: seg.timestamp.map(|(v, _)| v) }
+    }
+
+    fn passive_open(&mut self, core: u8, lid: u32, key: FlowKey, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr) {
+        let l = self.listeners.get_mut(&lid).expect("indexed listener");
+        if l.syn_rcvd + l.unaccepted >= l.backlog {
+            self.counters.syn_backlog_drops += 1;
+            return; // the peer retries; Linux drops too
+        }
+        l.syn_rcvd += 1;
+        let app = l.app;
+        let iss = self.isn(key);
+        self.conns.insert(
+            key,
+            Conn {
+                key,
+                remote_ip: src,
+                remote_port: seg.src_port,
+                local_port: seg.dst_port,
+                remote_mac: Some(mac),
+                app,
+                slot: None,
+                core,
+                flow: None,
+                phase: Phase::SynRcvd {
+                    listener: lid,
+                    iss,
+                    irs: seg.seq_number,
+                    opts: Self::peer_opts(seg),
+                    retries: 0,
+                    sent_at: self.now,
+                },
+                peer_fin: false,
+                fin_acked: false,
+                we_closed_first: false,
+                port_ref: false,
+                deadline: None,
+            },
+        );
+        self.send_synack(key);
+        let rto = self.cfg.syn_rto;
+        self.arm(key, self.now + rto);
+    }
+
+    fn send_synack(&mut self, key: FlowKey) {
+        let Some(c) = self.conns.get(&key) else { return };
+        let Phase::SynRcvd { iss, irs, opts, .. } = c.phase else { return };
+        let (ws, ts) = self.our_syn_opts(Some(opts), tsval(self.now_us()));
+        let tcp = TcpRepr {
+            src_port: c.local_port,
+            dst_port: c.remote_port,
+            seq_number: iss,
+            ack_number: Some(irs.wrapping_add(1)),
+            flags: TcpFlags::SYN | TcpFlags::ACK,
+            window_len: self.syn_window(),
+            max_seg_size: Some(self.cfg.mss),
+            window_scale: ws,
+            sack_permitted: false,
+            sack_ranges: SackBlocks::default(),
+            timestamp: ts,
+            payload_len: 0,
+        };
+        let (core, mac, ip) = (c.core, c.remote_mac.expect("known from SYN"), c.remote_ip);
+        self.send_tcp(core, mac, ip, &tcp);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn establish_passive(
+        &mut self,
+        core: u8,
+        key: FlowKey,
+        lid: u32,
+        iss: u32,
+        irs: u32,
+        opts: PeerOpts,
+        sent_at: Instant,
+        seg: &TcpRepr,
+        frame: &[u8],
+    ) {
+        let Some(l) = self.listeners.get_mut(&lid) else { return };
+        l.syn_rcvd = l.syn_rcvd.saturating_sub(1);
+        let app = l.app;
+        let slot = self.apps.get_mut(&app).and_then(|a| a.free_conns.pop());
+        let flow = self.cores[core as usize].free_flows.pop();
+        let (Some(slot), Some(flow)) = (slot, flow) else {
+            // Out of resources: give back what we took, reset the peer.
+            if let Some(s) = slot {
+                self.apps.get_mut(&app).expect("present").free_conns.push(s);
+            }
+            if let Some(f) = flow {
+                self.cores[core as usize].free_flows.push(f);
+            }
+            self.counters.syn_resource_drops += 1;
+            let c = self.conns.remove(&key).expect("present");
+            self.send_rst_for(core, c.remote_mac.expect("known"), c.remote_ip, seg);
+            return;
+        };
+        self.listeners.get_mut(&lid).expect("present").unaccepted += 1;
+        self.apps.get_mut(&app).expect("present").conns += 1;
+        let rtt = self.now.saturating_since(sent_at);
+        // The ACK completing the handshake carries a scaled window (RFC 7323 2.2).
+        let snd_wscale = if opts.wscale.is_some() { opts.wscale.unwrap_or(0) } else { 0 };
+        let snd_wnd = (seg.window_len as u32) << snd_wscale;
+        let ts_recent = seg.timestamp.map(|(v, _)| v).or(opts.ts);
+        let state = self.flow_state(key, app, slot, opts, iss.wrapping_add(1), irs.wrapping_add(1), snd_wnd, ts_recent, rtt);
+        self.port_ref(key_local_port(key));
+        let c = self.conns.get_mut(&key).expect("present");
+        c.slot = Some(slot);
+        c.flow = Some(flow);
+        c.core = core;
+        c.phase = Phase::Established;
+        c.port_ref = true;
+        c.deadline = None;
+        let (remote_ip, remote_port, local_port) = (c.remote_ip, c.remote_port, c.local_port);
+        self.by_slot.insert((app, slot), key);
+        let link = &mut self.cores[core as usize];
+        link.owners[flow as usize] = Some(key);
+        link.send(Command::InstallFlow { flow, state: Box::new(state) });
+        if seg.payload_len > 0 || seg.flags.contains(TcpFlags::FIN) {
+            self.counters.reinjected += 1;
+            link.send(Command::Reinject(frame.into()));
+        }
+        self.counters.passive_opens += 1;
+        self.post(
+            app,
+            SpEvent::Accepted {
+                listener: lid,
+                handle: ConnHandle { conn: slot, core, flow },
+                remote_ip: u32::from(remote_ip),
+                remote_port,
+                local_port,
+            },
+        );
+    }
+
+    fn on_synsent(&mut self, key: FlowKey, token: u64, iss: u32, sent_at: Instant, mac: EthernetAddress, seg: &TcpRepr) {
+        let ack_ok = seg.ack_number == Some(iss.wrapping_add(1));
+        if seg.flags.contains(TcpFlags::RST) {
+            // RFC 9293 3.10.7.3: "If the ACK was acceptable, then signal to the user
+            // 'error: connection reset', drop the segment, enter CLOSED state".
+            if ack_ok {
+                let app = self.conns[&key].app;
+                self.counters.connect_failures += 1;
+                self.drop_conn(key);
+                self.post(app, SpEvent::ConnectFailed { token, error: ErrorCode::Refused });
+            }
+            return;
+        }
+        if !seg.flags.contains(TcpFlags::SYN) {
+            if seg.ack_number.is_some() && !ack_ok {
+                let ip = self.conns[&key].remote_ip;
+                let core = self.conns[&key].core;
+                self.send_rst_for(core, mac, ip, seg);
+            }
+            return;
+        }
+        if !ack_ok {
+            return; // simultaneous open lands with the complete-TCP work
+        }
+        let c = self.conns.get(&key).expect("present");
+        let (app, slot, core) = (c.app, c.slot.expect("active opens hold a slot"), c.core);
+        let Some(flow) = self.cores[core as usize].free_flows.pop() else {
+            let ip = c.remote_ip;
+            self.counters.connect_failures += 1;
+            self.send_rst_for(core, mac, ip, seg);
+            self.drop_conn(key);
+            self.post(app, SpEvent::ConnectFailed { token, error: ErrorCode::NoResources });
+            return;
+        };
+        let opts = Self::peer_opts(seg);
+        let irs = seg.seq_number;
+        let rtt = self.now.saturating_since(sent_at);
+        // The window of a SYN-ACK is not scaled.
+        let snd_wnd = seg.window_len as u32;
+        let state = self.flow_state(key, app, slot, opts, iss.wrapping_add(1), irs.wrapping_add(1), snd_wnd, opts.ts, rtt);
+        // Complete the handshake: the ACK of the SYN-ACK.
+        let ack = TcpRepr {
+            seq_number: iss.wrapping_add(1),
+            ack_number: Some(irs.wrapping_add(1)),
+            flags: TcpFlags::ACK,
+            window_len: tas_fastpath::tx::window_field(&state),
+            timestamp: if state.flags & F_TS != 0 { Some((tsval(self.now_us()), opts.ts.unwrap_or(0))) } else { None },
+            ..self.bare(seg)
+        };
+        let c = self.conns.get_mut(&key).expect("present");
+        c.flow = Some(flow);
+        c.phase = Phase::Established;
+        c.remote_mac = Some(mac);
+        c.deadline = None;
+        let (ip, local_port) = (c.remote_ip, c.local_port);
+        self.send_tcp(core, mac, ip, &ack);
+        let link = &mut self.cores[core as usize];
+        link.owners[flow as usize] = Some(key);
+        link.send(Command::InstallFlow { flow, state: Box::new(state) });
+        self.counters.active_opens += 1;
+        self.post(app, SpEvent::Connected { token, handle: ConnHandle { conn: slot, core, flow }, local_port });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn flow_state(
+        &self,
+        key: FlowKey,
+        app: u32,
+        slot: u32,
+        opts: PeerOpts,
+        snd_una: u32,
+        rcv_nxt: u32,
+        snd_wnd: u32,
+        ts_recent: Option<u32>,
+        rtt: Duration,
+    ) -> FlowState {
+        let l = self.cfg.layout;
+        let c = &self.conns[&key];
+        let ts = opts.ts.is_some();
+        let (snd_wscale, rcv_wscale) = match opts.wscale {
+            Some(w) => (w.min(14), self.rcv_wscale),
+            None => (0, 0),
+        };
+        // Payload per segment: the smaller MSS, less the timestamp option when in use.
+        let mss = opts.mss.unwrap_or(536).min(self.cfg.mss) - if ts { 12 } else { 0 };
+        let app_slot = self.apps.get(&app).map_or(0, |a| a.slot);
+        let rtt_us = (rtt.as_micros() as u32).max(1);
+        let mut f = FlowState {
+            remote_ip: u32::from(c.remote_ip),
+            local_port: c.local_port,
+            remote_port: c.remote_port,
+            rcv_nxt,
+            rx_avail: l.rx_buf_size,
+            rx_head: 0,
+            rx_size: l.rx_buf_size,
+            rx_base: l.rx_offset(slot) as u64,
+            ts_recent: ts_recent.unwrap_or(0),
+            snd_una,
+            snd_wnd,
+            app: app_slot,
+            conn: slot,
+            snd_wscale,
+            rcv_wscale,
+            tx_base: l.tx_offset(slot) as u64,
+            tx_size: l.tx_buf_size,
+            remote_mac: c.remote_mac.map_or([0; 6], |m| m.0),
+            mss,
+            progress_us: self.now_us(),
+            ..FlowState::default()
+        };
+        if ts {
+            f.flags |= F_TS;
+        }
+        tas_fastpath::rx::rtt_sample(&mut f, rtt_us);
+        f
+    }
+
+    fn on_note(&mut self, key: FlowKey, note: FlowNote) {
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        match note {
+            FlowNote::PeerFin => c.peer_fin = true,
+            FlowNote::FinAcked => {
+                c.fin_acked = true;
+                if !c.peer_fin {
+                    c.we_closed_first = true;
+                    let t = self.cfg.fin_wait2_timeout;
+                    self.arm(key, self.now + t);
+                }
+            }
+            FlowNote::GaveUp => {
+                self.counters.timeouts += 1;
+                self.abort_conn(key, ErrorCode::TimedOut, true);
+                return;
+            }
+        }
+        let c = &self.conns[&key];
+        if c.peer_fin && c.fin_acked && matches!(c.phase, Phase::Established) {
+            let time_wait = c.we_closed_first;
+            self.remove_flow(key, Removal::Close { time_wait });
+        }
+    }
+
+    fn remove_flow(&mut self, key: FlowKey, how: Removal) {
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        let Some(flow) = c.flow else { return };
+        c.phase = Phase::Removing(how);
+        c.deadline = None;
+        let core = c.core;
+        self.cores[core as usize].send(Command::RemoveFlow { flow });
+    }
+
+    /// Reset a connection in whatever state it is.
+    fn abort_conn(&mut self, key: FlowKey, error: ErrorCode, send_rst: bool) {
+        let Some(c) = self.conns.get(&key) else { return };
+        match c.phase {
+            Phase::Established => self.remove_flow(key, Removal::Reset { send_rst, error }),
+            Phase::Removing(_) => {}
+            Phase::SynSent { token, .. } => {
+                let app = c.app;
+                self.drop_conn(key);
+                self.post(app, SpEvent::ConnectFailed { token, error });
+            }
+            Phase::SynRcvd { listener, .. } => {
+                if let Some(l) = self.listeners.get_mut(&listener) {
+                    l.syn_rcvd = l.syn_rcvd.saturating_sub(1);
+                }
+                self.conns.remove(&key);
+            }
+            Phase::TimeWait { .. } => self.drop_conn(key),
+        }
+    }
+
+    fn on_removed(&mut self, key: FlowKey, st: &FlowState) {
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        let how = match c.phase {
+            Phase::Removing(h) => h,
+            _ => Removal::Reset { send_rst: true, error: ErrorCode::Aborted },
+        };
+        c.flow = None;
+        let (app, slot, core, mac, ip) = (c.app, c.slot, c.core, c.remote_mac, c.remote_ip);
+        let (lport, rport) = (c.local_port, c.remote_port);
+        match how {
+            Removal::Close { time_wait } => {
+                self.counters.closes += 1;
+                if let Some(s) = slot {
+                    self.post(app, SpEvent::Closed { conn: s, error: None });
+                }
+                if time_wait {
+                    // Keep the 4-tuple (and its port) for 2 MSL, but free the app's slot.
+                    let c = self.conns.get_mut(&key).expect("present");
+                    c.phase = Phase::TimeWait { snd_nxt: st.snd_nxt(), rcv_nxt: st.rcv_nxt };
+                    if let Some(s) = c.slot.take() {
+                        self.by_slot.remove(&(app, s));
+                        if let Some(a) = self.apps.get_mut(&app) {
+                            a.free_conns.push(s);
+                            a.conns -= 1;
+                        }
+                    }
+                    let tw = self.cfg.time_wait;
+                    self.arm(key, self.now + tw);
+                    self.maybe_finish_detach(app);
+                } else {
+                    self.drop_conn(key);
+                }
+            }
+            Removal::Reset { send_rst, error } => {
+                self.counters.resets += 1;
+                if send_rst {
+                    if let Some(mac) = mac {
+                        let tcp = TcpRepr {
+                            src_port: lport,
+                            dst_port: rport,
+                            seq_number: st.snd_nxt(),
+                            ack_number: Some(st.rcv_nxt),
+                            flags: TcpFlags::RST | TcpFlags::ACK,
+                            window_len: 0,
+                            max_seg_size: None,
+                            window_scale: None,
+                            sack_permitted: false,
+                            sack_ranges: SackBlocks::default(),
+                            timestamp: None,
+                            payload_len: 0,
+                        };
+                        self.counters.rsts_sent += 1;
+                        self.send_tcp(core, mac, ip, &tcp);
+                    }
+                }
+                if let Some(s) = slot {
+                    self.post(app, SpEvent::Closed { conn: s, error: Some(error) });
+                }
+                self.drop_conn(key);
+            }
+        }
+    }
+
+    /// Reset every connection politely (RST to each peer), e.g. at shutdown.
+    pub fn reset_all(&mut self) {
+        let keys: Vec<FlowKey> = self.conns.keys().copied().collect();
+        for k in keys {
+            self.abort_conn(k, ErrorCode::Aborted, true);
+        }
+    }
+
+    /// The TS clock shift, for tests that decode our timestamps.
+    pub const TS_TICK_SHIFT: u32 = TS_TICK_SHIFT;
+}
+
+impl Conn {
+    fn state_name(&self) -> &'static str {
+        match self.phase {
+            Phase::SynSent { .. } => "SYN-SENT",
+            Phase::SynRcvd { .. } => "SYN-RECEIVED",
+            Phase::Established => match (self.peer_fin, self.fin_acked) {
+                (false, false) => "ESTABLISHED",
+                (true, false) => "CLOSE-WAIT",
+                (false, true) => "FIN-WAIT-2",
+                (true, true) => "CLOSING",
+            },
+            Phase::Removing(_) => "CLOSING",
+            Phase::TimeWait { .. } => "TIME-WAIT",
+        }
+    }
+}
+
+fn key_local_port(k: FlowKey) -> u16 {
+    k.0 as u16
+}
+
+/// True if `seq` is within `[start, start + wnd)`.
+fn seq_in(seq: u32, start: u32, wnd: u32) -> bool {
+    seq.wrapping_sub(start) < wnd.max(1)
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<CoreLink>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_helpers() {
+        assert!(seq_lt(u32::MAX, 0));
+        assert!(seq_in(5, 4, 2) && !seq_in(6, 4, 2));
+        assert_eq!(key_local_port(FlowKey::new(1, 2, 3)), 3);
+    }
+}

@@ -1,0 +1,271 @@
+//! Two whole stacks (real fast path + slow path + libtas) joined by the in-memory link,
+//! on a virtual clock, single-threaded and deterministic.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libtas::{ConnId, ConnState, Context, Error, RegionMapping};
+use sha2::{Digest, Sha256};
+use tas_fastpath::io::mem::{Impairments, MemLink};
+use tas_fastpath::time::{Clock, SimClock};
+use tas_fastpath::wire::EthernetAddress;
+use tas_proto::shm::Layout;
+use tas_slowpath::sim::{HeapRegion, SimHost};
+
+const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+fn layout() -> Layout {
+    Layout { num_fp_queues: 1, queue_entries: 1024, conn_slots: 64, rx_buf_size: 256 * 1024, tx_buf_size: 256 * 1024 }
+}
+
+fn context(host: &mut SimHost, ip: Ipv4Addr, name: &str) -> Context {
+    let region: Arc<HeapRegion> = host.attach_local(name);
+    // SAFETY: the region stays alive through the keep-alive Arc; one context per region.
+    unsafe {
+        let map = RegionMapping::borrowed(region.base(), region.len(), region.clone());
+        Context::from_parts(map, None, vec![None], ip).expect("context")
+    }
+}
+
+/// Deterministic test pattern: byte `i` of stream `seed`.
+fn pattern(seed: u64, off: u64, out: &mut [u8]) {
+    for (i, b) in out.iter_mut().enumerate() {
+        let x = (off + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
+        *b = (x >> 29) as u8;
+    }
+}
+
+struct World {
+    clock: SimClock,
+    a: SimHost,
+    b: SimHost,
+}
+
+impl World {
+    fn new(imp: Impairments, seed: u64) -> World {
+        let clock = SimClock::new();
+        let (pa, pb) = MemLink::pair(&clock, imp, imp, seed);
+        let a = SimHost::new(pa, &clock, IP_A, EthernetAddress([2, 0, 0, 0, 0, 1]), layout());
+        let b = SimHost::new(pb, &clock, IP_B, EthernetAddress([2, 0, 0, 0, 0, 2]), layout());
+        World { clock, a, b }
+    }
+
+    /// One round of every party; advances the clock when nothing happened.
+    fn step(&mut self, apps: &mut [&mut Context]) -> bool {
+        let mut work = self.a.poll();
+        work |= self.b.poll();
+        for c in apps.iter_mut() {
+            work |= c.poll() > 0;
+        }
+        if !work {
+            let next = [self.a.cores[0].io().next_arrival(), self.b.cores[0].io().next_arrival()]
+                .into_iter()
+                .flatten()
+                .min();
+            let now = self.clock.now();
+            match next {
+                Some(t) if t > now => self.clock.set(t),
+                _ => self.clock.advance(Duration::from_micros(100)),
+            }
+        }
+        work
+    }
+}
+
+/// Echo server logic: everything read is written back; EOF -> close after draining.
+#[derive(Default)]
+struct Echo {
+    conns: Vec<(ConnId, Vec<u8>, bool)>,
+}
+
+impl Echo {
+    fn step(&mut self, ctx: &mut Context, l: libtas::ListenerId) {
+        while let Ok(Some(c)) = ctx.accept(l) {
+            self.conns.push((c, Vec::new(), false));
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        for (c, pending, closed) in &mut self.conns {
+            if *closed {
+                continue;
+            }
+            if !pending.is_empty() {
+                match ctx.send(*c, pending) {
+                    Ok(n) => {
+                        pending.drain(..n);
+                    }
+                    Err(Error::WouldBlock) => {}
+                    Err(e) => panic!("echo send: {e}"),
+                }
+            }
+            if pending.len() < 256 * 1024 {
+                match ctx.recv(*c, &mut buf) {
+                    Ok(0) if pending.is_empty() => {
+                        ctx.close(*c).unwrap();
+                        *closed = true;
+                    }
+                    Ok(0) => {}
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    Err(Error::WouldBlock) => {}
+                    Err(e) => panic!("echo recv: {e}"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn exchange_100mb_both_ways_and_close() {
+    const TOTAL: u64 = 100_000_000;
+    let mut w = World::new(Impairments::default(), 1);
+    let mut server = context(&mut w.a, IP_A, "echo");
+    let mut client = context(&mut w.b, IP_B, "client");
+
+    let tok = server.listen_start(7000, 128).unwrap();
+    let listener = loop {
+        w.step(&mut [&mut server, &mut client]);
+        if let Some(l) = server.listen_result(tok).unwrap() {
+            break l;
+        }
+    };
+    let conn = client.connect_start(SocketAddrV4::new(IP_A, 7000)).unwrap();
+    let mut echo = Echo::default();
+    let (mut sent, mut recvd) = (0u64, 0u64);
+    let (mut h_sent, mut h_recv) = (Sha256::new(), Sha256::new());
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut expect = vec![0u8; 64 * 1024];
+    let mut shut = false;
+    let mut steps = 0u64;
+    loop {
+        steps += 1;
+        assert!(steps < 50_000_000, "no progress: sent {sent} received {recvd}");
+        w.step(&mut [&mut server, &mut client]);
+        echo.step(&mut server, listener);
+        match client.state(conn) {
+            ConnState::Connecting => continue,
+            ConnState::Failed(e) => panic!("connection failed: {e}"),
+            _ => {}
+        }
+        if sent < TOTAL {
+            let n = (TOTAL - sent).min(chunk.len() as u64) as usize;
+            pattern(7, sent, &mut chunk[..n]);
+            match client.send(conn, &chunk[..n]) {
+                Ok(k) => {
+                    h_sent.update(&chunk[..k]);
+                    sent += k as u64;
+                }
+                Err(Error::WouldBlock) => {}
+                Err(e) => panic!("send: {e}"),
+            }
+        } else if !shut {
+            client.shutdown(conn).unwrap();
+            shut = true;
+        }
+        match client.recv(conn, &mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                pattern(7, recvd, &mut expect[..n]);
+                assert!(chunk[..n] == expect[..n], "echoed bytes differ at offset {recvd}");
+                h_recv.update(&chunk[..n]);
+                recvd += n as u64;
+            }
+            Err(Error::WouldBlock) => {}
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+    assert_eq!(sent, TOTAL);
+    assert_eq!(recvd, TOTAL);
+    assert_eq!(h_sent.finalize(), h_recv.finalize());
+    client.close(conn).unwrap();
+
+    // Orderly close: both flows leave the fast path, the client (active closer) holds
+    // TIME_WAIT, then nothing.
+    for _ in 0..200_000 {
+        w.step(&mut [&mut server, &mut client]);
+        echo.step(&mut server, listener);
+        if w.a.slow.flow_count() == 0 && w.b.slow.flow_count() == 0 {
+            break;
+        }
+    }
+    assert_eq!(w.a.slow.flow_count(), 0, "server still holds flows");
+    assert_eq!(w.b.slow.flow_count(), 0, "client still holds flows");
+    assert_eq!(w.a.slow.conn_count(), 0, "passive closer keeps no state");
+    assert_eq!(w.b.slow.conn_infos().iter().map(|c| c.state).collect::<Vec<_>>(), vec!["TIME-WAIT"]);
+    let until = w.clock.now() + Duration::from_secs(2);
+    while w.clock.now() < until {
+        w.step(&mut [&mut server, &mut client]);
+    }
+    assert_eq!(w.b.slow.conn_count(), 0, "TIME_WAIT expired");
+    let ca = w.a.slow.counters();
+    assert_eq!((ca.passive_opens, ca.closes, ca.resets), (1, 1, 0));
+    let cb = w.b.slow.counters();
+    assert_eq!((cb.active_opens, cb.closes, cb.resets), (1, 1, 0));
+    let fa = w.a.cores[0].counters();
+    assert_eq!(fa.drop_checksum.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
+fn connect_to_closed_port_is_refused() {
+    let mut w = World::new(Impairments::default(), 2);
+    let mut server = context(&mut w.a, IP_A, "nobody");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let conn = client.connect_start(SocketAddrV4::new(IP_A, 9)).unwrap();
+    for _ in 0..100_000 {
+        w.step(&mut [&mut server, &mut client]);
+        if !matches!(client.state(conn), ConnState::Connecting) {
+            break;
+        }
+    }
+    assert_eq!(client.state(conn), ConnState::Failed(Error::Refused));
+    assert_eq!(w.a.slow.counters().rsts_sent, 1);
+}
+
+#[test]
+fn recovers_from_loss() {
+    const TOTAL: u64 = 2_000_000;
+    let imp = Impairments { loss: 0.01, ..Impairments::default() };
+    let mut w = World::new(imp, 3);
+    let mut server = context(&mut w.a, IP_A, "echo");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let tok = server.listen_start(80, 16).unwrap();
+    let listener = loop {
+        w.step(&mut [&mut server, &mut client]);
+        if let Some(l) = server.listen_result(tok).unwrap() {
+            break l;
+        }
+    };
+    let conn = client.connect_start(SocketAddrV4::new(IP_A, 80)).unwrap();
+    let mut echo = Echo::default();
+    let (mut sent, mut recvd) = (0u64, 0u64);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut expect = vec![0u8; 16 * 1024];
+    let deadline = Duration::from_secs(600);
+    while recvd < TOTAL {
+        assert!(w.clock.now().as_nanos() < deadline.as_nanos() as u64, "stalled at {recvd}");
+        w.step(&mut [&mut server, &mut client]);
+        echo.step(&mut server, listener);
+        if let ConnState::Failed(e) = client.state(conn) {
+            panic!("failed: {e}");
+        }
+        if client.state(conn) == ConnState::Connecting {
+            continue;
+        }
+        if sent < TOTAL {
+            let n = (TOTAL - sent).min(chunk.len() as u64) as usize;
+            pattern(9, sent, &mut chunk[..n]);
+            if let Ok(k) = client.send(conn, &chunk[..n]) {
+                sent += k as u64;
+            }
+        }
+        if let Ok(n) = client.recv(conn, &mut chunk) {
+            assert!(n > 0, "unexpected EOF");
+            pattern(9, recvd, &mut expect[..n]);
+            assert!(chunk[..n] == expect[..n], "mismatch at {recvd}");
+            recvd += n as u64;
+        }
+    }
+    let retx = w.b.cores[0].counters().rto_fired.load(std::sync::atomic::Ordering::Relaxed)
+        + w.b.cores[0].counters().fast_retransmits.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(retx > 0, "1% loss must have caused retransmissions");
+}
