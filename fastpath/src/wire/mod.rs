@@ -15,8 +15,12 @@
 //!
 //! Nothing in this module allocates, logs or panics on any input.
 
+pub mod arp;
 pub mod checksum;
+pub mod ethernet;
 
+pub use arp::{ArpOperation, ArpPacket, ArpRepr};
+pub use ethernet::{EtherType, EthernetAddress, EthernetFrame, EthernetRepr};
 
 /// Why bytes were rejected, or why a repr could not be emitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
