@@ -19,10 +19,12 @@ pub mod arp;
 pub mod checksum;
 pub mod ethernet;
 pub mod ipv4;
+pub mod tcp;
 
 pub use arp::{ArpOperation, ArpPacket, ArpRepr};
 pub use ethernet::{EtherType, EthernetAddress, EthernetFrame, EthernetRepr};
 pub use ipv4::{Ipv4Packet, Ipv4Repr};
+pub use tcp::{SackBlocks, TcpFlags, TcpOption, TcpOptions, TcpRepr, TcpSegment};
 
 /// Why bytes were rejected, or why a repr could not be emitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
