@@ -12,3 +12,6 @@ pub mod config;
 pub mod frames;
 pub mod sim;
 pub mod slow;
+pub mod grpc;
+pub mod packet_socket;
+pub mod service;
