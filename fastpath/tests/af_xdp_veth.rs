@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tas_fastpath::io::af_xdp::{AfXdpError, BindMode, XdpConfig, XdpMode, XdpProgram, XskSocket};
@@ -637,7 +637,93 @@ fn veth_generic_mode_and_setup_errors() {
         prog.unregister_socket(0).unwrap();
         let client = tcp_connect(&sb, 40012, OWNED_PORT, 3.0);
         assert_eq!(output_of(client), "refused");
+        prog.register(&sock).unwrap();
+
+        // So does another service address.
+        prog.set_service_ip(Ipv4Addr::new(10, 99, 2, 77)).unwrap();
+        let client = tcp_connect(&sb, 40013, OWNED_PORT, 3.0);
+        assert_eq!(output_of(client), "refused");
+        prog.set_service_ip(sb.ip_a).unwrap();
+        let client = tcp_connect(&sb, 40014, OWNED_PORT, 1.0);
+        let frames = receive(&mut sock, Duration::from_secs(5), |got| !got.is_empty());
+        assert!(frames
+            .iter()
+            .filter_map(|f| parse_tcp(f))
+            .any(|t| t.sport == 40014));
+        assert_eq!(output_of(client), "timeout");
     });
+}
+
+/// Without privileges the errors say what to do. Runs a copy of this test binary as
+/// `nobody` (setpriv, from util-linux).
+#[test]
+#[ignore = "needs root and veth: cargo test -- --ignored"]
+fn unprivileged_setup_errors_say_what_to_do() {
+    let exe = std::env::current_exe().unwrap();
+    // A copy in /tmp, so `nobody` can run it wherever the build tree lies.
+    let copy = std::env::temp_dir().join(format!("tasx-unpriv-{}", std::process::id()));
+    std::fs::copy(&exe, &copy).unwrap();
+    // Another test thread that forks while the copy's write fd is open makes the exec
+    // fail with ETXTBSY until that child has exec'd: retry.
+    let mut attempts = 0;
+    let out = loop {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(&copy)
+            .args([
+                "--exact",
+                "helper_unprivileged_setup",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("TAS_AFXDP_HELPER_UNPRIV", "1")
+            .output();
+        attempts += 1;
+        match out {
+            Ok(o)
+                if String::from_utf8_lossy(&o.stderr).contains("Text file busy")
+                    && attempts < 50 =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other,
+        }
+    };
+    let _ = std::fs::remove_file(&copy);
+    let out = out.expect("run setpriv");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "helper failed: {out:?}");
+    assert!(
+        text.contains("LOAD: permission denied loading the XDP program: run tasd as root or with CAP_BPF+CAP_NET_ADMIN"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SOCKET: permission denied creating an AF_XDP socket: run tasd as root"),
+        "{text}"
+    );
+}
+
+/// The helper of `unprivileged_setup_errors_say_what_to_do`; does nothing unless started
+/// by it.
+#[test]
+#[ignore = "needs root and veth: cargo test -- --ignored"]
+fn helper_unprivileged_setup() {
+    if std::env::var_os("TAS_AFXDP_HELPER_UNPRIV").is_none() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_ne!(euid, 0, "the helper must run unprivileged");
+    let load = XdpProgram::load("lo", XdpMode::Generic, Ipv4Addr::LOCALHOST).unwrap_err();
+    println!("\nLOAD: {load}");
+    let socket = XskSocket::open(&XdpConfig::new("lo"), 0).unwrap_err();
+    println!("SOCKET: {socket}");
 }
 
 /// The helper the SIGKILL test runs in a child process: attach, say so, wait to be killed.
@@ -728,7 +814,6 @@ fn measure_rx_tx_rates() {
             let mac_b = sb.mac(&sb.ns_b, &sb.if_b);
             let stop = AtomicBool::new(false);
             let ready = AtomicBool::new(false);
-            let rx_count = AtomicU64::new(0);
             let (tx_sent, rx_got, xdp, rx_stats, tx_stats, elapsed) = std::thread::scope(|s| {
                 let rx = s.spawn(|| {
                     in_netns(&sb.ns_a, || {
@@ -748,9 +833,6 @@ fn measure_rx_tx_rates() {
                             let n = sock.rx_burst(&mut burst);
                             n_total += n as u64;
                             sock.rx_release(&burst[..n]);
-                            if n > 0 {
-                                rx_count.store(n_total, Ordering::Relaxed);
-                            }
                         }
                         (n_total, prog.stats(), sock.stats())
                     })

@@ -66,6 +66,7 @@ pub struct XdpProgram {
     /// dropped (detached) before the maps and program go.
     link: OwnedFd,
     xsks: MapHandle,
+    config: MapHandle,
     owned_ports: MapHandle,
     stats: MapHandle,
     /// Keeps the program and maps loaded (the link also holds the program).
@@ -156,6 +157,7 @@ impl XdpProgram {
         Ok(XdpProgram {
             link,
             xsks,
+            config,
             owned_ports,
             stats,
             _object: object,
@@ -163,6 +165,11 @@ impl XdpProgram {
             ifindex,
             mode,
         })
+    }
+
+    /// Change the service address whose segments are redirected (0.0.0.0: none).
+    pub fn set_service_ip(&self, service_ip: Ipv4Addr) -> Result<(), AfXdpError> {
+        write_service_ip(&self.config, service_ip)
     }
 
     /// Redirect TCP segments to `port` (of the service address) to the sockets.
@@ -263,6 +270,16 @@ impl XdpProgram {
             no_socket: read(STAT_NO_SOCKET),
         }
     }
+}
+
+fn write_service_ip(config: &MapHandle, service_ip: Ipv4Addr) -> Result<(), AfXdpError> {
+    let value = ServiceConfig {
+        ip: service_ip.octets(),
+        flags: 0,
+    };
+    config
+        .update(&0u32.to_ne_bytes(), &value.to_bytes(), MapFlags::ANY)
+        .map_err(|e| bpf_error("writing the service address into the XDP config map", e))
 }
 
 /// Attach with a BPF link in one explicit mode. libbpf-rs 0.27's `attach_xdp` passes no
