@@ -808,15 +808,24 @@ fn measure_rx_tx_rates() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
     for size in [60usize, 1514] {
-        for mode in [XdpMode::Native, XdpMode::Generic] {
+        // None: transmit only, to a MAC address that is not A's, which A's kernel drops
+        // as soon as it sees it, and no XDP program on A.
+        for mode in [Some(XdpMode::Native), Some(XdpMode::Generic), None] {
             let sb = Sandbox::new(9);
-            let mac_a = sb.mac(&sb.ns_a, &sb.if_a);
+            let mac_a = match mode {
+                Some(_) => sb.mac(&sb.ns_a, &sb.if_a),
+                None => [0x02, 0, 0, 0, 0, 0x01],
+            };
             let mac_b = sb.mac(&sb.ns_b, &sb.if_b);
             let stop = AtomicBool::new(false);
             let ready = AtomicBool::new(false);
             let (tx_sent, rx_got, xdp, rx_stats, tx_stats, elapsed) = std::thread::scope(|s| {
                 let rx = s.spawn(|| {
                     in_netns(&sb.ns_a, || {
+                        let Some(mode) = mode else {
+                            ready.store(true, Ordering::Release);
+                            return (0, Default::default(), Default::default());
+                        };
                         let prog = XdpProgram::load(&sb.if_a, mode, sb.ip_a).unwrap();
                         prog.own_port(OWNED_PORT).unwrap();
                         let cfg = XdpConfig {
@@ -876,6 +885,7 @@ fn measure_rx_tx_rates() {
                             sock.tx_flush().unwrap();
                         }
                         let elapsed = start.elapsed();
+                        println!("tx budget per kick: {:?}", sock.tx_budget());
                         (sent, sock.stats(), elapsed)
                     })
                 });
@@ -887,7 +897,8 @@ fn measure_rx_tx_rates() {
             });
             let s = elapsed.as_secs_f64();
             println!(
-                "{size:>5} B, XDP {mode:?}: tx {:.3} Mframes/s ({} frames, {} kicks, {} deferred, completed {}), rx {:.3} Mframes/s ({} frames; XDP {:?}; rx_ring_full {}, fill_ring_empty {}, rx_dropped {})",
+                "{size:>5} B, XDP {}: tx {:.3} Mframes/s ({} frames, {} kicks, {} deferred, completed {}), rx {:.3} Mframes/s ({} frames; XDP {:?}; rx_ring_full {}, fill_ring_empty {}, rx_dropped {})",
+                mode.map_or("none (tx only)".to_owned(), |m| format!("{m:?}")),
                 tx_sent as f64 / s / 1e6,
                 tx_sent,
                 tx_stats.tx_kicks,
