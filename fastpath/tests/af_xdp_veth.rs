@@ -169,10 +169,16 @@ fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 /// A python3 TCP client in B: connect from `src:sport` to `dst:dport`, print
 /// connected/timeout/refused.
 fn tcp_connect(sb: &Sandbox, sport: u16, dport: u16, timeout: f32) -> Child {
+    tcp_connect_with(sb, sport, dport, timeout, "")
+}
+
+/// [`tcp_connect`] with extra python statements run on the socket `s` before connecting.
+fn tcp_connect_with(sb: &Sandbox, sport: u16, dport: u16, timeout: f32, setup: &str) -> Child {
     let script = format!(
         "import socket\n\
          s = socket.socket()\n\
          s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         {setup}\n\
          s.bind(('{}', {sport}))\n\
          s.settimeout({timeout})\n\
          try:\n    s.connect(('{}', {dport})); print('connected')\n\
@@ -205,6 +211,8 @@ struct TcpSeen {
     sport: u16,
     dport: u16,
     flags: u8,
+    /// IPv4 header length in bytes (20 without options).
+    ip_header_len: usize,
     checksums_ok: bool,
 }
 
@@ -231,6 +239,7 @@ fn parse_tcp(f: &[u8]) -> Option<TcpSeen> {
         sport: u16::from_be_bytes([f[t], f[t + 1]]),
         dport: u16::from_be_bytes([f[t + 2], f[t + 3]]),
         flags: f[t + 13],
+        ip_header_len: ihl,
         checksums_ok: ip_ok && tcp_ok,
     })
 }
@@ -431,6 +440,36 @@ fn veth_redirects_owned_tcp_passes_the_rest_and_transmits() {
         // Retransmitted SYNs arrived while the client waited: drain them.
         let _ = receive(&mut sock, Duration::from_millis(200), |_| false);
 
+        // IPv4 options move the TCP header: the program must follow IHL. Four option
+        // bytes (NOP, NOP, NOP, EOL) make a 24-byte IP header.
+        let options = "s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 1, 1, 0]))";
+        let client = tcp_connect_with(&sb, 40004, OWNED_PORT, 1.0, options);
+        let frames = receive(&mut sock, Duration::from_secs(5), |got| !got.is_empty());
+        let syn = frames
+            .iter()
+            .find_map(|f| parse_tcp(f))
+            .expect("a SYN with IP options");
+        assert_eq!(
+            (syn.ip_header_len, syn.sport, syn.dport),
+            (24, 40004, OWNED_PORT),
+            "{syn:?}"
+        );
+        assert!(syn.checksums_ok, "{syn:?}");
+        assert_eq!(output_of(client), "timeout");
+        let _ = receive(&mut sock, Duration::from_millis(200), |_| false);
+        let client = tcp_connect_with(&sb, 40005, OTHER_PORT, 3.0, options);
+        assert_eq!(
+            output_of(client),
+            "refused",
+            "IP options to a port not owned"
+        );
+        let stray: Vec<_> = receive(&mut sock, Duration::from_millis(100), |_| false)
+            .iter()
+            .filter_map(|f| parse_tcp(f))
+            .filter(|t| t.dport == OTHER_PORT)
+            .collect();
+        assert!(stray.is_empty(), "{stray:?}");
+
         // (c) Another port is the kernel's: refused (RST), nothing on the socket.
         let client = tcp_connect(&sb, 40002, OTHER_PORT, 3.0);
         let frames = receive(&mut sock, Duration::from_millis(500), |_| false);
@@ -611,6 +650,7 @@ fn veth_generic_mode_and_setup_errors() {
         let mut sock = XskSocket::open(
             &XdpConfig {
                 bind: BindMode::Copy,
+                busy_poll: true,
                 ..sb.config()
             },
             0,
@@ -632,6 +672,10 @@ fn veth_generic_mode_and_setup_errors() {
         assert!(syn.checksums_ok);
         assert_eq!(output_of(client), "timeout");
         assert!(sock.census().is_balanced());
+        assert!(
+            sock.stats().rx_wakeups > 0,
+            "busy polling drives the device from rx_burst"
+        );
 
         // Unregistering sends the port's traffic back to the kernel.
         prog.unregister_socket(0).unwrap();
