@@ -1,1 +1,4 @@
 //! Slow path.
+
+pub mod attach;
+pub mod region;
