@@ -4,14 +4,18 @@
 //!   neighbour resolution, application control requests).
 //! - [`config`]: configuration file and flags.
 //! - [`frames`]: frames the slow path builds.
+//! - [`attach`], [`region`]: the application socket and the shared regions.
+//! - [`grpc`]: the administration API; [`service`]: the `tasd` runtime that wires it all.
 //! - [`sim`]: a whole service on the in-memory link for deterministic tests.
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod attach;
 pub mod config;
 pub mod frames;
-pub mod sim;
-pub mod slow;
 pub mod grpc;
 pub mod packet_socket;
+pub mod region;
 pub mod service;
+pub mod sim;
+pub mod slow;
