@@ -397,6 +397,7 @@ enum Wake {
 
 /// The raw socket calls (no crate offers SEQPACKET with SCM_RIGHTS and SO_PEERCRED in
 /// the dependency set of the service). Each `unsafe` block says why it is sound.
+#[allow(unsafe_code)]
 mod sys {
     use super::*;
 

@@ -6,6 +6,8 @@
 //! application sees the region; afterwards it only touches it through queue endpoints
 //! ([`AppRegion::to_fp_consumer`] and friends) and the payload rings.
 
+#![allow(unsafe_code)]
+
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

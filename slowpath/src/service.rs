@@ -19,6 +19,8 @@ use tas_fastpath::wire::EthernetAddress;
 use tas_proto::shm::Layout;
 
 use crate::attach::{AttachConfig, AttachEvent, AttachServer};
+#[allow(unused_imports)]
+use crate::region::AppRegion;
 use crate::config::{BindModeSetting, Config, XdpModeSetting};
 use crate::grpc::{ControlService, Query, StatusSnap};
 use crate::packet_socket::ArpSocket;
@@ -186,13 +188,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     // Applications. The socket appears only now that everything can serve.
     let (attach_tx, attach_rx) = bounded::<AttachEvent>(256);
     let core_fds: Vec<Arc<OwnedFd>> = doorbells.iter().map(|d| d.fd.clone()).collect();
-    let attach = AttachServer::bind(
-        &app_socket,
-        AttachConfig { layout, local_ip: ip, group: socket_group.clone() },
-        core_fds,
-        attach_tx,
-    )
-    .map_err(|e| e.to_string())?;
+    let mut acfg = AttachConfig::new(&app_socket, layout, ip);
+    acfg.socket_group = socket_group.as_deref().map(group_id).transpose()?;
+    let attach = AttachServer::start(acfg, core_fds, attach_tx).map_err(|e| e.to_string())?;
 
     // The control API and signals run on a small tokio runtime on this thread.
     let (query_tx, query_rx) = bounded::<Query>(64);
@@ -240,6 +238,23 @@ pub fn run(cfg: Config) -> Result<(), String> {
     drop(program); // detaches the XDP program (bpf_link)
     tracing::info!("tasd stopped");
     res
+}
+
+/// Resolve a group name (or number) from /etc/group.
+fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(n) = name.parse() {
+        return Ok(n);
+    }
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| format!("socket_group {name:?} does not exist: create it (groupadd {name}) or pick another"))
 }
 
 fn not_root() -> bool {
@@ -319,10 +334,11 @@ fn on_attach(slow: &mut SlowPath, ev: AttachEvent) {
             // aligned in fact) for as long as the Arc handed over as keep-alive lives.
             #[allow(unsafe_code)]
             let mem = unsafe { AppMem::new(region.base(), region.len(), region.clone()) };
+            let wake = Arc::new(app.app_eventfd);
             let res = slow
-                .attach_app(app.app_id, app.name.clone(), app.pid, app.uid, mem, Some(app.app_eventfd.clone()))
+                .attach_app(app.app_id, app.name.clone(), app.pid as u32, app.uid, mem, Some(wake))
                 .map_err(|e| (e, format!("service cannot take more applications: {e}")));
-            let _ = app.reply.send(res);
+            let _ = app.go_ahead.send(res);
         }
         AttachEvent::Detached { app_id } => slow.detach_app(app_id),
     }

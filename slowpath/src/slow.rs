@@ -166,7 +166,8 @@ struct App {
     pid: u32,
     uid: u32,
     slot: u16,
-    mem: AppMem,
+    /// Keeps the region mapped while the slow path holds queue endpoints into it.
+    _mem: AppMem,
     sp_q: ShmQueue,
     req_q: ShmQueue,
     wake: Option<Arc<OwnedFd>>,
@@ -179,7 +180,6 @@ struct App {
 }
 
 struct Listener {
-    id: u32,
     port: u16,
     app: u32,
     backlog: u32,
@@ -342,10 +342,6 @@ pub struct SlowPath {
 const MAX_APPS: usize = tas_fastpath::core::MAX_APPS;
 /// Control requests taken from one application per poll.
 const REQUEST_BUDGET: usize = 64;
-
-fn seq_lt(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) < 0
-}
 
 impl SlowPath {
     /// A slow path over `cores`.
@@ -540,7 +536,7 @@ impl SlowPath {
                 pid,
                 uid,
                 slot: slot as u16,
-                mem,
+                _mem: mem,
                 sp_q,
                 req_q,
                 wake,
@@ -717,7 +713,7 @@ impl SlowPath {
         let id = self.next_listener;
         self.next_listener += 1;
         let backlog = backlog.clamp(1, self.cfg.max_backlog);
-        self.listeners.insert(id, Listener { id, port, app, backlog, syn_rcvd: 0, unaccepted: 0 });
+        self.listeners.insert(id, Listener { port, app, backlog, syn_rcvd: 0, unaccepted: 0 });
         self.listener_by_port.insert(port, id);
         if let Some(a) = self.apps.get_mut(&app) {
             a.listeners.push(id);
@@ -1642,7 +1638,6 @@ mod tests {
 
     #[test]
     fn seq_helpers() {
-        assert!(seq_lt(u32::MAX, 0));
         assert!(seq_in(5, 4, 2) && !seq_in(6, 4, 2));
         assert_eq!(key_local_port(FlowKey::new(1, 2, 3)), 3);
     }
