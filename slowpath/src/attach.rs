@@ -562,6 +562,7 @@ mod sys {
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;

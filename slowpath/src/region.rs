@@ -99,11 +99,15 @@ impl std::ops::DerefMut for RegionQueue {
 impl AppRegion {
     /// Create the region for application `app_id`, owned by `owner_uid` (mode 0600), with
     /// its header written and every queue initialised. Its name is
-    /// `/tas-<service pid>-<app id>`; it disappears when the value is dropped.
+    /// `/tas-<service pid>-<sequence>-<app id>`; it disappears when the value is dropped.
     pub fn create(layout: Layout, app_id: u32, owner_uid: u32) -> Result<AppRegion, RegionError> {
         layout.check().map_err(RegionError::Layout)?;
         let size = layout.region_size();
-        let os_id = format!("/tas-{}-{}", std::process::id(), app_id);
+        // A process-wide sequence number keeps two regions of one process (several attach
+        // servers in a test binary) apart; the pid keeps services apart.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let os_id = format!("/tas-{}-{}-{}", std::process::id(), seq, app_id);
         let shmem = match ShmemConf::new().size(size).os_id(&os_id).create() {
             Err(ShmemError::MappingIdExists) => {
                 // Left behind by a crashed service that had our pid: nobody can be using
@@ -179,7 +183,7 @@ impl AppRegion {
         &self.layout
     }
 
-    /// The shared-memory object's name (`/tas-<pid>-<app id>`).
+    /// The shared-memory object's name (`/tas-<pid>-<sequence>-<app id>`).
     pub fn os_id(&self) -> &str {
         self.shmem.get_os_id()
     }
