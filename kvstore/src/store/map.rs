@@ -141,6 +141,8 @@ pub struct Change {
 /// The concurrent map (see the module documentation).
 pub struct Map {
     segments: Box<[crossbeam_pad::Padded<Segment>]>,
+    segment_bits: u32,
+    initial_buckets: usize,
     hasher: foldhash::fast::RandomState,
     empty: Arc<Bucket>,
 }
@@ -169,17 +171,38 @@ impl Default for Map {
 impl Map {
     /// An empty map.
     pub fn new() -> Map {
+        Map::with_geometry(SEGMENT_BITS, INITIAL_BUCKETS)
+    }
+
+    /// An empty map of `2^segment_bits` segments (at most [`SEGMENTS`]) of
+    /// `initial_buckets` buckets each (a power of two). Tests use a single one-bucket
+    /// segment, so that a few keys make it grow.
+    pub fn with_geometry(segment_bits: u32, initial_buckets: usize) -> Map {
+        assert!(segment_bits <= SEGMENT_BITS && initial_buckets.is_power_of_two());
         let empty = Arc::new(Bucket { frozen: false, entries: Box::new([]) });
-        let segments = (0..SEGMENTS)
+        let segments = (0..1usize << segment_bits)
             .map(|_| {
                 crossbeam_pad::Padded(Segment {
-                    table: Cell::new(Arc::new(Table::empty(INITIAL_BUCKETS, &empty))),
+                    table: Cell::new(Arc::new(Table::empty(initial_buckets, &empty))),
                     len: AtomicI64::new(0),
                     resizing: AtomicBool::new(false),
                 })
             })
             .collect();
-        Map { segments, hasher: foldhash::fast::RandomState::default(), empty }
+        Map { segments, segment_bits, initial_buckets, hasher: foldhash::fast::RandomState::default(), empty }
+    }
+
+    /// Number of segments.
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn segment_index(&self, hash: u64) -> usize {
+        if self.segment_bits == 0 {
+            0
+        } else {
+            (hash >> (64 - self.segment_bits)) as usize
+        }
     }
 
     /// The hash of `key` (seeded per map).
@@ -188,7 +211,7 @@ impl Map {
     }
 
     fn segment(&self, hash: u64) -> &Segment {
-        &self.segments[(hash >> (64 - SEGMENT_BITS)) as usize].0
+        &self.segments[self.segment_index(hash)].0
     }
 
     /// Entries in the map (including expired ones not yet removed).
@@ -333,7 +356,7 @@ impl Map {
             let old = seg.table.load_full();
             let entries = self.freeze(&old);
             seg.len.fetch_sub(entries.len() as i64, Ordering::Relaxed);
-            seg.table.store(Arc::new(Table::empty(INITIAL_BUCKETS, &self.empty)));
+            seg.table.store(Arc::new(Table::empty(self.initial_buckets, &self.empty)));
             seg.resizing.store(false, Ordering::Release);
             all.extend(entries);
         }
@@ -357,7 +380,7 @@ impl Map {
     /// Append the entries of some non-empty bucket near the position `r` picks (random
     /// sampling for eviction and active expiry); looks at most `tries` buckets.
     pub fn sample(&self, r: u64, tries: usize, out: &mut Vec<Arc<Entry>>) {
-        let seg = &self.segments[(r >> (64 - SEGMENT_BITS)) as usize].0;
+        let seg = &self.segments[self.segment_index(r)].0;
         let table = seg.table.load();
         let start = r as usize;
         for i in 0..tries.min(table.buckets.len()) {

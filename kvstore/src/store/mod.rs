@@ -666,7 +666,8 @@ impl Store {
         let mut seen = 0usize;
         let mut bucket = Vec::new();
         let mut visits = 0usize;
-        while seg < SEGMENTS {
+        let segments = self.map.segments();
+        while seg < segments {
             bucket.clear();
             if !self.map.bucket_entries(seg, idx, &mut bucket) {
                 seg += 1;
@@ -689,7 +690,7 @@ impl Store {
                 break;
             }
         }
-        if seg >= SEGMENTS {
+        if seg >= segments {
             0
         } else {
             (seg as u64) << 32 | idx as u64
@@ -720,10 +721,11 @@ impl Store {
         let mut removed = 0;
         let mut bucket = Vec::new();
         for _ in 0..budget {
-            let (mut seg, mut idx) = ((cursor >> 32) as usize % SEGMENTS, (cursor & 0xffff_ffff) as usize);
+            let segments = self.map.segments();
+            let (mut seg, mut idx) = ((cursor >> 32) as usize % segments, (cursor & 0xffff_ffff) as usize);
             bucket.clear();
             if !self.map.bucket_entries(seg, idx, &mut bucket) {
-                seg = (seg + 1) % SEGMENTS;
+                seg = (seg + 1) % segments;
                 idx = 0;
             } else {
                 idx += 1;
