@@ -485,7 +485,7 @@ fn run(cmd: C, args: &Args<'_>, s: &mut Session, sh: &Shared, ts: &ThreadStats, 
             }
         }
         C::MSet | C::MSetNx => {
-            if args.len() % 2 == 0 {
+            if args.len() & 1 == 0 {
                 return Err(format!("ERR wrong number of arguments for '{}' command", if cmd == C::MSet { "mset" } else { "msetnx" }));
             }
             if cmd == C::MSet {
@@ -865,7 +865,7 @@ fn config(args: &Args<'_>, sh: &Shared, out: &mut Out) -> Res {
             out.bulk(k.as_bytes());
             out.bulk(v.as_bytes());
         }
-    } else if eq(sub, "SET") && args.len() >= 4 && args.len() % 2 == 0 {
+    } else if eq(sub, "SET") && args.len() >= 4 && args.len() & 1 == 0 {
         // Validate everything first, then apply (CONFIG SET of several pairs is atomic).
         let mut apply: Vec<Box<dyn FnOnce()>> = Vec::new();
         for i in (2..args.len()).step_by(2) {

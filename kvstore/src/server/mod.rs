@@ -68,9 +68,9 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
     let mut threads = Vec::new();
-    for i in 0..cfg.threads {
+    for (i, &pin) in pinned.iter().enumerate() {
         let (shared, stop_t, ready_tx) = (shared.clone(), stop.clone(), ready_tx.clone());
-        let (backend, port, socket, pin): (Backend, u16, Option<PathBuf>, Option<usize>) = (cfg.backend, cfg.port, cfg.socket.clone(), pinned[i]);
+        let (backend, port, socket): (Backend, u16, Option<PathBuf>) = (cfg.backend, cfg.port, cfg.socket.clone());
         let t = std::thread::Builder::new()
             .name(format!("kv-{i}"))
             .spawn(move || {

@@ -15,9 +15,9 @@ use super::conn::{Conn, Env};
 use super::shared::{Shared, ThreadStats};
 use super::now_ms;
 
-/// Serve on `port` until `stop` is set. Each thread attaches its own context; the service
-/// gives one listener per port, so only the thread that got it accepts connections (see
-/// the README of this crate).
+/// Serve on `port` until `stop` is set. Each thread attaches its own context; tasd gives
+/// each port one listener (no `SO_REUSEPORT` equivalent yet), so only the thread that got it
+/// accepts connections, and the others report that and end (docs/benchmarks.md).
 pub fn serve(thread: usize, shared: Arc<Shared>, port: u16, socket: Option<&Path>, stop: &AtomicBool, ready: &dyn Fn(Result<(), String>)) -> Result<(), String> {
     let attach = match socket {
         Some(p) => Context::attach_to(p, "tas-kv"),

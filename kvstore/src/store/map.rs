@@ -26,11 +26,15 @@
 //! takes the segment's `resizing` flag, **freezes** every bucket (replacing it with a frozen
 //! copy by compare-and-swap, so no later write can land in it), builds the new table from the
 //! frozen contents, and publishes it. Writers that meet a frozen bucket wait (yielding)
-//! until the new table is published and retry there. Readers never wait: a frozen bucket is
-//! still current as long as the segment still points to the old table (no write to its keys
-//! can complete before the new table is published), so a reader that finds a frozen bucket
-//! re-checks the segment's table and retries only if it changed. Flushing is the same
-//! procedure with an empty new table.
+//! until the new table is published and retry there. Readers never wait, and read a frozen
+//! bucket like any other. That is linearizable: a reader took its table snapshot at some
+//! time t0 when that table was current, and read the bucket at t1 >= t0. If the bucket was
+//! frozen before t0, no write to its keys completed between the freeze and t0 (writers wait
+//! for the publication, which comes after t0), so its contents are the state at t0; if it
+//! was frozen at tf in (t0, t1], its contents are the state at tf. Either way the read takes
+//! effect at a moment inside its own interval. (The shuttle tests check this, and a
+//! mutation that lets writers write into frozen buckets fails all of them.) Flushing is the
+//! same procedure with an empty new table.
 //!
 //! Bucket versions are compared by pointer. An ABA (the same pointer back in a cell) is
 //! impossible for freshly allocated versions while a writer holds a snapshot of the old one
@@ -227,18 +231,11 @@ impl Map {
     /// Call `f` on the key's current entry, if any, without blocking and without copying.
     pub fn with<R>(&self, hash: u64, key: &[u8], f: impl FnOnce(&Arc<Entry>) -> R) -> Option<R> {
         let seg = self.segment(hash);
-        loop {
-            let table = seg.table.load();
-            let bucket = table.buckets[hash as usize & table.mask].load();
-            if bucket.frozen {
-                // Being moved: still current unless the new table is already published.
-                let now = seg.table.load();
-                if !Arc::ptr_eq(&now, &table) {
-                    continue;
-                }
-            }
-            return find(&bucket, hash, key).map(f);
-        }
+        let table = seg.table.load();
+        // A frozen bucket (being moved by a resize) is read like any other: see the module
+        // documentation for why its contents are current at some moment of this read.
+        let bucket = table.buckets[hash as usize & table.mask].load();
+        find(&bucket, hash, key).map(f)
     }
 
     /// The key's current entry (a new reference to it).
