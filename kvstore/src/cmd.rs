@@ -423,9 +423,13 @@ fn run(cmd: C, args: &Args<'_>, s: &mut Session, sh: &Shared, ts: &ThreadStats, 
     let st = &sh.store;
     match cmd {
         C::Get => {
-            let v = st.get(args.get(1), now);
-            hit(ts, v.is_some());
-            reply_value(out, v);
+            // Small values are copied into the reply under the map's snapshot (no reference
+            // count touched); larger ones are queued by reference.
+            let found = st.read(args.get(1), now, |e| out.bulk_shared_ref(&e.value)).is_some();
+            hit(ts, found);
+            if !found {
+                out.null();
+            }
         }
         C::Set => {
             let o = set_opts(args, 3, now, "set", true)?;
@@ -479,9 +483,11 @@ fn run(cmd: C, args: &Args<'_>, s: &mut Session, sh: &Shared, ts: &ThreadStats, 
         C::MGet => {
             out.array(args.len() - 1);
             for i in 1..args.len() {
-                let v = st.get(args.get(i), now);
-                hit(ts, v.is_some());
-                reply_value(out, v);
+                let found = st.read(args.get(i), now, |e| out.bulk_shared_ref(&e.value)).is_some();
+                hit(ts, found);
+                if !found {
+                    out.null();
+                }
             }
         }
         C::MSet | C::MSetNx => {

@@ -15,6 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use clap::Parser;
 use rand::{Rng, SeedableRng};
+use tas_kvstore::resp::out::INLINE_VALUE;
 use tas_kvstore::store::{Cond, Store, Ttl};
 
 #[derive(Parser, Debug)]
@@ -44,6 +45,38 @@ struct Cli {
     /// Pin thread i to the i-th CPU of this list.
     #[arg(long, value_delimiter = ',')]
     pin: Vec<usize>,
+    /// Also measure this machine's latency of one dependent memory access (a random
+    /// pointer chase over a buffer of this many MiB), to put the numbers in context.
+    #[arg(long, default_value_t = 256)]
+    chase_mib: usize,
+}
+
+/// Median latency of one dependent load over a `mib` MiB buffer (a random cyclic
+/// permutation, so every load misses the caches once the buffer exceeds them).
+fn chase(mib: usize) -> f64 {
+    let n = (mib << 20) / 8;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.gen_range(0..=i));
+    }
+    let mut next = vec![0usize; n];
+    for w in 0..n {
+        next[order[w]] = order[(w + 1) % n];
+    }
+    let mut p = order[0];
+    let steps = 2_000_000;
+    let mut samples = Vec::with_capacity(20);
+    for _ in 0..20 {
+        let t = Instant::now();
+        for _ in 0..steps / 20 {
+            p = next[p];
+        }
+        samples.push(t.elapsed().as_nanos() as f64 / (steps / 20) as f64);
+    }
+    std::hint::black_box(p);
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[samples.len() / 2]
 }
 
 /// YCSB's Zipfian generator (Gray et al.): item 0 is the most popular.
@@ -97,10 +130,12 @@ fn pct(v: &mut [u32], p: f64) -> u32 {
 fn main() {
     let cli = Cli::parse();
     let store = Arc::new(Store::default());
-    let value = Bytes::from(vec![b'v'; cli.value]);
+    // Every key gets its own value buffer, as values arriving over the network do (one
+    // shared buffer would put every GET and SET on one reference count's cache line).
+    let value = vec![b'v'; cli.value];
     let t0 = Instant::now();
     for i in 0..cli.keys {
-        store.set(&key(i), value.clone(), Cond::Always, Ttl::Persist, false, 1);
+        store.set(&key(i), Bytes::copy_from_slice(&value), Cond::Always, Ttl::Persist, false, 1);
     }
     eprintln!("loaded {} keys in {:.2?}", cli.keys, t0.elapsed());
     let zipf = Arc::new((cli.dist == "zipf").then(|| Zipf::new(cli.keys, cli.theta)));
@@ -134,17 +169,29 @@ fn main() {
                     .collect();
                 let (mut gets, mut sets) = (Vec::with_capacity(ops as usize), Vec::with_capacity(ops as usize));
                 let mut found = 0u64;
+                let mut reply: Vec<u8> = Vec::with_capacity(256);
                 barrier.wait();
                 for (is_get, k) in plan {
                     let k = key(k);
                     let a = Instant::now();
                     if is_get {
-                        let v = store.get(&k, 1);
+                        // As the server's GET does: a short value is copied out under the
+                        // snapshot, a long one is taken by reference.
+                        let hit = store.read(&k, 1, |e| {
+                            if e.value.len() < INLINE_VALUE {
+                                reply.clear();
+                                reply.extend_from_slice(&e.value);
+                                None
+                            } else {
+                                Some(e.value.clone())
+                            }
+                        });
                         let d = a.elapsed().as_nanos() as u32;
-                        found += v.is_some() as u64;
+                        found += hit.is_some() as u64;
                         gets.push(d);
                     } else {
-                        store.set(&k, value.clone(), Cond::Always, Ttl::Persist, false, 1);
+                        // As the server does for a SET: the value copied into a new buffer.
+                        store.set(&k, Bytes::copy_from_slice(&value), Cond::Always, Ttl::Persist, false, 1);
                         sets.push(a.elapsed().as_nanos() as u32);
                     }
                 }
@@ -160,10 +207,11 @@ fn main() {
         found += f;
     }
     let wall = start.elapsed();
+    let miss = if cli.chase_mib > 0 { chase(cli.chase_mib) } else { 0.0 };
     assert_eq!(found, gets.len() as u64, "every GET found its key");
     let total = (gets.len() + sets.len()) as f64;
     println!(
-        "dist={} theta={} threads={} keys={} value={}B ops={} wall={:.2?} throughput={:.2} Mops/s timer_ns={}",
+        "dist={} theta={} threads={} keys={} value={}B ops={} wall={:.2?} throughput={:.2} Mops/s timer_ns={} dependent_load_ns={:.0}",
         cli.dist,
         if cli.dist == "zipf" { cli.theta } else { 0.0 },
         cli.threads,
@@ -172,7 +220,8 @@ fn main() {
         total,
         wall,
         total / wall.as_secs_f64() / 1e6,
-        timer
+        timer,
+        miss
     );
     for (name, v) in [("GET", &mut gets), ("SET", &mut sets)] {
         println!(

@@ -128,6 +128,16 @@ impl Out {
         self.raw(b"\r\n");
     }
 
+    /// A bulk string of a stored value seen through a reference: copied if short, else
+    /// queued by reference (one reference count increment, no copy of the bytes).
+    pub fn bulk_shared_ref(&mut self, b: &Bytes) {
+        if b.len() < INLINE_VALUE {
+            self.bulk(b);
+        } else {
+            self.bulk_shared(b.clone());
+        }
+    }
+
     /// The null reply (`$-1` in RESP2, `_` in RESP3).
     pub fn null(&mut self) {
         if self.resp3 {

@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::sync::{Arc, AtomicI64, AtomicU64, AtomicUsize};
 use map::{Action, Change, Map};
-pub use map::{Entry, SEGMENTS};
+pub use map::{Entry, Key, SEGMENTS};
 
 /// Bytes charged per entry beyond its key and value: the `Arc<Entry>` allocation (16 B of
 /// counts + 88 B of entry), its slot in a bucket version (8 B) and the shared-buffer
@@ -140,11 +140,49 @@ pub struct StoreStats {
     pub evicted_keys: AtomicU64,
 }
 
+/// Shards of a counter that every write updates (memory used, keys with a TTL): each thread
+/// adds to its own cache line, so two threads writing do not bounce one line between their
+/// cores; reading sums the shards.
+struct Counter {
+    shards: Box<[Padded<AtomicI64>]>,
+}
+
+#[repr(align(128))]
+struct Padded<T>(T);
+
+const COUNTER_SHARDS: usize = 16;
+
+thread_local! {
+    static SHARD: StdCell<usize> = const { StdCell::new(usize::MAX) };
+}
+
+fn shard() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    SHARD.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed) % COUNTER_SHARDS);
+        }
+        s.get()
+    })
+}
+
+impl Counter {
+    fn new() -> Counter {
+        Counter { shards: (0..COUNTER_SHARDS).map(|_| Padded(AtomicI64::new(0))).collect() }
+    }
+    fn add(&self, d: i64) {
+        self.shards[shard()].0.fetch_add(d, Ordering::Relaxed);
+    }
+    fn get(&self) -> i64 {
+        self.shards.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// The store.
 pub struct Store {
     map: Map,
-    used: AtomicI64,
-    expires: AtomicI64,
+    used: Counter,
+    expires: Counter,
     maxmemory: AtomicU64,
     policy: AtomicUsize,
     samples: AtomicUsize,
@@ -166,7 +204,7 @@ impl Default for Store {
 }
 
 fn cost(e: &Entry) -> i64 {
-    (e.key.len() + e.value.len() + ENTRY_OVERHEAD) as i64
+    (e.key.as_bytes().len() + e.value.len() + ENTRY_OVERHEAD) as i64
 }
 
 /// The coarse LRU clock: seconds (Redis's LRU resolution is one second too).
@@ -246,8 +284,8 @@ impl Store {
     pub fn new(maxmemory: u64, policy: Policy) -> Store {
         let s = Store {
             map: Map::new(),
-            used: AtomicI64::new(0),
-            expires: AtomicI64::new(0),
+            used: Counter::new(),
+            expires: Counter::new(),
             maxmemory: AtomicU64::new(maxmemory),
             policy: AtomicUsize::new(0),
             samples: AtomicUsize::new(5),
@@ -290,7 +328,7 @@ impl Store {
 
     /// Bytes used by keys, values and per-entry overhead.
     pub fn used_memory(&self) -> u64 {
-        self.used.load(Ordering::Relaxed).max(0) as u64
+        self.used.get().max(0) as u64
     }
 
     /// Keys, including expired ones not yet removed (as Redis's DBSIZE).
@@ -305,7 +343,7 @@ impl Store {
 
     /// Keys with an expiry.
     pub fn expires(&self) -> usize {
-        self.expires.load(Ordering::Relaxed).max(0) as usize
+        self.expires.get().max(0) as usize
     }
 
     fn account(&self, c: &Change, now: u64) {
@@ -326,10 +364,10 @@ impl Store {
             }
         }
         if d != 0 {
-            self.used.fetch_add(d, Ordering::Relaxed);
+            self.used.add(d);
         }
         if ex != 0 {
-            self.expires.fetch_add(ex, Ordering::Relaxed);
+            self.expires.add(ex);
         }
     }
 
@@ -461,7 +499,7 @@ impl Store {
 
     fn entry(&self, h: u64, key: &[u8], cur: Option<&Arc<Entry>>, value: Bytes, expire_at: u64, now: u64) -> Arc<Entry> {
         // Reuse the stored key's bytes when overwriting.
-        let k = cur.map_or_else(|| Bytes::copy_from_slice(key), |e| e.key.clone());
+        let k = cur.map_or_else(|| Key::new(key), |e| e.key.clone());
         Arc::new(Entry::new(h, k, value, expire_at, lru_clock(now)))
     }
 
@@ -682,8 +720,8 @@ impl Store {
                     self.expire_entry(e, now);
                     continue;
                 }
-                if pattern.is_none_or(|p| glob::matches(p, &e.key)) {
-                    out.push(e.key.clone());
+                if pattern.is_none_or(|p| glob::matches(p, e.key.as_bytes())) {
+                    out.push(e.key.to_bytes());
                 }
             }
             if seen >= count || visits >= count.saturating_mul(10) {
@@ -704,7 +742,7 @@ impl Store {
             s.clear();
             self.map.sample(random(), 64, &mut s);
             if let Some(e) = s.iter().find(|e| !e.expired(now)) {
-                return Some(e.key.clone());
+                return Some(e.key.to_bytes());
             }
         }
         None
