@@ -16,6 +16,7 @@ pub mod frames;
 pub mod grpc;
 pub mod packet_socket;
 pub mod region;
+pub mod sack;
 pub mod service;
 pub mod sim;
 pub mod slow;

@@ -16,7 +16,7 @@ use ringbuf::traits::{Consumer, Producer};
 use tas_fastpath::appmem::AppMem;
 use tas_fastpath::core::{eventfd_write, CoreCounters, Notify};
 use tas_fastpath::ctl::*;
-use tas_fastpath::flow::{FlowKey, FlowState, F_TS};
+use tas_fastpath::flow::{FlowKey, FlowState, F_SACK, F_TS};
 use tas_fastpath::rx::{tsval, TS_TICK_SHIFT};
 use tas_fastpath::time::Instant;
 use tas_fastpath::wire::{
@@ -195,6 +195,7 @@ struct PeerOpts {
     mss: Option<u16>,
     wscale: Option<u8>,
     ts: Option<u32>,
+    sack: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +234,10 @@ struct Conn {
     /// Holds a reference on its local port (active opens and accepted connections).
     port_ref: bool,
     deadline: Option<Instant>,
+    /// Payload bytes per segment of the installed flow.
+    mss: u16,
+    /// SACK scoreboard (used only when SACK was negotiated).
+    sb: crate::sack::Scoreboard,
 }
 
 /// Counters of the slow path.
@@ -270,6 +275,8 @@ pub struct SlowCounters {
     pub timeouts: u64,
     /// Handshake retransmissions.
     pub syn_retransmits: u64,
+    /// Ranges retransmitted from the SACK scoreboard.
+    pub sack_retransmits: u64,
 }
 
 /// A snapshot of one connection for the control API.
@@ -465,6 +472,7 @@ impl SlowPath {
             ("arp_replies", s.arp_replies),
             ("timeouts", s.timeouts),
             ("syn_retransmits", s.syn_retransmits),
+            ("sack_retransmits", s.sack_retransmits),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_string(), v, -1))
@@ -491,6 +499,10 @@ impl SlowPath {
                 ("rx_duplicates", &k.rx_duplicates),
                 ("dupacks", &k.dupacks),
                 ("rto_fired", &k.rto_fired),
+                ("retransmitted_segments", &k.retransmitted_segments),
+                ("tail_loss_probes", &k.tail_loss_probes),
+                ("challenge_acks", &k.challenge_acks),
+                ("paws_dropped", &k.paws_dropped),
                 ("fast_retransmits", &k.fast_retransmits),
                 ("doorbells", &k.doorbells),
                 ("bad_doorbells", &k.bad_doorbells),
@@ -830,6 +842,8 @@ impl SlowPath {
                 we_closed_first: false,
                 port_ref: true,
                 deadline: None,
+                mss: 0,
+                sb: Default::default(),
             },
         );
         self.by_slot.insert((app, slot), key);
@@ -885,7 +899,7 @@ impl SlowPath {
             window_len: self.syn_window(),
             max_seg_size: Some(self.cfg.mss),
             window_scale: ws,
-            sack_permitted: false,
+            sack_permitted: true,
             sack_ranges: SackBlocks::default(),
             timestamp: ts,
             payload_len: 0,
@@ -1015,6 +1029,15 @@ impl SlowPath {
             ToSlow::Note { flow, note } => {
                 let Some(key) = self.cores[core as usize].owners.get(flow as usize).copied().flatten() else { return };
                 self.on_note(key, note);
+            }
+            ToSlow::Sack { flow, snd_una, snd_nxt, blocks } => {
+                let Some(key) = self.cores[core as usize].owners.get(flow as usize).copied().flatten() else { return };
+                let Some(c) = self.conns.get_mut(&key) else { return };
+                let ranges = c.sb.on_ack(snd_una, snd_nxt, c.mss as u32, blocks.as_slice());
+                for (seq, len) in ranges {
+                    self.counters.sack_retransmits += 1;
+                    self.cores[core as usize].send(Command::RetransmitRange { flow, seq, len });
+                }
             }
             ToSlow::FlowRemoved { flow, state } => {
                 let c = &mut self.cores[core as usize];
@@ -1179,8 +1202,10 @@ impl SlowPath {
             }
             Phase::Established => {
                 if seg.flags.contains(TcpFlags::RST) {
-                    // RFC 5961 checks (challenge ACKs) come with the loss-recovery work;
-                    // for now any RST for an installed flow resets it.
+                    // The fast path already applied RFC 5961 3.2: it forwards only an RST
+                    // whose sequence number is exactly RCV.NXT (an in-window one got a
+                    // challenge ACK there). A race with installation lands here too and
+                    // is handled the same way.
                     self.counters.rsts_received += 1;
                     self.abort_conn(key, ErrorCode::Reset, false);
                     return;
@@ -1218,7 +1243,12 @@ impl SlowPath {
     }
 
     fn peer_opts(seg: &TcpRepr) -> PeerOpts {
-        PeerOpts { mss: seg.max_seg_size, wscale: seg.window_scale, ts: seg.timestamp.map(|(v, _)| v) }
+        PeerOpts {
+            mss: seg.max_seg_size,
+            wscale: seg.window_scale,
+            ts: seg.timestamp.map(|(v, _)| v),
+            sack: seg.sack_permitted,
+        }
     }
 
     fn passive_open(&mut self, core: u8, lid: u32, key: FlowKey, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr) {
@@ -1255,6 +1285,8 @@ impl SlowPath {
                 we_closed_first: false,
                 port_ref: false,
                 deadline: None,
+                mss: 0,
+                sb: Default::default(),
             },
         );
         self.send_synack(key);
@@ -1275,7 +1307,7 @@ impl SlowPath {
             window_len: self.syn_window(),
             max_seg_size: Some(self.cfg.mss),
             window_scale: ws,
-            sack_permitted: false,
+            sack_permitted: opts.sack,
             sack_ranges: SackBlocks::default(),
             timestamp: ts,
             payload_len: 0,
@@ -1331,6 +1363,7 @@ impl SlowPath {
         c.phase = Phase::Established;
         c.port_ref = true;
         c.deadline = None;
+        c.mss = state.mss;
         let (remote_ip, remote_port, local_port) = (c.remote_ip, c.remote_port, c.local_port);
         self.by_slot.insert((app, slot), key);
         let link = &mut self.cores[core as usize];
@@ -1407,6 +1440,7 @@ impl SlowPath {
         c.phase = Phase::Established;
         c.remote_mac = Some(mac);
         c.deadline = None;
+        c.mss = state.mss;
         let (ip, local_port) = (c.remote_ip, c.local_port);
         self.send_tcp(core, mac, ip, &ack);
         let link = &mut self.cores[core as usize];
@@ -1448,7 +1482,7 @@ impl SlowPath {
             rx_avail: l.rx_buf_size,
             rx_head: 0,
             rx_size: l.rx_buf_size,
-            rx_base: l.rx_offset(slot) as u64,
+            rx_base: l.rx_offset(slot) as u32,
             ts_recent: ts_recent.unwrap_or(0),
             snd_una,
             snd_wnd,
@@ -1456,7 +1490,7 @@ impl SlowPath {
             conn: slot,
             snd_wscale,
             rcv_wscale,
-            tx_base: l.tx_offset(slot) as u64,
+            tx_base: l.tx_offset(slot) as u32,
             tx_size: l.tx_buf_size,
             remote_mac: c.remote_mac.map_or([0; 6], |m| m.0),
             mss,
@@ -1465,6 +1499,9 @@ impl SlowPath {
         };
         if ts {
             f.flags |= F_TS;
+        }
+        if opts.sack {
+            f.flags |= F_SACK;
         }
         tas_fastpath::rx::rtt_sample(&mut f, rtt_us);
         f
@@ -1481,6 +1518,10 @@ impl SlowPath {
                     let t = self.cfg.fin_wait2_timeout;
                     self.arm(key, self.now + t);
                 }
+            }
+            FlowNote::Rto => {
+                c.sb.reset();
+                return;
             }
             FlowNote::GaveUp => {
                 self.counters.timeouts += 1;
