@@ -522,8 +522,8 @@ impl<IO: PacketIo> FastPath<IO> {
                 if v & rx::V_SACK != 0 {
                     if let Some(blocks) = sack {
                         let f = self.flows.get(idx).expect("live flow");
-                        let (snd_una, snd_nxt) = (f.snd_una, f.snd_nxt());
-                        self.report(ToSlow::Sack { flow: idx, snd_una, snd_nxt, blocks });
+                        let (snd_una, snd_nxt, srtt_us) = (f.snd_una, f.snd_nxt(), f.srtt_us);
+                        self.report(ToSlow::Sack { flow: idx, snd_una, snd_nxt, srtt_us, blocks });
                     }
                 }
                 if v & rx::V_PEER_FIN != 0 {

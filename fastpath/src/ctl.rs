@@ -137,6 +137,8 @@ pub enum ToSlow {
         snd_una: u32,
         /// `snd_nxt` at the time.
         snd_nxt: u32,
+        /// The flow's smoothed RTT, µs (for the reordering window).
+        srtt_us: u32,
         /// The peer's blocks.
         blocks: crate::wire::SackBlocks,
     },

@@ -37,7 +37,8 @@ pub const V_PEER_FIN: u32 = 1 << 2;
 /// Our FIN was acknowledged: report to the slow path.
 pub const V_FIN_ACKED: u32 = 1 << 3;
 /// Retransmit one segment at `snd_una` (third duplicate ACK, or a partial ACK in
-/// recovery: RFC 6582 NewReno).
+/// recovery: RFC 6582 NewReno). Only for flows without SACK; with SACK the slow path's
+/// scoreboard decides every retransmission.
 pub const V_FAST_RETX: u32 = 1 << 4;
 /// Not for the fast path (an acceptable RST): hand the frame to the slow path untouched.
 pub const V_EXCEPTION: u32 = 1 << 5;
@@ -160,8 +161,11 @@ pub fn on_segment(
         }
         if f.has(F_RECOVERY) {
             if seq_lt(seg.ack, f.recover) {
-                // RFC 6582 3.2 step 3: a partial ACK retransmits the next hole at once.
-                v |= V_FAST_RETX;
+                // RFC 6582 3.2 step 3: a partial ACK retransmits the next hole at once
+                // (with SACK, the slow path's scoreboard picks the holes instead).
+                if !f.has(F_SACK) {
+                    v |= V_FAST_RETX;
+                }
             } else {
                 f.flags &= !F_RECOVERY;
             }
@@ -185,7 +189,9 @@ pub fn on_segment(
                 // RFC 6582 3.2 steps 1-2: remember the highest sequence sent, retransmit.
                 f.flags |= F_RECOVERY;
                 f.recover = f.snd_nxt();
-                v |= V_FAST_RETX;
+                if !f.has(F_SACK) {
+                    v |= V_FAST_RETX;
+                }
             }
         }
     } else if !seq_lt(seg.ack, f.snd_una) {

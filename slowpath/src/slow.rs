@@ -1030,10 +1030,11 @@ impl SlowPath {
                 let Some(key) = self.cores[core as usize].owners.get(flow as usize).copied().flatten() else { return };
                 self.on_note(key, note);
             }
-            ToSlow::Sack { flow, snd_una, snd_nxt, blocks } => {
+            ToSlow::Sack { flow, snd_una, snd_nxt, srtt_us, blocks } => {
                 let Some(key) = self.cores[core as usize].owners.get(flow as usize).copied().flatten() else { return };
+                let now_us = self.now.as_nanos() / 1_000;
                 let Some(c) = self.conns.get_mut(&key) else { return };
-                let ranges = c.sb.on_ack(snd_una, snd_nxt, c.mss as u32, blocks.as_slice());
+                let ranges = c.sb.on_ack(now_us, srtt_us, snd_una, snd_nxt, c.mss as u32, blocks.as_slice());
                 for (seq, len) in ranges {
                     self.counters.sack_retransmits += 1;
                     self.cores[core as usize].send(Command::RetransmitRange { flow, seq, len });

@@ -1,119 +1,16 @@
 //! Two whole stacks (real fast path + slow path + libtas) joined by the in-memory link,
 //! on a virtual clock, single-threaded and deterministic.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
+mod common;
+
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use libtas::{ConnId, ConnState, Context, Error, RegionMapping};
+use common::*;
+use libtas::{ConnState, Error};
 use sha2::{Digest, Sha256};
-use tas_fastpath::io::mem::{Impairments, MemLink};
-use tas_fastpath::time::{Clock, SimClock};
-use tas_fastpath::wire::EthernetAddress;
-use tas_proto::shm::Layout;
-use tas_slowpath::sim::{HeapRegion, SimHost};
-
-const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-
-fn layout() -> Layout {
-    Layout { num_fp_queues: 1, queue_entries: 1024, conn_slots: 64, rx_buf_size: 256 * 1024, tx_buf_size: 256 * 1024 }
-}
-
-fn context(host: &mut SimHost, ip: Ipv4Addr, name: &str) -> Context {
-    let region: Arc<HeapRegion> = host.attach_local(name);
-    // SAFETY: the region stays alive through the keep-alive Arc; one context per region.
-    unsafe {
-        let map = RegionMapping::borrowed(region.base(), region.len(), region.clone());
-        Context::from_parts(map, None, vec![None], ip).expect("context")
-    }
-}
-
-/// Deterministic test pattern: byte `i` of stream `seed`.
-fn pattern(seed: u64, off: u64, out: &mut [u8]) {
-    for (i, b) in out.iter_mut().enumerate() {
-        let x = (off + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
-        *b = (x >> 29) as u8;
-    }
-}
-
-struct World {
-    clock: SimClock,
-    a: SimHost,
-    b: SimHost,
-}
-
-impl World {
-    fn new(imp: Impairments, seed: u64) -> World {
-        let clock = SimClock::new();
-        let (pa, pb) = MemLink::pair(&clock, imp, imp, seed);
-        let a = SimHost::new(pa, &clock, IP_A, EthernetAddress([2, 0, 0, 0, 0, 1]), layout());
-        let b = SimHost::new(pb, &clock, IP_B, EthernetAddress([2, 0, 0, 0, 0, 2]), layout());
-        World { clock, a, b }
-    }
-
-    /// One round of every party; advances the clock when nothing happened.
-    fn step(&mut self, apps: &mut [&mut Context]) -> bool {
-        let mut work = self.a.poll();
-        work |= self.b.poll();
-        for c in apps.iter_mut() {
-            work |= c.poll() > 0;
-        }
-        if !work {
-            let next = [self.a.cores[0].io().next_arrival(), self.b.cores[0].io().next_arrival()]
-                .into_iter()
-                .flatten()
-                .min();
-            let now = self.clock.now();
-            match next {
-                Some(t) if t > now => self.clock.set(t),
-                _ => self.clock.advance(Duration::from_micros(100)),
-            }
-        }
-        work
-    }
-}
-
-/// Echo server logic: everything read is written back; EOF -> close after draining.
-#[derive(Default)]
-struct Echo {
-    conns: Vec<(ConnId, Vec<u8>, bool)>,
-}
-
-impl Echo {
-    fn step(&mut self, ctx: &mut Context, l: libtas::ListenerId) {
-        while let Ok(Some(c)) = ctx.accept(l) {
-            self.conns.push((c, Vec::new(), false));
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        for (c, pending, closed) in &mut self.conns {
-            if *closed {
-                continue;
-            }
-            if !pending.is_empty() {
-                match ctx.send(*c, pending) {
-                    Ok(n) => {
-                        pending.drain(..n);
-                    }
-                    Err(Error::WouldBlock) => {}
-                    Err(e) => panic!("echo send: {e}"),
-                }
-            }
-            if pending.len() < 256 * 1024 {
-                match ctx.recv(*c, &mut buf) {
-                    Ok(0) if pending.is_empty() => {
-                        ctx.close(*c).unwrap();
-                        *closed = true;
-                    }
-                    Ok(0) => {}
-                    Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    Err(Error::WouldBlock) => {}
-                    Err(e) => panic!("echo recv: {e}"),
-                }
-            }
-        }
-    }
-}
+use tas_fastpath::io::mem::Impairments;
+use tas_fastpath::time::Clock;
 
 #[test]
 fn exchange_100mb_both_ways_and_close() {
