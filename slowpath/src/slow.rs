@@ -277,6 +277,10 @@ pub struct SlowCounters {
     pub syn_retransmits: u64,
     /// Ranges retransmitted from the SACK scoreboard.
     pub sack_retransmits: u64,
+    /// SYN-ACKs sent with a SYN cookie (backlog full of handshakes).
+    pub syn_cookies_sent: u64,
+    /// Connections established from a valid SYN cookie.
+    pub syn_cookies_accepted: u64,
 }
 
 /// A snapshot of one connection for the control API.
@@ -344,6 +348,9 @@ pub struct SlowPath {
     counters: SlowCounters,
     rcv_wscale: u8,
 }
+
+/// MSS values a SYN cookie can encode (3 bits; the common ones, as Linux's table).
+const COOKIE_MSS: [u16; 4] = [536, 1300, 1440, 1460];
 
 /// Applications' region slots per core (the `app` field of a flow is a u16).
 const MAX_APPS: usize = tas_fastpath::core::MAX_APPS;
@@ -473,6 +480,8 @@ impl SlowPath {
             ("timeouts", s.timeouts),
             ("syn_retransmits", s.syn_retransmits),
             ("sack_retransmits", s.sack_retransmits),
+            ("syn_cookies_sent", s.syn_cookies_sent),
+            ("syn_cookies_accepted", s.syn_cookies_accepted),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_string(), v, -1))
@@ -1169,6 +1178,14 @@ impl SlowPath {
                     return;
                 }
             }
+            // The final ACK of a handshake answered with a SYN cookie.
+            if seg.flags.contains(TcpFlags::ACK) && !seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::RST) {
+                if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
+                    if self.cookie_ack(core, lid, key, mac, src, seg, frame) {
+                        return;
+                    }
+                }
+            }
             self.send_rst_for(core, mac, src, seg);
             return;
         };
@@ -1254,9 +1271,17 @@ impl SlowPath {
 
     fn passive_open(&mut self, core: u8, lid: u32, key: FlowKey, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr) {
         let l = self.listeners.get_mut(&lid).expect("indexed listener");
-        if l.syn_rcvd + l.unaccepted >= l.backlog {
+        if l.unaccepted >= l.backlog {
+            // The accept queue itself is full: the application is not keeping up. Drop;
+            // the peer retries (Linux does the same).
             self.counters.syn_backlog_drops += 1;
-            return; // the peer retries; Linux drops too
+            return;
+        }
+        if l.syn_rcvd + l.unaccepted >= l.backlog {
+            // Handshakes fill the backlog (a SYN flood, or a burst): answer statelessly
+            // with a SYN cookie so legitimate clients still get in.
+            self.send_cookie_synack(core, key, mac, src, seg);
+            return;
         }
         l.syn_rcvd += 1;
         let app = l.app;
@@ -1293,6 +1318,86 @@ impl SlowPath {
         self.send_synack(key);
         let rto = self.cfg.syn_rto;
         self.arm(key, self.now + rto);
+    }
+
+    /// The SYN-cookie ISN for a handshake (RFC 4987 3.6): a 5-bit time counter (64 s
+    /// periods), a 3-bit MSS index and a 24-bit keyed hash of the 4-tuple, the counter
+    /// and the peer's ISN.
+    fn cookie(&self, key: FlowKey, irs: u32, t: u32, mss_idx: u32) -> u32 {
+        let h = self.isn_key.hash_one((key.0, irs, t, mss_idx, 0xc0_0c1e_u32)) as u32;
+        ((t & 31) << 27) | ((mss_idx & 7) << 24) | (h & 0x00ff_ffff)
+    }
+
+    fn cookie_period(&self) -> u32 {
+        (self.now.as_nanos() / 64_000_000_000) as u32
+    }
+
+    fn send_cookie_synack(&mut self, core: u8, key: FlowKey, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr) {
+        let peer_mss = seg.max_seg_size.unwrap_or(536);
+        let idx = COOKIE_MSS.iter().rposition(|&m| m <= peer_mss).unwrap_or(0) as u32;
+        let iss = self.cookie(key, seg.seq_number, self.cookie_period(), idx);
+        // Without state there is nowhere to keep window scale, timestamps or SACK: the
+        // cookie handshake offers none of them (the connection works, with a 64 KiB window).
+        let tcp = TcpRepr {
+            seq_number: iss,
+            ack_number: Some(seg.seq_number.wrapping_add(1)),
+            flags: TcpFlags::SYN | TcpFlags::ACK,
+            window_len: self.syn_window(),
+            max_seg_size: Some(self.cfg.mss),
+            ..self.bare(seg)
+        };
+        self.counters.syn_cookies_sent += 1;
+        self.send_tcp(core, mac, src, &tcp);
+    }
+
+    /// Complete a handshake from a SYN cookie. False if the ACK carries no valid cookie.
+    #[allow(clippy::too_many_arguments)]
+    fn cookie_ack(&mut self, core: u8, lid: u32, key: FlowKey, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr, frame: &[u8]) -> bool {
+        let Some(ack) = seg.ack_number else { return false };
+        let iss = ack.wrapping_sub(1);
+        let irs = seg.seq_number.wrapping_sub(1);
+        let t = iss >> 27;
+        let idx = (iss >> 24) & 7;
+        let now = self.cookie_period();
+        // Valid for the current and the previous 64-second period.
+        let fresh = [now & 31, now.wrapping_sub(1) & 31].contains(&t);
+        if !fresh || idx as usize >= COOKIE_MSS.len() || self.cookie(key, irs, t, idx) != iss {
+            return false;
+        }
+        let Some(l) = self.listeners.get_mut(&lid) else { return false };
+        if l.unaccepted >= l.backlog {
+            self.counters.syn_backlog_drops += 1;
+            return true; // valid but no room: drop silently, the peer retransmits
+        }
+        l.syn_rcvd += 1; // establish_passive takes it back
+        let app = l.app;
+        self.counters.syn_cookies_accepted += 1;
+        let opts = PeerOpts { mss: Some(COOKIE_MSS[idx as usize]), wscale: None, ts: None, sack: false };
+        self.conns.insert(
+            key,
+            Conn {
+                key,
+                remote_ip: src,
+                remote_port: seg.src_port,
+                local_port: seg.dst_port,
+                remote_mac: Some(mac),
+                app,
+                slot: None,
+                core,
+                flow: None,
+                phase: Phase::SynRcvd { listener: lid, iss, irs, opts, retries: 0, sent_at: self.now },
+                peer_fin: false,
+                fin_acked: false,
+                we_closed_first: false,
+                port_ref: false,
+                deadline: None,
+                mss: 0,
+                sb: Default::default(),
+            },
+        );
+        let sent_at = self.now;
+        self.establish_passive(core, key, lid, iss, irs, opts, sent_at, seg, frame);
+        true
     }
 
     fn send_synack(&mut self, key: FlowKey) {

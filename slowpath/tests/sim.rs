@@ -162,7 +162,80 @@ fn recovers_from_loss() {
             recvd += n as u64;
         }
     }
-    let retx = w.b.cores[0].counters().rto_fired.load(std::sync::atomic::Ordering::Relaxed)
-        + w.b.cores[0].counters().fast_retransmits.load(std::sync::atomic::Ordering::Relaxed);
+    let c = w.b.cores[0].counters();
+    let retx = c.rto_fired.load(std::sync::atomic::Ordering::Relaxed)
+        + c.retransmitted_segments.load(std::sync::atomic::Ordering::Relaxed);
     assert!(retx > 0, "1% loss must have caused retransmissions");
+}
+
+/// A SYN from a spoofed address (nobody will ever complete it).
+fn spoofed_syn(port: u16, isn: u32) -> Vec<u8> {
+    use tas_fastpath::wire::{EtherType, EthernetAddress, EthernetRepr, Ipv4Repr, TcpFlags, TcpRepr};
+    let src = std::net::Ipv4Addr::new(10, 0, 0, 99);
+    let tcp = TcpRepr {
+        src_port: port,
+        dst_port: 8000,
+        seq_number: isn,
+        flags: TcpFlags::SYN,
+        window_len: 65535,
+        max_seg_size: Some(1460),
+        ..TcpRepr::default()
+    };
+    let tl = tcp.header_len();
+    let mut b = vec![0u8; 34 + tl];
+    EthernetRepr { src_addr: EthernetAddress([2, 0, 0, 0, 0, 99]), dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]), ethertype: EtherType::Ipv4 }
+        .emit(&mut b[..14])
+        .unwrap();
+    Ipv4Repr { src_addr: src, dst_addr: IP_A, protocol: 6, payload_len: tl, ttl: 64, ecn: 0, ident: 0, dont_frag: true }
+        .emit(&mut b[14..34])
+        .unwrap();
+    tcp.emit(&mut b[34..], src, IP_A, &[]).unwrap();
+    b
+}
+
+#[test]
+fn syn_flood_does_not_lock_out_clients() {
+    let mut w = World::new(Impairments::default(), 4);
+    let mut server = context(&mut w.a, IP_A, "echo");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let tok = server.listen_start(8000, 8).unwrap();
+    let listener = loop {
+        w.step(&mut [&mut server, &mut client]);
+        if let Some(l) = server.listen_result(tok).unwrap() {
+            break l;
+        }
+    };
+    // 200 handshakes that never complete: the backlog of 8 is full after 8.
+    for i in 0..200u16 {
+        w.b.cores[0].io_mut().inject(&spoofed_syn(20000 + i, 1000 * i as u32));
+    }
+    for _ in 0..50 {
+        w.step(&mut [&mut server, &mut client]);
+    }
+    let c = w.a.slow.counters();
+    assert!(c.syn_cookies_sent >= 190, "SYNs beyond the backlog get cookies ({})", c.syn_cookies_sent);
+    assert_eq!(w.a.slow.conn_count(), 8, "only the backlog holds state");
+    // A real client still gets in (through a cookie) and its data flows.
+    let conn = client.connect_start(SocketAddrV4::new(IP_A, 8000)).unwrap();
+    let mut echo = Echo::default();
+    let msg = b"hello through a SYN flood";
+    let mut got = Vec::new();
+    let mut sent = false;
+    for _ in 0..200_000 {
+        w.step(&mut [&mut server, &mut client]);
+        echo.step(&mut server, listener);
+        if client.state(conn) == ConnState::Established && !sent {
+            assert_eq!(client.send(conn, msg).unwrap(), msg.len());
+            sent = true;
+        }
+        let mut buf = [0u8; 64];
+        if let Ok(n) = client.recv(conn, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            if got.len() == msg.len() {
+                break;
+            }
+        }
+    }
+    assert_eq!(got, msg);
+    assert_eq!(w.a.slow.counters().syn_cookies_accepted, 1);
 }
