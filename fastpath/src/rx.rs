@@ -140,6 +140,12 @@ pub fn on_segment(
         }
     }
     let mut v = 0;
+    f.heard_us = now_us;
+    if f.tx_sent == 0 && !f.has(F_TX_FIN_SENT) {
+        // Nothing outstanding: the backoff counter counts keepalive probes, and the peer
+        // just answered.
+        f.rto_backoff = 0;
+    }
 
     // ---- ACK field (RFC 9293 3.10.7.4, ESTABLISHED: "If SND.UNA < SEG.ACK =< SND.NXT ...")
     let in_flight = f.snd_nxt().wrapping_sub(f.snd_una);
@@ -215,6 +221,11 @@ pub fn on_segment(
     // ---- payload and FIN
     let fin = seg.flags.contains(TcpFlags::FIN);
     if payload.is_empty() && !fin {
+        // RFC 9293 3.10.7.4: an unacceptable segment (here: a zero-length one below
+        // RCV.NXT, e.g. a keepalive probe) is answered with an ACK.
+        if seq_lt(seg.seq, f.rcv_nxt) {
+            return v | V_ACK;
+        }
         return v;
     }
     if f.has(F_RX_FIN) {

@@ -81,6 +81,12 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// Group that may use the sockets (name).
     pub socket_group: Option<String>,
+    /// Idle seconds before keepalive probes start (0 = keepalive off, the default).
+    pub keepalive_idle_secs: Option<u64>,
+    /// Seconds between unanswered keepalive probes.
+    pub keepalive_interval_secs: Option<u64>,
+    /// Unanswered keepalive probes before a connection is reset.
+    pub keepalive_probes: Option<u8>,
 }
 
 /// A validated configuration.
@@ -128,6 +134,8 @@ pub struct Config {
     pub log_level: String,
     /// Socket group.
     pub socket_group: Option<String>,
+    /// Keepalive (None = off): idle, interval, probes.
+    pub keepalive: Option<(u64, u64, u8)>,
 }
 
 /// A configuration problem, with its fix.
@@ -175,7 +183,8 @@ impl FileConfig {
         pick!(
             interface, ip, gateway, fp_cores, fp_cpus, app_socket, control_socket, xdp_mode, bind_mode,
             rx_buffer, tx_buffer, conns_per_app, flows_per_core, queue_entries, ephemeral_low,
-            ephemeral_high, idle_spin_us, time_wait_ms, arp_reply, log_level, socket_group
+            ephemeral_high, idle_spin_us, time_wait_ms, arp_reply, log_level, socket_group,
+            keepalive_idle_secs, keepalive_interval_secs, keepalive_probes
         )
     }
 
@@ -203,6 +212,9 @@ impl FileConfig {
             arp_reply,
             log_level,
             socket_group,
+            keepalive_idle_secs,
+            keepalive_interval_secs,
+            keepalive_probes,
         } = self;
         let Some(interface) = interface else {
             return err("no interface given: pass --interface IF (or `interface = \"IF\"` in the config file)");
@@ -260,6 +272,17 @@ impl FileConfig {
             Some("never") | Some("false") => Some(false),
             Some(o) => return err(format!("arp_reply = {o:?}: use \"auto\", \"always\" or \"never\"")),
         };
+        let keepalive = match keepalive_idle_secs.unwrap_or(0) {
+            0 => None,
+            idle => {
+                let interval = keepalive_interval_secs.unwrap_or(75);
+                let probes = keepalive_probes.unwrap_or(9);
+                if interval == 0 || probes == 0 {
+                    return err("keepalive_interval_secs and keepalive_probes must be at least 1 when keepalive_idle_secs is set");
+                }
+                Some((idle, interval, probes))
+            }
+        };
         Ok(Config {
             interface,
             ip,
@@ -282,6 +305,7 @@ impl FileConfig {
             arp_reply,
             log_level: log_level.unwrap_or_else(|| "info".into()),
             socket_group,
+            keepalive,
         })
     }
 }

@@ -16,7 +16,7 @@ use ringbuf::traits::{Consumer, Producer};
 use tas_fastpath::appmem::AppMem;
 use tas_fastpath::core::{eventfd_write, CoreCounters, Notify};
 use tas_fastpath::ctl::*;
-use tas_fastpath::flow::{FlowKey, FlowState, F_SACK, F_TS};
+use tas_fastpath::flow::{FlowKey, FlowState, F_KEEPALIVE, F_SACK, F_TS};
 use tas_fastpath::rx::{tsval, TS_TICK_SHIFT};
 use tas_fastpath::time::Instant;
 use tas_fastpath::wire::{
@@ -57,6 +57,8 @@ pub struct SlowConfig {
     pub arp_reply: bool,
     /// Upper bound on any listener's backlog (Linux somaxconn default: 4096).
     pub max_backlog: u32,
+    /// Send keepalive probes on idle connections (timing: the cores' `Keepalive`).
+    pub keepalive: bool,
 }
 
 impl SlowConfig {
@@ -76,6 +78,7 @@ impl SlowConfig {
             syn_rto: Duration::from_secs(1),
             arp_reply: true,
             max_backlog: 4096,
+            keepalive: false,
         }
     }
 }
@@ -1609,6 +1612,10 @@ impl SlowPath {
         if opts.sack {
             f.flags |= F_SACK;
         }
+        if self.cfg.keepalive {
+            f.flags |= F_KEEPALIVE;
+        }
+        f.heard_us = self.now_us();
         tas_fastpath::rx::rtt_sample(&mut f, rtt_us);
         f
     }
