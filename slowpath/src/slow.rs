@@ -211,7 +211,8 @@ enum Removal {
 
 #[derive(Debug, Clone, Copy)]
 enum Phase {
-    SynSent { token: u64, iss: u32, retries: u8, sent_at: Instant },
+    /// `peer`: the peer's own SYN (its ISN and options) in a simultaneous open.
+    SynSent { token: u64, iss: u32, retries: u8, sent_at: Instant, peer: Option<(u32, PeerOpts)> },
     SynRcvd { listener: u32, iss: u32, irs: u32, opts: PeerOpts, retries: u8, sent_at: Instant },
     Established,
     Removing(Removal),
@@ -848,7 +849,7 @@ impl SlowPath {
                 slot: Some(slot),
                 core,
                 flow: None,
-                phase: Phase::SynSent { token, iss, retries: 0, sent_at: self.now },
+                phase: Phase::SynSent { token, iss, retries: 0, sent_at: self.now, peer: None },
                 peer_fin: false,
                 fin_acked: false,
                 we_closed_first: false,
@@ -964,7 +965,7 @@ impl SlowPath {
         let Some(c) = self.conns.get_mut(&key) else { return };
         c.deadline = None;
         match c.phase {
-            Phase::SynSent { token, iss, retries, sent_at } => {
+            Phase::SynSent { token, iss, retries, sent_at, peer } => {
                 if retries >= self.cfg.syn_retries {
                     let app = c.app;
                     self.counters.connect_failures += 1;
@@ -975,7 +976,7 @@ impl SlowPath {
                     self.post(app, SpEvent::ConnectFailed { token, error });
                     return;
                 }
-                c.phase = Phase::SynSent { token, iss, retries: retries + 1, sent_at };
+                c.phase = Phase::SynSent { token, iss, retries: retries + 1, sent_at, peer };
                 self.counters.syn_retransmits += 1;
                 let backoff = self.cfg.syn_rto * (1 << (retries + 1).min(6));
                 if c.remote_mac.is_none() {
@@ -1194,7 +1195,7 @@ impl SlowPath {
         };
         let phase = c.phase;
         match phase {
-            Phase::SynSent { token, iss, sent_at, .. } => self.on_synsent(key, token, iss, sent_at, mac, seg),
+            Phase::SynSent { token, iss, sent_at, peer, .. } => self.on_synsent(key, token, iss, sent_at, peer, mac, seg),
             Phase::SynRcvd { listener, iss, irs, opts, sent_at, .. } => {
                 if seg.flags.contains(TcpFlags::RST) {
                     if seq_in(seg.seq_number, irs.wrapping_add(1), self.cfg.layout.rx_buf_size) {
@@ -1495,7 +1496,17 @@ impl SlowPath {
         );
     }
 
-    fn on_synsent(&mut self, key: FlowKey, token: u64, iss: u32, sent_at: Instant, mac: EthernetAddress, seg: &TcpRepr) {
+    #[allow(clippy::too_many_arguments)]
+    fn on_synsent(
+        &mut self,
+        key: FlowKey,
+        token: u64,
+        iss: u32,
+        sent_at: Instant,
+        peer: Option<(u32, PeerOpts)>,
+        mac: EthernetAddress,
+        seg: &TcpRepr,
+    ) {
         let ack_ok = seg.ack_number == Some(iss.wrapping_add(1));
         if seg.flags.contains(TcpFlags::RST) {
             // RFC 9293 3.10.7.3: "If the ACK was acceptable, then signal to the user
@@ -1509,16 +1520,76 @@ impl SlowPath {
             return;
         }
         if !seg.flags.contains(TcpFlags::SYN) {
-            if seg.ack_number.is_some() && !ack_ok {
-                let ip = self.conns[&key].remote_ip;
-                let core = self.conns[&key].core;
-                self.send_rst_for(core, mac, ip, seg);
+            match (ack_ok, peer) {
+                // Simultaneous open, second half: the ACK of our SYN-ACK (its window is
+                // scaled if both sides offered scaling).
+                (true, Some((irs, opts))) if seg.seq_number == irs.wrapping_add(1) => {
+                    let shift = if opts.wscale.is_some() { opts.wscale.unwrap_or(0).min(14) } else { 0 };
+                    let wnd = (seg.window_len as u32) << shift;
+                    self.establish_active(key, token, iss, sent_at, mac, irs, opts, wnd, seg, false);
+                }
+                (true, _) => {}
+                (false, _) => {
+                    if seg.ack_number.is_some() {
+                        let ip = self.conns[&key].remote_ip;
+                        let core = self.conns[&key].core;
+                        self.send_rst_for(core, mac, ip, seg);
+                    }
+                }
             }
             return;
         }
-        if !ack_ok {
-            return; // simultaneous open lands with the complete-TCP work
+        if seg.ack_number.is_none() {
+            // RFC 9293 3.10.7.3, SYN-SENT with SYN and no ACK: simultaneous open. Answer
+            // with SYN-ACK (our ISN again, with our options) and wait for the ACK.
+            let opts = Self::peer_opts(seg);
+            let (ws, ts) = self.our_syn_opts(Some(opts), tsval(self.now_us()));
+            let syn_window = self.syn_window();
+            let bare = self.bare(seg);
+            let c = self.conns.get_mut(&key).expect("present");
+            if let Phase::SynSent { peer, .. } = &mut c.phase {
+                *peer = Some((seg.seq_number, opts));
+            }
+            c.remote_mac = Some(mac);
+            let tcp = TcpRepr {
+                seq_number: iss,
+                ack_number: Some(seg.seq_number.wrapping_add(1)),
+                flags: TcpFlags::SYN | TcpFlags::ACK,
+                window_len: syn_window,
+                max_seg_size: Some(self.cfg.mss),
+                window_scale: ws,
+                sack_permitted: opts.sack,
+                timestamp: ts,
+                ..bare
+            };
+            let (core, ip) = (c.core, c.remote_ip);
+            self.send_tcp(core, mac, ip, &tcp);
+            return;
         }
+        if !ack_ok {
+            return;
+        }
+        // The window of a SYN-ACK is not scaled.
+        let opts = Self::peer_opts(seg);
+        self.establish_active(key, token, iss, sent_at, mac, seg.seq_number, opts, seg.window_len as u32, seg, true);
+    }
+
+    /// Install an actively opened connection (after a SYN-ACK, or the ACK completing a
+    /// simultaneous open) and tell the application.
+    #[allow(clippy::too_many_arguments)]
+    fn establish_active(
+        &mut self,
+        key: FlowKey,
+        token: u64,
+        iss: u32,
+        sent_at: Instant,
+        mac: EthernetAddress,
+        irs: u32,
+        opts: PeerOpts,
+        snd_wnd: u32,
+        seg: &TcpRepr,
+        send_ack: bool,
+    ) {
         let c = self.conns.get(&key).expect("present");
         let (app, slot, core) = (c.app, c.slot.expect("active opens hold a slot"), c.core);
         let Some(flow) = self.cores[core as usize].free_flows.pop() else {
@@ -1529,11 +1600,7 @@ impl SlowPath {
             self.post(app, SpEvent::ConnectFailed { token, error: ErrorCode::NoResources });
             return;
         };
-        let opts = Self::peer_opts(seg);
-        let irs = seg.seq_number;
         let rtt = self.now.saturating_since(sent_at);
-        // The window of a SYN-ACK is not scaled.
-        let snd_wnd = seg.window_len as u32;
         let state = self.flow_state(key, app, slot, opts, iss.wrapping_add(1), irs.wrapping_add(1), snd_wnd, opts.ts, rtt);
         // Complete the handshake: the ACK of the SYN-ACK.
         let ack = TcpRepr {
@@ -1551,7 +1618,9 @@ impl SlowPath {
         c.deadline = None;
         c.mss = state.mss;
         let (ip, local_port) = (c.remote_ip, c.local_port);
-        self.send_tcp(core, mac, ip, &ack);
+        if send_ack {
+            self.send_tcp(core, mac, ip, &ack);
+        }
         let link = &mut self.cores[core as usize];
         link.owners[flow as usize] = Some(key);
         link.send(Command::InstallFlow { flow, state: Box::new(state) });

@@ -282,3 +282,43 @@ fn keepalive_probes_and_gives_up_on_a_dead_peer() {
     }
     assert_eq!(server.state(sc), ConnState::Failed(Error::TimedOut));
 }
+
+#[test]
+fn simultaneous_open() {
+    // Both sides connect to each other at once with matching ports (each stack's first
+    // ephemeral port is 61000): the SYNs cross (RFC 9293 3.5, figure 7).
+    let mut w = World::new(Impairments::default(), 6);
+    let mut a = context(&mut w.a, IP_A, "a");
+    let mut b = context(&mut w.b, IP_B, "b");
+    let ca = a.connect_start(SocketAddrV4::new(IP_B, 61000)).unwrap();
+    let cb = b.connect_start(SocketAddrV4::new(IP_A, 61000)).unwrap();
+    for _ in 0..100_000 {
+        w.step(&mut [&mut a, &mut b]);
+        if a.state(ca) == ConnState::Established && b.state(cb) == ConnState::Established {
+            break;
+        }
+    }
+    assert_eq!((a.state(ca), b.state(cb)), (ConnState::Established, ConnState::Established));
+    assert_eq!(a.local_port(ca), Some(61000));
+    for h in [&w.a, &w.b] {
+        let c = h.slow.counters();
+        assert_eq!((c.active_opens, c.passive_opens, c.rsts_sent), (1, 0, 0), "one crossed handshake, no resets");
+    }
+    a.send(ca, b"from a").unwrap();
+    b.send(cb, b"from b").unwrap();
+    let (mut ga, mut gb) = (Vec::new(), Vec::new());
+    for _ in 0..100_000 {
+        w.step(&mut [&mut a, &mut b]);
+        let mut buf = [0u8; 16];
+        if let Ok(n) = a.recv(ca, &mut buf) {
+            ga.extend_from_slice(&buf[..n]);
+        }
+        if let Ok(n) = b.recv(cb, &mut buf) {
+            gb.extend_from_slice(&buf[..n]);
+        }
+        if ga.len() == 6 && gb.len() == 6 {
+            break;
+        }
+    }
+    assert_eq!((ga.as_slice(), gb.as_slice()), (&b"from b"[..], &b"from a"[..]));
+}
