@@ -28,6 +28,9 @@ use tas_proto::shm::{ConnHandle, ControlRequest, ErrorCode, Layout, SpEvent};
 
 use crate::frames;
 
+mod ops;
+pub use ops::{AppDetail, CloseFlowError, ConnEvent, EventKind, ListenerInfo};
+
 /// Settings of the slow path.
 #[derive(Debug, Clone)]
 pub struct SlowConfig {
@@ -336,6 +339,7 @@ pub struct SlowPath {
     now: Instant,
     counters: SlowCounters,
     rcv_wscale: u8,
+    ops: ops::OpsState,
 }
 
 /// Applications' region slots per core (the `app` field of a flow is a u16).
@@ -373,6 +377,7 @@ impl SlowPath {
             now: Instant::ZERO,
             counters: SlowCounters::default(),
             rcv_wscale,
+            ops: ops::OpsState::default(),
         }
     }
 
@@ -582,6 +587,7 @@ impl SlowPath {
     }
 
     fn post(&mut self, app: u32, ev: SpEvent) {
+        self.ops_on_post(app, &ev);
         let Some(a) = self.apps.get_mut(&app) else { return };
         if a.detaching {
             return;
