@@ -524,4 +524,92 @@ mod tests {
         assert!(e(FileConfig { gateway: Some("192.168.1.1".parse().unwrap()), ..base() }).contains("local subnet"));
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err(), "unknown keys are rejected");
     }
+
+    /// `deploy/tasd.toml`, the file install.sh puts in /etc/tas, parses with the real
+    /// loader, documents every key, and (with the two required keys filled in) gives the
+    /// defaults, apart from the groups install.sh creates.
+    #[test]
+    fn the_shipped_config_file_loads_and_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/tasd.toml");
+        let file = FileConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        for k in KEYS {
+            let set = text.contains(&format!("\n{} = ", k.key));
+            let commented = text.contains(&format!("\n#{} = ", k.key));
+            assert!(set || commented, "deploy/tasd.toml does not document `{}`", k.key);
+            let line = text.lines().position(|l| l.starts_with(k.key) || l.starts_with(&format!("#{}", k.key))).unwrap();
+            assert!(text.lines().nth(line - 1).unwrap().starts_with('#'), "`{}` has no comment above it", k.key);
+        }
+        assert!(file.interface.is_none() && file.ip.is_none(), "the operator must choose interface and ip");
+        let required = FileConfig { interface: Some("eth1".into()), ip: Some("192.0.2.10/24".into()), ..FileConfig::default() };
+        let shipped = file.merge(required.clone()).validate().unwrap();
+        let defaults = FileConfig {
+            socket_group: Some("tas".into()),
+            control_group: Some("tas-admin".into()),
+            ..required
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(shipped.entries(), defaults.entries(), "the file's values are the defaults");
+    }
+
+    /// KEYS names every field of FileConfig (this destructuring stops compiling when a
+    /// field is added: add it to KEYS, to `entries`, and to deploy/tasd.toml).
+    #[test]
+    fn keys_cover_every_field() {
+        let FileConfig {
+            interface: _,
+            ip: _,
+            gateway: _,
+            fp_cores: _,
+            fp_cpus: _,
+            app_socket: _,
+            control_socket: _,
+            xdp_mode: _,
+            bind_mode: _,
+            rx_buffer: _,
+            tx_buffer: _,
+            conns_per_app: _,
+            flows_per_core: _,
+            queue_entries: _,
+            ephemeral_low: _,
+            ephemeral_high: _,
+            idle_spin_us: _,
+            time_wait_ms: _,
+            arp_reply: _,
+            log_level: _,
+            socket_group: _,
+            control_group: _,
+            control_tcp: _,
+            metrics: _,
+        } = FileConfig::default();
+        assert_eq!(KEYS.len(), 24);
+        let c = base().validate().unwrap();
+        assert_eq!(c.entries().len(), KEYS.len());
+        // Every key's rendering parses back to the same configuration.
+        for (k, v) in c.entries() {
+            if v.is_empty() {
+                continue;
+            }
+            let again = c.with_key(k.key, &v).unwrap_or_else(|e| panic!("{} = {v}: {e}", k.key));
+            assert!(c.changed_keys(&again).is_empty(), "{} = {v} did not round-trip", k.key);
+        }
+    }
+
+    #[test]
+    fn setting_keys() {
+        let c = base().validate().unwrap();
+        let d = c.with_key("log_level", "debug").unwrap();
+        assert_eq!(d.log_level, "debug");
+        assert_eq!(c.changed_keys(&d).iter().map(|k| (k.key, k.live)).collect::<Vec<_>>(), [("log_level", true)]);
+        let d = c.with_key("arp_reply", "\"always\"").unwrap();
+        assert_eq!(d.arp_reply, Some(true));
+        let d = c.with_key("fp_cores", "2").unwrap();
+        assert_eq!(c.changed_keys(&d).iter().map(|k| (k.key, k.live)).collect::<Vec<_>>(), [("fp_cores", false)]);
+        assert!(c.with_key("fp_cores", "0").unwrap_err().0.contains("1 to 64"));
+        assert!(c.with_key("nope", "1").unwrap_err().0.contains("time_wait_ms"));
+        assert!(c.with_key("time_wait_ms", "soon").is_err());
+        assert!(c.with_key("log_level", "[").is_err());
+        assert!(c.with_key("metrics", "127.0.0.1:9464").unwrap().metrics.is_some());
+    }
 }
