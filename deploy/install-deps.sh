@@ -13,11 +13,15 @@
 #   iputils-ping       the coexistence check (ICMP to the service IP is answered by the kernel)
 #   python3            the kernel-side test peers in tools/peers (standard library only)
 #   procps             ps/sysctl, for diagnostics when a test fails
+#   tcpdump            the root tests read `tasctl capture` files with tcpdump -r
+#   systemd            systemd-analyze verify checks deploy/systemd/tasd.service (tests/deploy.rs)
+#   util-linux         setpriv: the root tests run tasd as an unprivileged user with exactly
+#                      the unit's capabilities
 # gcc, make and git are on every Debian 12 build machine; Rust (>= 1.85) comes from rustup.
 set -euo pipefail
 
 PACKAGES=(libelf-dev zlib1g-dev pkg-config clang llvm protobuf-compiler ethtool iproute2
-          iputils-ping python3 procps)
+          iputils-ping python3 procps tcpdump systemd util-linux)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -25,6 +25,8 @@ use crate::time::{Clock, Instant};
 use crate::tx;
 use crate::wire::{self, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, TcpFlags, TcpSegment};
 
+mod ops;
+
 /// Settings of one fast-path core.
 #[derive(Debug, Clone)]
 pub struct FpConfig {
@@ -431,6 +433,10 @@ impl<IO: PacketIo> FastPath<IO> {
                     let flows = self.flows.iter().map(|(i, f)| (i, *f)).collect();
                     let _ = reply.try_send((self.cfg.core, flows));
                 }
+                Command::Capture(spec) => {
+                    self.io.set_capture(spec.map(|s| *s));
+                }
+                Command::ShutdownTx { flow } => self.shutdown_tx(flow),
             }
         }
         n

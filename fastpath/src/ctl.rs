@@ -78,6 +78,14 @@ pub enum Command {
     },
     /// Send a copy of every live flow (for the control API; rare, allocates).
     Snapshot(crossbeam_channel::Sender<(u8, Vec<(u32, FlowState)>)>),
+    /// Start (`Some`) or stop (`None`) a packet capture on this core (control API).
+    Capture(Option<Box<crate::io::capture::CaptureSpec>>),
+    /// Close flow `flow` from the service's side: FIN after the data already queued, as
+    /// if the application had shut down its direction (control API `CloseFlow`).
+    ShutdownTx {
+        /// Flow-table index.
+        flow: u32,
+    },
 }
 
 /// A frame copied out of the fast path for the slow path.

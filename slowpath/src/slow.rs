@@ -28,6 +28,9 @@ use tas_proto::shm::{ConnHandle, ControlRequest, ErrorCode, Layout, SpEvent};
 
 use crate::frames;
 
+mod ops;
+pub use ops::{AppDetail, CloseFlowError, ConnEvent, EventKind, ListenerInfo};
+
 /// Settings of the slow path.
 #[derive(Debug, Clone)]
 pub struct SlowConfig {
@@ -351,6 +354,7 @@ pub struct SlowPath {
     now: Instant,
     counters: SlowCounters,
     rcv_wscale: u8,
+    ops: ops::OpsState,
 }
 
 /// MSS values a SYN cookie can encode (3 bits; the common ones, as Linux's table).
@@ -391,6 +395,7 @@ impl SlowPath {
             now: Instant::ZERO,
             counters: SlowCounters::default(),
             rcv_wscale,
+            ops: ops::OpsState::default(),
         }
     }
 
@@ -607,6 +612,7 @@ impl SlowPath {
     }
 
     fn post(&mut self, app: u32, ev: SpEvent) {
+        self.ops_on_post(app, &ev);
         let Some(a) = self.apps.get_mut(&app) else { return };
         if a.detaching {
             return;
