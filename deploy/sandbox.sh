@@ -141,9 +141,11 @@ link_via_middle() {
     local ifname
     [ "$NS_M" != "$NS_A" ] && [ "$NS_M" != "$NS_B" ] || die "TAS_NS_M=$NS_M must differ from TAS_NS_A and TAS_NS_B"
     [ "$IF_MA" != "$IF_MB" ] || die "TAS_IF_MA and TAS_IF_MB are both $IF_MA: give the middle interfaces different names"
+    # Queue counts on the middle ends too: native XDP on a veth refuses to attach (ENOSPC)
+    # when its peer has more tx queues than it has rx queues, and veth's default is one per CPU.
     ip link add name "$IF_A" netns "$NS_A" numtxqueues "$QUEUES" numrxqueues "$QUEUES" type veth \
-        peer name "$IF_MA" netns "$NS_M"
-    ip link add name "$IF_MB" netns "$NS_M" type veth \
+        peer name "$IF_MA" netns "$NS_M" numtxqueues "$QUEUES" numrxqueues "$QUEUES"
+    ip link add name "$IF_MB" netns "$NS_M" numtxqueues "$QUEUES" numrxqueues "$QUEUES" type veth \
         peer name "$IF_B" netns "$NS_B" numtxqueues "$QUEUES" numrxqueues "$QUEUES"
     ip -n "$NS_M" link set dev lo up
     for ifname in "$IF_MA" "$IF_MB"; do
