@@ -258,8 +258,8 @@ fn stats_line(event: &str, fwd: &Forwarder) -> String {
     format!(
         "{{\"event\":\"{event}\",\"elapsed_s\":{:.3},\"a\":\"{a}\",\"b\":\"{b}\",\"a2b\":{},\"b2a\":{}}}",
         fwd.elapsed(),
-        a2b.to_json(),
-        b2a.to_json()
+        a2b.json(),
+        b2a.json()
     )
 }
 

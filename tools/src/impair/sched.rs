@@ -162,7 +162,7 @@ pub struct Counters {
 
 impl Counters {
     /// One JSON object with every counter.
-    pub fn to_json(&self) -> String {
+    pub fn json(&self) -> String {
         let Counters {
             rx_frames,
             rx_bytes,
@@ -400,7 +400,7 @@ mod tests {
     fn run(imp: &mut Impairer, n: u64, gap: Nanos, len: usize) -> Vec<(Nanos, u64)> {
         let mut out = Vec::new();
         let mut now = 0;
-        let mut drain = |imp: &mut Impairer, until: Nanos, out: &mut Vec<(Nanos, u64)>| {
+        let drain = |imp: &mut Impairer, until: Nanos, out: &mut Vec<(Nanos, u64)>| {
             while let Some(t) = imp.next_release() {
                 if t > until {
                     break;
@@ -628,7 +628,7 @@ mod tests {
     #[test]
     fn counters_print_as_json() {
         let c = Counters { rx_frames: 3, ce_marked: 1, ..Counters::default() };
-        let j = c.to_json();
+        let j = c.json();
         assert!(j.starts_with("{\"rx_frames\":3,") && j.contains("\"ce_marked\":1,") && j.ends_with('}'));
     }
 }
