@@ -332,6 +332,50 @@ fn syn_ack_is_retransmitted_with_backoff_then_forgotten() {
     s.done(70_000.0);
 }
 
+#[test]
+fn syn_received_final_ack_with_a_wrong_ack_gets_rst() {
+    let mut s = Script::new();
+    s.listen(0.0, 8080);
+    s.send(100.0, SYN_ALL);
+    s.expect(100.0, "S. 0:0(0) ack 1 win 65535 <mss 1460,sackOK,TS val 6250 ecr 100,nop,wscale 3>");
+    // RFC 9293 3.10.7.4 SYN-RECEIVED: an unacceptable ACK gets <SEQ=SEG.ACK><CTL=RST>
+    // and the half-open connection stays.
+    s.send(100.5, ". 1:1(0) ack 5 win 512 <nop,nop,TS val 101 ecr *>");
+    s.expect(100.5, "R 5:5(0) win 0");
+    assert!(s.nothing_to_accept(100.5));
+    s.send(101.0, ". 1:1(0) ack 1 win 512 <nop,nop,TS val 101 ecr *>");
+    s.accept(101.0);
+    s.done(1000.0);
+}
+
+#[test]
+fn syn_received_final_ack_with_data_is_delivered() {
+    let mut s = Script::new();
+    s.listen(0.0, 8080);
+    s.send(100.0, SYN_ALL);
+    s.expect(100.0, "S. 0:0(0) ack 1 win 65535 <mss 1460,sackOK,TS val 6250 ecr 100,nop,wscale 3>");
+    // The handshake's ACK already carries the first request.
+    s.send(100.5, "P. 1:101(100) ack 1 win 512 <nop,nop,TS val 101 ecr *>");
+    s.expect(100.5, ". 1:1(0) ack 101 win 32755 <nop,nop,TS val 6281 ecr 101>");
+    s.accept(101.0);
+    s.read(101.0, 100);
+    s.done(1000.0);
+}
+
+#[test]
+#[ignore = "BUG: in SYN-RECEIVED any in-window RST drops the half-open connection; RFC 9293 3.10.7.4 / RFC 5961 3.2 (all states but SYN-SENT) want only SEQ = RCV.NXT accepted and a challenge ACK otherwise"]
+fn syn_received_rst_not_exact_gets_a_challenge_ack() {
+    let mut s = Script::new();
+    s.listen(0.0, 8080);
+    s.send(100.0, SYN_ALL);
+    s.expect(100.0, "S. 0:0(0) ack 1 win 65535 <mss 1460,sackOK,TS val 6250 ecr 100,nop,wscale 3>");
+    s.send(100.5, "R 1000:1000(0) win 0");
+    s.expect(100.5, ". 1:1(0) ack 1 win * <...>");
+    s.send(101.0, ". 1:1(0) ack 1 win 512 <nop,nop,TS val 101 ecr *>");
+    s.accept(101.0);
+    s.done(1000.0);
+}
+
 // ---- retransmission timeout -------------------------------------------------------------
 
 #[test]
@@ -726,6 +770,22 @@ fn half_close_by_the_peer_we_keep_sending() {
     s.quiet_until(402.0);
     assert!(s.host_states().is_empty(), "LAST-ACK -> CLOSED, no TIME-WAIT for the passive closer");
     s.done(2000.0);
+}
+
+#[test]
+fn data_and_fin_in_one_segment() {
+    let mut s = established();
+    s.send(200.0, "FP. 1:101(100) ack 1 win 512 <nop,nop,TS val 102 ecr *>");
+    s.expect(200.0, ". 1:1(0) ack 102 win 32755 <nop,nop,TS val 12500 ecr 102>");
+    s.read(201.0, 100);
+    s.read_eof(201.0);
+    assert_eq!(s.host_states(), vec!["CLOSE-WAIT"]);
+    s.close(300.0);
+    s.expect(300.0, "F. 1:1(0) ack 102 win 32768 <nop,nop,TS val * ecr 102>");
+    s.send(301.0, ". 102:102(0) ack 2 win 512 <nop,nop,TS val 103 ecr *>");
+    s.quiet_until(302.0);
+    assert!(s.host_states().is_empty());
+    s.done(1000.0);
 }
 
 #[test]
