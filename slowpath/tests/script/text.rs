@@ -201,7 +201,7 @@ pub fn flags_text(f: TcpFlags) -> String {
         }
     }
     if s.is_empty() {
-        s.push_str("-");
+        s.push('-');
     }
     s
 }
