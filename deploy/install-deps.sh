@@ -13,6 +13,10 @@
 #   iputils-ping       the coexistence check (ICMP to the service IP is answered by the kernel)
 #   python3            the kernel-side test peers in tools/peers (standard library only)
 #   procps             ps/sysctl, for diagnostics when a test fails
+#   tcpdump            the root tests read `tasctl capture` files with tcpdump -r
+#   systemd            systemd-analyze verify checks deploy/systemd/tasd.service (tests/deploy.rs)
+#   util-linux         setpriv: the root tests run tasd as an unprivileged user with exactly
+#                      the unit's capabilities
 #   redis-tools        redis-cli and redis-benchmark: the kvstore root tests drive tas-kv with them
 #   redis-server       Debian's Redis, the reference tas-kv is compared with (model check, benchmark)
 #   python3-pip        pip, to install redis-py from PyPI for the kvstore root tests (see below)
@@ -20,7 +24,7 @@
 set -euo pipefail
 
 PACKAGES=(libelf-dev zlib1g-dev pkg-config clang llvm protobuf-compiler ethtool iproute2
-          iputils-ping python3 procps redis-tools redis-server python3-pip)
+          iputils-ping python3 procps tcpdump systemd util-linux redis-tools redis-server python3-pip)
 
 # Python packages from PyPI, installed with pip into kvstore/.pydeps (git-ignored; the
 # kvstore root tests put it on PYTHONPATH), so neither the system Python nor a user's

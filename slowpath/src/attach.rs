@@ -140,6 +140,28 @@ pub struct AttachServer {
     path: PathBuf,
     stop: Arc<OwnedFd>,
     accept_thread: Option<JoinHandle<()>>,
+    lifelines: Lifelines,
+}
+
+/// The sockets of the applications that are in, by application id (duplicates of the
+/// descriptors their threads block on).
+type Lifelines = Arc<std::sync::Mutex<std::collections::HashMap<u32, OwnedFd>>>;
+
+/// Detaches applications on the operator's request (control API `DetachApp`).
+#[derive(Debug, Clone)]
+pub struct AppKicker(Lifelines);
+
+impl AppKicker {
+    /// Shut down application `app_id`'s socket, its lifeline: the application sees the
+    /// service go away, and the slow path gets [`AttachEvent::Detached`] exactly as if the
+    /// application had exited. False if no such application is attached.
+    pub fn detach(&self, app_id: u32) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&app_id) {
+            Some(fd) => sys::shutdown(fd.as_fd()).is_ok(),
+            None => false,
+        }
+    }
 }
 
 struct Shared {
@@ -148,6 +170,7 @@ struct Shared {
     events: Sender<AttachEvent>,
     stop: Arc<OwnedFd>,
     next_app_id: AtomicU32,
+    lifelines: Lifelines,
 }
 
 impl AttachServer {
@@ -179,13 +202,25 @@ impl AttachServer {
             std::os::unix::fs::chown(&path, None, Some(gid)).map_err(io_err("chown to the socket group"))?;
         }
         let stop = Arc::new(sys::eventfd().map_err(io_err("eventfd"))?);
-        let shared =
-            Arc::new(Shared { config, doorbells, events, stop: stop.clone(), next_app_id: AtomicU32::new(1) });
+        let lifelines = Lifelines::default();
+        let shared = Arc::new(Shared {
+            config,
+            doorbells,
+            events,
+            stop: stop.clone(),
+            next_app_id: AtomicU32::new(1),
+            lifelines: lifelines.clone(),
+        });
         let accept_thread = std::thread::Builder::new()
             .name("tas-attach".into())
             .spawn(move || accept_loop(listener, shared))
             .map_err(io_err("spawning the accept thread"))?;
-        Ok(AttachServer { path, stop, accept_thread: Some(accept_thread) })
+        Ok(AttachServer { path, stop, accept_thread: Some(accept_thread), lifelines })
+    }
+
+    /// A handle that can detach applications.
+    pub fn kicker(&self) -> AppKicker {
+        AppKicker(self.lifelines.clone())
     }
 
     /// The socket's path.
@@ -371,6 +406,9 @@ fn serve_app(conn: OwnedFd, shared: &Shared) {
     match sent {
         Ok(()) => {
             tracing::info!(app_id, %name, pid = cred.pid, uid = cred.uid, "application attached");
+            if let Ok(dup) = conn.try_clone() {
+                shared.lifelines.lock().unwrap_or_else(|p| p.into_inner()).insert(app_id, dup);
+            }
             // The lifeline: nothing more is expected; EOF or an error means detach.
             loop {
                 match sys::wait_readable(conn.as_fd(), shared.stop.as_fd(), None) {
@@ -382,6 +420,7 @@ fn serve_app(conn: OwnedFd, shared: &Shared) {
                     Ok(Wake::Stop) | Err(_) => break,
                 }
             }
+            shared.lifelines.lock().unwrap_or_else(|p| p.into_inner()).remove(&app_id);
             tracing::info!(app_id, %name, "application detached");
         }
         Err(e) => tracing::warn!(app_id, "sending HelloOk failed: {e}"),
@@ -444,6 +483,12 @@ mod sys {
         let (addr, len) = sockaddr(path)?;
         // SAFETY: addr is a valid sockaddr_un of at least len bytes.
         check(unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) })?;
+        Ok(())
+    }
+
+    pub(super) fn shutdown(fd: BorrowedFd<'_>) -> io::Result<()> {
+        // SAFETY: plain shutdown(2) on a socket we own; it only changes the socket's state.
+        check(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) })?;
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! Every problem is reported as one line that names the key, what is wrong and how to
 //! fix it.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -81,6 +81,18 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// Group that may use the sockets (name).
     pub socket_group: Option<String>,
+    /// Idle seconds before keepalive probes start (0 = keepalive off, the default).
+    pub keepalive_idle_secs: Option<u64>,
+    /// Seconds between unanswered keepalive probes.
+    pub keepalive_interval_secs: Option<u64>,
+    /// Unanswered keepalive probes before a connection is reset.
+    pub keepalive_probes: Option<u8>,
+    /// Group that may use the control socket (name or number; default: root's only).
+    pub control_group: Option<String>,
+    /// Also serve the control API on this TCP address (off unless given).
+    pub control_tcp: Option<SocketAddr>,
+    /// Serve Prometheus metrics over HTTP on this address (off unless given).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A validated configuration.
@@ -128,6 +140,14 @@ pub struct Config {
     pub log_level: String,
     /// Socket group.
     pub socket_group: Option<String>,
+    /// Keepalive (None = off): idle, interval, probes.
+    pub keepalive: Option<(u64, u64, u8)>,
+    /// Control socket group.
+    pub control_group: Option<String>,
+    /// Control API on TCP.
+    pub control_tcp: Option<SocketAddr>,
+    /// Metrics endpoint.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A configuration problem, with its fix.
@@ -175,7 +195,8 @@ impl FileConfig {
         pick!(
             interface, ip, gateway, fp_cores, fp_cpus, app_socket, control_socket, xdp_mode, bind_mode,
             rx_buffer, tx_buffer, conns_per_app, flows_per_core, queue_entries, ephemeral_low,
-            ephemeral_high, idle_spin_us, time_wait_ms, arp_reply, log_level, socket_group
+            ephemeral_high, idle_spin_us, time_wait_ms, arp_reply, log_level, socket_group,
+            keepalive_idle_secs, keepalive_interval_secs, keepalive_probes, control_group, control_tcp, metrics
         )
     }
 
@@ -203,6 +224,12 @@ impl FileConfig {
             arp_reply,
             log_level,
             socket_group,
+            keepalive_idle_secs,
+            keepalive_interval_secs,
+            keepalive_probes,
+            control_group,
+            control_tcp,
+            metrics,
         } = self;
         let Some(interface) = interface else {
             return err("no interface given: pass --interface IF (or `interface = \"IF\"` in the config file)");
@@ -260,6 +287,17 @@ impl FileConfig {
             Some("never") | Some("false") => Some(false),
             Some(o) => return err(format!("arp_reply = {o:?}: use \"auto\", \"always\" or \"never\"")),
         };
+        let keepalive = match keepalive_idle_secs.unwrap_or(0) {
+            0 => None,
+            idle => {
+                let interval = keepalive_interval_secs.unwrap_or(75);
+                let probes = keepalive_probes.unwrap_or(9);
+                if interval == 0 || probes == 0 {
+                    return err("keepalive_interval_secs and keepalive_probes must be at least 1 when keepalive_idle_secs is set");
+                }
+                Some((idle, interval, probes))
+            }
+        };
         Ok(Config {
             interface,
             ip,
@@ -280,9 +318,206 @@ impl FileConfig {
             idle_spin_us: idle_spin_us.unwrap_or(50),
             time_wait_ms: time_wait_ms.unwrap_or(60_000),
             arp_reply,
-            log_level: log_level.unwrap_or_else(|| "info".into()),
+            log_level: match log_level {
+                Some(l) => {
+                    tracing_subscriber::EnvFilter::try_new(&l).map_err(|e| {
+                        ConfigError(format!("log_level = {l:?} is not a valid filter ({e}): use error, warn, info, debug or trace, or e.g. \"info,tas_slowpath=debug\""))
+                    })?;
+                    l
+                }
+                None => "info".into(),
+            },
             socket_group,
+            keepalive,
+            control_group,
+            control_tcp,
+            metrics,
         })
+    }
+}
+
+/// One configuration key: its name, whether it can change while tasd runs (SIGHUP or the
+/// control API's `SetConfig`), and what it means. The order is the file's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key, as the TOML file and `tasctl config` spell it.
+    pub key: &'static str,
+    /// True if a change takes effect without a restart.
+    pub live: bool,
+    /// One line of documentation.
+    pub description: &'static str,
+}
+
+/// Every configuration key. `deploy/tasd.toml` documents each of them (a test checks).
+pub const KEYS: &[KeyInfo] = &[
+    KeyInfo { key: "interface", live: false, description: "network interface whose TCP traffic for `ip` tasd serves (XDP attaches here)" },
+    KeyInfo { key: "ip", live: false, description: "service address with prefix length, e.g. 10.0.0.1/24" },
+    KeyInfo { key: "gateway", live: false, description: "next hop for destinations outside the prefix (unset: none)" },
+    KeyInfo { key: "fp_cores", live: false, description: "fast-path cores, one AF_XDP socket on rx queue 0..N each (1-64)" },
+    KeyInfo { key: "fp_cpus", live: false, description: "CPUs to pin the fast-path cores to, in order (unset: the last CPUs)" },
+    KeyInfo { key: "app_socket", live: false, description: "Unix socket applications attach to" },
+    KeyInfo { key: "control_socket", live: false, description: "Unix socket of the gRPC control API (tasctl)" },
+    KeyInfo { key: "xdp_mode", live: false, description: "XDP attach mode: auto (native, else generic), native, generic" },
+    KeyInfo { key: "bind_mode", live: false, description: "AF_XDP bind mode: auto (zero-copy, else copy), zero-copy, copy" },
+    KeyInfo { key: "rx_buffer", live: false, description: "receive ring per connection, bytes (power of two, 4096 to 2^30)" },
+    KeyInfo { key: "tx_buffer", live: false, description: "transmit ring per connection, bytes (power of two, 4096 to 2^30)" },
+    KeyInfo { key: "conns_per_app", live: false, description: "connection slots per application context" },
+    KeyInfo { key: "flows_per_core", live: false, description: "flow slots per fast-path core" },
+    KeyInfo { key: "queue_entries", live: false, description: "descriptors per shared-memory queue (power of two, 16 to 65536)" },
+    KeyInfo { key: "ephemeral_low", live: false, description: "first local port for outgoing connections" },
+    KeyInfo { key: "ephemeral_high", live: false, description: "last local port for outgoing connections" },
+    KeyInfo { key: "idle_spin_us", live: false, description: "microseconds a fast-path core busy-polls without work before it sleeps" },
+    KeyInfo { key: "time_wait_ms", live: true, description: "TIME-WAIT duration in milliseconds (2 MSL); applies to connections entering TIME-WAIT afterwards" },
+    KeyInfo { key: "arp_reply", live: true, description: "answer ARP for the service address: auto (only if the kernel does not own it), always, never" },
+    KeyInfo { key: "log_level", live: true, description: "log filter: error, warn, info, debug, trace, or tracing directives such as info,tas_slowpath=debug" },
+    KeyInfo { key: "socket_group", live: false, description: "group allowed to attach applications (app socket mode 0660)" },
+    KeyInfo { key: "control_group", live: false, description: "group allowed to use the control socket, i.e. tasctl (mode 0660)" },
+    KeyInfo { key: "control_tcp", live: false, description: "also serve the control API on this TCP address, e.g. 127.0.0.1:50051 (unset: Unix socket only; it has no authentication)" },
+    KeyInfo { key: "metrics", live: false, description: "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464 (unset: off)" },
+    KeyInfo { key: "keepalive_idle_secs", live: false, description: "idle seconds before TCP keepalive probes start (0: keepalive off, the default)" },
+    KeyInfo { key: "keepalive_interval_secs", live: false, description: "seconds between unanswered keepalive probes (default 75)" },
+    KeyInfo { key: "keepalive_probes", live: false, description: "unanswered keepalive probes before the connection is reset (default 9)" },
+];
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+impl Config {
+    /// The configuration as a file would spell it (what `validate` turns into `self`).
+    pub fn to_file(&self) -> FileConfig {
+        let Config {
+            interface,
+            ip,
+            prefix,
+            gateway,
+            fp_cores,
+            fp_cpus,
+            app_socket,
+            control_socket,
+            xdp_mode,
+            bind_mode,
+            rx_buffer,
+            tx_buffer,
+            conns_per_app,
+            flows_per_core,
+            queue_entries,
+            ephemeral,
+            idle_spin_us,
+            time_wait_ms,
+            arp_reply,
+            log_level,
+            socket_group,
+            control_group,
+            control_tcp,
+            metrics,
+            keepalive,
+        } = self.clone();
+        FileConfig {
+            interface: Some(interface),
+            ip: Some(format!("{ip}/{prefix}")),
+            gateway,
+            fp_cores: Some(fp_cores),
+            fp_cpus,
+            app_socket: Some(app_socket),
+            control_socket: Some(control_socket),
+            xdp_mode: Some(xdp_mode),
+            bind_mode: Some(bind_mode),
+            rx_buffer: Some(rx_buffer),
+            tx_buffer: Some(tx_buffer),
+            conns_per_app: Some(conns_per_app),
+            flows_per_core: Some(flows_per_core),
+            queue_entries: Some(queue_entries),
+            ephemeral_low: Some(ephemeral.0),
+            ephemeral_high: Some(ephemeral.1),
+            idle_spin_us: Some(idle_spin_us),
+            time_wait_ms: Some(time_wait_ms),
+            arp_reply: Some(match arp_reply {
+                None => "auto".into(),
+                Some(true) => "always".into(),
+                Some(false) => "never".into(),
+            }),
+            log_level: Some(log_level),
+            socket_group,
+            control_group,
+            control_tcp,
+            metrics,
+            keepalive_idle_secs: Some(keepalive.map_or(0, |k| k.0)),
+            keepalive_interval_secs: keepalive.map(|k| k.1),
+            keepalive_probes: keepalive.map(|k| k.2),
+        }
+    }
+
+    /// Every key with its value in TOML spelling ("" if unset), in [`KEYS`] order.
+    pub fn entries(&self) -> Vec<(KeyInfo, String)> {
+        let f = self.to_file();
+        let opt = |v: Option<String>| v.unwrap_or_default();
+        let path = |p: &Option<PathBuf>| opt(p.as_ref().map(|p| toml_str(&p.to_string_lossy())));
+        let mode_x = |m: XdpModeSetting| toml_str(&format!("{m:?}").to_lowercase());
+        let mode_b = |m: BindModeSetting| {
+            toml_str(match m {
+                BindModeSetting::Auto => "auto",
+                BindModeSetting::ZeroCopy => "zero-copy",
+                BindModeSetting::Copy => "copy",
+            })
+        };
+        KEYS.iter()
+            .map(|k| {
+                let v = match k.key {
+                    "interface" => opt(f.interface.as_deref().map(toml_str)),
+                    "ip" => opt(f.ip.as_deref().map(toml_str)),
+                    "gateway" => opt(f.gateway.map(|g| toml_str(&g.to_string()))),
+                    "fp_cores" => opt(f.fp_cores.map(|v| v.to_string())),
+                    "fp_cpus" => opt(f.fp_cpus.as_ref().map(|v| format!("{v:?}"))),
+                    "app_socket" => path(&f.app_socket),
+                    "control_socket" => path(&f.control_socket),
+                    "xdp_mode" => opt(f.xdp_mode.map(mode_x)),
+                    "bind_mode" => opt(f.bind_mode.map(mode_b)),
+                    "rx_buffer" => opt(f.rx_buffer.map(|v| v.to_string())),
+                    "tx_buffer" => opt(f.tx_buffer.map(|v| v.to_string())),
+                    "conns_per_app" => opt(f.conns_per_app.map(|v| v.to_string())),
+                    "flows_per_core" => opt(f.flows_per_core.map(|v| v.to_string())),
+                    "queue_entries" => opt(f.queue_entries.map(|v| v.to_string())),
+                    "ephemeral_low" => opt(f.ephemeral_low.map(|v| v.to_string())),
+                    "ephemeral_high" => opt(f.ephemeral_high.map(|v| v.to_string())),
+                    "idle_spin_us" => opt(f.idle_spin_us.map(|v| v.to_string())),
+                    "time_wait_ms" => opt(f.time_wait_ms.map(|v| v.to_string())),
+                    "arp_reply" => opt(f.arp_reply.as_deref().map(toml_str)),
+                    "log_level" => opt(f.log_level.as_deref().map(toml_str)),
+                    "socket_group" => opt(f.socket_group.as_deref().map(toml_str)),
+                    "control_group" => opt(f.control_group.as_deref().map(toml_str)),
+                    "control_tcp" => opt(f.control_tcp.map(|a| toml_str(&a.to_string()))),
+                    "metrics" => opt(f.metrics.map(|a| toml_str(&a.to_string()))),
+                    "keepalive_idle_secs" => opt(f.keepalive_idle_secs.map(|v| v.to_string())),
+                    "keepalive_interval_secs" => opt(f.keepalive_interval_secs.map(|v| v.to_string())),
+                    "keepalive_probes" => opt(f.keepalive_probes.map(|v| v.to_string())),
+                    other => unreachable!("key {other} has no rendering"),
+                };
+                (*k, v)
+            })
+            .collect()
+    }
+
+    /// The keys whose values differ between `self` and `other`.
+    pub fn changed_keys(&self, other: &Config) -> Vec<KeyInfo> {
+        self.entries().into_iter().zip(other.entries()).filter(|(a, b)| a.1 != b.1).map(|(a, _)| a.0).collect()
+    }
+
+    /// `self` with `key` set to `value` (TOML spelling; a bare word is taken as a string,
+    /// so `log_level debug` works). Does not check whether the key can change live.
+    pub fn with_key(&self, key: &str, value: &str) -> Result<Config, ConfigError> {
+        let Some(info) = KEYS.iter().find(|k| k.key == key) else {
+            let known: Vec<&str> = KEYS.iter().map(|k| k.key).collect();
+            return err(format!("unknown configuration key {key:?}; the keys are: {}", known.join(", ")));
+        };
+        let parse = |v: &str| toml::from_str::<FileConfig>(&format!("{} = {v}", info.key));
+        let overlay = match parse(value) {
+            Ok(o) => o,
+            Err(first) => parse(&toml_str(value)).map_err(|_| {
+                ConfigError(format!("{key} = {value}: {}", first.to_string().replace('\n', " ").trim()))
+            })?,
+        };
+        self.to_file().merge(overlay).validate()
     }
 }
 
@@ -321,5 +556,96 @@ mod tests {
         assert!(e(FileConfig { rx_buffer: Some(5000), ..base() }).contains("power of two"));
         assert!(e(FileConfig { gateway: Some("192.168.1.1".parse().unwrap()), ..base() }).contains("local subnet"));
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err(), "unknown keys are rejected");
+    }
+
+    /// `deploy/tasd.toml`, the file install.sh puts in /etc/tas, parses with the real
+    /// loader, documents every key, and (with the two required keys filled in) gives the
+    /// defaults, apart from the groups install.sh creates.
+    #[test]
+    fn the_shipped_config_file_loads_and_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/tasd.toml");
+        let file = FileConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        for k in KEYS {
+            let set = text.contains(&format!("\n{} = ", k.key));
+            let commented = text.contains(&format!("\n#{} = ", k.key));
+            assert!(set || commented, "deploy/tasd.toml does not document `{}`", k.key);
+            let line = text.lines().position(|l| l.starts_with(k.key) || l.starts_with(&format!("#{}", k.key))).unwrap();
+            assert!(text.lines().nth(line - 1).unwrap().starts_with('#'), "`{}` has no comment above it", k.key);
+        }
+        assert!(file.interface.is_none() && file.ip.is_none(), "the operator must choose interface and ip");
+        let required = FileConfig { interface: Some("eth1".into()), ip: Some("192.0.2.10/24".into()), ..FileConfig::default() };
+        let shipped = file.merge(required.clone()).validate().unwrap();
+        let defaults = FileConfig {
+            socket_group: Some("tas".into()),
+            control_group: Some("tas-admin".into()),
+            ..required
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(shipped.entries(), defaults.entries(), "the file's values are the defaults");
+    }
+
+    /// KEYS names every field of FileConfig (this destructuring stops compiling when a
+    /// field is added: add it to KEYS, to `entries`, and to deploy/tasd.toml).
+    #[test]
+    fn keys_cover_every_field() {
+        let FileConfig {
+            interface: _,
+            ip: _,
+            gateway: _,
+            fp_cores: _,
+            fp_cpus: _,
+            app_socket: _,
+            control_socket: _,
+            xdp_mode: _,
+            bind_mode: _,
+            rx_buffer: _,
+            tx_buffer: _,
+            conns_per_app: _,
+            flows_per_core: _,
+            queue_entries: _,
+            ephemeral_low: _,
+            ephemeral_high: _,
+            idle_spin_us: _,
+            time_wait_ms: _,
+            arp_reply: _,
+            log_level: _,
+            socket_group: _,
+            control_group: _,
+            control_tcp: _,
+            metrics: _,
+            keepalive_idle_secs: _,
+            keepalive_interval_secs: _,
+            keepalive_probes: _,
+        } = FileConfig::default();
+        assert_eq!(KEYS.len(), 27);
+        let c = base().validate().unwrap();
+        assert_eq!(c.entries().len(), KEYS.len());
+        // Every key's rendering parses back to the same configuration.
+        for (k, v) in c.entries() {
+            if v.is_empty() {
+                continue;
+            }
+            let again = c.with_key(k.key, &v).unwrap_or_else(|e| panic!("{} = {v}: {e}", k.key));
+            assert!(c.changed_keys(&again).is_empty(), "{} = {v} did not round-trip", k.key);
+        }
+    }
+
+    #[test]
+    fn setting_keys() {
+        let c = base().validate().unwrap();
+        let d = c.with_key("log_level", "debug").unwrap();
+        assert_eq!(d.log_level, "debug");
+        assert_eq!(c.changed_keys(&d).iter().map(|k| (k.key, k.live)).collect::<Vec<_>>(), [("log_level", true)]);
+        let d = c.with_key("arp_reply", "\"always\"").unwrap();
+        assert_eq!(d.arp_reply, Some(true));
+        let d = c.with_key("fp_cores", "2").unwrap();
+        assert_eq!(c.changed_keys(&d).iter().map(|k| (k.key, k.live)).collect::<Vec<_>>(), [("fp_cores", false)]);
+        assert!(c.with_key("fp_cores", "0").unwrap_err().0.contains("1 to 64"));
+        assert!(c.with_key("nope", "1").unwrap_err().0.contains("time_wait_ms"));
+        assert!(c.with_key("time_wait_ms", "soon").is_err());
+        assert!(c.with_key("log_level", "[").is_err());
+        assert!(c.with_key("metrics", "127.0.0.1:9464").unwrap().metrics.is_some());
     }
 }

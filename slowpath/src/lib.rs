@@ -5,7 +5,9 @@
 //! - [`config`]: configuration file and flags.
 //! - [`frames`]: frames the slow path builds.
 //! - [`attach`], [`region`]: the application socket and the shared regions.
-//! - [`grpc`]: the administration API; [`service`]: the `tasd` runtime that wires it all.
+//! - [`grpc`]: the administration API; [`metrics`]: counters' help and the Prometheus
+//!   endpoint; [`live`]: configuration changes while running; [`service`]: the `tasd`
+//!   runtime that wires it all.
 //! - [`sim`]: a whole service on the in-memory link for deterministic tests.
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -14,8 +16,11 @@ pub mod attach;
 pub mod config;
 pub mod frames;
 pub mod grpc;
+pub mod live;
+pub mod metrics;
 pub mod packet_socket;
 pub mod region;
+pub mod sack;
 pub mod service;
 pub mod sim;
 pub mod slow;

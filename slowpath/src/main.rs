@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! tasd --interface IF --ip ADDR/PREFIX [--gateway IP] [--fp-cores N] [--app-socket PATH]
-//!      [--control-socket PATH] [--config FILE] [--xdp-mode auto|native|generic] ...
+//!      [--control-socket PATH] [--config FILE] [--xdp-mode auto|native|generic]
+//!      [--metrics ADDR] [--control-tcp ADDR] ...
 //! ```
+//!
+//! Logs go to stderr as structured `tracing` lines (key=value fields); without colours
+//! when stderr is not a terminal, under systemd's journal (`JOURNAL_STREAM`, which also
+//! drops the timestamp: the journal has its own) or with `NO_COLOR`.
 #![deny(unsafe_code)]
 
 use std::path::PathBuf;
@@ -47,9 +52,19 @@ struct Cli {
     /// AF_XDP bind mode.
     #[arg(long, value_enum)]
     bind_mode: Option<BindModeSetting>,
-    /// Log filter, e.g. info, debug, tas_slowpath=trace.
+    /// Log filter, e.g. info, debug, tas_slowpath=trace (can change live: SIGHUP, tasctl config set).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; off by default).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Also serve the control API on this TCP address (off by default; it has no
+    /// authentication, so keep it on loopback).
+    #[arg(long, value_name = "ADDR")]
+    control_tcp: Option<std::net::SocketAddr>,
+    /// Group allowed to use the control socket (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    control_group: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -60,7 +75,22 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    let Cli { interface, ip, gateway, fp_cores, fp_cpus, app_socket, control_socket, config, xdp_mode, bind_mode, log_level } = cli;
+    let Cli {
+        interface,
+        ip,
+        gateway,
+        fp_cores,
+        fp_cpus,
+        app_socket,
+        control_socket,
+        config,
+        xdp_mode,
+        bind_mode,
+        log_level,
+        metrics,
+        control_tcp,
+        control_group,
+    } = cli;
     let flags = FileConfig {
         interface,
         ip,
@@ -72,6 +102,9 @@ fn main() -> ExitCode {
         xdp_mode,
         bind_mode,
         log_level,
+        metrics,
+        control_tcp,
+        control_group,
         ..FileConfig::default()
     };
     let file = match config.as_deref().map(FileConfig::load).transpose() {
@@ -81,21 +114,41 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = match file.merge(flags).validate() {
+    let cfg = match file.merge(flags.clone()).validate() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tasd: error: {e}");
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
-    match tas_slowpath::service::run(cfg) {
+    let log_reload = init_logging(&cfg.log_level);
+    let hooks = tas_slowpath::service::Hooks { config_file: config, flags, log_reload: Some(log_reload) };
+    match tas_slowpath::service::run_with(cfg, hooks) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tasd: error: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+/// Structured logs on stderr; returns the handle that swaps the filter while running.
+fn init_logging(level: &str) -> tas_slowpath::live::LogReload {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::EnvFilter;
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let ansi = std::io::stderr().is_terminal() && !journald && std::env::var_os("NO_COLOR").is_none();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let under_journal =
+        journald.then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(false).without_time());
+    let plain = (!journald).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi));
+    tracing_subscriber::registry().with(filter).with(under_journal).with(plain).init();
+    Box::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| format!("log_level {level:?}: {e}"))?;
+        handle.reload(f).map_err(|e| format!("cannot change the log filter: {e}"))
+    })
 }

@@ -1,6 +1,9 @@
 //! The `tasd` runtime: loads the XDP program, opens one AF_XDP socket per fast-path
 //! core, starts the pinned core threads, the slow-path thread, the application socket,
-//! the ARP listener and the gRPC control API, and shuts all of it down in order.
+//! the ARP listener, the gRPC control API (Unix socket, optionally TCP) and the optional
+//! Prometheus endpoint, tells systemd it is ready, reloads the live configuration keys
+//! on SIGHUP, and on SIGTERM/SIGINT shuts all of it down in order: connections reset,
+//! cores stopped, application and control sockets removed, XDP program detached.
 
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
@@ -21,8 +24,11 @@ use tas_proto::shm::Layout;
 use crate::attach::{AttachConfig, AttachEvent, AttachServer};
 #[allow(unused_imports)]
 use crate::region::AppRegion;
-use crate::config::{BindModeSetting, Config, XdpModeSetting};
-use crate::grpc::{ControlService, Query, StatusSnap};
+use crate::config::{BindModeSetting, Config, FileConfig, XdpModeSetting};
+use crate::grpc::{ControlService, Ops, Query, StatusSnap};
+use crate::live::{LiveConfig, LogReload};
+use crate::slow::{ConnEvent, EventKind};
+use tas_fastpath::io::capture::Tap;
 use crate::packet_socket::ArpSocket;
 use crate::slow::{CoreLink, PortFilter, SlowConfig, SlowPath};
 
@@ -59,7 +65,7 @@ fn read_mac(ifname: &str) -> Result<EthernetAddress, String> {
 }
 
 /// True if the kernel has `ip` configured on some interface (then it answers ARP).
-fn kernel_owns(ip: Ipv4Addr) -> bool {
+pub(crate) fn kernel_owns(ip: Ipv4Addr) -> bool {
     std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
@@ -70,8 +76,35 @@ fn default_cpus(n: u8) -> Vec<usize> {
     (0..n as usize).map(|i| ncpu.saturating_sub(1 + i)).collect()
 }
 
+/// What the `tasd` binary hands the runtime besides the configuration, so that the
+/// configuration can change while it runs.
+#[derive(Default)]
+pub struct Hooks {
+    /// The configuration file (`--config`), re-read on SIGHUP.
+    pub config_file: Option<std::path::PathBuf>,
+    /// The command-line flags, laid over the file again on every reload.
+    pub flags: FileConfig,
+    /// Swaps the log filter.
+    pub log_reload: Option<LogReload>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks").field("config_file", &self.config_file).finish_non_exhaustive()
+    }
+}
+
 /// Run the service until SIGTERM/SIGINT. Returns a one-line error on failure to start.
 pub fn run(cfg: Config) -> Result<(), String> {
+    run_with(cfg, Hooks::default())
+}
+
+/// Events the slow path may have queued for watchers before it drops them (it never waits).
+const EVENT_QUEUE: usize = 1024;
+
+/// [`run`], with what is needed to reload the configuration.
+pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
+    let full_config = cfg.clone();
     let Config {
         interface,
         ip,
@@ -94,6 +127,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
         arp_reply,
         log_level: _,
         socket_group,
+        keepalive,
+        control_group,
+        control_tcp,
+        metrics,
     } = cfg;
     let started = std::time::Instant::now();
     if not_root() {
@@ -130,17 +167,31 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let slow_notify: Arc<dyn Notify> = Arc::new(ChannelNotify(notify_tx));
     let cpus = fp_cpus.unwrap_or_else(|| default_cpus(fp_cores));
     let mut links = Vec::new();
+    let mut core_meta = Vec::new();
     let mut doorbells: Vec<Arc<CoreDoorbell>> = Vec::new();
     let mut core_threads: Vec<JoinHandle<()>> = Vec::new();
     for c in 0..fp_cores {
         let sock = XskSocket::open(&xcfg, c as u32).map_err(|e| e.to_string())?;
         program.register(&sock).map_err(|e| e.to_string())?;
         tracing::info!(core = c, queue = c, mode = ?sock.bound_mode(), cpu = cpus[c as usize], "fast-path core ready");
+        let bound = match sock.bound_mode() {
+            BindMode::ZeroCopy => "zero-copy",
+            BindMode::Copy => "copy",
+            BindMode::Auto => "auto",
+        };
+        core_meta.push((cpus[c as usize] as u32, c as u32, bound.to_string()));
         let (cmd_tx, cmd_rx) = command_queue(8192);
         let (rep_tx, rep_rx) = to_slow_queue(8192);
         let mut fcfg = FpConfig::new(c, ip, mac);
         fcfg.flow_capacity = flows_per_core;
-        let fp = FastPath::new(fcfg, sock, cmd_rx, rep_tx, Some(slow_notify.clone()));
+        if let Some((idle, interval, probes)) = keepalive {
+            fcfg.keepalive = tas_fastpath::core::Keepalive {
+                idle_us: idle * 1_000_000,
+                interval_us: interval * 1_000_000,
+                probes,
+            };
+        }
+        let fp = FastPath::new(fcfg, Tap::new(sock, c), cmd_rx, rep_tx, Some(slow_notify.clone()));
         let door = Arc::new(CoreDoorbell::new().map_err(|e| format!("eventfd: {e}"))?);
         links.push(CoreLink::new(cmd_tx, rep_rx, Some(door.clone() as Arc<dyn Notify>), fp.counters(), flows_per_core));
         doorbells.push(door.clone());
@@ -159,7 +210,22 @@ pub fn run(cfg: Config) -> Result<(), String> {
     scfg.ephemeral = ephemeral;
     scfg.time_wait = Duration::from_millis(time_wait_ms);
     scfg.arp_reply = arp_reply;
+    scfg.keepalive = keepalive.is_some();
     let mut slow = SlowPath::new(scfg, links, Box::new(XdpPorts(program.clone())));
+    // Connection events: the slow path try_sends to a bounded queue; a thread fans them
+    // out to the control API's watchers.
+    let (event_tx, event_rx) = bounded::<ConnEvent>(EVENT_QUEUE);
+    slow.set_event_sink(Some(event_tx));
+    let (watch_tx, _) = tokio::sync::broadcast::channel::<ConnEvent>(EVENT_QUEUE);
+    let watchers = watch_tx.clone();
+    std::thread::Builder::new()
+        .name("tas-events".into())
+        .spawn(move || {
+            for ev in event_rx {
+                let _ = watchers.send(ev); // no watcher: nothing to do
+            }
+        })
+        .map_err(|e| e.to_string())?;
 
     // ARP copies from the kernel's side of the interface.
     let (frame_tx, frame_rx) = bounded::<Vec<u8>>(1024);
@@ -192,7 +258,30 @@ pub fn run(cfg: Config) -> Result<(), String> {
     acfg.socket_group = socket_group.as_deref().map(group_id).transpose()?;
     let attach = AttachServer::start(acfg, core_fds, attach_tx).map_err(|e| e.to_string())?;
 
-    // The control API and signals run on a small tokio runtime on this thread.
+    // The control API, the metrics endpoint and signals run on a small tokio runtime on
+    // this thread. Everything binds before readiness is announced.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let control_gid = control_group.as_deref().map(group_id).transpose()?;
+    let control_listener = {
+        let _g = rt.enter();
+        crate::grpc::bind_unix(&control_socket, control_gid)?
+    };
+    let bind_tcp = |addr: std::net::SocketAddr, what: &str| -> Result<tokio::net::TcpListener, String> {
+        let l = std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {what} address {addr}: {e}"))?;
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let _g = rt.enter();
+        tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())
+    };
+    let control_tcp_listener = match control_tcp {
+        Some(a) => {
+            if !a.ip().is_loopback() {
+                tracing::warn!(address = %a, "the control API on TCP has no authentication: anyone who can reach {a} can reset connections and detach applications; prefer a loopback address");
+            }
+            Some(bind_tcp(a, "control_tcp")?)
+        }
+        None => None,
+    };
+    let metrics_listener = metrics.map(|a| bind_tcp(a, "metrics")).transpose()?;
     let (query_tx, query_rx) = bounded::<Query>(64);
     let xdp_mode_name = format!("{:?}", program.attached_mode()).to_lowercase();
     let status_base = StatusSnap {
@@ -204,28 +293,102 @@ pub fn run(cfg: Config) -> Result<(), String> {
         flows: 0,
         apps: 0,
         listeners: 0,
+        connections: 0,
     };
+    let live = Arc::new(LiveConfig::new(full_config, hooks.config_file, hooks.flags, hooks.log_reload, query_tx.clone()));
+    let ops = Ops {
+        local_ip: Some(ip),
+        cores: core_meta,
+        app_socket: app_socket.display().to_string(),
+        control_socket: control_socket.display().to_string(),
+        metrics_address: metrics.map(|a| a.to_string()).unwrap_or_default(),
+        live: Some(live.clone()),
+        events: Some(watch_tx),
+        kicker: Some(attach.kicker()),
+        ..Ops::default()
+    };
+    let svc = ControlService::with_ops(query_tx, ops);
     let stop_slow = stop.clone();
     let slow_thread = std::thread::Builder::new()
         .name("tas-slow".into())
         .spawn(move || slow_loop(&mut slow, attach_rx, frame_rx, query_rx, notify_rx, stop_slow, status_base))
         .map_err(|e| e.to_string())?;
 
-    tracing::info!(%interface, %ip, prefix, fp_cores, app_socket = %app_socket.display(), control_socket = %control_socket.display(), arp_reply, "tasd ready");
-    notify_systemd_ready();
-
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let res = rt.block_on(async {
-        let shutdown = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        use tokio::signal::unix::{signal, SignalKind};
+        // Handlers first: from here on SIGHUP no longer kills the process.
+        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        tracing::info!(
+            %interface, %ip, prefix, fp_cores,
+            app_socket = %app_socket.display(),
+            control_socket = %control_socket.display(),
+            control_tcp = ?control_tcp,
+            metrics = ?metrics,
+            arp_reply,
+            "tasd ready"
+        );
+        notify_systemd(&format!("READY=1\nSTATUS=serving {ip} on {interface} with {fp_cores} fast-path core(s)\nMAINPID={}\n", std::process::id()));
+        let signals = {
+            let (stop_tx, mut stop_rx) = (stop_tx.clone(), stop_rx.clone());
+            let live = live.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                        _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                        _ = stop_rx.wait_for(|s| *s) => break,
+                        _ = hup.recv() => {
+                            notify_systemd("RELOADING=1\n");
+                            reload(&live);
+                            notify_systemd("READY=1\n");
+                        }
+                    }
+                }
+                notify_systemd("STOPPING=1\n");
+                let _ = stop_tx.send(true);
             }
         };
-        crate::grpc::serve_unix(&control_socket, ControlService::new(query_tx), shutdown).await
+        let failed = |what: &'static str, stop_tx: Arc<tokio::sync::watch::Sender<bool>>| {
+            move |r: Result<(), String>| {
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "{what} failed; shutting down");
+                    let _ = stop_tx.send(true);
+                }
+                r
+            }
+        };
+        let unix = {
+            let done = failed("control API", stop_tx.clone());
+            let f = crate::grpc::serve_unix_listener(control_listener, &control_socket, svc.clone(), stopped(stop_rx.clone()));
+            async move { done(f.await) }
+        };
+        let tcp = {
+            let done = failed("control API on TCP", stop_tx.clone());
+            let (svc, rx) = (svc.clone(), stop_rx.clone());
+            async move {
+                match control_tcp_listener {
+                    Some(l) => done(crate::grpc::serve_tcp(l, svc, stopped(rx)).await),
+                    None => Ok(()),
+                }
+            }
+        };
+        let prom = {
+            let (svc, rx) = (svc.clone(), stop_rx.clone());
+            async move {
+                if let Some(l) = metrics_listener {
+                    crate::metrics::serve(l, svc, stopped(rx)).await;
+                }
+            }
+        };
+        let ((), a, b, ()) = tokio::join!(signals, unix, tcp, prom);
+        a.and(b)
     });
     // Orderly stop: slow path resets connections, then the cores stop.
     stop.store(true, Ordering::SeqCst);
@@ -265,18 +428,38 @@ fn not_root() -> bool {
         .unwrap_or(false)
 }
 
-fn notify_systemd_ready() {
-    // sd_notify(READY=1) without libsystemd: one datagram to $NOTIFY_SOCKET.
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let p = std::path::PathBuf::from(&path);
-    if p.to_string_lossy().starts_with('@') {
-        return; // abstract sockets need a different address type; systemd uses a path by default
+/// SIGHUP: re-read the configuration file and apply the keys that can change live.
+fn reload(live: &LiveConfig) {
+    match live.reload() {
+        Ok(r) => tracing::info!(
+            file = ?live.file(),
+            applied = ?r.applied,
+            need_restart = ?r.need_restart,
+            "SIGHUP: configuration reloaded (live keys: {}){}",
+            crate::live::live_keys(),
+            if r.need_restart.is_empty() { String::new() } else { format!("; restart tasd to apply {}", r.need_restart.join(", ")) }
+        ),
+        Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the running configuration stays"),
     }
-    let _ = sock.send_to(b"READY=1\nSTATUS=serving\n", p);
+}
+
+/// sd_notify(3) without libsystemd: one datagram to `$NOTIFY_SOCKET` (a path, or an
+/// abstract socket name starting with '@'). Does nothing when not run by systemd.
+pub fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let path = path.to_string_lossy().into_owned();
+    let res = match path.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+        }
+        None => sock.send_to(state.as_bytes(), &path),
+    };
+    if let Err(e) = res {
+        tracing::warn!(socket = %path, error = %e, "could not notify systemd");
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -338,10 +521,22 @@ fn on_attach(slow: &mut SlowPath, ev: AttachEvent) {
             let res = slow
                 .attach_app(app.app_id, app.name.clone(), app.pid as u32, app.uid, mem, Some(wake))
                 .map_err(|e| (e, format!("service cannot take more applications: {e}")));
+            if res.is_ok() {
+                slow.emit_event(app_event(EventKind::AppAttached, app.app_id, format!("{} pid {}", app.name, app.pid)));
+            }
             let _ = app.go_ahead.send(res);
         }
-        AttachEvent::Detached { app_id } => slow.detach_app(app_id),
+        AttachEvent::Detached { app_id } => {
+            if slow.app_infos().iter().any(|a| a.id == app_id) {
+                slow.emit_event(app_event(EventKind::AppDetached, app_id, String::new()));
+            }
+            slow.detach_app(app_id)
+        }
     }
+}
+
+fn app_event(kind: EventKind, app: u32, detail: String) -> ConnEvent {
+    ConnEvent { at: std::time::SystemTime::now(), kind, flow_id: 0, remote: None, local_port: 0, app, detail }
 }
 
 fn answer(slow: &mut SlowPath, q: Query, base: &StatusSnap) {
@@ -351,6 +546,7 @@ fn answer(slow: &mut SlowPath, q: Query, base: &StatusSnap) {
             s.flows = slow.flow_count() as u32;
             s.apps = slow.app_count() as u32;
             s.listeners = slow.listener_count() as u32;
+            s.connections = slow.connection_count() as u32;
             let _ = tx.send(s);
         }
         Query::Flows(tx) => {
@@ -362,7 +558,27 @@ fn answer(slow: &mut SlowPath, q: Query, base: &StatusSnap) {
             let _ = tx.send(slow.app_infos());
         }
         Query::Counters(tx) => {
-            let _ = tx.send(slow.all_counters());
+            let mut cs = slow.all_counters();
+            cs.push(("events_dropped".to_string(), slow.events_dropped(), -1));
+            let _ = tx.send(cs);
+        }
+        Query::AppDetails(tx) => {
+            let _ = tx.send(slow.app_details());
+        }
+        Query::Listeners(tx) => {
+            let _ = tx.send(slow.listener_infos());
+        }
+        Query::CloseFlow { id, reset, reply } => {
+            let res = slow.close_flow(id, reset);
+            if let Ok(state) = res {
+                tracing::info!(flow = id, reset, state, "connection closed by the control API");
+            }
+            let _ = reply.send(res);
+        }
+        Query::Capture(spec) => slow.set_capture(spec),
+        Query::SetLive { time_wait, arp_reply } => {
+            slow.set_time_wait(time_wait);
+            slow.set_arp_reply(arp_reply);
         }
     }
 }

@@ -16,7 +16,7 @@ use ringbuf::traits::{Consumer, Producer};
 use tas_fastpath::appmem::AppMem;
 use tas_fastpath::core::{eventfd_write, CoreCounters, Notify};
 use tas_fastpath::ctl::*;
-use tas_fastpath::flow::{FlowKey, FlowState, F_TS};
+use tas_fastpath::flow::{FlowKey, FlowState, F_KEEPALIVE, F_SACK, F_TS};
 use tas_fastpath::rx::{tsval, TS_TICK_SHIFT};
 use tas_fastpath::time::Instant;
 use tas_fastpath::wire::{
@@ -27,6 +27,9 @@ use tas_proto::queue::ShmQueue;
 use tas_proto::shm::{ConnHandle, ControlRequest, ErrorCode, Layout, SpEvent};
 
 use crate::frames;
+
+mod ops;
+pub use ops::{AppDetail, CloseFlowError, ConnEvent, EventKind, ListenerInfo};
 
 /// Settings of the slow path.
 #[derive(Debug, Clone)]
@@ -57,6 +60,8 @@ pub struct SlowConfig {
     pub arp_reply: bool,
     /// Upper bound on any listener's backlog (Linux somaxconn default: 4096).
     pub max_backlog: u32,
+    /// Send keepalive probes on idle connections (timing: the cores' `Keepalive`).
+    pub keepalive: bool,
 }
 
 impl SlowConfig {
@@ -76,6 +81,7 @@ impl SlowConfig {
             syn_rto: Duration::from_secs(1),
             arp_reply: true,
             max_backlog: 4096,
+            keepalive: false,
         }
     }
 }
@@ -195,6 +201,7 @@ struct PeerOpts {
     mss: Option<u16>,
     wscale: Option<u8>,
     ts: Option<u32>,
+    sack: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +214,8 @@ enum Removal {
 
 #[derive(Debug, Clone, Copy)]
 enum Phase {
-    SynSent { token: u64, iss: u32, retries: u8, sent_at: Instant },
+    /// `peer`: the peer's own SYN (its ISN and options) in a simultaneous open.
+    SynSent { token: u64, iss: u32, retries: u8, sent_at: Instant, peer: Option<(u32, PeerOpts)> },
     SynRcvd { listener: u32, iss: u32, irs: u32, opts: PeerOpts, retries: u8, sent_at: Instant },
     Established,
     Removing(Removal),
@@ -233,6 +241,10 @@ struct Conn {
     /// Holds a reference on its local port (active opens and accepted connections).
     port_ref: bool,
     deadline: Option<Instant>,
+    /// Payload bytes per segment of the installed flow.
+    mss: u16,
+    /// SACK scoreboard (used only when SACK was negotiated).
+    sb: crate::sack::Scoreboard,
 }
 
 /// Counters of the slow path.
@@ -270,6 +282,12 @@ pub struct SlowCounters {
     pub timeouts: u64,
     /// Handshake retransmissions.
     pub syn_retransmits: u64,
+    /// Ranges retransmitted from the SACK scoreboard.
+    pub sack_retransmits: u64,
+    /// SYN-ACKs sent with a SYN cookie (backlog full of handshakes).
+    pub syn_cookies_sent: u64,
+    /// Connections established from a valid SYN cookie.
+    pub syn_cookies_accepted: u64,
 }
 
 /// A snapshot of one connection for the control API.
@@ -336,7 +354,11 @@ pub struct SlowPath {
     now: Instant,
     counters: SlowCounters,
     rcv_wscale: u8,
+    ops: ops::OpsState,
 }
+
+/// MSS values a SYN cookie can encode (3 bits; the common ones, as Linux's table).
+const COOKIE_MSS: [u16; 4] = [536, 1300, 1440, 1460];
 
 /// Applications' region slots per core (the `app` field of a flow is a u16).
 const MAX_APPS: usize = tas_fastpath::core::MAX_APPS;
@@ -373,6 +395,7 @@ impl SlowPath {
             now: Instant::ZERO,
             counters: SlowCounters::default(),
             rcv_wscale,
+            ops: ops::OpsState::default(),
         }
     }
 
@@ -465,6 +488,9 @@ impl SlowPath {
             ("arp_replies", s.arp_replies),
             ("timeouts", s.timeouts),
             ("syn_retransmits", s.syn_retransmits),
+            ("sack_retransmits", s.sack_retransmits),
+            ("syn_cookies_sent", s.syn_cookies_sent),
+            ("syn_cookies_accepted", s.syn_cookies_accepted),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_string(), v, -1))
@@ -491,6 +517,10 @@ impl SlowPath {
                 ("rx_duplicates", &k.rx_duplicates),
                 ("dupacks", &k.dupacks),
                 ("rto_fired", &k.rto_fired),
+                ("retransmitted_segments", &k.retransmitted_segments),
+                ("tail_loss_probes", &k.tail_loss_probes),
+                ("challenge_acks", &k.challenge_acks),
+                ("paws_dropped", &k.paws_dropped),
                 ("fast_retransmits", &k.fast_retransmits),
                 ("doorbells", &k.doorbells),
                 ("bad_doorbells", &k.bad_doorbells),
@@ -582,6 +612,7 @@ impl SlowPath {
     }
 
     fn post(&mut self, app: u32, ev: SpEvent) {
+        self.ops_on_post(app, &ev);
         let Some(a) = self.apps.get_mut(&app) else { return };
         if a.detaching {
             return;
@@ -824,12 +855,14 @@ impl SlowPath {
                 slot: Some(slot),
                 core,
                 flow: None,
-                phase: Phase::SynSent { token, iss, retries: 0, sent_at: self.now },
+                phase: Phase::SynSent { token, iss, retries: 0, sent_at: self.now, peer: None },
                 peer_fin: false,
                 fin_acked: false,
                 we_closed_first: false,
                 port_ref: true,
                 deadline: None,
+                mss: 0,
+                sb: Default::default(),
             },
         );
         self.by_slot.insert((app, slot), key);
@@ -885,7 +918,7 @@ impl SlowPath {
             window_len: self.syn_window(),
             max_seg_size: Some(self.cfg.mss),
             window_scale: ws,
-            sack_permitted: false,
+            sack_permitted: true,
             sack_ranges: SackBlocks::default(),
             timestamp: ts,
             payload_len: 0,
@@ -938,7 +971,7 @@ impl SlowPath {
         let Some(c) = self.conns.get_mut(&key) else { return };
         c.deadline = None;
         match c.phase {
-            Phase::SynSent { token, iss, retries, sent_at } => {
+            Phase::SynSent { token, iss, retries, sent_at, peer } => {
                 if retries >= self.cfg.syn_retries {
                     let app = c.app;
                     self.counters.connect_failures += 1;
@@ -949,7 +982,7 @@ impl SlowPath {
                     self.post(app, SpEvent::ConnectFailed { token, error });
                     return;
                 }
-                c.phase = Phase::SynSent { token, iss, retries: retries + 1, sent_at };
+                c.phase = Phase::SynSent { token, iss, retries: retries + 1, sent_at, peer };
                 self.counters.syn_retransmits += 1;
                 let backoff = self.cfg.syn_rto * (1 << (retries + 1).min(6));
                 if c.remote_mac.is_none() {
@@ -1015,6 +1048,16 @@ impl SlowPath {
             ToSlow::Note { flow, note } => {
                 let Some(key) = self.cores[core as usize].owners.get(flow as usize).copied().flatten() else { return };
                 self.on_note(key, note);
+            }
+            ToSlow::Sack { flow, snd_una, snd_nxt, srtt_us, blocks } => {
+                let Some(key) = self.cores[core as usize].owners.get(flow as usize).copied().flatten() else { return };
+                let now_us = self.now.as_nanos() / 1_000;
+                let Some(c) = self.conns.get_mut(&key) else { return };
+                let ranges = c.sb.on_ack(now_us, srtt_us, snd_una, snd_nxt, c.mss as u32, blocks.as_slice());
+                for (seq, len) in ranges {
+                    self.counters.sack_retransmits += 1;
+                    self.cores[core as usize].send(Command::RetransmitRange { flow, seq, len });
+                }
             }
             ToSlow::FlowRemoved { flow, state } => {
                 let c = &mut self.cores[core as usize];
@@ -1145,12 +1188,20 @@ impl SlowPath {
                     return;
                 }
             }
+            // The final ACK of a handshake answered with a SYN cookie.
+            if seg.flags.contains(TcpFlags::ACK) && !seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::RST) {
+                if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
+                    if self.cookie_ack(core, lid, key, mac, src, seg, frame) {
+                        return;
+                    }
+                }
+            }
             self.send_rst_for(core, mac, src, seg);
             return;
         };
         let phase = c.phase;
         match phase {
-            Phase::SynSent { token, iss, sent_at, .. } => self.on_synsent(key, token, iss, sent_at, mac, seg),
+            Phase::SynSent { token, iss, sent_at, peer, .. } => self.on_synsent(key, token, iss, sent_at, peer, mac, seg),
             Phase::SynRcvd { listener, iss, irs, opts, sent_at, .. } => {
                 if seg.flags.contains(TcpFlags::RST) {
                     if seq_in(seg.seq_number, irs.wrapping_add(1), self.cfg.layout.rx_buf_size) {
@@ -1179,8 +1230,10 @@ impl SlowPath {
             }
             Phase::Established => {
                 if seg.flags.contains(TcpFlags::RST) {
-                    // RFC 5961 checks (challenge ACKs) come with the loss-recovery work;
-                    // for now any RST for an installed flow resets it.
+                    // The fast path already applied RFC 5961 3.2: it forwards only an RST
+                    // whose sequence number is exactly RCV.NXT (an in-window one got a
+                    // challenge ACK there). A race with installation lands here too and
+                    // is handled the same way.
                     self.counters.rsts_received += 1;
                     self.abort_conn(key, ErrorCode::Reset, false);
                     return;
@@ -1218,14 +1271,27 @@ impl SlowPath {
     }
 
     fn peer_opts(seg: &TcpRepr) -> PeerOpts {
-        PeerOpts { mss: seg.max_seg_size, wscale: seg.window_scale, ts: seg.timestamp.map(|(v, _)| v) }
+        PeerOpts {
+            mss: seg.max_seg_size,
+            wscale: seg.window_scale,
+            ts: seg.timestamp.map(|(v, _)| v),
+            sack: seg.sack_permitted,
+        }
     }
 
     fn passive_open(&mut self, core: u8, lid: u32, key: FlowKey, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr) {
         let l = self.listeners.get_mut(&lid).expect("indexed listener");
-        if l.syn_rcvd + l.unaccepted >= l.backlog {
+        if l.unaccepted >= l.backlog {
+            // The accept queue itself is full: the application is not keeping up. Drop;
+            // the peer retries (Linux does the same).
             self.counters.syn_backlog_drops += 1;
-            return; // the peer retries; Linux drops too
+            return;
+        }
+        if l.syn_rcvd + l.unaccepted >= l.backlog {
+            // Handshakes fill the backlog (a SYN flood, or a burst): answer statelessly
+            // with a SYN cookie so legitimate clients still get in.
+            self.send_cookie_synack(core, key, mac, src, seg);
+            return;
         }
         l.syn_rcvd += 1;
         let app = l.app;
@@ -1255,11 +1321,93 @@ impl SlowPath {
                 we_closed_first: false,
                 port_ref: false,
                 deadline: None,
+                mss: 0,
+                sb: Default::default(),
             },
         );
         self.send_synack(key);
         let rto = self.cfg.syn_rto;
         self.arm(key, self.now + rto);
+    }
+
+    /// The SYN-cookie ISN for a handshake (RFC 4987 3.6): a 5-bit time counter (64 s
+    /// periods), a 3-bit MSS index and a 24-bit keyed hash of the 4-tuple, the counter
+    /// and the peer's ISN.
+    fn cookie(&self, key: FlowKey, irs: u32, t: u32, mss_idx: u32) -> u32 {
+        let h = self.isn_key.hash_one((key.0, irs, t, mss_idx, 0xc0_0c1e_u32)) as u32;
+        ((t & 31) << 27) | ((mss_idx & 7) << 24) | (h & 0x00ff_ffff)
+    }
+
+    fn cookie_period(&self) -> u32 {
+        (self.now.as_nanos() / 64_000_000_000) as u32
+    }
+
+    fn send_cookie_synack(&mut self, core: u8, key: FlowKey, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr) {
+        let peer_mss = seg.max_seg_size.unwrap_or(536);
+        let idx = COOKIE_MSS.iter().rposition(|&m| m <= peer_mss).unwrap_or(0) as u32;
+        let iss = self.cookie(key, seg.seq_number, self.cookie_period(), idx);
+        // Without state there is nowhere to keep window scale, timestamps or SACK: the
+        // cookie handshake offers none of them (the connection works, with a 64 KiB window).
+        let tcp = TcpRepr {
+            seq_number: iss,
+            ack_number: Some(seg.seq_number.wrapping_add(1)),
+            flags: TcpFlags::SYN | TcpFlags::ACK,
+            window_len: self.syn_window(),
+            max_seg_size: Some(self.cfg.mss),
+            ..self.bare(seg)
+        };
+        self.counters.syn_cookies_sent += 1;
+        self.send_tcp(core, mac, src, &tcp);
+    }
+
+    /// Complete a handshake from a SYN cookie. False if the ACK carries no valid cookie.
+    #[allow(clippy::too_many_arguments)]
+    fn cookie_ack(&mut self, core: u8, lid: u32, key: FlowKey, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr, frame: &[u8]) -> bool {
+        let Some(ack) = seg.ack_number else { return false };
+        let iss = ack.wrapping_sub(1);
+        let irs = seg.seq_number.wrapping_sub(1);
+        let t = iss >> 27;
+        let idx = (iss >> 24) & 7;
+        let now = self.cookie_period();
+        // Valid for the current and the previous 64-second period.
+        let fresh = [now & 31, now.wrapping_sub(1) & 31].contains(&t);
+        if !fresh || idx as usize >= COOKIE_MSS.len() || self.cookie(key, irs, t, idx) != iss {
+            return false;
+        }
+        let Some(l) = self.listeners.get_mut(&lid) else { return false };
+        if l.unaccepted >= l.backlog {
+            self.counters.syn_backlog_drops += 1;
+            return true; // valid but no room: drop silently, the peer retransmits
+        }
+        l.syn_rcvd += 1; // establish_passive takes it back
+        let app = l.app;
+        self.counters.syn_cookies_accepted += 1;
+        let opts = PeerOpts { mss: Some(COOKIE_MSS[idx as usize]), wscale: None, ts: None, sack: false };
+        self.conns.insert(
+            key,
+            Conn {
+                key,
+                remote_ip: src,
+                remote_port: seg.src_port,
+                local_port: seg.dst_port,
+                remote_mac: Some(mac),
+                app,
+                slot: None,
+                core,
+                flow: None,
+                phase: Phase::SynRcvd { listener: lid, iss, irs, opts, retries: 0, sent_at: self.now },
+                peer_fin: false,
+                fin_acked: false,
+                we_closed_first: false,
+                port_ref: false,
+                deadline: None,
+                mss: 0,
+                sb: Default::default(),
+            },
+        );
+        let sent_at = self.now;
+        self.establish_passive(core, key, lid, iss, irs, opts, sent_at, seg, frame);
+        true
     }
 
     fn send_synack(&mut self, key: FlowKey) {
@@ -1275,7 +1423,7 @@ impl SlowPath {
             window_len: self.syn_window(),
             max_seg_size: Some(self.cfg.mss),
             window_scale: ws,
-            sack_permitted: false,
+            sack_permitted: opts.sack,
             sack_ranges: SackBlocks::default(),
             timestamp: ts,
             payload_len: 0,
@@ -1331,6 +1479,7 @@ impl SlowPath {
         c.phase = Phase::Established;
         c.port_ref = true;
         c.deadline = None;
+        c.mss = state.mss;
         let (remote_ip, remote_port, local_port) = (c.remote_ip, c.remote_port, c.local_port);
         self.by_slot.insert((app, slot), key);
         let link = &mut self.cores[core as usize];
@@ -1353,7 +1502,17 @@ impl SlowPath {
         );
     }
 
-    fn on_synsent(&mut self, key: FlowKey, token: u64, iss: u32, sent_at: Instant, mac: EthernetAddress, seg: &TcpRepr) {
+    #[allow(clippy::too_many_arguments)]
+    fn on_synsent(
+        &mut self,
+        key: FlowKey,
+        token: u64,
+        iss: u32,
+        sent_at: Instant,
+        peer: Option<(u32, PeerOpts)>,
+        mac: EthernetAddress,
+        seg: &TcpRepr,
+    ) {
         let ack_ok = seg.ack_number == Some(iss.wrapping_add(1));
         if seg.flags.contains(TcpFlags::RST) {
             // RFC 9293 3.10.7.3: "If the ACK was acceptable, then signal to the user
@@ -1367,16 +1526,76 @@ impl SlowPath {
             return;
         }
         if !seg.flags.contains(TcpFlags::SYN) {
-            if seg.ack_number.is_some() && !ack_ok {
-                let ip = self.conns[&key].remote_ip;
-                let core = self.conns[&key].core;
-                self.send_rst_for(core, mac, ip, seg);
+            match (ack_ok, peer) {
+                // Simultaneous open, second half: the ACK of our SYN-ACK (its window is
+                // scaled if both sides offered scaling).
+                (true, Some((irs, opts))) if seg.seq_number == irs.wrapping_add(1) => {
+                    let shift = if opts.wscale.is_some() { opts.wscale.unwrap_or(0).min(14) } else { 0 };
+                    let wnd = (seg.window_len as u32) << shift;
+                    self.establish_active(key, token, iss, sent_at, mac, irs, opts, wnd, seg, false);
+                }
+                (true, _) => {}
+                (false, _) => {
+                    if seg.ack_number.is_some() {
+                        let ip = self.conns[&key].remote_ip;
+                        let core = self.conns[&key].core;
+                        self.send_rst_for(core, mac, ip, seg);
+                    }
+                }
             }
             return;
         }
-        if !ack_ok {
-            return; // simultaneous open lands with the complete-TCP work
+        if seg.ack_number.is_none() {
+            // RFC 9293 3.10.7.3, SYN-SENT with SYN and no ACK: simultaneous open. Answer
+            // with SYN-ACK (our ISN again, with our options) and wait for the ACK.
+            let opts = Self::peer_opts(seg);
+            let (ws, ts) = self.our_syn_opts(Some(opts), tsval(self.now_us()));
+            let syn_window = self.syn_window();
+            let bare = self.bare(seg);
+            let c = self.conns.get_mut(&key).expect("present");
+            if let Phase::SynSent { peer, .. } = &mut c.phase {
+                *peer = Some((seg.seq_number, opts));
+            }
+            c.remote_mac = Some(mac);
+            let tcp = TcpRepr {
+                seq_number: iss,
+                ack_number: Some(seg.seq_number.wrapping_add(1)),
+                flags: TcpFlags::SYN | TcpFlags::ACK,
+                window_len: syn_window,
+                max_seg_size: Some(self.cfg.mss),
+                window_scale: ws,
+                sack_permitted: opts.sack,
+                timestamp: ts,
+                ..bare
+            };
+            let (core, ip) = (c.core, c.remote_ip);
+            self.send_tcp(core, mac, ip, &tcp);
+            return;
         }
+        if !ack_ok {
+            return;
+        }
+        // The window of a SYN-ACK is not scaled.
+        let opts = Self::peer_opts(seg);
+        self.establish_active(key, token, iss, sent_at, mac, seg.seq_number, opts, seg.window_len as u32, seg, true);
+    }
+
+    /// Install an actively opened connection (after a SYN-ACK, or the ACK completing a
+    /// simultaneous open) and tell the application.
+    #[allow(clippy::too_many_arguments)]
+    fn establish_active(
+        &mut self,
+        key: FlowKey,
+        token: u64,
+        iss: u32,
+        sent_at: Instant,
+        mac: EthernetAddress,
+        irs: u32,
+        opts: PeerOpts,
+        snd_wnd: u32,
+        seg: &TcpRepr,
+        send_ack: bool,
+    ) {
         let c = self.conns.get(&key).expect("present");
         let (app, slot, core) = (c.app, c.slot.expect("active opens hold a slot"), c.core);
         let Some(flow) = self.cores[core as usize].free_flows.pop() else {
@@ -1387,11 +1606,7 @@ impl SlowPath {
             self.post(app, SpEvent::ConnectFailed { token, error: ErrorCode::NoResources });
             return;
         };
-        let opts = Self::peer_opts(seg);
-        let irs = seg.seq_number;
         let rtt = self.now.saturating_since(sent_at);
-        // The window of a SYN-ACK is not scaled.
-        let snd_wnd = seg.window_len as u32;
         let state = self.flow_state(key, app, slot, opts, iss.wrapping_add(1), irs.wrapping_add(1), snd_wnd, opts.ts, rtt);
         // Complete the handshake: the ACK of the SYN-ACK.
         let ack = TcpRepr {
@@ -1407,8 +1622,11 @@ impl SlowPath {
         c.phase = Phase::Established;
         c.remote_mac = Some(mac);
         c.deadline = None;
+        c.mss = state.mss;
         let (ip, local_port) = (c.remote_ip, c.local_port);
-        self.send_tcp(core, mac, ip, &ack);
+        if send_ack {
+            self.send_tcp(core, mac, ip, &ack);
+        }
         let link = &mut self.cores[core as usize];
         link.owners[flow as usize] = Some(key);
         link.send(Command::InstallFlow { flow, state: Box::new(state) });
@@ -1448,7 +1666,7 @@ impl SlowPath {
             rx_avail: l.rx_buf_size,
             rx_head: 0,
             rx_size: l.rx_buf_size,
-            rx_base: l.rx_offset(slot) as u64,
+            rx_base: l.rx_offset(slot) as u32,
             ts_recent: ts_recent.unwrap_or(0),
             snd_una,
             snd_wnd,
@@ -1456,7 +1674,7 @@ impl SlowPath {
             conn: slot,
             snd_wscale,
             rcv_wscale,
-            tx_base: l.tx_offset(slot) as u64,
+            tx_base: l.tx_offset(slot) as u32,
             tx_size: l.tx_buf_size,
             remote_mac: c.remote_mac.map_or([0; 6], |m| m.0),
             mss,
@@ -1466,6 +1684,13 @@ impl SlowPath {
         if ts {
             f.flags |= F_TS;
         }
+        if opts.sack {
+            f.flags |= F_SACK;
+        }
+        if self.cfg.keepalive {
+            f.flags |= F_KEEPALIVE;
+        }
+        f.heard_us = self.now_us();
         tas_fastpath::rx::rtt_sample(&mut f, rtt_us);
         f
     }
@@ -1481,6 +1706,10 @@ impl SlowPath {
                     let t = self.cfg.fin_wait2_timeout;
                     self.arm(key, self.now + t);
                 }
+            }
+            FlowNote::Rto => {
+                c.sb.reset();
+                return;
             }
             FlowNote::GaveUp => {
                 self.counters.timeouts += 1;

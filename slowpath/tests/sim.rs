@@ -1,119 +1,16 @@
 //! Two whole stacks (real fast path + slow path + libtas) joined by the in-memory link,
 //! on a virtual clock, single-threaded and deterministic.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
+mod common;
+
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use libtas::{ConnId, ConnState, Context, Error, RegionMapping};
+use common::*;
+use libtas::{ConnState, Error};
 use sha2::{Digest, Sha256};
-use tas_fastpath::io::mem::{Impairments, MemLink};
-use tas_fastpath::time::{Clock, SimClock};
-use tas_fastpath::wire::EthernetAddress;
-use tas_proto::shm::Layout;
-use tas_slowpath::sim::{HeapRegion, SimHost};
-
-const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-
-fn layout() -> Layout {
-    Layout { num_fp_queues: 1, queue_entries: 1024, conn_slots: 64, rx_buf_size: 256 * 1024, tx_buf_size: 256 * 1024 }
-}
-
-fn context(host: &mut SimHost, ip: Ipv4Addr, name: &str) -> Context {
-    let region: Arc<HeapRegion> = host.attach_local(name);
-    // SAFETY: the region stays alive through the keep-alive Arc; one context per region.
-    unsafe {
-        let map = RegionMapping::borrowed(region.base(), region.len(), region.clone());
-        Context::from_parts(map, None, vec![None], ip).expect("context")
-    }
-}
-
-/// Deterministic test pattern: byte `i` of stream `seed`.
-fn pattern(seed: u64, off: u64, out: &mut [u8]) {
-    for (i, b) in out.iter_mut().enumerate() {
-        let x = (off + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
-        *b = (x >> 29) as u8;
-    }
-}
-
-struct World {
-    clock: SimClock,
-    a: SimHost,
-    b: SimHost,
-}
-
-impl World {
-    fn new(imp: Impairments, seed: u64) -> World {
-        let clock = SimClock::new();
-        let (pa, pb) = MemLink::pair(&clock, imp, imp, seed);
-        let a = SimHost::new(pa, &clock, IP_A, EthernetAddress([2, 0, 0, 0, 0, 1]), layout());
-        let b = SimHost::new(pb, &clock, IP_B, EthernetAddress([2, 0, 0, 0, 0, 2]), layout());
-        World { clock, a, b }
-    }
-
-    /// One round of every party; advances the clock when nothing happened.
-    fn step(&mut self, apps: &mut [&mut Context]) -> bool {
-        let mut work = self.a.poll();
-        work |= self.b.poll();
-        for c in apps.iter_mut() {
-            work |= c.poll() > 0;
-        }
-        if !work {
-            let next = [self.a.cores[0].io().next_arrival(), self.b.cores[0].io().next_arrival()]
-                .into_iter()
-                .flatten()
-                .min();
-            let now = self.clock.now();
-            match next {
-                Some(t) if t > now => self.clock.set(t),
-                _ => self.clock.advance(Duration::from_micros(100)),
-            }
-        }
-        work
-    }
-}
-
-/// Echo server logic: everything read is written back; EOF -> close after draining.
-#[derive(Default)]
-struct Echo {
-    conns: Vec<(ConnId, Vec<u8>, bool)>,
-}
-
-impl Echo {
-    fn step(&mut self, ctx: &mut Context, l: libtas::ListenerId) {
-        while let Ok(Some(c)) = ctx.accept(l) {
-            self.conns.push((c, Vec::new(), false));
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        for (c, pending, closed) in &mut self.conns {
-            if *closed {
-                continue;
-            }
-            if !pending.is_empty() {
-                match ctx.send(*c, pending) {
-                    Ok(n) => {
-                        pending.drain(..n);
-                    }
-                    Err(Error::WouldBlock) => {}
-                    Err(e) => panic!("echo send: {e}"),
-                }
-            }
-            if pending.len() < 256 * 1024 {
-                match ctx.recv(*c, &mut buf) {
-                    Ok(0) if pending.is_empty() => {
-                        ctx.close(*c).unwrap();
-                        *closed = true;
-                    }
-                    Ok(0) => {}
-                    Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    Err(Error::WouldBlock) => {}
-                    Err(e) => panic!("echo recv: {e}"),
-                }
-            }
-        }
-    }
-}
+use tas_fastpath::io::mem::Impairments;
+use tas_fastpath::time::Clock;
 
 #[test]
 fn exchange_100mb_both_ways_and_close() {
@@ -265,7 +162,163 @@ fn recovers_from_loss() {
             recvd += n as u64;
         }
     }
-    let retx = w.b.cores[0].counters().rto_fired.load(std::sync::atomic::Ordering::Relaxed)
-        + w.b.cores[0].counters().fast_retransmits.load(std::sync::atomic::Ordering::Relaxed);
+    let c = w.b.cores[0].counters();
+    let retx = c.rto_fired.load(std::sync::atomic::Ordering::Relaxed)
+        + c.retransmitted_segments.load(std::sync::atomic::Ordering::Relaxed);
     assert!(retx > 0, "1% loss must have caused retransmissions");
+}
+
+/// A SYN from a spoofed address (nobody will ever complete it).
+fn spoofed_syn(port: u16, isn: u32) -> Vec<u8> {
+    use tas_fastpath::wire::{EtherType, EthernetAddress, EthernetRepr, Ipv4Repr, TcpFlags, TcpRepr};
+    let src = std::net::Ipv4Addr::new(10, 0, 0, 99);
+    let tcp = TcpRepr {
+        src_port: port,
+        dst_port: 8000,
+        seq_number: isn,
+        flags: TcpFlags::SYN,
+        window_len: 65535,
+        max_seg_size: Some(1460),
+        ..TcpRepr::default()
+    };
+    let tl = tcp.header_len();
+    let mut b = vec![0u8; 34 + tl];
+    EthernetRepr { src_addr: EthernetAddress([2, 0, 0, 0, 0, 99]), dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]), ethertype: EtherType::Ipv4 }
+        .emit(&mut b[..14])
+        .unwrap();
+    Ipv4Repr { src_addr: src, dst_addr: IP_A, protocol: 6, payload_len: tl, ttl: 64, ecn: 0, ident: 0, dont_frag: true }
+        .emit(&mut b[14..34])
+        .unwrap();
+    tcp.emit(&mut b[34..], src, IP_A, &[]).unwrap();
+    b
+}
+
+#[test]
+fn syn_flood_does_not_lock_out_clients() {
+    let mut w = World::new(Impairments::default(), 4);
+    let mut server = context(&mut w.a, IP_A, "echo");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let tok = server.listen_start(8000, 8).unwrap();
+    let listener = loop {
+        w.step(&mut [&mut server, &mut client]);
+        if let Some(l) = server.listen_result(tok).unwrap() {
+            break l;
+        }
+    };
+    // 200 handshakes that never complete: the backlog of 8 is full after 8.
+    for i in 0..200u16 {
+        w.b.cores[0].io_mut().inject(&spoofed_syn(20000 + i, 1000 * i as u32));
+    }
+    for _ in 0..50 {
+        w.step(&mut [&mut server, &mut client]);
+    }
+    let c = w.a.slow.counters();
+    assert!(c.syn_cookies_sent >= 190, "SYNs beyond the backlog get cookies ({})", c.syn_cookies_sent);
+    assert_eq!(w.a.slow.conn_count(), 8, "only the backlog holds state");
+    // A real client still gets in (through a cookie) and its data flows.
+    let conn = client.connect_start(SocketAddrV4::new(IP_A, 8000)).unwrap();
+    let mut echo = Echo::default();
+    let msg = b"hello through a SYN flood";
+    let mut got = Vec::new();
+    let mut sent = false;
+    for _ in 0..200_000 {
+        w.step(&mut [&mut server, &mut client]);
+        echo.step(&mut server, listener);
+        if client.state(conn) == ConnState::Established && !sent {
+            assert_eq!(client.send(conn, msg).unwrap(), msg.len());
+            sent = true;
+        }
+        let mut buf = [0u8; 64];
+        if let Ok(n) = client.recv(conn, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            if got.len() == msg.len() {
+                break;
+            }
+        }
+    }
+    assert_eq!(got, msg);
+    assert_eq!(w.a.slow.counters().syn_cookies_accepted, 1);
+}
+
+#[test]
+fn keepalive_probes_and_gives_up_on_a_dead_peer() {
+    use tas_fastpath::core::Keepalive;
+    use tas_fastpath::io::mem::MemLink;
+    use tas_fastpath::time::SimClock;
+    use tas_fastpath::wire::EthernetAddress;
+    use tas_slowpath::sim::SimHost;
+    let clock = SimClock::new();
+    let (pa, pb) = MemLink::pair(&clock, Impairments::default(), Impairments::default(), 5);
+    let ka = Keepalive { idle_us: 1_000_000, interval_us: 500_000, probes: 3 };
+    let a = SimHost::with_keepalive(pa, &clock, IP_A, EthernetAddress([2, 0, 0, 0, 0, 1]), layout(), Some(ka));
+    let b = SimHost::new(pb, &clock, IP_B, EthernetAddress([2, 0, 0, 0, 0, 2]), layout());
+    let mut w = World { clock, a, b };
+    let mut server = context(&mut w.a, IP_A, "ka-server");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let l = listen(&mut w, &mut server, &mut client, 9100);
+    let conn = client.connect_start(SocketAddrV4::new(IP_A, 9100)).unwrap();
+    let mut sc = None;
+    while sc.is_none() {
+        w.step(&mut [&mut server, &mut client]);
+        sc = server.accept(l).unwrap();
+    }
+    let sc = sc.unwrap();
+    fn w_probes(w: &World) -> u64 {
+        w.a.cores[0].counters().keepalive_probes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    // Idle for 5 s with a live peer: probes go out and are answered, nothing breaks.
+    let until = w.clock.now() + Duration::from_secs(5);
+    while w.clock.now() < until {
+        w.step(&mut [&mut server, &mut client]);
+    }
+    assert!(w_probes(&w) >= 3, "a probe every idle period ({} sent)", w_probes(&w));
+    assert_eq!(server.state(sc), ConnState::Established, "answered probes keep the connection");
+    assert_eq!(client.state(conn), ConnState::Established);
+    // The peer goes silent: after 3 unanswered probes the connection is given up.
+    w.b.cores[0].io().set_tx_filter(Some(|_| false));
+    let until = w.clock.now() + Duration::from_secs(5);
+    while w.clock.now() < until && server.state(sc) == ConnState::Established {
+        w.step(&mut [&mut server, &mut client]);
+    }
+    assert_eq!(server.state(sc), ConnState::Failed(Error::TimedOut));
+}
+
+#[test]
+fn simultaneous_open() {
+    // Both sides connect to each other at once with matching ports (each stack's first
+    // ephemeral port is 61000): the SYNs cross (RFC 9293 3.5, figure 7).
+    let mut w = World::new(Impairments::default(), 6);
+    let mut a = context(&mut w.a, IP_A, "a");
+    let mut b = context(&mut w.b, IP_B, "b");
+    let ca = a.connect_start(SocketAddrV4::new(IP_B, 61000)).unwrap();
+    let cb = b.connect_start(SocketAddrV4::new(IP_A, 61000)).unwrap();
+    for _ in 0..100_000 {
+        w.step(&mut [&mut a, &mut b]);
+        if a.state(ca) == ConnState::Established && b.state(cb) == ConnState::Established {
+            break;
+        }
+    }
+    assert_eq!((a.state(ca), b.state(cb)), (ConnState::Established, ConnState::Established));
+    assert_eq!(a.local_port(ca), Some(61000));
+    for h in [&w.a, &w.b] {
+        let c = h.slow.counters();
+        assert_eq!((c.active_opens, c.passive_opens, c.rsts_sent), (1, 0, 0), "one crossed handshake, no resets");
+    }
+    a.send(ca, b"from a").unwrap();
+    b.send(cb, b"from b").unwrap();
+    let (mut ga, mut gb) = (Vec::new(), Vec::new());
+    for _ in 0..100_000 {
+        w.step(&mut [&mut a, &mut b]);
+        let mut buf = [0u8; 16];
+        if let Ok(n) = a.recv(ca, &mut buf) {
+            ga.extend_from_slice(&buf[..n]);
+        }
+        if let Ok(n) = b.recv(cb, &mut buf) {
+            gb.extend_from_slice(&buf[..n]);
+        }
+        if ga.len() == 6 && gb.len() == 6 {
+            break;
+        }
+    }
+    assert_eq!((ga.as_slice(), gb.as_slice()), (&b"from b"[..], &b"from a"[..]));
 }

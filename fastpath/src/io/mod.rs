@@ -8,6 +8,7 @@
 
 #[cfg(feature = "af-xdp")]
 pub mod af_xdp;
+pub mod capture;
 pub mod mem;
 
 use std::io;
@@ -56,4 +57,9 @@ pub trait PacketIo {
     /// File descriptors to poll for readability while idle (empty for links that never
     /// block, such as the memory link).
     fn poll_fds(&self) -> Vec<RawFd>;
+    /// Start (`Some`) or stop (`None`) copying frames for a capture. Only
+    /// [`capture::Tap`] can; other links return false and capture nothing.
+    fn set_capture(&mut self, _spec: Option<capture::CaptureSpec>) -> bool {
+        false
+    }
 }

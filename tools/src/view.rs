@@ -1,0 +1,533 @@
+//! How tasctl shows the control API's answers: an aligned table (or `key: value` lines)
+//! for people, and JSON with the protobuf field names for programs (`--json`). Both are
+//! built from the same messages here, so they always agree.
+
+use serde_json::{json, Value};
+use tas_proto::control::*;
+
+use crate::table::{Align, Table};
+
+/// Field names `tasctl flows --sort` accepts.
+pub const FLOW_SORT_KEYS: &[&str] =
+    &["id", "state", "local", "remote", "app", "core", "rx", "tx", "inflight", "unsent", "snd_wnd", "rcv_wnd", "srtt", "retx"];
+
+/// Sort `flows` by `key` (one of [`FLOW_SORT_KEYS`]); ties keep id order.
+pub fn sort_flows(flows: &mut [Flow], key: &str) -> Result<(), String> {
+    let num = |f: &Flow| -> u64 {
+        match key {
+            "id" => f.id,
+            "app" => f.app_id as u64,
+            "core" => f.core as u64,
+            "rx" => f.rx_bytes,
+            "tx" => f.tx_bytes,
+            "inflight" => f.tx_in_flight as u64,
+            "unsent" => f.tx_unsent as u64,
+            "snd_wnd" => f.snd_wnd as u64,
+            "rcv_wnd" => f.rcv_wnd as u64,
+            "srtt" => f.srtt_us as u64,
+            "retx" => f.retransmits,
+            _ => 0,
+        }
+    };
+    match key {
+        "state" => flows.sort_by(|a, b| a.state.cmp(&b.state).then(a.id.cmp(&b.id))),
+        "local" => flows.sort_by_key(|f| (addr_key(&f.local), f.id)),
+        "remote" => flows.sort_by_key(|f| (addr_key(&f.remote), f.id)),
+        k if FLOW_SORT_KEYS.contains(&k) => flows.sort_by_key(|f| (num(f), f.id)),
+        other => {
+            return Err(format!("cannot sort by {other:?}: use one of {}", FLOW_SORT_KEYS.join(", ")));
+        }
+    }
+    Ok(())
+}
+
+/// "A.B.C.D:P" as a sortable number (address, then port).
+fn addr_key(s: &str) -> u64 {
+    match s.parse::<std::net::SocketAddrV4>() {
+        Ok(a) => (u32::from(*a.ip()) as u64) << 16 | a.port() as u64,
+        Err(_) => 0,
+    }
+}
+
+/// The flows table (like `ss -tin`).
+pub fn flows_table(flows: &[Flow]) -> String {
+    use Align::*;
+    let mut t = Table::new(&[
+        ("ID", Right),
+        ("STATE", Left),
+        ("LOCAL", Left),
+        ("REMOTE", Left),
+        ("APP", Right),
+        ("CORE", Right),
+        ("RX_BYTES", Right),
+        ("TX_BYTES", Right),
+        ("INFLIGHT", Right),
+        ("UNSENT", Right),
+        ("SND_WND", Right),
+        ("RCV_WND", Right),
+        ("SRTT_US", Right),
+        ("RETX", Right),
+    ]);
+    for f in flows {
+        let n = |v: u64| if f.installed { v.to_string() } else { "-".to_string() };
+        t.row([
+            f.id.to_string(),
+            f.state.clone(),
+            f.local.clone(),
+            f.remote.clone(),
+            f.app_id.to_string(),
+            f.core.to_string(),
+            n(f.rx_bytes),
+            n(f.tx_bytes),
+            n(f.tx_in_flight as u64),
+            n(f.tx_unsent as u64),
+            n(f.snd_wnd as u64),
+            n(f.rcv_wnd as u64),
+            n(f.srtt_us as u64),
+            n(f.retransmits),
+        ]);
+    }
+    t.render()
+}
+
+/// One flow as JSON, every field of `Flow`.
+pub fn flow_json(f: &Flow) -> Value {
+    json!({
+        "id": f.id,
+        "local": f.local,
+        "remote": f.remote,
+        "state": f.state,
+        "app_id": f.app_id,
+        "core": f.core,
+        "installed": f.installed,
+        "flow_slot": f.flow_slot,
+        "app_conn": f.app_conn,
+        "snd_una": f.snd_una,
+        "snd_nxt": f.snd_nxt,
+        "rcv_nxt": f.rcv_nxt,
+        "snd_wnd": f.snd_wnd,
+        "rcv_wnd": f.rcv_wnd,
+        "snd_wscale": f.snd_wscale,
+        "rcv_wscale": f.rcv_wscale,
+        "mss": f.mss,
+        "timestamps": f.timestamps,
+        "rx_bytes": f.rx_bytes,
+        "tx_bytes": f.tx_bytes,
+        "retransmits": f.retransmits,
+        "srtt_us": f.srtt_us,
+        "rttvar_us": f.rttvar_us,
+        "rto_us": f.rto_us,
+        "rto_backoff": f.rto_backoff,
+        "dupacks": f.dupacks,
+        "tx_in_flight": f.tx_in_flight,
+        "tx_unsent": f.tx_unsent,
+        "tx_buffer": f.tx_buffer,
+        "rx_buffered": f.rx_buffered,
+        "rx_buffer": f.rx_buffer,
+        "ooo_intervals": f.ooo_intervals,
+        "flags": f.flags,
+        "remote_mac": f.remote_mac,
+    })
+}
+
+fn pct(part: u32, whole: u32) -> String {
+    if whole == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+    }
+}
+
+/// One flow in detail, `key: value` lines.
+pub fn flow_detail(f: &Flow) -> String {
+    let mut lines: Vec<(String, String)> = vec![
+        ("id".into(), f.id.to_string()),
+        ("state".into(), f.state.clone()),
+        ("local".into(), f.local.clone()),
+        ("remote".into(), f.remote.clone()),
+        ("app".into(), format!("{} (connection slot {})", f.app_id, f.app_conn)),
+        ("core".into(), if f.installed { format!("{} (flow slot {})", f.core, f.flow_slot) } else { format!("{} (no fast-path flow)", f.core) }),
+    ];
+    if f.installed {
+        lines.extend([
+            ("seq".into(), format!("snd_una {} snd_nxt {} rcv_nxt {}", f.snd_una, f.snd_nxt, f.rcv_nxt)),
+            ("windows".into(), format!("snd_wnd {} (wscale {}) rcv_wnd {} (wscale {})", f.snd_wnd, f.snd_wscale, f.rcv_wnd, f.rcv_wscale)),
+            ("mss".into(), f.mss.to_string()),
+            ("timestamps".into(), f.timestamps.to_string()),
+            ("rtt".into(), format!("srtt {} us rttvar {} us rto {} us (backoff {})", f.srtt_us, f.rttvar_us, f.rto_us, f.rto_backoff)),
+            ("retransmits".into(), f.retransmits.to_string()),
+            ("dupacks".into(), f.dupacks.to_string()),
+            ("rx_bytes".into(), f.rx_bytes.to_string()),
+            ("tx_bytes".into(), f.tx_bytes.to_string()),
+            ("tx_buffer".into(), format!("{} in flight + {} unsent of {} ({})", f.tx_in_flight, f.tx_unsent, f.tx_buffer, pct(f.tx_in_flight + f.tx_unsent, f.tx_buffer))),
+            ("rx_buffer".into(), format!("{} unread of {} ({}), {} out-of-order intervals", f.rx_buffered, f.rx_buffer, pct(f.rx_buffered, f.rx_buffer), f.ooo_intervals)),
+            ("flags".into(), if f.flags.is_empty() { "-".into() } else { f.flags.join(",") }),
+            ("remote_mac".into(), f.remote_mac.clone()),
+        ]);
+    }
+    kv_lines(&lines)
+}
+
+fn kv_lines(lines: &[(String, String)]) -> String {
+    let w = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    lines.iter().map(|(k, v)| format!("{:<w$}  {v}\n", format!("{k}:"), w = w + 1)).collect()
+}
+
+/// The status, `key: value` lines.
+pub fn status_text(s: &Status) -> String {
+    let up = s.uptime_ms / 1000;
+    kv_lines(&[
+        ("tasd".into(), format!("{} (pid {})", s.version, s.pid)),
+        ("uptime".into(), format!("{}h{:02}m{:02}s", up / 3600, up / 60 % 60, up % 60)),
+        ("interface".into(), format!("{} (XDP {})", s.interface, s.xdp_mode)),
+        ("address".into(), s.address.clone()),
+        ("fast-path cores".into(), format!("{} ({})", s.fp_cores, s.bind_modes.join(", "))),
+        ("connections".into(), format!("{} ({} with a fast-path flow)", s.connections, s.flows)),
+        ("listeners".into(), s.listeners.to_string()),
+        ("applications".into(), s.apps.to_string()),
+        ("app socket".into(), s.app_socket.clone()),
+        ("control socket".into(), s.control_socket.clone()),
+        ("metrics".into(), if s.metrics_address.is_empty() { "off".into() } else { format!("http://{}/metrics", s.metrics_address) }),
+    ])
+}
+
+/// The status as JSON.
+pub fn status_json(s: &Status) -> Value {
+    json!({
+        "version": s.version,
+        "pid": s.pid,
+        "uptime_ms": s.uptime_ms,
+        "interface": s.interface,
+        "address": s.address,
+        "xdp_mode": s.xdp_mode,
+        "fp_cores": s.fp_cores,
+        "bind_modes": s.bind_modes,
+        "connections": s.connections,
+        "flows": s.flows,
+        "listeners": s.listeners,
+        "apps": s.apps,
+        "app_socket": s.app_socket,
+        "control_socket": s.control_socket,
+        "metrics_address": s.metrics_address,
+    })
+}
+
+/// Applications.
+pub fn apps_table(apps: &[App]) -> String {
+    use Align::*;
+    let mut t = Table::new(&[
+        ("ID", Right),
+        ("NAME", Left),
+        ("PID", Right),
+        ("UID", Right),
+        ("CONNS", Right),
+        ("LISTEN", Left),
+        ("CONTEXTS", Right),
+        ("EVENTQ", Right),
+    ]);
+    for a in apps {
+        let ports: Vec<String> = a.listen_ports.iter().map(|p| p.to_string()).collect();
+        t.row([
+            a.id.to_string(),
+            if a.name.is_empty() { "-".into() } else { a.name.replace("  ", " ") },
+            a.pid.to_string(),
+            a.uid.to_string(),
+            a.connections.to_string(),
+            if ports.is_empty() { "-".into() } else { ports.join(",") },
+            a.contexts.to_string(),
+            format!("{}/{}", a.event_queue_used, a.event_queue_capacity),
+        ]);
+    }
+    t.render()
+}
+
+/// One application as JSON.
+pub fn app_json(a: &App) -> Value {
+    json!({
+        "id": a.id,
+        "name": a.name,
+        "pid": a.pid,
+        "uid": a.uid,
+        "connections": a.connections,
+        "listeners": a.listeners,
+        "listen_ports": a.listen_ports,
+        "contexts": a.contexts,
+        "event_queue_used": a.event_queue_used,
+        "event_queue_capacity": a.event_queue_capacity,
+    })
+}
+
+/// Listeners.
+pub fn listeners_table(ls: &[Listener]) -> String {
+    use Align::*;
+    let mut t = Table::new(&[
+        ("ID", Right),
+        ("PORT", Right),
+        ("APP", Right),
+        ("BACKLOG", Right),
+        ("SYN_RCVD", Right),
+        ("UNACCEPTED", Right),
+    ]);
+    for l in ls {
+        t.row([l.id, l.port, l.app_id, l.backlog, l.syn_received, l.unaccepted].map(|v| v.to_string()));
+    }
+    t.render()
+}
+
+/// One listener as JSON.
+pub fn listener_json(l: &Listener) -> Value {
+    json!({
+        "id": l.id,
+        "port": l.port,
+        "app_id": l.app_id,
+        "backlog": l.backlog,
+        "syn_received": l.syn_received,
+        "unaccepted": l.unaccepted,
+    })
+}
+
+/// Fast-path cores.
+pub fn cores_table(cores: &[Core]) -> String {
+    use Align::*;
+    let mut t = Table::new(&[
+        ("CORE", Right),
+        ("CPU", Right),
+        ("QUEUE", Right),
+        ("MODE", Left),
+        ("RX_FRAMES", Right),
+        ("TX_FRAMES", Right),
+        ("RX_BYTES", Right),
+        ("TX_BYTES", Right),
+        ("BUSY_POLLS", Right),
+        ("IDLE_POLLS", Right),
+        ("SLEEPS", Right),
+        ("FLOWS", Right),
+        ("DROPS", Right),
+        ("EXCEPTIONS", Right),
+    ]);
+    for c in cores {
+        t.row([
+            c.id.to_string(),
+            c.cpu.to_string(),
+            c.queue.to_string(),
+            if c.bind_mode.is_empty() { "-".into() } else { c.bind_mode.clone() },
+            c.rx_frames.to_string(),
+            c.tx_frames.to_string(),
+            c.rx_payload_bytes.to_string(),
+            c.tx_payload_bytes.to_string(),
+            c.busy_polls.to_string(),
+            c.idle_polls.to_string(),
+            c.sleeps.to_string(),
+            c.flows.to_string(),
+            c.drops.to_string(),
+            c.exceptions.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+/// One core as JSON.
+pub fn core_json(c: &Core) -> Value {
+    json!({
+        "id": c.id,
+        "cpu": c.cpu,
+        "queue": c.queue,
+        "bind_mode": c.bind_mode,
+        "rx_frames": c.rx_frames,
+        "tx_frames": c.tx_frames,
+        "rx_payload_bytes": c.rx_payload_bytes,
+        "tx_payload_bytes": c.tx_payload_bytes,
+        "busy_polls": c.busy_polls,
+        "idle_polls": c.idle_polls,
+        "sleeps": c.sleeps,
+        "flows": c.flows,
+        "drops": c.drops,
+        "exceptions": c.exceptions,
+    })
+}
+
+/// Counters; with `rates` (per second, same order) a RATE/S column.
+pub fn counters_table(cs: &[Counter], rates: Option<&[f64]>) -> String {
+    use Align::*;
+    let mut cols = vec![("NAME", Left), ("CORE", Right), ("VALUE", Right)];
+    if rates.is_some() {
+        cols.push(("RATE/S", Right));
+    }
+    let mut t = Table::new(&cols);
+    for (i, c) in cs.iter().enumerate() {
+        let core = if c.core < 0 { "-".to_string() } else { c.core.to_string() };
+        let mut row = vec![c.name.clone(), core, c.value.to_string()];
+        if let Some(r) = rates {
+            row.push(if c.gauge { "-".into() } else { format!("{:.1}", r.get(i).copied().unwrap_or(0.0)) });
+        }
+        t.row(row);
+    }
+    t.render()
+}
+
+/// One counter as JSON (`core` is null for the slow path).
+pub fn counter_json(c: &Counter, rate: Option<f64>) -> Value {
+    let mut v = json!({
+        "name": c.name,
+        "core": if c.core < 0 { Value::Null } else { json!(c.core) },
+        "value": c.value,
+        "gauge": c.gauge,
+        "help": c.help,
+    });
+    if let Some(r) = rate {
+        v["rate_per_s"] = json!(r);
+    }
+    v
+}
+
+/// Per-second rates between two samples of the same counters `secs` apart (matched by
+/// name and core; a counter that went backwards or is new counts from zero).
+pub fn rates(before: &[Counter], after: &[Counter], secs: f64) -> Vec<f64> {
+    after
+        .iter()
+        .map(|a| {
+            let b = before.iter().find(|b| b.name == a.name && b.core == a.core).map_or(0, |b| b.value);
+            if secs <= 0.0 {
+                0.0
+            } else {
+                a.value.saturating_sub(b) as f64 / secs
+            }
+        })
+        .collect()
+}
+
+/// The configuration.
+pub fn config_table(v: &ConfigView) -> String {
+    use Align::*;
+    let mut t = Table::new(&[("KEY", Left), ("VALUE", Left), ("LIVE", Left), ("DESCRIPTION", Left)]);
+    for e in &v.entries {
+        t.row([
+            e.key.clone(),
+            if e.value.is_empty() { "-".into() } else { e.value.clone() },
+            if e.live { "yes".into() } else { "no".into() },
+            e.description.replace("  ", " "),
+        ]);
+    }
+    let mut s = t.render();
+    s.push_str(&format!(
+        "\nfile: {}\n",
+        if v.config_file.is_empty() { "(none: flags only)" } else { &v.config_file }
+    ));
+    s
+}
+
+/// The configuration as JSON: {"config_file": ..., "entries": [{key, value, live, description}]}.
+pub fn config_json(v: &ConfigView) -> Value {
+    json!({
+        "config_file": v.config_file,
+        "entries": v.entries.iter().map(|e| json!({
+            "key": e.key, "value": e.value, "live": e.live, "description": e.description,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One event as a line.
+pub fn event_line(e: &Event) -> String {
+    let t = e.unix_ms;
+    let mut s = format!("{}.{:03} {}", t / 1000, t % 1000, e.kind);
+    if e.flow_id != 0 {
+        s.push_str(&format!(" flow={}", e.flow_id));
+    }
+    if !e.remote.is_empty() {
+        s.push_str(&format!(" remote={}", e.remote));
+    }
+    if e.local_port != 0 {
+        s.push_str(&format!(" local_port={}", e.local_port));
+    }
+    if e.app_id != 0 {
+        s.push_str(&format!(" app={}", e.app_id));
+    }
+    if !e.detail.is_empty() {
+        s.push_str(&format!(" detail={:?}", e.detail));
+    }
+    s
+}
+
+/// One event as JSON.
+pub fn event_json(e: &Event) -> Value {
+    json!({
+        "unix_ms": e.unix_ms,
+        "kind": e.kind,
+        "flow_id": e.flow_id,
+        "remote": e.remote,
+        "local_port": e.local_port,
+        "app_id": e.app_id,
+        "detail": e.detail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(id: u64, state: &str, rx: u64) -> Flow {
+        Flow {
+            id,
+            local: "10.77.0.1:7".into(),
+            remote: format!("10.77.0.2:{}", 40000 + id),
+            state: state.into(),
+            app_id: 1,
+            installed: state == "ESTABLISHED",
+            rx_bytes: rx,
+            tx_bytes: rx,
+            snd_wnd: 65535,
+            rcv_wnd: 262144,
+            srtt_us: 42,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flows_table_shows_dashes_for_handshakes_and_aligns() {
+        let text = flows_table(&[flow(1, "ESTABLISHED", 1000), flow(2, "SYN-RECEIVED", 0)]);
+        let rows = crate::table::parse(&text);
+        assert_eq!(rows[0][..4], ["ID", "STATE", "LOCAL", "REMOTE"]);
+        assert_eq!(rows[1][..7], ["1", "ESTABLISHED", "10.77.0.1:7", "10.77.0.2:40001", "1", "0", "1000"]);
+        assert_eq!(rows[2][6], "-");
+        let lens: Vec<usize> = text.lines().map(|l| l.len()).collect();
+        assert!(lens.iter().all(|&l| l == lens[0]), "right-aligned last column: every line equally long\n{text}");
+    }
+
+    #[test]
+    fn json_has_every_field_under_its_proto_name() {
+        let v = flow_json(&flow(7, "ESTABLISHED", 5));
+        for k in ["id", "state", "local", "remote", "rx_bytes", "tx_bytes", "srtt_us", "snd_wnd", "rcv_wnd", "retransmits", "flags"] {
+            assert!(v.get(k).is_some(), "missing {k}: {v}");
+        }
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["rx_bytes"], 5);
+        assert_eq!(v.as_object().unwrap().len(), 34);
+        let c = Counter { name: "rx_frames".into(), value: 3, core: -1, help: "h".into(), gauge: false };
+        assert_eq!(counter_json(&c, None), json!({"name": "rx_frames", "core": null, "value": 3, "gauge": false, "help": "h"}));
+    }
+
+    #[test]
+    fn sorting_and_rates() {
+        let mut fs = vec![flow(1, "ESTABLISHED", 10), flow(2, "ESTABLISHED", 5), flow(3, "CLOSE-WAIT", 7)];
+        sort_flows(&mut fs, "rx").unwrap();
+        assert_eq!(fs.iter().map(|f| f.id).collect::<Vec<_>>(), [2, 3, 1]);
+        sort_flows(&mut fs, "state").unwrap();
+        assert_eq!(fs[0].id, 3);
+        sort_flows(&mut fs, "remote").unwrap();
+        assert_eq!(fs[0].id, 1);
+        assert!(sort_flows(&mut fs, "bogus").unwrap_err().contains("srtt"));
+        let c = |v| Counter { name: "rx_frames".into(), value: v, core: 0, ..Default::default() };
+        assert_eq!(rates(&[c(100)], &[c(300)], 2.0), vec![100.0]);
+        assert_eq!(rates(&[], &[c(10)], 1.0), vec![10.0]);
+    }
+
+    #[test]
+    fn status_and_events_read_well() {
+        let s = Status { version: "0.1.0".into(), uptime_ms: 3_723_000, fp_cores: 1, bind_modes: vec!["copy".into()], ..Default::default() };
+        let text = status_text(&s);
+        assert!(text.contains("uptime:           1h02m03s"), "{text}");
+        assert!(text.contains("metrics:          off"), "{text}");
+        let e = Event { unix_ms: 1_500, kind: "opened".into(), flow_id: 9, remote: "10.0.0.2:5".into(), local_port: 7, app_id: 1, detail: "passive".into() };
+        assert_eq!(event_line(&e), "1.500 opened flow=9 remote=10.0.0.2:5 local_port=7 app=1 detail=\"passive\"");
+    }
+}
