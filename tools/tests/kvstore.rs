@@ -112,11 +112,33 @@ fn redis_cli_round_trips_through_tas_kv_on_the_stack() {
 
     // INFO shows the backend and the connections.
     let info = cli(&["INFO"]);
-    for want in ["backend:tas", "connected_clients:1", "db0:keys=4", "used_memory:", "maxmemory:104857600", "total_commands_processed:"] {
+    for want in ["backend:tas", "connected_clients:1", "connections_per_thread:1", "db0:keys=4", "used_memory:", "maxmemory:104857600", "total_commands_processed:"] {
         assert!(info.contains(want), "INFO lacks {want}:\n{info}");
     }
     let list = cli(&["CLIENT", "LIST"]);
     assert!(list.contains(&format!("addr={IP_B}:")), "CLIENT LIST: {list}");
+
+    // Active expiry: keys with a short TTL disappear without being read.
+    let keys_before: u64 = cli(&["DBSIZE"]).parse().expect("DBSIZE is a number");
+    assert_eq!(cli(&["SET", "e1", "x", "PX", "100"]), "OK");
+    assert_eq!(cli(&["SET", "e2", "x", "PX", "100"]), "OK");
+    assert_eq!(cli(&["DBSIZE"]), (keys_before + 2).to_string());
+    sleep(Duration::from_millis(1500));
+    assert_eq!(cli(&["DBSIZE"]), keys_before.to_string(), "the expired keys were not removed by active expiry");
+    assert!(info_field(&cli(&["INFO", "stats"]), "expired_keys") >= 2);
+
+    // maxmemory: without eviction writes are refused with OOM (reads and deletes go on);
+    // with allkeys-lru they evict.
+    assert_eq!(cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]), "OK");
+    assert_eq!(cli(&["CONFIG", "SET", "maxmemory", "1"]), "OK");
+    let oom = cli(&["SET", "more", "x"]);
+    assert!(oom.starts_with("OOM"), "SET over maxmemory: {oom}");
+    assert_eq!(cli(&["GET", "c"]), "3");
+    assert_eq!(cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]), "OK");
+    assert_eq!(cli(&["SET", "more", "x"]), "OK");
+    assert!(info_field(&cli(&["INFO", "stats"]), "evicted_keys") >= 1);
+    assert_eq!(cli(&["CONFIG", "GET", "maxmemory-policy"]), "maxmemory-policy\nallkeys-lru");
+    assert_eq!(cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
     assert_eq!(cli(&["FLUSHALL"]), "OK");
     assert_eq!(cli(&["DBSIZE"]), "0");
 
