@@ -222,6 +222,38 @@ fn redis_py_randomized_workload_matches_the_model_on_both_backends() {
     assert_eq!(kernel["keys"], reference["keys"], "kernel {kernel} vs redis-server {reference}");
 }
 
+/// tas-kv keeps its data when tasd restarts: the server thread's context fails ("tasd went
+/// away"), it attaches to the new tasd and listens again, and the keys are still there.
+#[test]
+#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+fn tas_kv_keeps_its_data_across_a_tasd_restart() {
+    let bed = Bed::up("kv-restart");
+    bed.start_tasd();
+    bed.start_tas_kv("tas", PORT_TAS, &["--threads", "1"]);
+    assert_eq!(bed.redis_cli(PORT_TAS, &["SET", "survivor", "still here"]), "OK");
+    assert_eq!(bed.redis_cli(PORT_TAS, &["INCRBY", "count", "41"]), "41");
+    bed.stop_tasd();
+    bed.start_tasd();
+    // tas-kv retries with a backoff of at most 2 s.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = bed.run(
+            &bed.ns_b,
+            "redis-cli",
+            &["redis-cli", "-h", IP_A, "-p", &PORT_TAS.to_string(), "GET", "survivor"],
+            Duration::from_secs(10),
+        );
+        if out.status.success() && out.stdout.trim() == "still here" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tas-kv did not serve again within 20 s of tasd's restart: {}{}", out.stdout, out.stderr);
+        sleep(Duration::from_millis(200));
+    }
+    assert_eq!(bed.redis_cli(PORT_TAS, &["INCR", "count"]), "42");
+    let info = bed.redis_cli(PORT_TAS, &["INFO", "server"]);
+    assert!(info_field(&info, "reattaches") >= 1, "INFO: {info}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The test bed
 // ---------------------------------------------------------------------------------------------
@@ -451,6 +483,18 @@ impl Bed {
             assert!(Instant::now() < deadline, "tasd did not create {app_socket} within {READY_TIMEOUT:?}");
             sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM the running tasd and wait for it (and for its app socket to go).
+    fn stop_tasd(&self) {
+        let mut procs = self.procs.lock().unwrap();
+        for p in procs.iter_mut().filter(|p| p.name == "tasd") {
+            if let Ok(None) = p.child.try_wait() {
+                stop_child(&mut p.child, Duration::from_secs(10));
+            }
+        }
+        drop(procs);
+        let _ = fs::remove_file(self.app_socket());
     }
 
     /// Start `tas-kv --backend BACKEND --port PORT EXTRA` in A and wait until B reaches it.
