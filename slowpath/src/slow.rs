@@ -290,6 +290,8 @@ pub struct SlowCounters {
     pub sack_retransmits: u64,
     /// Challenge ACKs the slow path sent (RFC 5961, half-open connections).
     pub challenge_acks: u64,
+    /// TIME-WAIT 4-tuples reused by a new SYN (RFC 6191).
+    pub time_wait_reused: u64,
     /// SYN-ACKs sent with a SYN cookie (backlog full of handshakes).
     pub syn_cookies_sent: u64,
     /// Connections established from a valid SYN cookie.
@@ -503,6 +505,7 @@ impl SlowPath {
             ("syn_retransmits", s.syn_retransmits),
             ("sack_retransmits", s.sack_retransmits),
             ("challenge_acks", s.challenge_acks),
+            ("time_wait_reused", s.time_wait_reused),
             ("syn_cookies_sent", s.syn_cookies_sent),
             ("syn_cookies_accepted", s.syn_cookies_accepted),
         ]
@@ -1323,6 +1326,25 @@ impl SlowPath {
             Phase::Removing(_) => {}
             Phase::TimeWait { snd_nxt, rcv_nxt, ts, window } => {
                 if seg.flags.contains(TcpFlags::RST) {
+                    return;
+                }
+                // Safe reuse of a 4-tuple in TIME-WAIT (RFC 6191, as BSD and Linux do): a
+                // new SYN is accepted if its sequence number is above the old
+                // connection's, or its timestamp newer, so no old duplicate can be taken
+                // for new data. Only for ports that listen.
+                if seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::ACK) {
+                    let newer_ts = match (ts, seg.timestamp) {
+                        (Some(old), Some((val, _))) => (val.wrapping_sub(old) as i32) > 0,
+                        _ => false,
+                    };
+                    let newer_seq = (seg.seq_number.wrapping_sub(rcv_nxt) as i32) > 0;
+                    if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
+                        if newer_ts || (ts.is_none() && newer_seq) {
+                            self.counters.time_wait_reused += 1;
+                            self.drop_conn(key);
+                            self.passive_open(core, lid, key, mac, src, seg);
+                        }
+                    }
                     return;
                 }
                 // RFC 9293 3.10.7.4 TIME-WAIT: acknowledge a retransmitted FIN and restart
