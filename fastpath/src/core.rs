@@ -114,6 +114,14 @@ pub struct CoreCounters {
     pub dupacks: AtomicU64,
     /// Retransmission timeouts.
     pub rto_fired: AtomicU64,
+    /// Segments retransmitted selectively (fast retransmit, SACK holes, tail-loss probes).
+    pub retransmitted_segments: AtomicU64,
+    /// Tail-loss probes sent.
+    pub tail_loss_probes: AtomicU64,
+    /// Challenge ACKs sent (RFC 5961).
+    pub challenge_acks: AtomicU64,
+    /// Segments dropped by PAWS.
+    pub paws_dropped: AtomicU64,
     /// Fast retransmits.
     pub fast_retransmits: AtomicU64,
     /// Doorbells processed.
@@ -221,6 +229,8 @@ pub struct FastPath<IO: PacketIo> {
     cfg: FpConfig,
     io: IO,
     flows: FlowTable,
+    /// Out-of-order intervals per flow slot (rare state, beside the hot FlowState).
+    ooo: Vec<OooSet>,
     apps: Vec<Option<AppSlot>>,
     /// Slots of `apps` in use, so per-batch loops skip the empty ones.
     active_apps: Vec<u16>,
@@ -256,6 +266,9 @@ const RTO_SCAN_SLOTS: u32 = 256;
 /// slots per second, so even a full 64 k-slot table is swept every 13 ms, far inside
 /// the 200 ms minimum RTO.
 const RTO_SCAN_INTERVAL_US: u32 = 50;
+/// Floor of the tail-loss probe timeout, µs (RFC 8985 suggests 10 ms for WLANs and
+/// timers; we use it as the floor everywhere).
+const TLP_MIN_US: u32 = 10_000;
 
 impl<IO: PacketIo> FastPath<IO> {
     /// A core engine over `io`, receiving commands on `cmds` and reporting on `to_slow`.
@@ -263,6 +276,7 @@ impl<IO: PacketIo> FastPath<IO> {
         let cap = cfg.flow_capacity;
         FastPath {
             flows: FlowTable::new(cap, rand::random()),
+            ooo: vec![OooSet::default(); cap as usize],
             apps: (0..MAX_APPS).map(|_| None).collect(),
             active_apps: Vec::with_capacity(MAX_APPS),
             ready: ReadyQueue::new(cap),
@@ -343,6 +357,8 @@ impl<IO: PacketIo> FastPath<IO> {
             (&c.window_dropped, r.window_dropped),
             (&c.rx_duplicates, r.duplicates),
             (&c.dupacks, r.dupacks),
+            (&c.challenge_acks, r.challenge_acks),
+            (&c.paws_dropped, r.paws_dropped),
         ] {
             a.store(v, Ordering::Relaxed);
         }
@@ -364,6 +380,9 @@ impl<IO: PacketIo> FastPath<IO> {
                 }
                 Command::InstallFlow { flow, state } => {
                     let state = *state;
+                    if let Some(o) = self.ooo.get_mut(flow as usize) {
+                        o.clear();
+                    }
                     if self.flows.insert(flow, state).is_ok() {
                         bump(&self.counters.flows, 1);
                         // Data the app queued before installation, or a FIN, goes out now.
@@ -385,6 +404,9 @@ impl<IO: PacketIo> FastPath<IO> {
                     self.process_frame(&frame);
                 }
                 Command::Retransmit { flow } => self.go_back(flow),
+                Command::RetransmitRange { flow, seq, len } => {
+                    self.retransmit_range(flow, seq, len);
+                }
                 Command::Snapshot(reply) => {
                     let flows = self.flows.iter().map(|(i, f)| (i, *f)).collect();
                     let _ = reply.try_send((self.cfg.core, flows));
@@ -456,8 +478,8 @@ impl<IO: PacketIo> FastPath<IO> {
             }
             for f in &frames[..n] {
                 let (action, exc) = {
-                    let FastPath { io, cfg, flows, apps, counters, rxc, ready, touched, now_us, to_slow, .. } = self;
-                    let mut parts = Parts { cfg, flows, apps, counters, rxc, ready, touched, now_us: *now_us };
+                    let FastPath { io, cfg, flows, ooo, apps, counters, rxc, ready, touched, now_us, to_slow, .. } = self;
+                    let mut parts = Parts { cfg, flows, ooo, apps, counters, rxc, ready, touched, now_us: *now_us };
                     let data = io.rx_data(f);
                     let action = parts.on_frame(data);
                     let exc = match action {
@@ -478,6 +500,7 @@ impl<IO: PacketIo> FastPath<IO> {
         Parts {
             cfg: &self.cfg,
             flows: &mut self.flows,
+            ooo: &mut self.ooo,
             apps: &mut self.apps,
             counters: &self.counters,
             rxc: &mut self.rxc,
@@ -496,10 +519,25 @@ impl<IO: PacketIo> FastPath<IO> {
                     self.report(ToSlow::Frame(f));
                 }
             }
-            FrameAction::Note(flow, note) => self.report(ToSlow::Note { flow, note }),
-            FrameAction::FastRetransmit(flow) => {
-                bump(&self.counters.fast_retransmits, 1);
-                self.go_back(flow);
+            FrameAction::Flow { idx, v, sack } => {
+                if v & rx::V_FAST_RETX != 0 {
+                    bump(&self.counters.fast_retransmits, 1);
+                    let f = *self.flows.get(idx).expect("live flow");
+                    self.retransmit_range(idx, f.snd_una, f.mss as u32);
+                }
+                if v & rx::V_SACK != 0 {
+                    if let Some(blocks) = sack {
+                        let f = self.flows.get(idx).expect("live flow");
+                        let (snd_una, snd_nxt, srtt_us) = (f.snd_una, f.snd_nxt(), f.srtt_us);
+                        self.report(ToSlow::Sack { flow: idx, snd_una, snd_nxt, srtt_us, blocks });
+                    }
+                }
+                if v & rx::V_PEER_FIN != 0 {
+                    self.report(ToSlow::Note { flow: idx, note: FlowNote::PeerFin });
+                }
+                if v & rx::V_FIN_ACKED != 0 {
+                    self.report(ToSlow::Note { flow: idx, note: FlowNote::FinAcked });
+                }
             }
         }
     }
@@ -577,8 +615,47 @@ impl<IO: PacketIo> FastPath<IO> {
             f.flags &= !F_TX_FIN_SENT;
         }
         f.dupacks = 0;
+        f.flags &= !(F_RECOVERY | F_TLP);
+        f.recover = f.snd_nxt();
         f.cnt_retx = f.cnt_retx.wrapping_add(1);
         self.schedule(flow);
+    }
+
+    /// Resend `[seq, seq+len)` of flow `idx` (clamped to what is unacknowledged) in
+    /// MSS-sized segments; `tx_sent`/`tx_avail` do not change. Returns segments sent.
+    fn retransmit_range(&mut self, idx: u32, seq: u32, len: u32) -> usize {
+        let Some(f) = self.flows.get(idx) else { return 0 };
+        if !f.has(F_ACTIVE) {
+            return 0;
+        }
+        let f = *f;
+        let start_off = seq.wrapping_sub(f.snd_una);
+        if start_off >= f.tx_sent {
+            // Nothing of it is outstanding data; resend a FIN still in flight.
+            if f.has(F_TX_FIN_SENT) && !f.has(F_TX_FIN_ACKED) && start_off == f.tx_sent {
+                let pos = f.tx_head.wrapping_add(f.tx_sent);
+                return self.emit(idx, TcpFlags::ACK | TcpFlags::FIN, f.snd_una.wrapping_add(f.tx_sent), pos, 0) as usize;
+            }
+            return 0;
+        }
+        let end_off = start_off.saturating_add(len).min(f.tx_sent);
+        let mut off = start_off;
+        let mut n = 0;
+        while off < end_off {
+            let l = (end_off - off).min(f.mss as u32);
+            let pos = f.tx_head.wrapping_add(off);
+            if !self.emit(idx, TcpFlags::ACK, f.snd_una.wrapping_add(off), pos, l as usize) {
+                break;
+            }
+            off += l;
+            n += 1;
+        }
+        if n > 0 {
+            bump(&self.counters.retransmitted_segments, n as u64);
+            let fm = self.flows.get_mut(idx).expect("live");
+            fm.cnt_retx = fm.cnt_retx.wrapping_add(1);
+        }
+        n
     }
 
     fn transmit(&mut self) -> usize {
@@ -664,8 +741,14 @@ impl<IO: PacketIo> FastPath<IO> {
         let f = *self.flows.get(idx).expect("live flow");
         let mem = self.apps.get(f.app as usize).and_then(|a| a.as_ref()).map(|a| &a.attach.mem);
         self.ident = self.ident.wrapping_add(1);
+        let sack = if f.has(F_SACK) && f.ooo_count > 0 {
+            let max = if f.has(F_TS) { wire::SackBlocks::MAX_WITH_TIMESTAMPS } else { wire::SackBlocks::MAX };
+            Some(self.ooo[idx as usize].sack_blocks(max))
+        } else {
+            None
+        };
         let buf = self.io.tx_data(&t);
-        match tx::build_segment(&f, self.cfg.local_mac, self.cfg.local_ip, self.ident, self.now_us, flags, seq, ring_pos, len, mem, buf) {
+        match tx::build_segment(&f, self.cfg.local_mac, self.cfg.local_ip, self.ident, self.now_us, flags, seq, ring_pos, len, mem, sack.as_ref(), buf) {
             Some(total) => {
                 self.io.tx_submit(t, total);
                 bump(&self.counters.tx_frames, 1);
@@ -701,7 +784,19 @@ impl<IO: PacketIo> FastPath<IO> {
             let rto = rx::rto_us(f, self.cfg.min_rto_us, self.cfg.max_rto_us, self.cfg.initial_rto_us);
             let rto = (rto as u64) << f.rto_backoff.min(16);
             let rto = rto.min(self.cfg.max_rto_us as u64) as u32;
-            if self.now_us.wrapping_sub(f.progress_us) < rto {
+            let elapsed = self.now_us.wrapping_sub(f.progress_us);
+            if elapsed < rto {
+                // RFC 8985 7 tail-loss probe: after PTO = 2 SRTT (at least 10 ms) without
+                // progress, resend the last segment once so a lost tail causes SACKs or
+                // duplicate ACKs instead of waiting for the RTO.
+                let pto = (f.srtt_us.saturating_mul(2)).max(TLP_MIN_US);
+                if outstanding && !f.has(F_TLP) && f.srtt_us > 0 && elapsed >= pto && f.rto_backoff == 0 {
+                    let (una, sent, mss) = (f.snd_una, f.tx_sent, f.mss as u32);
+                    self.flows.get_mut(idx).expect("checked").flags |= F_TLP;
+                    bump(&self.counters.tail_loss_probes, 1);
+                    let back = sent.min(mss);
+                    self.retransmit_range(idx, una.wrapping_add(sent - back), back.max(1));
+                }
                 continue;
             }
             let gave_up = f.rto_backoff >= self.cfg.max_retries;
@@ -718,6 +813,7 @@ impl<IO: PacketIo> FastPath<IO> {
             } else {
                 bump(&self.counters.rto_fired, 1);
                 self.go_back(idx);
+                self.report(ToSlow::Note { flow: idx, note: FlowNote::Rto });
             }
         }
     }
@@ -845,14 +941,14 @@ fn exc_copy(counters: &CoreCounters, to_slow: &ToSlowTx, data: &[u8]) -> Option<
 enum FrameAction {
     Done,
     Exception,
-    Note(u32, FlowNote),
-    FastRetransmit(u32),
+    Flow { idx: u32, v: rx::RxVerdict, sack: Option<wire::SackBlocks> },
 }
 
 /// The fields a received frame may touch, borrowed apart from the I/O buffers.
 struct Parts<'a> {
     cfg: &'a FpConfig,
     flows: &'a mut FlowTable,
+    ooo: &'a mut Vec<OooSet>,
     apps: &'a mut Vec<Option<AppSlot>>,
     counters: &'a CoreCounters,
     rxc: &'a mut RxCounters,
@@ -907,18 +1003,30 @@ impl Parts<'_> {
             return FrameAction::Exception;
         };
         let flags = tcp.flags();
+        let f = self.flows.get_mut(idx).expect("indexed flow exists");
+        // SACK blocks are parsed only for flows that negotiated SACK and segments whose
+        // options go beyond a lone timestamp option.
+        let sack = if f.has(F_SACK) && tcp.header_len() > 20 + if f.has(F_TS) { 12 } else { 0 } {
+            tcp.options_iter().find_map(|o| match o {
+                Ok(wire::TcpOption::SackRange(b)) => Some(b),
+                _ => None,
+            })
+        } else {
+            None
+        };
         let seg = SegInfo {
             seq: tcp.seq_number(),
             ack: tcp.ack_number(),
             flags,
             window: tcp.window_len(),
             ts: tcp.timestamps(),
+            sack,
         };
-        let f = self.flows.get_mut(idx).expect("indexed flow exists");
         let Some(app) = self.apps.get(f.app as usize).and_then(|a| a.as_ref()) else {
             return FrameAction::Exception;
         };
-        let v = rx::on_segment(f, &seg, tcp.payload(), &app.attach.mem, self.now_us, self.rxc);
+        let ooo = &mut self.ooo[idx as usize];
+        let v = rx::on_segment(f, ooo, &seg, tcp.payload(), &app.attach.mem, self.now_us, self.rxc);
         if v & rx::V_EXCEPTION != 0 {
             return FrameAction::Exception;
         }
@@ -935,14 +1043,8 @@ impl Parts<'_> {
             f.flags |= F_IN_TXQ;
             self.ready.push(idx);
         }
-        if v & rx::V_FAST_RETX != 0 {
-            return FrameAction::FastRetransmit(idx);
-        }
-        if v & rx::V_PEER_FIN != 0 {
-            return FrameAction::Note(idx, FlowNote::PeerFin);
-        }
-        if v & rx::V_FIN_ACKED != 0 {
-            return FrameAction::Note(idx, FlowNote::FinAcked);
+        if v & (rx::V_FAST_RETX | rx::V_SACK | rx::V_PEER_FIN | rx::V_FIN_ACKED) != 0 {
+            return FrameAction::Flow { idx, v, sack: seg.sack };
         }
         FrameAction::Done
     }

@@ -66,6 +66,16 @@ pub enum Command {
         /// Flow-table index.
         flow: u32,
     },
+    /// Retransmit `[seq, seq + len)` of flow `flow` (the part still unacknowledged), in
+    /// MSS-sized segments, without changing what counts as sent.
+    RetransmitRange {
+        /// Flow-table index.
+        flow: u32,
+        /// First sequence number.
+        seq: u32,
+        /// Length in bytes.
+        len: u32,
+    },
     /// Send a copy of every live flow (for the control API; rare, allocates).
     Snapshot(crossbeam_channel::Sender<(u8, Vec<(u32, FlowState)>)>),
     /// Start (`Some`) or stop (`None`) a packet capture on this core (control API).
@@ -109,6 +119,9 @@ pub enum FlowNote {
     FinAcked,
     /// The retransmission budget ran out (the slow path resets the connection).
     GaveUp,
+    /// A retransmission timeout fired: the core went back to `snd_una` (go-back-N);
+    /// loss-recovery state kept elsewhere is void.
+    Rto,
 }
 
 /// Core -> slow path.
@@ -122,6 +135,20 @@ pub enum ToSlow {
         flow: u32,
         /// What happened.
         note: FlowNote,
+    },
+    /// An ACK for flow `flow` carried SACK blocks (RFC 2018): input for the slow path's
+    /// scoreboard, which answers with [`Command::RetransmitRange`]s for the holes.
+    Sack {
+        /// Flow-table index.
+        flow: u32,
+        /// `snd_una` after the ACK.
+        snd_una: u32,
+        /// `snd_nxt` at the time.
+        snd_nxt: u32,
+        /// The flow's smoothed RTT, µs (for the reordering window).
+        srtt_us: u32,
+        /// The peer's blocks.
+        blocks: crate::wire::SackBlocks,
     },
     /// Flow `flow` was removed; its final state.
     FlowRemoved {

@@ -29,6 +29,12 @@ pub const F_TOUCHED: u16 = 1 << 8;
 pub const F_PROBE: u16 = 1 << 9;
 /// Flow flag: the peer's FIN was reported to the slow path.
 pub const F_FIN_REPORTED: u16 = 1 << 10;
+/// Flow flag: SACK (RFC 2018) was negotiated.
+pub const F_SACK: u16 = 1 << 11;
+/// Flow flag: in fast recovery (RFC 6582 NewReno) until `recover` is acknowledged.
+pub const F_RECOVERY: u16 = 1 << 12;
+/// Flow flag: a tail-loss probe was sent since the last forward progress.
+pub const F_TLP: u16 = 1 << 13;
 
 /// The state of one established connection on its owning fast-path core.
 ///
@@ -53,18 +59,21 @@ pub struct FlowState {
     pub rx_head: u32,
     /// Receive ring size (power of two).
     pub rx_size: u32,
-    /// Byte offset of the receive ring inside the app region.
-    pub rx_base: u64,
-    /// Start sequence of the kept out-of-order interval.
+    /// Byte offset of the receive ring inside the app region (regions are < 4 GiB).
+    pub rx_base: u32,
+    /// Start sequence of the lowest kept out-of-order interval (valid if `ooo_count > 0`).
     pub ooo_start: u32,
-    /// Length of the out-of-order interval (0 = none).
-    pub ooo_len: u32,
+    /// Number of out-of-order intervals kept (their list lives in the core's
+    /// [`OooSet`] side table: rare state stays out of the two hot lines).
+    pub ooo_count: u32,
     /// Peer's most recent TSval, echoed in our TSecr.
     pub ts_recent: u32,
     /// Oldest unacknowledged sequence number.
     pub snd_una: u32,
     /// Peer's advertised window in bytes (already scaled).
     pub snd_wnd: u32,
+    /// Fast recovery ends when this sequence number is acknowledged (RFC 6582 `recover`).
+    pub recover: u32,
     /// Index of the owning application context on this core.
     pub app: u16,
     /// `F_*` flags.
@@ -81,7 +90,7 @@ pub struct FlowState {
     pub rto_backoff: u8,
     // ---- line 1: transmit side -----------------------------------------------------
     /// Byte offset of the transmit ring inside the app region.
-    pub tx_base: u64,
+    pub tx_base: u32,
     /// Transmit ring size (power of two).
     pub tx_size: u32,
     /// Ring position of the byte with sequence `snd_una`.
@@ -111,7 +120,7 @@ pub struct FlowState {
     /// Retransmission events (timeouts and fast retransmits).
     pub cnt_retx: u16,
     /// Reserved.
-    pub _reserved: u16,
+    pub _reserved: [u8; 6],
 }
 
 const _: () = assert!(size_of::<FlowState>() == 128, "FlowState must be exactly two cache lines");
@@ -134,6 +143,113 @@ impl FlowState {
     #[inline]
     pub fn has(&self, f: u16) -> bool {
         self.flags & f == f
+    }
+}
+
+/// Out-of-order intervals a flow may keep: Linux keeps an rbtree of any size; four
+/// intervals cover the common loss patterns (one to three holes per window) while the
+/// bookkeeping stays a fixed 36 bytes per flow. A segment that would need a fifth
+/// interval is dropped (the peer retransmits it), never the data already held.
+pub const MAX_OOO: usize = 4;
+
+/// The out-of-order intervals of one flow, sorted, disjoint and not touching. Their
+/// bytes are already in the receive ring at their final positions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OooSet {
+    /// `(start, end)` sequence numbers, end exclusive; the first `n` are valid.
+    pub iv: [(u32, u32); MAX_OOO],
+    /// Number of intervals.
+    pub n: u8,
+    /// Index of the interval changed last (it goes first in SACK blocks, RFC 2018 4).
+    pub last: u8,
+}
+
+#[inline]
+fn lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+impl OooSet {
+    /// Add `[s, e)`, merging with intervals it overlaps or touches. False if that would
+    /// need more than [`MAX_OOO`] intervals (nothing changes then).
+    pub fn insert(&mut self, s: u32, e: u32) -> bool {
+        let (mut ns, mut ne) = (s, e);
+        let mut out = [(0u32, 0u32); MAX_OOO];
+        let mut k = 0;
+        for &(a, b) in &self.iv[..self.n as usize] {
+            if lt(b, ns) || lt(ne, a) {
+                if k == MAX_OOO {
+                    return false;
+                }
+                out[k] = (a, b);
+                k += 1;
+            } else {
+                if lt(a, ns) {
+                    ns = a;
+                }
+                if lt(ne, b) {
+                    ne = b;
+                }
+            }
+        }
+        if k == MAX_OOO {
+            return false;
+        }
+        // Insert the merged interval in order.
+        let mut pos = k;
+        while pos > 0 && lt(ns, out[pos - 1].0) {
+            out[pos] = out[pos - 1];
+            pos -= 1;
+        }
+        out[pos] = (ns, ne);
+        self.iv = out;
+        self.n = (k + 1) as u8;
+        self.last = pos as u8;
+        true
+    }
+
+    /// Remove the intervals that start at or before `rcv_nxt`; returns the new `rcv_nxt`
+    /// (the end of the data now contiguous).
+    pub fn advance(&mut self, mut rcv_nxt: u32) -> u32 {
+        let mut drop = 0;
+        for &(a, b) in &self.iv[..self.n as usize] {
+            if lt(rcv_nxt, a) {
+                break;
+            }
+            if lt(rcv_nxt, b) {
+                rcv_nxt = b;
+            }
+            drop += 1;
+        }
+        if drop > 0 {
+            self.iv.copy_within(drop..self.n as usize, 0);
+            self.n -= drop as u8;
+            self.last = 0;
+        }
+        rcv_nxt
+    }
+
+    /// SACK blocks to advertise, the most recently changed first (at most `max`).
+    pub fn sack_blocks(&self, max: usize) -> crate::wire::SackBlocks {
+        let mut b = crate::wire::SackBlocks::default();
+        let n = self.n as usize;
+        if n == 0 {
+            return b;
+        }
+        let last = (self.last as usize).min(n - 1);
+        b.push(self.iv[last]);
+        for (i, &(s, e)) in self.iv[..n].iter().enumerate() {
+            if i != last && b.len() < max {
+                b.push((s, e));
+            }
+        }
+        b
+    }
+
+    /// Forget everything.
+    pub fn clear(&mut self) {
+        self.n = 0;
+        self.last = 0;
     }
 }
 
@@ -342,6 +458,31 @@ mod tests {
     #[test]
     fn layout() {
         assert_eq!(core::mem::offset_of!(FlowState, tx_base), 64, "tx side starts line 1");
+    }
+
+    #[test]
+    fn ooo_set_merges_orders_and_bounds() {
+        let mut o = OooSet::default();
+        assert!(o.insert(100, 200));
+        assert!(o.insert(300, 400));
+        assert!(o.insert(200, 250), "touching merges");
+        assert_eq!(&o.iv[..o.n as usize], &[(100, 250), (300, 400)]);
+        assert!(o.insert(500, 600) && o.insert(700, 800));
+        assert!(!o.insert(900, 1000), "a fifth interval is refused");
+        assert!(o.insert(240, 320), "bridging two intervals frees a place");
+        assert_eq!(&o.iv[..o.n as usize], &[(100, 400), (500, 600), (700, 800)]);
+        let sb = o.sack_blocks(3);
+        assert_eq!(sb.as_slice()[0], (100, 400), "last changed first");
+        assert_eq!(o.advance(50), 50, "gap before the first interval stays");
+        assert_eq!(o.advance(100), 400);
+        assert_eq!(&o.iv[..o.n as usize], &[(500, 600), (700, 800)]);
+        assert_eq!(o.advance(650), 650);
+        assert_eq!(&o.iv[..o.n as usize], &[(700, 800)]);
+        // Sequence wrap-around.
+        let mut w = OooSet::default();
+        assert!(w.insert(u32::MAX - 10, 5));
+        assert_eq!(w.advance(u32::MAX - 20), u32::MAX - 20);
+        assert_eq!(w.advance(u32::MAX - 10), 5);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use crate::appmem::AppMem;
 use crate::flow::*;
-use crate::wire::TcpFlags;
+use crate::wire::{SackBlocks, TcpFlags};
 
 /// The fields of a segment the fast path acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +24,8 @@ pub struct SegInfo {
     pub window: u16,
     /// (TSval, TSecr) if the segment carries timestamps.
     pub ts: Option<(u32, u32)>,
+    /// SACK blocks, if the segment carries any (parsed only for flows with SACK).
+    pub sack: Option<SackBlocks>,
 }
 
 /// Send an ACK for this flow at the end of the batch.
@@ -34,12 +36,16 @@ pub const V_TX: u32 = 1 << 1;
 pub const V_PEER_FIN: u32 = 1 << 2;
 /// Our FIN was acknowledged: report to the slow path.
 pub const V_FIN_ACKED: u32 = 1 << 3;
-/// Three duplicate ACKs: retransmit from `snd_una`.
+/// Retransmit one segment at `snd_una` (third duplicate ACK, or a partial ACK in
+/// recovery: RFC 6582 NewReno). Only for flows without SACK; with SACK the slow path's
+/// scoreboard decides every retransmission.
 pub const V_FAST_RETX: u32 = 1 << 4;
-/// Not for the fast path (SYN/RST/no ACK): hand the frame to the slow path untouched.
+/// Not for the fast path (an acceptable RST): hand the frame to the slow path untouched.
 pub const V_EXCEPTION: u32 = 1 << 5;
 /// New in-order payload was delivered (an event to the app is owed).
 pub const V_DELIVERED: u32 = 1 << 6;
+/// The segment carried SACK blocks: report them to the slow path's scoreboard.
+pub const V_SACK: u32 = 1 << 7;
 
 /// Bitset of `V_*` values.
 pub type RxVerdict = u32;
@@ -51,7 +57,7 @@ pub struct RxCounters {
     pub bytes_in_order: u64,
     /// Segments kept out of order.
     pub ooo_kept: u64,
-    /// Segments dropped because they fell outside the one kept interval.
+    /// Segments dropped because they would need more out-of-order intervals than kept.
     pub ooo_dropped: u64,
     /// Bytes dropped because the receive window was full.
     pub window_dropped: u64,
@@ -63,6 +69,12 @@ pub struct RxCounters {
     pub dupacks: u64,
     /// Ring writes refused by the bounds check (corrupt flow/app state).
     pub ring_errors: u64,
+    /// Challenge ACKs sent for in-window RSTs and SYNs (RFC 5961).
+    pub challenge_acks: u64,
+    /// Segments dropped by PAWS (RFC 7323 5).
+    pub paws_dropped: u64,
+    /// RSTs dropped as out of window.
+    pub rst_dropped: u64,
 }
 
 /// Duplicate ACKs that trigger a fast retransmit (RFC 5681).
@@ -84,17 +96,48 @@ pub fn tsval(now_us: u32) -> u32 {
     now_us >> TS_TICK_SHIFT
 }
 
-/// Process one segment of an established flow. `payload` is the TCP payload.
+/// Process one segment of an established flow. `payload` is the TCP payload, `ooo` the
+/// flow's out-of-order intervals.
 pub fn on_segment(
     f: &mut FlowState,
+    ooo: &mut OooSet,
     seg: &SegInfo,
     payload: &[u8],
     mem: &AppMem,
     now_us: u32,
     c: &mut RxCounters,
 ) -> RxVerdict {
-    if seg.flags.contains(TcpFlags::SYN) || seg.flags.contains(TcpFlags::RST) || !seg.flags.contains(TcpFlags::ACK) {
-        return V_EXCEPTION;
+    // RFC 5961 3.2: an RST is accepted only if its sequence number is exactly RCV.NXT;
+    // one elsewhere in the window gets a challenge ACK, any other is dropped.
+    if seg.flags.contains(TcpFlags::RST) {
+        if seg.seq == f.rcv_nxt {
+            return V_EXCEPTION;
+        }
+        if seg.seq.wrapping_sub(f.rcv_nxt) < f.rx_avail.max(1) {
+            c.challenge_acks += 1;
+            return V_ACK;
+        }
+        c.rst_dropped += 1;
+        return 0;
+    }
+    // RFC 5961 4.2: a SYN on a synchronized connection is answered with a challenge ACK.
+    if seg.flags.contains(TcpFlags::SYN) {
+        c.challenge_acks += 1;
+        return V_ACK;
+    }
+    // RFC 9293 3.10.7.4: "if the ACK bit is off, drop the segment and return".
+    if !seg.flags.contains(TcpFlags::ACK) {
+        return 0;
+    }
+    // RFC 7323 5.3 PAWS: a segment whose TSval is older than TS.Recent is a stale
+    // duplicate; drop it and acknowledge.
+    if f.has(F_TS) {
+        if let Some((val, _)) = seg.ts {
+            if f.ts_recent != 0 && seq_lt(val, f.ts_recent) {
+                c.paws_dropped += 1;
+                return V_ACK;
+            }
+        }
     }
     let mut v = 0;
 
@@ -111,9 +154,21 @@ pub fn on_segment(
         f.dupacks = 0;
         f.rto_backoff = 0;
         f.progress_us = now_us;
+        f.flags &= !F_TLP;
         if acked > data_acked && f.has(F_TX_FIN_SENT) && !f.has(F_TX_FIN_ACKED) {
             f.flags |= F_TX_FIN_ACKED;
             v |= V_FIN_ACKED;
+        }
+        if f.has(F_RECOVERY) {
+            if seq_lt(seg.ack, f.recover) {
+                // RFC 6582 3.2 step 3: a partial ACK retransmits the next hole at once
+                // (with SACK, the slow path's scoreboard picks the holes instead).
+                if !f.has(F_SACK) {
+                    v |= V_FAST_RETX;
+                }
+            } else {
+                f.flags &= !F_RECOVERY;
+            }
         }
         if let (true, Some((_, ecr))) = (f.has(F_TS), seg.ts) {
             if ecr != 0 {
@@ -127,11 +182,16 @@ pub fn on_segment(
     } else if acked == 0 {
         // RFC 5681 duplicate ACK: no data, no window change, data outstanding.
         let wnd = (seg.window as u32) << f.snd_wscale;
-        if payload.is_empty() && !seg.flags.contains(TcpFlags::FIN) && f.tx_sent > 0 && wnd == f.snd_wnd {
+        if payload.is_empty() && !seg.flags.contains(TcpFlags::FIN) && in_flight > 0 && wnd == f.snd_wnd {
             c.dupacks += 1;
             f.dupacks = f.dupacks.saturating_add(1);
-            if f.dupacks == DUPACK_THRESHOLD {
-                v |= V_FAST_RETX;
+            if f.dupacks == DUPACK_THRESHOLD && !f.has(F_RECOVERY) {
+                // RFC 6582 3.2 steps 1-2: remember the highest sequence sent, retransmit.
+                f.flags |= F_RECOVERY;
+                f.recover = f.snd_nxt();
+                if !f.has(F_SACK) {
+                    v |= V_FAST_RETX;
+                }
             }
         }
     } else if !seq_lt(seg.ack, f.snd_una) {
@@ -139,6 +199,9 @@ pub fn on_segment(
         // drop the segment, and return."
         c.ack_unsent += 1;
         return V_ACK;
+    }
+    if f.has(F_SACK) && seg.sack.is_some_and(|b| !b.is_empty()) && f.tx_sent > 0 {
+        v |= V_SACK;
     }
     // Window update (an old ACK, SEG.ACK < SND.UNA, leaves the window alone).
     if !seq_lt(seg.ack, f.snd_una) {
@@ -183,30 +246,29 @@ pub fn on_segment(
     if seq == f.rcv_nxt {
         let take = (data.len() as u32).min(f.rx_avail);
         if take > 0 {
-            if !mem.write_ring(f.rx_base, f.rx_size, f.rx_head, &data[..take as usize]) {
+            if !mem.write_ring(f.rx_base as u64, f.rx_size, f.rx_head, &data[..take as usize]) {
                 c.ring_errors += 1;
                 return v;
             }
             advance_rx(f, take);
             c.bytes_in_order += take as u64;
             v |= V_DELIVERED;
-            // The gap may now be filled: the kept interval is already in the ring at its
-            // final position, so reaching it just moves rcv_nxt past it.
-            if f.ooo_len > 0 {
-                let ooo_end = f.ooo_start.wrapping_add(f.ooo_len);
-                if !seq_lt(f.rcv_nxt, ooo_end) {
-                    f.ooo_len = 0; // wholly covered by what just arrived
-                } else if !seq_lt(f.rcv_nxt, f.ooo_start) {
-                    let extra = ooo_end.wrapping_sub(f.rcv_nxt);
+            // Held intervals the new data reaches are already in the ring at their final
+            // positions: reaching them just moves rcv_nxt past them.
+            if f.ooo_count > 0 {
+                let to = ooo.advance(f.rcv_nxt);
+                let extra = to.wrapping_sub(f.rcv_nxt);
+                if extra > 0 {
                     advance_rx(f, extra);
                     c.bytes_in_order += extra as u64;
-                    f.ooo_len = 0;
                 }
+                f.ooo_count = ooo.n as u32;
+                f.ooo_start = ooo.iv[0].0;
             }
         }
         if take < data.len() as u32 {
             c.window_dropped += (data.len() as u32 - take) as u64;
-        } else if fin && f.ooo_len == 0 {
+        } else if fin && f.ooo_count == 0 {
             f.rcv_nxt = f.rcv_nxt.wrapping_add(1);
             f.flags |= F_RX_FIN;
             v |= V_PEER_FIN | V_DELIVERED;
@@ -214,37 +276,24 @@ pub fn on_segment(
         return v | V_ACK;
     }
 
-    // Out of order (seq > rcv_nxt): keep it if it fits the window and extends or starts
-    // the kept interval; always answer with an immediate (duplicate) ACK.
+    // Out of order (seq > rcv_nxt): keep what fits the window; always answer with an
+    // immediate (duplicate) ACK, which carries SACK blocks when negotiated.
     let off = seq.wrapping_sub(f.rcv_nxt);
-    let len = data.len() as u32;
-    if len == 0 || off.saturating_add(len) > f.rx_avail {
-        c.window_dropped += len as u64;
+    let room = f.rx_avail.saturating_sub(off);
+    let len = (data.len() as u32).min(room);
+    if len < data.len() as u32 {
+        c.window_dropped += (data.len() as u32 - len) as u64;
+    }
+    if len == 0 {
         return v | V_ACK;
     }
-    let keep = if f.ooo_len == 0 {
-        f.ooo_start = seq;
-        f.ooo_len = len;
-        true
-    } else {
-        let end = f.ooo_start.wrapping_add(f.ooo_len);
-        let seg_end = seq.wrapping_add(len);
-        if !seq_lt(seg_end, f.ooo_start) && !seq_lt(end, seq) {
-            // Overlaps or touches the interval: merge.
-            let start = if seq_lt(seq, f.ooo_start) { seq } else { f.ooo_start };
-            let new_end = if seq_lt(end, seg_end) { seg_end } else { end };
-            f.ooo_start = start;
-            f.ooo_len = new_end.wrapping_sub(start);
-            true
-        } else {
-            false
-        }
-    };
-    if keep {
+    if ooo.insert(seq, seq.wrapping_add(len)) {
         let pos = f.rx_head.wrapping_add(off);
-        if !mem.write_ring(f.rx_base, f.rx_size, pos, data) {
+        if !mem.write_ring(f.rx_base as u64, f.rx_size, pos, &data[..len as usize]) {
             c.ring_errors += 1;
         }
+        f.ooo_count = ooo.n as u32;
+        f.ooo_start = ooo.iv[0].0;
         c.ooo_kept += 1;
     } else {
         c.ooo_dropped += 1;

@@ -24,7 +24,8 @@ pub fn window_field(f: &FlowState) -> u16 {
 }
 
 /// Build one segment of `f` into `buf`: flags `flags`, sequence `seq`, and `len` payload
-/// bytes taken from the transmit ring at ring position `ring_pos`. Returns the frame
+/// bytes taken from the transmit ring at ring position `ring_pos`, and SACK blocks
+/// `sack` if the flow holds out-of-order data. Returns the frame
 /// length, or None if `buf` is too small or the ring read was refused.
 #[allow(clippy::too_many_arguments)]
 pub fn build_segment(
@@ -38,6 +39,7 @@ pub fn build_segment(
     ring_pos: u32,
     len: usize,
     mem: Option<&AppMem>,
+    sack: Option<&SackBlocks>,
     buf: &mut [u8],
 ) -> Option<usize> {
     let remote_ip = Ipv4Addr::from(f.remote_ip);
@@ -51,7 +53,7 @@ pub fn build_segment(
         max_seg_size: None,
         window_scale: None,
         sack_permitted: false,
-        sack_ranges: SackBlocks::default(),
+        sack_ranges: sack.copied().unwrap_or_default(),
         timestamp: if f.has(F_TS) { Some((tsval(now_us), f.ts_recent)) } else { None },
         payload_len: len,
     };
@@ -79,7 +81,7 @@ pub fn build_segment(
     tcp.emit_header(seg).ok()?;
     if len > 0 {
         let mem = mem?;
-        if !mem.read_ring(f.tx_base, f.tx_size, ring_pos, &mut seg[tcp_hlen..]) {
+        if !mem.read_ring(f.tx_base as u64, f.tx_size, ring_pos, &mut seg[tcp_hlen..]) {
             return None;
         }
     }

@@ -669,7 +669,8 @@ impl Layout {
     pub fn region_size(&self) -> usize {
         self.payload_offset() + self.conn_slots as usize * self.slot_bytes()
     }
-    /// Check the geometry's ranges.
+    /// Check the geometry's ranges (a region stays below 4 GiB: the fast path keeps ring
+    /// offsets in 32 bits).
     pub fn check(&self) -> Result<(), LayoutError> {
         let pow2 = |v: u32, lo: u32, hi: u32| v.is_power_of_two() && v >= lo && v <= hi;
         if self.num_fp_queues == 0
@@ -679,6 +680,7 @@ impl Layout {
             || self.conn_slots > 1 << 20
             || !pow2(self.rx_buf_size, 4096, 1 << 30)
             || !pow2(self.tx_buf_size, 4096, 1 << 30)
+            || self.region_size() > u32::MAX as usize
         {
             return Err(LayoutError::Geometry);
         }

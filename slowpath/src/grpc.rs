@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tas_fastpath::flow::{FlowKey, FlowState, F_FIN_REPORTED, F_RX_FIN, F_TS, F_TX_FIN_ACKED, F_TX_FIN_PENDING, F_TX_FIN_SENT};
+use tas_fastpath::flow::{
+    FlowKey, FlowState, F_FIN_REPORTED, F_RECOVERY, F_RX_FIN, F_SACK, F_TLP, F_TS, F_TX_FIN_ACKED, F_TX_FIN_PENDING,
+    F_TX_FIN_SENT,
+};
 use tas_fastpath::io::capture::{CaptureFilter, CaptureSpec, CapturedFrame as CoreFrame};
 use tas_proto::control::control_server::{Control, ControlServer};
 use tas_proto::control::*;
@@ -257,6 +260,9 @@ fn cc_unimplemented() -> GrpcStatus {
 fn flag_names(f: &FlowState) -> Vec<String> {
     [
         (F_TS, "timestamps"),
+        (F_SACK, "sack"),
+        (F_RECOVERY, "recovery"),
+        (F_TLP, "tail_loss_probe"),
         (F_RX_FIN, "fin_received"),
         (F_FIN_REPORTED, "fin_reported"),
         (F_TX_FIN_PENDING, "fin_pending"),
@@ -308,7 +314,7 @@ pub fn flow_message(local_ip: Ipv4Addr, c: &ConnInfo, st: Option<(u32, FlowState
         out.tx_buffer = f.tx_size;
         out.rx_buffered = f.rx_size.saturating_sub(f.rx_avail);
         out.rx_buffer = f.rx_size;
-        out.ooo_bytes = f.ooo_len;
+        out.ooo_intervals = f.ooo_count;
         out.flags = flag_names(&f);
         out.remote_mac = f.remote_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         out.app_conn = f.conn;

@@ -20,6 +20,7 @@ pub mod live;
 pub mod metrics;
 pub mod packet_socket;
 pub mod region;
+pub mod sack;
 pub mod service;
 pub mod sim;
 pub mod slow;

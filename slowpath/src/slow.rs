@@ -16,7 +16,7 @@ use ringbuf::traits::{Consumer, Producer};
 use tas_fastpath::appmem::AppMem;
 use tas_fastpath::core::{eventfd_write, CoreCounters, Notify};
 use tas_fastpath::ctl::*;
-use tas_fastpath::flow::{FlowKey, FlowState, F_TS};
+use tas_fastpath::flow::{FlowKey, FlowState, F_SACK, F_TS};
 use tas_fastpath::rx::{tsval, TS_TICK_SHIFT};
 use tas_fastpath::time::Instant;
 use tas_fastpath::wire::{
@@ -198,6 +198,7 @@ struct PeerOpts {
     mss: Option<u16>,
     wscale: Option<u8>,
     ts: Option<u32>,
+    sack: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +237,10 @@ struct Conn {
     /// Holds a reference on its local port (active opens and accepted connections).
     port_ref: bool,
     deadline: Option<Instant>,
+    /// Payload bytes per segment of the installed flow.
+    mss: u16,
+    /// SACK scoreboard (used only when SACK was negotiated).
+    sb: crate::sack::Scoreboard,
 }
 
 /// Counters of the slow path.
@@ -273,6 +278,12 @@ pub struct SlowCounters {
     pub timeouts: u64,
     /// Handshake retransmissions.
     pub syn_retransmits: u64,
+    /// Ranges retransmitted from the SACK scoreboard.
+    pub sack_retransmits: u64,
+    /// SYN-ACKs sent with a SYN cookie (backlog full of handshakes).
+    pub syn_cookies_sent: u64,
+    /// Connections established from a valid SYN cookie.
+    pub syn_cookies_accepted: u64,
 }
 
 /// A snapshot of one connection for the control API.
@@ -341,6 +352,9 @@ pub struct SlowPath {
     rcv_wscale: u8,
     ops: ops::OpsState,
 }
+
+/// MSS values a SYN cookie can encode (3 bits; the common ones, as Linux's table).
+const COOKIE_MSS: [u16; 4] = [536, 1300, 1440, 1460];
 
 /// Applications' region slots per core (the `app` field of a flow is a u16).
 const MAX_APPS: usize = tas_fastpath::core::MAX_APPS;
@@ -470,6 +484,9 @@ impl SlowPath {
             ("arp_replies", s.arp_replies),
             ("timeouts", s.timeouts),
             ("syn_retransmits", s.syn_retransmits),
+            ("sack_retransmits", s.sack_retransmits),
+            ("syn_cookies_sent", s.syn_cookies_sent),
+            ("syn_cookies_accepted", s.syn_cookies_accepted),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_string(), v, -1))
@@ -496,6 +513,10 @@ impl SlowPath {
                 ("rx_duplicates", &k.rx_duplicates),
                 ("dupacks", &k.dupacks),
                 ("rto_fired", &k.rto_fired),
+                ("retransmitted_segments", &k.retransmitted_segments),
+                ("tail_loss_probes", &k.tail_loss_probes),
+                ("challenge_acks", &k.challenge_acks),
+                ("paws_dropped", &k.paws_dropped),
                 ("fast_retransmits", &k.fast_retransmits),
                 ("doorbells", &k.doorbells),
                 ("bad_doorbells", &k.bad_doorbells),
@@ -836,6 +857,8 @@ impl SlowPath {
                 we_closed_first: false,
                 port_ref: true,
                 deadline: None,
+                mss: 0,
+                sb: Default::default(),
             },
         );
         self.by_slot.insert((app, slot), key);
@@ -891,7 +914,7 @@ impl SlowPath {
             window_len: self.syn_window(),
             max_seg_size: Some(self.cfg.mss),
             window_scale: ws,
-            sack_permitted: false,
+            sack_permitted: true,
             sack_ranges: SackBlocks::default(),
             timestamp: ts,
             payload_len: 0,
@@ -1022,6 +1045,16 @@ impl SlowPath {
                 let Some(key) = self.cores[core as usize].owners.get(flow as usize).copied().flatten() else { return };
                 self.on_note(key, note);
             }
+            ToSlow::Sack { flow, snd_una, snd_nxt, srtt_us, blocks } => {
+                let Some(key) = self.cores[core as usize].owners.get(flow as usize).copied().flatten() else { return };
+                let now_us = self.now.as_nanos() / 1_000;
+                let Some(c) = self.conns.get_mut(&key) else { return };
+                let ranges = c.sb.on_ack(now_us, srtt_us, snd_una, snd_nxt, c.mss as u32, blocks.as_slice());
+                for (seq, len) in ranges {
+                    self.counters.sack_retransmits += 1;
+                    self.cores[core as usize].send(Command::RetransmitRange { flow, seq, len });
+                }
+            }
             ToSlow::FlowRemoved { flow, state } => {
                 let c = &mut self.cores[core as usize];
                 let Some(key) = c.owners.get_mut(flow as usize).and_then(|o| o.take()) else { return };
@@ -1151,6 +1184,14 @@ impl SlowPath {
                     return;
                 }
             }
+            // The final ACK of a handshake answered with a SYN cookie.
+            if seg.flags.contains(TcpFlags::ACK) && !seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::RST) {
+                if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
+                    if self.cookie_ack(core, lid, key, mac, src, seg, frame) {
+                        return;
+                    }
+                }
+            }
             self.send_rst_for(core, mac, src, seg);
             return;
         };
@@ -1185,8 +1226,10 @@ impl SlowPath {
             }
             Phase::Established => {
                 if seg.flags.contains(TcpFlags::RST) {
-                    // RFC 5961 checks (challenge ACKs) come with the loss-recovery work;
-                    // for now any RST for an installed flow resets it.
+                    // The fast path already applied RFC 5961 3.2: it forwards only an RST
+                    // whose sequence number is exactly RCV.NXT (an in-window one got a
+                    // challenge ACK there). A race with installation lands here too and
+                    // is handled the same way.
                     self.counters.rsts_received += 1;
                     self.abort_conn(key, ErrorCode::Reset, false);
                     return;
@@ -1224,14 +1267,27 @@ impl SlowPath {
     }
 
     fn peer_opts(seg: &TcpRepr) -> PeerOpts {
-        PeerOpts { mss: seg.max_seg_size, wscale: seg.window_scale, ts: seg.timestamp.map(|(v, _)| v) }
+        PeerOpts {
+            mss: seg.max_seg_size,
+            wscale: seg.window_scale,
+            ts: seg.timestamp.map(|(v, _)| v),
+            sack: seg.sack_permitted,
+        }
     }
 
     fn passive_open(&mut self, core: u8, lid: u32, key: FlowKey, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr) {
         let l = self.listeners.get_mut(&lid).expect("indexed listener");
-        if l.syn_rcvd + l.unaccepted >= l.backlog {
+        if l.unaccepted >= l.backlog {
+            // The accept queue itself is full: the application is not keeping up. Drop;
+            // the peer retries (Linux does the same).
             self.counters.syn_backlog_drops += 1;
-            return; // the peer retries; Linux drops too
+            return;
+        }
+        if l.syn_rcvd + l.unaccepted >= l.backlog {
+            // Handshakes fill the backlog (a SYN flood, or a burst): answer statelessly
+            // with a SYN cookie so legitimate clients still get in.
+            self.send_cookie_synack(core, key, mac, src, seg);
+            return;
         }
         l.syn_rcvd += 1;
         let app = l.app;
@@ -1261,11 +1317,93 @@ impl SlowPath {
                 we_closed_first: false,
                 port_ref: false,
                 deadline: None,
+                mss: 0,
+                sb: Default::default(),
             },
         );
         self.send_synack(key);
         let rto = self.cfg.syn_rto;
         self.arm(key, self.now + rto);
+    }
+
+    /// The SYN-cookie ISN for a handshake (RFC 4987 3.6): a 5-bit time counter (64 s
+    /// periods), a 3-bit MSS index and a 24-bit keyed hash of the 4-tuple, the counter
+    /// and the peer's ISN.
+    fn cookie(&self, key: FlowKey, irs: u32, t: u32, mss_idx: u32) -> u32 {
+        let h = self.isn_key.hash_one((key.0, irs, t, mss_idx, 0xc0_0c1e_u32)) as u32;
+        ((t & 31) << 27) | ((mss_idx & 7) << 24) | (h & 0x00ff_ffff)
+    }
+
+    fn cookie_period(&self) -> u32 {
+        (self.now.as_nanos() / 64_000_000_000) as u32
+    }
+
+    fn send_cookie_synack(&mut self, core: u8, key: FlowKey, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr) {
+        let peer_mss = seg.max_seg_size.unwrap_or(536);
+        let idx = COOKIE_MSS.iter().rposition(|&m| m <= peer_mss).unwrap_or(0) as u32;
+        let iss = self.cookie(key, seg.seq_number, self.cookie_period(), idx);
+        // Without state there is nowhere to keep window scale, timestamps or SACK: the
+        // cookie handshake offers none of them (the connection works, with a 64 KiB window).
+        let tcp = TcpRepr {
+            seq_number: iss,
+            ack_number: Some(seg.seq_number.wrapping_add(1)),
+            flags: TcpFlags::SYN | TcpFlags::ACK,
+            window_len: self.syn_window(),
+            max_seg_size: Some(self.cfg.mss),
+            ..self.bare(seg)
+        };
+        self.counters.syn_cookies_sent += 1;
+        self.send_tcp(core, mac, src, &tcp);
+    }
+
+    /// Complete a handshake from a SYN cookie. False if the ACK carries no valid cookie.
+    #[allow(clippy::too_many_arguments)]
+    fn cookie_ack(&mut self, core: u8, lid: u32, key: FlowKey, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr, frame: &[u8]) -> bool {
+        let Some(ack) = seg.ack_number else { return false };
+        let iss = ack.wrapping_sub(1);
+        let irs = seg.seq_number.wrapping_sub(1);
+        let t = iss >> 27;
+        let idx = (iss >> 24) & 7;
+        let now = self.cookie_period();
+        // Valid for the current and the previous 64-second period.
+        let fresh = [now & 31, now.wrapping_sub(1) & 31].contains(&t);
+        if !fresh || idx as usize >= COOKIE_MSS.len() || self.cookie(key, irs, t, idx) != iss {
+            return false;
+        }
+        let Some(l) = self.listeners.get_mut(&lid) else { return false };
+        if l.unaccepted >= l.backlog {
+            self.counters.syn_backlog_drops += 1;
+            return true; // valid but no room: drop silently, the peer retransmits
+        }
+        l.syn_rcvd += 1; // establish_passive takes it back
+        let app = l.app;
+        self.counters.syn_cookies_accepted += 1;
+        let opts = PeerOpts { mss: Some(COOKIE_MSS[idx as usize]), wscale: None, ts: None, sack: false };
+        self.conns.insert(
+            key,
+            Conn {
+                key,
+                remote_ip: src,
+                remote_port: seg.src_port,
+                local_port: seg.dst_port,
+                remote_mac: Some(mac),
+                app,
+                slot: None,
+                core,
+                flow: None,
+                phase: Phase::SynRcvd { listener: lid, iss, irs, opts, retries: 0, sent_at: self.now },
+                peer_fin: false,
+                fin_acked: false,
+                we_closed_first: false,
+                port_ref: false,
+                deadline: None,
+                mss: 0,
+                sb: Default::default(),
+            },
+        );
+        let sent_at = self.now;
+        self.establish_passive(core, key, lid, iss, irs, opts, sent_at, seg, frame);
+        true
     }
 
     fn send_synack(&mut self, key: FlowKey) {
@@ -1281,7 +1419,7 @@ impl SlowPath {
             window_len: self.syn_window(),
             max_seg_size: Some(self.cfg.mss),
             window_scale: ws,
-            sack_permitted: false,
+            sack_permitted: opts.sack,
             sack_ranges: SackBlocks::default(),
             timestamp: ts,
             payload_len: 0,
@@ -1337,6 +1475,7 @@ impl SlowPath {
         c.phase = Phase::Established;
         c.port_ref = true;
         c.deadline = None;
+        c.mss = state.mss;
         let (remote_ip, remote_port, local_port) = (c.remote_ip, c.remote_port, c.local_port);
         self.by_slot.insert((app, slot), key);
         let link = &mut self.cores[core as usize];
@@ -1413,6 +1552,7 @@ impl SlowPath {
         c.phase = Phase::Established;
         c.remote_mac = Some(mac);
         c.deadline = None;
+        c.mss = state.mss;
         let (ip, local_port) = (c.remote_ip, c.local_port);
         self.send_tcp(core, mac, ip, &ack);
         let link = &mut self.cores[core as usize];
@@ -1454,7 +1594,7 @@ impl SlowPath {
             rx_avail: l.rx_buf_size,
             rx_head: 0,
             rx_size: l.rx_buf_size,
-            rx_base: l.rx_offset(slot) as u64,
+            rx_base: l.rx_offset(slot) as u32,
             ts_recent: ts_recent.unwrap_or(0),
             snd_una,
             snd_wnd,
@@ -1462,7 +1602,7 @@ impl SlowPath {
             conn: slot,
             snd_wscale,
             rcv_wscale,
-            tx_base: l.tx_offset(slot) as u64,
+            tx_base: l.tx_offset(slot) as u32,
             tx_size: l.tx_buf_size,
             remote_mac: c.remote_mac.map_or([0; 6], |m| m.0),
             mss,
@@ -1471,6 +1611,9 @@ impl SlowPath {
         };
         if ts {
             f.flags |= F_TS;
+        }
+        if opts.sack {
+            f.flags |= F_SACK;
         }
         tas_fastpath::rx::rtt_sample(&mut f, rtt_us);
         f
@@ -1487,6 +1630,10 @@ impl SlowPath {
                     let t = self.cfg.fin_wait2_timeout;
                     self.arm(key, self.now + t);
                 }
+            }
+            FlowNote::Rto => {
+                c.sb.reset();
+                return;
             }
             FlowNote::GaveUp => {
                 self.counters.timeouts += 1;

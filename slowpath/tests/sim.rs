@@ -1,119 +1,16 @@
 //! Two whole stacks (real fast path + slow path + libtas) joined by the in-memory link,
 //! on a virtual clock, single-threaded and deterministic.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
+mod common;
+
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use libtas::{ConnId, ConnState, Context, Error, RegionMapping};
+use common::*;
+use libtas::{ConnState, Error};
 use sha2::{Digest, Sha256};
-use tas_fastpath::io::mem::{Impairments, MemLink};
-use tas_fastpath::time::{Clock, SimClock};
-use tas_fastpath::wire::EthernetAddress;
-use tas_proto::shm::Layout;
-use tas_slowpath::sim::{HeapRegion, SimHost};
-
-const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-
-fn layout() -> Layout {
-    Layout { num_fp_queues: 1, queue_entries: 1024, conn_slots: 64, rx_buf_size: 256 * 1024, tx_buf_size: 256 * 1024 }
-}
-
-fn context(host: &mut SimHost, ip: Ipv4Addr, name: &str) -> Context {
-    let region: Arc<HeapRegion> = host.attach_local(name);
-    // SAFETY: the region stays alive through the keep-alive Arc; one context per region.
-    unsafe {
-        let map = RegionMapping::borrowed(region.base(), region.len(), region.clone());
-        Context::from_parts(map, None, vec![None], ip).expect("context")
-    }
-}
-
-/// Deterministic test pattern: byte `i` of stream `seed`.
-fn pattern(seed: u64, off: u64, out: &mut [u8]) {
-    for (i, b) in out.iter_mut().enumerate() {
-        let x = (off + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
-        *b = (x >> 29) as u8;
-    }
-}
-
-struct World {
-    clock: SimClock,
-    a: SimHost,
-    b: SimHost,
-}
-
-impl World {
-    fn new(imp: Impairments, seed: u64) -> World {
-        let clock = SimClock::new();
-        let (pa, pb) = MemLink::pair(&clock, imp, imp, seed);
-        let a = SimHost::new(pa, &clock, IP_A, EthernetAddress([2, 0, 0, 0, 0, 1]), layout());
-        let b = SimHost::new(pb, &clock, IP_B, EthernetAddress([2, 0, 0, 0, 0, 2]), layout());
-        World { clock, a, b }
-    }
-
-    /// One round of every party; advances the clock when nothing happened.
-    fn step(&mut self, apps: &mut [&mut Context]) -> bool {
-        let mut work = self.a.poll();
-        work |= self.b.poll();
-        for c in apps.iter_mut() {
-            work |= c.poll() > 0;
-        }
-        if !work {
-            let next = [self.a.cores[0].io().next_arrival(), self.b.cores[0].io().next_arrival()]
-                .into_iter()
-                .flatten()
-                .min();
-            let now = self.clock.now();
-            match next {
-                Some(t) if t > now => self.clock.set(t),
-                _ => self.clock.advance(Duration::from_micros(100)),
-            }
-        }
-        work
-    }
-}
-
-/// Echo server logic: everything read is written back; EOF -> close after draining.
-#[derive(Default)]
-struct Echo {
-    conns: Vec<(ConnId, Vec<u8>, bool)>,
-}
-
-impl Echo {
-    fn step(&mut self, ctx: &mut Context, l: libtas::ListenerId) {
-        while let Ok(Some(c)) = ctx.accept(l) {
-            self.conns.push((c, Vec::new(), false));
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        for (c, pending, closed) in &mut self.conns {
-            if *closed {
-                continue;
-            }
-            if !pending.is_empty() {
-                match ctx.send(*c, pending) {
-                    Ok(n) => {
-                        pending.drain(..n);
-                    }
-                    Err(Error::WouldBlock) => {}
-                    Err(e) => panic!("echo send: {e}"),
-                }
-            }
-            if pending.len() < 256 * 1024 {
-                match ctx.recv(*c, &mut buf) {
-                    Ok(0) if pending.is_empty() => {
-                        ctx.close(*c).unwrap();
-                        *closed = true;
-                    }
-                    Ok(0) => {}
-                    Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    Err(Error::WouldBlock) => {}
-                    Err(e) => panic!("echo recv: {e}"),
-                }
-            }
-        }
-    }
-}
+use tas_fastpath::io::mem::Impairments;
+use tas_fastpath::time::Clock;
 
 #[test]
 fn exchange_100mb_both_ways_and_close() {
@@ -265,7 +162,80 @@ fn recovers_from_loss() {
             recvd += n as u64;
         }
     }
-    let retx = w.b.cores[0].counters().rto_fired.load(std::sync::atomic::Ordering::Relaxed)
-        + w.b.cores[0].counters().fast_retransmits.load(std::sync::atomic::Ordering::Relaxed);
+    let c = w.b.cores[0].counters();
+    let retx = c.rto_fired.load(std::sync::atomic::Ordering::Relaxed)
+        + c.retransmitted_segments.load(std::sync::atomic::Ordering::Relaxed);
     assert!(retx > 0, "1% loss must have caused retransmissions");
+}
+
+/// A SYN from a spoofed address (nobody will ever complete it).
+fn spoofed_syn(port: u16, isn: u32) -> Vec<u8> {
+    use tas_fastpath::wire::{EtherType, EthernetAddress, EthernetRepr, Ipv4Repr, TcpFlags, TcpRepr};
+    let src = std::net::Ipv4Addr::new(10, 0, 0, 99);
+    let tcp = TcpRepr {
+        src_port: port,
+        dst_port: 8000,
+        seq_number: isn,
+        flags: TcpFlags::SYN,
+        window_len: 65535,
+        max_seg_size: Some(1460),
+        ..TcpRepr::default()
+    };
+    let tl = tcp.header_len();
+    let mut b = vec![0u8; 34 + tl];
+    EthernetRepr { src_addr: EthernetAddress([2, 0, 0, 0, 0, 99]), dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]), ethertype: EtherType::Ipv4 }
+        .emit(&mut b[..14])
+        .unwrap();
+    Ipv4Repr { src_addr: src, dst_addr: IP_A, protocol: 6, payload_len: tl, ttl: 64, ecn: 0, ident: 0, dont_frag: true }
+        .emit(&mut b[14..34])
+        .unwrap();
+    tcp.emit(&mut b[34..], src, IP_A, &[]).unwrap();
+    b
+}
+
+#[test]
+fn syn_flood_does_not_lock_out_clients() {
+    let mut w = World::new(Impairments::default(), 4);
+    let mut server = context(&mut w.a, IP_A, "echo");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let tok = server.listen_start(8000, 8).unwrap();
+    let listener = loop {
+        w.step(&mut [&mut server, &mut client]);
+        if let Some(l) = server.listen_result(tok).unwrap() {
+            break l;
+        }
+    };
+    // 200 handshakes that never complete: the backlog of 8 is full after 8.
+    for i in 0..200u16 {
+        w.b.cores[0].io_mut().inject(&spoofed_syn(20000 + i, 1000 * i as u32));
+    }
+    for _ in 0..50 {
+        w.step(&mut [&mut server, &mut client]);
+    }
+    let c = w.a.slow.counters();
+    assert!(c.syn_cookies_sent >= 190, "SYNs beyond the backlog get cookies ({})", c.syn_cookies_sent);
+    assert_eq!(w.a.slow.conn_count(), 8, "only the backlog holds state");
+    // A real client still gets in (through a cookie) and its data flows.
+    let conn = client.connect_start(SocketAddrV4::new(IP_A, 8000)).unwrap();
+    let mut echo = Echo::default();
+    let msg = b"hello through a SYN flood";
+    let mut got = Vec::new();
+    let mut sent = false;
+    for _ in 0..200_000 {
+        w.step(&mut [&mut server, &mut client]);
+        echo.step(&mut server, listener);
+        if client.state(conn) == ConnState::Established && !sent {
+            assert_eq!(client.send(conn, msg).unwrap(), msg.len());
+            sent = true;
+        }
+        let mut buf = [0u8; 64];
+        if let Ok(n) = client.recv(conn, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            if got.len() == msg.len() {
+                break;
+            }
+        }
+    }
+    assert_eq!(got, msg);
+    assert_eq!(w.a.slow.counters().syn_cookies_accepted, 1);
 }

@@ -124,7 +124,7 @@ pub fn flow_json(f: &Flow) -> Value {
         "tx_buffer": f.tx_buffer,
         "rx_buffered": f.rx_buffered,
         "rx_buffer": f.rx_buffer,
-        "ooo_bytes": f.ooo_bytes,
+        "ooo_intervals": f.ooo_intervals,
         "flags": f.flags,
         "remote_mac": f.remote_mac,
     })
@@ -160,7 +160,7 @@ pub fn flow_detail(f: &Flow) -> String {
             ("rx_bytes".into(), f.rx_bytes.to_string()),
             ("tx_bytes".into(), f.tx_bytes.to_string()),
             ("tx_buffer".into(), format!("{} in flight + {} unsent of {} ({})", f.tx_in_flight, f.tx_unsent, f.tx_buffer, pct(f.tx_in_flight + f.tx_unsent, f.tx_buffer))),
-            ("rx_buffer".into(), format!("{} unread of {} ({}), {} bytes out of order", f.rx_buffered, f.rx_buffer, pct(f.rx_buffered, f.rx_buffer), f.ooo_bytes)),
+            ("rx_buffer".into(), format!("{} unread of {} ({}), {} out-of-order intervals", f.rx_buffered, f.rx_buffer, pct(f.rx_buffered, f.rx_buffer), f.ooo_intervals)),
             ("flags".into(), if f.flags.is_empty() { "-".into() } else { f.flags.join(",") }),
             ("remote_mac".into(), f.remote_mac.clone()),
         ]);

@@ -1,0 +1,73 @@
+//! Loss recovery on the simulated network: bulk transfers through loss, reordering,
+//! duplication and zero-window phases, every byte verified, with a goodput table kept as
+//! a snapshot (`tests/snapshots/goodput.txt`) so a regression in recovery shows up as a
+//! diff. The simulation is deterministic: the same seed gives the same table.
+//!
+//! Regenerate the snapshot after an intended change with `UPDATE_SNAPSHOTS=1`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tas_fastpath::io::mem::Impairments;
+
+/// 1 Gbit/s link, 100 µs one-way delay: a data-centre path.
+fn link() -> Impairments {
+    Impairments { rate_bps: 1_000_000_000, delay: Duration::from_micros(100), ..Impairments::default() }
+}
+
+fn mb(env: &str, default: u64) -> u64 {
+    std::env::var(env).ok().and_then(|v| v.parse().ok()).unwrap_or(default) * 1_000_000
+}
+
+#[test]
+fn goodput_under_impairments_snapshot() {
+    // The 1 GB transfers run with TAS_SIM_MB=1000; the default keeps `cargo
+    // test` quick while exercising the same paths.
+    let size = mb("TAS_SIM_MB", 50);
+    let cases: Vec<(&str, Impairments)> = vec![
+        ("clean", link()),
+        ("loss 1%", Impairments { loss: 0.01, ..link() }),
+        ("loss 5%", Impairments { loss: 0.05, ..link() }),
+        ("loss 20%", Impairments { loss: 0.20, ..link() }),
+        ("reorder 25%", Impairments { reorder: 0.25, reorder_delay: Duration::from_micros(300), ..link() }),
+        ("duplicate 5%", Impairments { duplicate: 0.05, ..link() }),
+        ("loss 5% + reorder 25% + dup 5%", Impairments { loss: 0.05, reorder: 0.25, duplicate: 0.05, reorder_delay: Duration::from_micros(300), ..link() }),
+    ];
+    let mut table = format!("{:<32} {:>10} {:>12} {:>6} {:>10} {:>10}\n", "impairment", "sim s", "goodput Mb/s", "RTOs", "retx segs", "SACK rngs");
+    for (name, imp) in cases {
+        let t = bulk(imp, 42, size, None);
+        table += &format!(
+            "{:<32} {:>10.3} {:>12.1} {:>6} {:>10} {:>10}\n",
+            name, t.secs, t.mbps, t.rtos, t.retx_segments, t.sack_ranges
+        );
+        if name == "clean" {
+            assert_eq!(t.rtos + t.retx_segments, 0, "no retransmissions on a clean link");
+            assert!(t.mbps > 500.0, "a clean 1 Gbit/s link must carry > 500 Mbit/s, got {:.1}", t.mbps);
+        } else if name.starts_with("loss") {
+            assert!(t.retx_segments + t.rtos > 0, "{name}: loss must be repaired by retransmissions");
+        }
+    }
+    let header = format!("# goodput of one bulk transfer of {} MB, seed 42 (slowpath/tests/sim_loss.rs)\n", size / 1_000_000);
+    let got = header + &table;
+    println!("{got}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/snapshots/goodput-{}MB.txt", size / 1_000_000));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() || !path.exists() && std::env::var_os("CI").is_none() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &got).unwrap();
+    } else {
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("snapshot {} missing ({e}); run with UPDATE_SNAPSHOTS=1", path.display()));
+        assert_eq!(got, want, "goodput table changed; if intended, rerun with UPDATE_SNAPSHOTS=1 and commit the file");
+    }
+}
+
+#[test]
+fn zero_window_phases() {
+    // The receiver stops reading for 300 ms after every 2 MB: the window closes, the
+    // sender must probe and resume when it reopens.
+    let t = bulk(link(), 7, 20_000_000, Some((2_000_000, Duration::from_millis(300))));
+    assert!(t.secs > 2.7, "nine pauses of 300 ms happened ({:.3} s)", t.secs);
+    assert!(t.secs < 30.0, "window reopenings were noticed promptly ({:.3} s)", t.secs);
+}
