@@ -4,7 +4,8 @@
 //! Keys that can change live ([`crate::config::KEYS`] with `live`): `log_level` (the log
 //! filter, swapped in place), `time_wait_ms` and `arp_reply` (sent to the slow-path
 //! thread). Every other key needs a restart: `SetConfig` refuses it and names it; SIGHUP
-//! applies what it can and logs which changed keys wait for a restart.
+//! applies what it can and logs which changed keys wait for a restart, and which keys of
+//! the file a command-line flag overrides (flags win, on reload as at start).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ pub struct Applied {
     pub applied: Vec<&'static str>,
     /// Keys that changed but need a restart (not applied).
     pub need_restart: Vec<&'static str>,
+    /// Keys the file sets that a command-line flag sets too (the flag wins).
+    pub overridden: Vec<&'static str>,
 }
 
 /// The ARP policy as the slow path applies it: `auto` answers only when the kernel does
@@ -78,7 +81,7 @@ impl LiveConfig {
             ));
         }
         self.apply(&cur, new, &changed)?;
-        Ok(Applied { applied: changed.iter().map(|k| k.key).collect(), need_restart: Vec::new() })
+        Ok(Applied { applied: changed.iter().map(|k| k.key).collect(), need_restart: Vec::new(), overridden: Vec::new() })
     }
 
     /// SIGHUP: read the file again, overlay the command-line flags, apply the live keys.
@@ -87,6 +90,8 @@ impl LiveConfig {
             return Err("tasd was started without --config: nothing to reload".into());
         };
         let file = FileConfig::load(path).map_err(|e| e.to_string())?;
+        let flag_keys = self.flags.set_keys();
+        let overridden = file.set_keys().into_iter().filter(|k| flag_keys.contains(k)).collect();
         let new = file.merge(self.flags.clone()).validate().map_err(|e| e.to_string())?;
         let cur = self.current();
         let changed = cur.changed_keys(&new);
@@ -98,7 +103,11 @@ impl LiveConfig {
             merged = merged.with_key(k.key, &value).map_err(|e| e.to_string())?;
         }
         self.apply(&cur, merged, &live)?;
-        Ok(Applied { applied: live.iter().map(|k| k.key).collect(), need_restart: restart.iter().map(|k| k.key).collect() })
+        Ok(Applied {
+            applied: live.iter().map(|k| k.key).collect(),
+            need_restart: restart.iter().map(|k| k.key).collect(),
+            overridden,
+        })
     }
 
     fn apply(&self, cur: &Config, new: Config, changed: &[KeyInfo]) -> Result<(), String> {

@@ -738,14 +738,15 @@ fn tasctl_errors_tcp_control_and_config() {
     bed.wait_log("tasd", "configuration changed by the control API", Duration::from_secs(5));
 }
 
-/// SIGHUP re-reads the configuration file (live keys applied, the others reported);
-/// SIGTERM resets connections, removes both sockets, detaches XDP, exits 0.
+/// SIGHUP re-reads the configuration file (live keys applied, the others reported, flags
+/// still win); SIGTERM resets connections, removes both sockets, detaches XDP, exits 0.
 #[test]
 #[ignore = "needs root and veth: run with cargo test -- --ignored"]
 fn tasd_reloads_on_sighup_and_shuts_down_cleanly() {
     let bed = Bed::up("ops-lifecycle");
     let conf = bed.run_dir.join("tasd.toml");
-    fs::write(&conf, "log_level = \"info\"\ntime_wait_ms = 60000\nfp_cores = 1\n").unwrap();
+    // The test bed also passes --log-level info and --fp-cores 1 as flags.
+    fs::write(&conf, "log_level = \"info\"\ntime_wait_ms = 60000\nidle_spin_us = 50\n").unwrap();
     let pid = bed.start_tasd_with(&["--config", conf.to_str().unwrap()]);
     bed.start_tas_echo_server();
     // `tasctl events --count 1` ends after the first event.
@@ -763,23 +764,25 @@ fn tasd_reloads_on_sighup_and_shuts_down_cleanly() {
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(line.contains(" opened flow=") && line.contains(&format!("remote={IP_B}:{}", h.ports[0])), "{line}");
 
-    fs::write(&conf, "log_level = \"debug\"\ntime_wait_ms = 1500\nfp_cores = 2\narp_reply = \"never\"\n").unwrap();
+    fs::write(&conf, "log_level = \"debug\"\ntime_wait_ms = 1500\nidle_spin_us = 100\narp_reply = \"never\"\n").unwrap();
     kill(pid, libc::SIGHUP);
     let log = bed.wait_log("tasd", "SIGHUP: configuration reloaded", Duration::from_secs(10));
     let line = log.lines().find(|l| l.contains("SIGHUP: configuration reloaded")).unwrap();
-    assert!(line.contains("restart tasd to apply fp_cores"), "{line}");
+    assert!(line.contains("applied=[\"time_wait_ms\", \"arp_reply\"]"), "{line}");
+    assert!(line.contains("need_restart=[\"idle_spin_us\"]") && line.contains("restart tasd to apply idle_spin_us"), "{line}");
+    assert!(line.contains("overridden_by_flags=[\"log_level\"]"), "--log-level on the command line wins: {line}");
     let cfg = bed.tasctl(&["config", "get", "--json"]).json();
     let value = |k: &str| cfg["entries"].as_array().unwrap().iter().find(|e| e["key"] == k).unwrap()["value"].clone();
-    assert_eq!(value("log_level"), "\"debug\"");
+    assert_eq!(value("log_level"), "\"info\"");
     assert_eq!(value("time_wait_ms"), "1500");
     assert_eq!(value("arp_reply"), "\"never\"");
-    assert_eq!(value("fp_cores"), "1", "not applied without a restart");
+    assert_eq!(value("idle_spin_us"), "50", "not applied without a restart");
     assert_eq!(cfg["config_file"], conf.to_str().unwrap());
     // A broken file leaves the running configuration alone.
-    fs::write(&conf, "log_level = \n").unwrap();
+    fs::write(&conf, "time_wait_ms = \n").unwrap();
     kill(pid, libc::SIGHUP);
     bed.wait_log("tasd", "SIGHUP: configuration not reloaded", Duration::from_secs(10));
-    assert_eq!(bed.tasctl(&["config", "get", "log_level", "--json"]).json()["entries"][0]["value"], "\"debug\"");
+    assert_eq!(bed.tasctl(&["config", "get", "time_wait_ms", "--json"]).json()["entries"][0]["value"], "1500");
     assert!(!log.contains('\u{1b}'), "no colour codes when stderr is not a terminal");
 
     // SIGTERM with a connection open: it is reset, everything is cleaned up.
@@ -955,6 +958,7 @@ fn cap_number(name: &str) -> u32 {
         "CAP_NET_RAW" => 13,
         "CAP_IPC_LOCK" => 14,
         "CAP_SYS_NICE" => 23,
+        "CAP_PERFMON" => 38,
         "CAP_BPF" => 39,
         other => panic!("the test does not know capability {other}: add its number"),
     }
