@@ -135,3 +135,64 @@ impl LiveConfig {
 pub fn live_keys() -> String {
     crate::config::KEYS.iter().filter(|k| k.live).map(|k| k.key).collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex as StdMutex};
+
+    fn setup(file_text: &str, flags: FileConfig) -> (LiveConfig, crossbeam_channel::Receiver<Query>, Arc<StdMutex<Vec<String>>>, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tas-live-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tasd.toml");
+        std::fs::write(&path, file_text).unwrap();
+        let cfg = FileConfig::load(&path).unwrap().merge(flags.clone()).validate().unwrap();
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let levels = Arc::new(StdMutex::new(Vec::new()));
+        let seen = levels.clone();
+        let log: LogReload = Box::new(move |l: &str| {
+            seen.lock().unwrap().push(l.to_string());
+            Ok(())
+        });
+        (LiveConfig::new(cfg, Some(path.clone()), flags, Some(log), tx), rx, levels, path)
+    }
+
+    const BASE: &str = "interface = \"eth1\"\nip = \"10.0.0.1/24\"\n";
+
+    #[test]
+    fn set_applies_live_keys_and_refuses_the_others() {
+        let (live, rx, levels, _) = setup(BASE, FileConfig::default());
+        let a = live.set("log_level", "debug").unwrap();
+        assert_eq!(a.applied, ["log_level"]);
+        assert_eq!(*levels.lock().unwrap(), ["debug"]);
+        assert!(rx.try_recv().is_err(), "the slow path has nothing to do for the log level");
+        live.set("time_wait_ms", "2000").unwrap();
+        match rx.try_recv() {
+            Ok(Query::SetLive { time_wait, .. }) => assert_eq!(time_wait, Duration::from_millis(2000)),
+            other => panic!("{other:?}"),
+        }
+        let e = live.set("fp_cores", "2").unwrap_err();
+        assert!(e.contains("fp_cores cannot change while tasd runs") && e.contains("time_wait_ms"), "{e}");
+        assert_eq!(live.current().fp_cores, 1);
+        assert!(live.set("bogus", "1").unwrap_err().contains("unknown configuration key"));
+    }
+
+    #[test]
+    fn reload_applies_the_file_and_reports_restarts_and_overrides() {
+        let flags = FileConfig { log_level: Some("warn".into()), ..FileConfig::default() };
+        let (live, rx, levels, path) = setup(BASE, flags);
+        std::fs::write(&path, format!("{BASE}time_wait_ms = 500\nqueue_entries = 64\nlog_level = \"trace\"\n")).unwrap();
+        let r = live.reload().unwrap();
+        assert_eq!(r.applied, ["time_wait_ms"]);
+        assert_eq!(r.need_restart, ["queue_entries"]);
+        assert_eq!(r.overridden, ["log_level"]);
+        assert!(levels.lock().unwrap().is_empty(), "--log-level wins over the file");
+        assert!(matches!(rx.try_recv(), Ok(Query::SetLive { .. })));
+        let c = live.current();
+        assert_eq!((c.time_wait_ms, c.queue_entries, c.log_level.as_str()), (500, 1024, "warn"));
+        std::fs::write(&path, "fp_cores = \"many\"\n").unwrap();
+        assert!(live.reload().unwrap_err().contains("fp_cores"));
+        assert_eq!(live.current().time_wait_ms, 500, "a bad file changes nothing");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+}
