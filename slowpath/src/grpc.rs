@@ -50,13 +50,16 @@ pub struct StatusSnap {
     pub connections: u32,
 }
 
+/// Every core's flows, as `(core, [(flow slot, state)])`, one message per core.
+pub type FlowSnapshots = crossbeam_channel::Receiver<(u8, Vec<(u32, FlowState)>)>;
+
 /// A question for the slow-path thread.
 #[derive(Debug)]
 pub enum Query {
     /// Service status.
     Status(oneshot::Sender<StatusSnap>),
     /// Connections, plus a channel on which every core sends its flow snapshot.
-    Flows(oneshot::Sender<(Vec<ConnInfo>, u32, crossbeam_channel::Receiver<(u8, Vec<(u32, FlowState)>)>)>),
+    Flows(oneshot::Sender<(Vec<ConnInfo>, u32, FlowSnapshots)>),
     /// Applications.
     Apps(oneshot::Sender<Vec<AppInfo>>),
     /// All counters: (name, value, core or -1).

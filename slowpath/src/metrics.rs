@@ -109,8 +109,9 @@ pub fn render_prometheus(info: &[(&str, String)], counters: &[(String, u64, i32)
         let _ = write!(out, "{k}=\"{}\"", escape_label(v));
     }
     out.push_str("} 1\n");
-    // Families in first-seen order; values of a family together.
-    let mut families: Vec<(String, bool, Vec<(i32, u64)>)> = Vec::new();
+    // Families in first-seen order; values of a family together: (name, per core, values).
+    type Family = (String, bool, Vec<(i32, u64)>);
+    let mut families: Vec<Family> = Vec::new();
     for (name, value, core) in counters {
         let per_core = *core >= 0;
         let full = prometheus_name(name, per_core);

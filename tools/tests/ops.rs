@@ -211,7 +211,7 @@ fn run_tasctl(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Ctl {
 }
 
 /// The flow of `flows` whose remote port is `port`.
-fn flow_with_port<'a>(flows: &'a [Value], port: u64) -> &'a Value {
+fn flow_with_port(flows: &[Value], port: u64) -> &Value {
     flows
         .iter()
         .find(|f| f["remote"] == format!("{IP_B}:{port}"))
@@ -267,19 +267,19 @@ impl Dump {
         Dump { lines: String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect() }
     }
 
-    fn from_to<'a>(&'a self, src: &'a str, dst: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+    fn between<'a>(&'a self, src: &'a str, dst: &'a str) -> impl Iterator<Item = &'a String> + 'a {
         let pat = format!(" {src} > {dst}:");
         self.lines.iter().filter(move |l| l.contains(&pat))
     }
 
     fn count_flags(&self, src: &str, dst: &str, flags: &str) -> usize {
-        self.from_to(src, dst).filter(|l| l.contains(&format!("Flags [{flags}]"))).count()
+        self.between(src, dst).filter(|l| l.contains(&format!("Flags [{flags}]"))).count()
     }
 
     /// Bytes of payload from `src` to `dst`, each sequence number counted once.
     fn payload(&self, src: &str, dst: &str) -> u64 {
         let mut ranges: Vec<(u64, u64)> = self
-            .from_to(src, dst)
+            .between(src, dst)
             .filter_map(|l| {
                 let seq = l.split(", seq ").nth(1)?.split(',').next()?;
                 let (a, b) = seq.split_once(':')?;
@@ -353,7 +353,7 @@ fn tasctl_reports_known_traffic_and_metrics_match() {
     assert_eq!(head[..8], ["ID", "STATE", "LOCAL", "REMOTE", "APP", "CORE", "RX_BYTES", "TX_BYTES"]);
     assert_eq!(rows.len(), 3, "{rows:?}");
     for r in &rows[1..] {
-        let f = flows.iter().find(|f| f["id"].to_string() == r[0]).unwrap_or_else(|| panic!("row {r:?} not in the JSON"));
+        let f = flows.iter().find(|f| f["id"].as_u64().map(|v| v.to_string()).as_deref() == Some(r[0].as_str())).unwrap_or_else(|| panic!("row {r:?} not in the JSON"));
         let col = |name: &str| r[head.iter().position(|h| h == name).unwrap()].clone();
         assert_eq!(col("STATE"), f["state"].as_str().unwrap());
         assert_eq!(col("REMOTE"), f["remote"].as_str().unwrap());
@@ -397,7 +397,7 @@ fn tasctl_reports_known_traffic_and_metrics_match() {
     let detail = bed.tasctl(&["flow", &id]).ok().stdout;
     assert!(detail.contains(&format!("rx_bytes:     {BYTES}")), "{detail}");
     assert!(detail.contains("state:        ESTABLISHED"), "{detail}");
-    assert!(detail.contains(&format!("tx_buffer:    0 in flight + 0 unsent of ")), "{detail}");
+    assert!(detail.contains("tx_buffer:    0 in flight + 0 unsent of "), "{detail}");
     bed.tasctl(&["flow", "12345"]).fails_with("no flow with id 12345");
 
     // apps, listeners, cores
@@ -621,7 +621,7 @@ fn tasctl_capture_is_readable_by_tcpdump() {
     let server = format!("{IP_A}.{ECHO_PORT}");
     assert_eq!(dump.count_flags(&client, &server, "S"), 1, "one SYN");
     assert_eq!(dump.count_flags(&server, &client, "S."), 1, "one SYN-ACK");
-    let fins = |src: &str, dst: &str| dump.from_to(src, dst).filter(|l| l.contains("Flags [F")).count();
+    let fins = |src: &str, dst: &str| dump.between(src, dst).filter(|l| l.contains("Flags [F")).count();
     assert!(fins(&client, &server) >= 1 && fins(&server, &client) >= 1, "FIN both ways");
     assert_eq!(dump.payload(&client, &server), BYTES, "every byte the client sent, as the fast path received it");
     assert_eq!(dump.payload(&server, &client), BYTES, "every byte echoed, as the fast path sent it");
