@@ -17,11 +17,32 @@
 #   systemd            systemd-analyze verify checks deploy/systemd/tasd.service (tests/deploy.rs)
 #   util-linux         setpriv: the root tests run tasd as an unprivileged user with exactly
 #                      the unit's capabilities
+#   redis-tools        redis-cli and redis-benchmark: the kvstore root tests drive tas-kv with them
+#   redis-server       Debian's Redis, the reference tas-kv is compared with (model check, benchmark)
+#   python3-pip        pip, to install redis-py from PyPI for the kvstore root tests (see below)
 # gcc, make and git are on every Debian 12 build machine; Rust (>= 1.85) comes from rustup.
 set -euo pipefail
 
 PACKAGES=(libelf-dev zlib1g-dev pkg-config clang llvm protobuf-compiler ethtool iproute2
-          iputils-ping python3 procps tcpdump systemd util-linux)
+          iputils-ping python3 procps tcpdump systemd util-linux redis-tools redis-server python3-pip)
+
+# Python packages from PyPI, installed with pip into kvstore/.pydeps (git-ignored; the
+# kvstore root tests put it on PYTHONPATH), so neither the system Python nor a user's
+# environment is touched:
+#   redis==5.2.1          redis-py, the client library the kvstore tests run a randomized workload with
+#   async-timeout         redis-py's dependency on Python < 3.11.3 (Debian 12 has 3.11.2)
+PYDEPS_DIR="$(cd "$(dirname "$0")/.." && pwd)/kvstore/.pydeps"
+PY_PACKAGES=("redis==5.2.1" "async-timeout>=4.0.3")
+
+install_pydeps() {
+    if PYTHONPATH="$PYDEPS_DIR" python3 -c 'import redis, sys; sys.exit(redis.__version__ != "5.2.1")' 2>/dev/null; then
+        echo "install-deps: redis-py present in $PYDEPS_DIR"
+        return 0
+    fi
+    echo "install-deps: installing ${PY_PACKAGES[*]} from PyPI into $PYDEPS_DIR"
+    python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
+        --upgrade --target "$PYDEPS_DIR" "${PY_PACKAGES[@]}"
+}
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -32,6 +53,7 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-deps: all ${#PACKAGES[@]} packages present"
+    install_pydeps
     exit 0
 fi
 
@@ -44,3 +66,4 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq -o Dpkg::Use-Pty=0 --no-install-recommends "${missing[@]}" </dev/null
+install_pydeps

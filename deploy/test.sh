@@ -34,14 +34,15 @@ count() {
 banner() { printf '\n==== %s ====\n' "$*"; }
 
 # Remove sandboxes that an earlier, killed run of the root tests left behind: tests name their
-# namespaces tasv-PID-N-{a,b}, so one whose PID no longer runs is an orphan.
+# namespaces tasv-PID-N-{a,b} (and -m for the impairment forwarder's middle namespace), so one
+# whose PID no longer runs is an orphan.
 clean_orphan_sandboxes() {
     local ns pid
     for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^tasv-[0-9]+-[0-9]+-a$' || true); do
         pid=$(echo "$ns" | cut -d- -f2)
         [ -d "/proc/$pid" ] && continue
-        echo "removing orphaned sandbox ${ns%-a}-{a,b} (its test process $pid is gone)"
-        TAS_NS_A=$ns TAS_NS_B=${ns%-a}-b bash deploy/sandbox.sh down || true
+        echo "removing orphaned sandbox ${ns%-a}-{a,b,m} (its test process $pid is gone)"
+        TAS_NS_A=$ns TAS_NS_B=${ns%-a}-b TAS_NS_M=${ns%-a}-m bash deploy/sandbox.sh down || true
     done
 }
 

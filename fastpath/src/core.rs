@@ -52,6 +52,25 @@ pub struct FpConfig {
     pub max_retries: u8,
     /// Verify IPv4/TCP checksums of received frames (off only for NICs that do it).
     pub verify_checksums: bool,
+    /// Keepalive timing for flows with `F_KEEPALIVE`.
+    pub keepalive: Keepalive,
+}
+
+/// Keepalive timing (RFC 9293 3.8.4; Linux's defaults: 2 h idle, 75 s apart, 9 probes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe, µs.
+    pub idle_us: u64,
+    /// Time between unanswered probes, µs.
+    pub interval_us: u64,
+    /// Unanswered probes before the connection is given up.
+    pub probes: u8,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive { idle_us: 7_200_000_000, interval_us: 75_000_000, probes: 9 }
+    }
 }
 
 impl FpConfig {
@@ -69,6 +88,7 @@ impl FpConfig {
             initial_rto_us: 1_000_000,
             max_retries: 12,
             verify_checksums: true,
+            keepalive: Keepalive::default(),
         }
     }
 }
@@ -118,6 +138,8 @@ pub struct CoreCounters {
     pub retransmitted_segments: AtomicU64,
     /// Tail-loss probes sent.
     pub tail_loss_probes: AtomicU64,
+    /// Keepalive probes sent.
+    pub keepalive_probes: AtomicU64,
     /// Challenge ACKs sent (RFC 5961).
     pub challenge_acks: AtomicU64,
     /// Segments dropped by PAWS.
@@ -526,17 +548,19 @@ impl<IO: PacketIo> FastPath<IO> {
                     self.retransmit_range(idx, f.snd_una, f.mss as u32);
                 }
                 if v & rx::V_SACK != 0 {
-                    if let Some(blocks) = sack {
-                        let f = self.flows.get(idx).expect("live flow");
-                        let (snd_una, snd_nxt, srtt_us) = (f.snd_una, f.snd_nxt(), f.srtt_us);
-                        self.report(ToSlow::Sack { flow: idx, snd_una, snd_nxt, srtt_us, blocks });
-                    }
+                    let blocks = sack.unwrap_or_default();
+                    let f = self.flows.get(idx).expect("live flow");
+                    let (snd_una, snd_nxt, srtt_us) = (f.snd_una, f.snd_nxt(), f.srtt_us);
+                    self.report(ToSlow::Sack { flow: idx, snd_una, snd_nxt, srtt_us, blocks });
                 }
-                if v & rx::V_PEER_FIN != 0 {
-                    self.report(ToSlow::Note { flow: idx, note: FlowNote::PeerFin });
-                }
+                // Our FIN's acknowledgment is processed before the segment's own FIN, and
+                // reported in that order.
                 if v & rx::V_FIN_ACKED != 0 {
                     self.report(ToSlow::Note { flow: idx, note: FlowNote::FinAcked });
+                }
+                if v & rx::V_PEER_FIN != 0 {
+                    let after_ours = self.flows.get(idx).is_some_and(|f| f.has(F_TX_FIN_SENT));
+                    self.report(ToSlow::Note { flow: idx, note: FlowNote::PeerFin { after_ours } });
                 }
             }
         }
@@ -611,11 +635,15 @@ impl<IO: PacketIo> FastPath<IO> {
         // Go-back-N: everything unacknowledged is unsent again.
         f.tx_avail += f.tx_sent;
         f.tx_sent = 0;
+        if f.snd_wnd == 0 {
+            // What timed out was a zero-window probe: the resend is the next probe.
+            f.flags |= F_PROBE;
+        }
         if f.has(F_TX_FIN_SENT) && !f.has(F_TX_FIN_ACKED) {
             f.flags &= !F_TX_FIN_SENT;
         }
         f.dupacks = 0;
-        f.flags &= !(F_RECOVERY | F_TLP);
+        f.flags &= !(F_RECOVERY | F_TLP | F_SCOREBOARD);
         f.recover = f.snd_nxt();
         f.cnt_retx = f.cnt_retx.wrapping_add(1);
         self.schedule(flow);
@@ -778,7 +806,30 @@ impl<IO: PacketIo> FastPath<IO> {
             }
             let outstanding = f.tx_sent > 0 || (f.has(F_TX_FIN_SENT) && !f.has(F_TX_FIN_ACKED));
             let zero_window = f.tx_sent == 0 && f.tx_avail > 0 && f.snd_wnd == 0;
-            if !outstanding && !zero_window {
+            let idle_keepalive = f.has(F_KEEPALIVE) && !outstanding && f.tx_avail == 0;
+            if !outstanding && !zero_window && !idle_keepalive {
+                continue;
+            }
+            if idle_keepalive {
+                // Probes are timed from the last segment heard (wrapping µs; idle times
+                // beyond 71 minutes are measured modulo that, so long idle times need an
+                // interval shorter than it, which Linux's 75 s is).
+                let ka = self.cfg.keepalive;
+                let idle = self.now_us.wrapping_sub(f.heard_us) as u64;
+                let due = ka.idle_us.min(u32::MAX as u64 / 2) + f.rto_backoff as u64 * ka.interval_us;
+                if idle < due {
+                    continue;
+                }
+                if f.rto_backoff >= ka.probes {
+                    self.report(ToSlow::Note { flow: idx, note: FlowNote::GaveUp });
+                    continue;
+                }
+                let (una, head) = (f.snd_una, f.tx_head);
+                self.flows.get_mut(idx).expect("checked").rto_backoff += 1;
+                bump(&self.counters.keepalive_probes, 1);
+                // RFC 9293 3.8.4: a probe carries SEG.SEQ = SND.NXT-1 so the peer answers
+                // with an ACK.
+                self.emit(idx, TcpFlags::ACK, una.wrapping_sub(1), head, 0);
                 continue;
             }
             let rto = rx::rto_us(f, self.cfg.min_rto_us, self.cfg.max_rto_us, self.cfg.initial_rto_us);

@@ -35,6 +35,11 @@ pub const F_SACK: u16 = 1 << 11;
 pub const F_RECOVERY: u16 = 1 << 12;
 /// Flow flag: a tail-loss probe was sent since the last forward progress.
 pub const F_TLP: u16 = 1 << 13;
+/// Flow flag: send keepalive probes when idle (RFC 9293 3.8.4; off unless configured).
+pub const F_KEEPALIVE: u16 = 1 << 14;
+/// Flow flag: the slow path's SACK scoreboard holds state for this flow, so cumulative
+/// ACKs are reported to it until one arrives without SACK blocks.
+pub const F_SCOREBOARD: u16 = 1 << 15;
 
 /// The state of one established connection on its owning fast-path core.
 ///
@@ -117,10 +122,12 @@ pub struct FlowState {
     pub rx_pending: u32,
     /// Bytes freed in the transmit ring in this batch and not yet announced.
     pub tx_freed_pending: u32,
+    /// Time (µs, wrapping) a segment was last received from the peer (keepalive).
+    pub heard_us: u32,
     /// Retransmission events (timeouts and fast retransmits).
     pub cnt_retx: u16,
     /// Reserved.
-    pub _reserved: [u8; 6],
+    pub _reserved: [u8; 2],
 }
 
 const _: () = assert!(size_of::<FlowState>() == 128, "FlowState must be exactly two cache lines");
@@ -130,9 +137,9 @@ impl FlowState {
     /// `snd_nxt`: the next new sequence number we will send.
     #[inline]
     pub fn snd_nxt(&self) -> u32 {
-        self.snd_una
-            .wrapping_add(self.tx_sent)
-            .wrapping_add((self.flags & F_TX_FIN_SENT != 0) as u32)
+        // A FIN counts while in flight; once acknowledged, snd_una has moved past it.
+        let fin_in_flight = self.flags & (F_TX_FIN_SENT | F_TX_FIN_ACKED) == F_TX_FIN_SENT;
+        self.snd_una.wrapping_add(self.tx_sent).wrapping_add(fin_in_flight as u32)
     }
     /// The lookup key of this flow.
     #[inline]
@@ -458,6 +465,12 @@ mod tests {
     #[test]
     fn layout() {
         assert_eq!(core::mem::offset_of!(FlowState, tx_base), 64, "tx side starts line 1");
+        // The offsets docs/flowstate.md documents.
+        assert_eq!(core::mem::offset_of!(FlowState, recover), 48);
+        assert_eq!(core::mem::offset_of!(FlowState, conn), 56);
+        assert_eq!(core::mem::offset_of!(FlowState, mss), 90);
+        assert_eq!(core::mem::offset_of!(FlowState, heard_us), 120);
+        assert_eq!(core::mem::offset_of!(FlowState, cnt_retx), 124);
     }
 
     #[test]

@@ -1295,6 +1295,53 @@ impl Context {
         Ok(n)
     }
 
+    /// Zero-copy send: write payload straight into the transmit ring, without an
+    /// intermediate buffer. `f` receives the free space — at most `max` bytes — as up to
+    /// two slices (the second non-empty only where the space wraps around the end of the
+    /// ring), fills it from the start of the first slice on into the second, and returns
+    /// how many bytes it wrote; exactly those are sent (one `TxAdded`, like [`Context::send`]).
+    ///
+    /// Returns the number of bytes sent. [`Error::WouldBlock`] (without calling `f`) if no
+    /// space is free or the connection is still opening; `max == 0` returns `Ok(0)` without
+    /// calling `f`. If `f` claims more bytes than it was given, nothing is sent and the call
+    /// returns [`Error::InvalidArgument`].
+    pub fn send_with<F>(&mut self, c: ConnId, max: usize, f: F) -> Result<usize>
+    where
+        F: FnOnce(&mut [u8], &mut [u8]) -> usize,
+    {
+        self.health()?;
+        let idx = self.conn_idx(c)?;
+        self.send_ready(idx)?;
+        if max == 0 {
+            return Ok(0);
+        }
+        if self.conns[idx].tx_free == 0 {
+            self.poll();
+            self.health()?;
+            self.send_ready(idx)?;
+            if self.conns[idx].tx_free == 0 {
+                return Err(Error::WouldBlock);
+            }
+        }
+        let conn = &mut self.conns[idx];
+        let Some(h) = conn.handle else { return Err(Error::NotConnected) };
+        let len = max.min(conn.tx_free as usize);
+        let (a, b) = self.region.tx_ring(h.conn).slices_mut(conn.tx_write, len);
+        let n = f(a, b);
+        if n > len {
+            return Err(Error::InvalidArgument);
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        conn.tx_write += n as u64;
+        conn.tx_free -= n as u32;
+        conn.tx_unposted += n as u32;
+        self.flush_conn(idx);
+        self.publish();
+        Ok(n)
+    }
+
     fn send_ready(&self, idx: usize) -> Result<()> {
         let c = &self.conns[idx];
         if c.connecting {

@@ -248,6 +248,27 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// The `len` bytes at `pos` as up to two writable slices (the second is non-empty only
+    /// when the range wraps), for writing payload in place.
+    ///
+    /// Callers pass only free transmit space: bytes the service does not read (it reads
+    /// only what a `TxAdded` announced) and that no other slice handed out by this module
+    /// covers (the context hands these out only under `&mut self`, one range at a time).
+    pub(crate) fn slices_mut(self, pos: u64, len: usize) -> (&'a mut [u8], &'a mut [u8]) {
+        let (off, first, second) = self.split(pos, len);
+        // SAFETY: the two ranges lie inside the ring (see `read`) and do not overlap each
+        // other (the first ends at the ring's end, the second starts at its start and
+        // `first + second = len <= size`). Nobody else reads or writes them while the slices
+        // live: the service touches only announced bytes, and the caller holds the
+        // context's `&mut` borrow for the slices' whole lifetime (see the doc above).
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.base.as_ptr().add(off), first),
+                std::slice::from_raw_parts_mut(self.base.as_ptr(), second),
+            )
+        }
+    }
+
     /// The `len` bytes at `pos` as up to two slices (the second is non-empty only when the
     /// range wraps).
     pub(crate) fn slices(self, pos: u64, len: usize) -> (&'a [u8], &'a [u8]) {

@@ -81,6 +81,12 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// Group that may use the sockets (name).
     pub socket_group: Option<String>,
+    /// Idle seconds before keepalive probes start (0 = keepalive off, the default).
+    pub keepalive_idle_secs: Option<u64>,
+    /// Seconds between unanswered keepalive probes.
+    pub keepalive_interval_secs: Option<u64>,
+    /// Unanswered keepalive probes before a connection is reset.
+    pub keepalive_probes: Option<u8>,
     /// Group that may use the control socket (name or number; default: root's only).
     pub control_group: Option<String>,
     /// Also serve the control API on this TCP address (off unless given).
@@ -134,6 +140,8 @@ pub struct Config {
     pub log_level: String,
     /// Socket group.
     pub socket_group: Option<String>,
+    /// Keepalive (None = off): idle, interval, probes.
+    pub keepalive: Option<(u64, u64, u8)>,
     /// Control socket group.
     pub control_group: Option<String>,
     /// Control API on TCP.
@@ -187,8 +195,8 @@ impl FileConfig {
         pick!(
             interface, ip, gateway, fp_cores, fp_cpus, app_socket, control_socket, xdp_mode, bind_mode,
             rx_buffer, tx_buffer, conns_per_app, flows_per_core, queue_entries, ephemeral_low,
-            ephemeral_high, idle_spin_us, time_wait_ms, arp_reply, log_level, socket_group, control_group,
-            control_tcp, metrics
+            ephemeral_high, idle_spin_us, time_wait_ms, arp_reply, log_level, socket_group,
+            keepalive_idle_secs, keepalive_interval_secs, keepalive_probes, control_group, control_tcp, metrics
         )
     }
 
@@ -216,6 +224,9 @@ impl FileConfig {
             arp_reply,
             log_level,
             socket_group,
+            keepalive_idle_secs,
+            keepalive_interval_secs,
+            keepalive_probes,
             control_group,
             control_tcp,
             metrics,
@@ -242,6 +253,9 @@ impl FileConfig {
             ("arp_reply", arp_reply.is_some()),
             ("log_level", log_level.is_some()),
             ("socket_group", socket_group.is_some()),
+            ("keepalive_idle_secs", keepalive_idle_secs.is_some()),
+            ("keepalive_interval_secs", keepalive_interval_secs.is_some()),
+            ("keepalive_probes", keepalive_probes.is_some()),
             ("control_group", control_group.is_some()),
             ("control_tcp", control_tcp.is_some()),
             ("metrics", metrics.is_some()),
@@ -276,6 +290,9 @@ impl FileConfig {
             arp_reply,
             log_level,
             socket_group,
+            keepalive_idle_secs,
+            keepalive_interval_secs,
+            keepalive_probes,
             control_group,
             control_tcp,
             metrics,
@@ -336,6 +353,17 @@ impl FileConfig {
             Some("never") | Some("false") => Some(false),
             Some(o) => return err(format!("arp_reply = {o:?}: use \"auto\", \"always\" or \"never\"")),
         };
+        let keepalive = match keepalive_idle_secs.unwrap_or(0) {
+            0 => None,
+            idle => {
+                let interval = keepalive_interval_secs.unwrap_or(75);
+                let probes = keepalive_probes.unwrap_or(9);
+                if interval == 0 || probes == 0 {
+                    return err("keepalive_interval_secs and keepalive_probes must be at least 1 when keepalive_idle_secs is set");
+                }
+                Some((idle, interval, probes))
+            }
+        };
         Ok(Config {
             interface,
             ip,
@@ -366,6 +394,7 @@ impl FileConfig {
                 None => "info".into(),
             },
             socket_group,
+            keepalive,
             control_group,
             control_tcp,
             metrics,
@@ -411,6 +440,9 @@ pub const KEYS: &[KeyInfo] = &[
     KeyInfo { key: "control_group", live: false, description: "group allowed to use the control socket, i.e. tasctl (mode 0660)" },
     KeyInfo { key: "control_tcp", live: false, description: "also serve the control API on this TCP address, e.g. 127.0.0.1:50051 (unset: Unix socket only; it has no authentication)" },
     KeyInfo { key: "metrics", live: false, description: "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464 (unset: off)" },
+    KeyInfo { key: "keepalive_idle_secs", live: false, description: "idle seconds before TCP keepalive probes start (0: keepalive off, the default)" },
+    KeyInfo { key: "keepalive_interval_secs", live: false, description: "seconds between unanswered keepalive probes (default 75)" },
+    KeyInfo { key: "keepalive_probes", live: false, description: "unanswered keepalive probes before the connection is reset (default 9)" },
 ];
 
 fn toml_str(s: &str) -> String {
@@ -445,6 +477,7 @@ impl Config {
             control_group,
             control_tcp,
             metrics,
+            keepalive,
         } = self.clone();
         FileConfig {
             interface: Some(interface),
@@ -475,6 +508,9 @@ impl Config {
             control_group,
             control_tcp,
             metrics,
+            keepalive_idle_secs: Some(keepalive.map_or(0, |k| k.0)),
+            keepalive_interval_secs: keepalive.map(|k| k.1),
+            keepalive_probes: keepalive.map(|k| k.2),
         }
     }
 
@@ -518,6 +554,9 @@ impl Config {
                     "control_group" => opt(f.control_group.as_deref().map(toml_str)),
                     "control_tcp" => opt(f.control_tcp.map(|a| toml_str(&a.to_string()))),
                     "metrics" => opt(f.metrics.map(|a| toml_str(&a.to_string()))),
+                    "keepalive_idle_secs" => opt(f.keepalive_idle_secs.map(|v| v.to_string())),
+                    "keepalive_interval_secs" => opt(f.keepalive_interval_secs.map(|v| v.to_string())),
+                    "keepalive_probes" => opt(f.keepalive_probes.map(|v| v.to_string())),
                     other => unreachable!("key {other} has no rendering"),
                 };
                 (*k, v)
@@ -642,8 +681,11 @@ mod tests {
             control_group: _,
             control_tcp: _,
             metrics: _,
+            keepalive_idle_secs: _,
+            keepalive_interval_secs: _,
+            keepalive_probes: _,
         } = FileConfig::default();
-        assert_eq!(KEYS.len(), 24);
+        assert_eq!(KEYS.len(), 27);
         let c = base().validate().unwrap();
         assert_eq!(c.entries().len(), KEYS.len());
         // Every key's rendering parses back to the same configuration.

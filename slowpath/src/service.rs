@@ -127,6 +127,7 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         arp_reply,
         log_level: _,
         socket_group,
+        keepalive,
         control_group,
         control_tcp,
         metrics,
@@ -187,6 +188,13 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         let (rep_tx, rep_rx) = to_slow_queue(8192);
         let mut fcfg = FpConfig::new(c, ip, mac);
         fcfg.flow_capacity = flows_per_core;
+        if let Some((idle, interval, probes)) = keepalive {
+            fcfg.keepalive = tas_fastpath::core::Keepalive {
+                idle_us: idle * 1_000_000,
+                interval_us: interval * 1_000_000,
+                probes,
+            };
+        }
         let fp = FastPath::new(fcfg, Tap::new(sock, c), cmd_rx, rep_tx, Some(slow_notify.clone()));
         let door = Arc::new(CoreDoorbell::new().map_err(|e| format!("eventfd: {e}"))?);
         links.push(CoreLink::new(cmd_tx, rep_rx, Some(door.clone() as Arc<dyn Notify>), fp.counters(), flows_per_core));
@@ -206,6 +214,7 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
     scfg.ephemeral = ephemeral;
     scfg.time_wait = Duration::from_millis(time_wait_ms);
     scfg.arp_reply = arp_reply;
+    scfg.keepalive = keepalive.is_some();
     let mut slow = SlowPath::new(scfg, links, Box::new(XdpPorts(program.clone())));
     // Connection events: the slow path try_sends to a bounded queue; a thread fans them
     // out to the control API's watchers.

@@ -100,14 +100,30 @@ impl std::fmt::Debug for SimHost {
 impl SimHost {
     /// A host with one fast-path core on `port`.
     pub fn new(port: MemPort, clock: &SimClock, ip: Ipv4Addr, mac: EthernetAddress, layout: Layout) -> SimHost {
+        Self::with_keepalive(port, clock, ip, mac, layout, None)
+    }
+
+    /// A host whose connections send keepalive probes with `keepalive` timing.
+    pub fn with_keepalive(
+        port: MemPort,
+        clock: &SimClock,
+        ip: Ipv4Addr,
+        mac: EthernetAddress,
+        layout: Layout,
+        keepalive: Option<tas_fastpath::core::Keepalive>,
+    ) -> SimHost {
         let (cmd_tx, cmd_rx) = command_queue(4096);
         let (rep_tx, rep_rx) = to_slow_queue(4096);
         let mut fcfg = FpConfig::new(0, ip, mac);
         fcfg.flow_capacity = 1024;
+        if let Some(k) = keepalive {
+            fcfg.keepalive = k;
+        }
         let fp = FastPath::new(fcfg.clone(), port, cmd_rx, rep_tx, None);
         let link = CoreLink::new(cmd_tx, rep_rx, None, fp.counters(), fcfg.flow_capacity);
         let mut scfg = SlowConfig::new(ip, 24, mac, layout);
         scfg.time_wait = std::time::Duration::from_secs(1);
+        scfg.keepalive = keepalive.is_some();
         let slow = SlowPath::new(scfg, vec![link], Box::new(NoFilter));
         SimHost { cores: vec![fp], slow, clock: clock.clone(), next_app: 1, regions: Vec::new() }
     }

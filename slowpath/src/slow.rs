@@ -16,7 +16,7 @@ use ringbuf::traits::{Consumer, Producer};
 use tas_fastpath::appmem::AppMem;
 use tas_fastpath::core::{eventfd_write, CoreCounters, Notify};
 use tas_fastpath::ctl::*;
-use tas_fastpath::flow::{FlowKey, FlowState, F_SACK, F_TS};
+use tas_fastpath::flow::{FlowKey, FlowState, F_KEEPALIVE, F_SACK, F_TS};
 use tas_fastpath::rx::{tsval, TS_TICK_SHIFT};
 use tas_fastpath::time::Instant;
 use tas_fastpath::wire::{
@@ -60,6 +60,8 @@ pub struct SlowConfig {
     pub arp_reply: bool,
     /// Upper bound on any listener's backlog (Linux somaxconn default: 4096).
     pub max_backlog: u32,
+    /// Send keepalive probes on idle connections (timing: the cores' `Keepalive`).
+    pub keepalive: bool,
 }
 
 impl SlowConfig {
@@ -79,6 +81,7 @@ impl SlowConfig {
             syn_rto: Duration::from_secs(1),
             arp_reply: true,
             max_backlog: 4096,
+            keepalive: false,
         }
     }
 }
@@ -211,11 +214,14 @@ enum Removal {
 
 #[derive(Debug, Clone, Copy)]
 enum Phase {
-    SynSent { token: u64, iss: u32, retries: u8, sent_at: Instant },
+    /// `peer`: the peer's own SYN (its ISN and options) in a simultaneous open.
+    SynSent { token: u64, iss: u32, retries: u8, sent_at: Instant, peer: Option<(u32, PeerOpts)> },
     SynRcvd { listener: u32, iss: u32, irs: u32, opts: PeerOpts, retries: u8, sent_at: Instant },
     Established,
     Removing(Removal),
-    TimeWait { snd_nxt: u32, rcv_nxt: u32 },
+    /// `ts`: TS.Recent if timestamps are in use (every segment must carry them, RFC 7323
+    /// 3.2); `window`: the window field of our last segments.
+    TimeWait { snd_nxt: u32, rcv_nxt: u32, ts: Option<u32>, window: u16 },
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +247,8 @@ struct Conn {
     mss: u16,
     /// SACK scoreboard (used only when SACK was negotiated).
     sb: crate::sack::Scoreboard,
+    /// When the scoreboard's reordering timer is armed for.
+    sack_deadline: Option<Instant>,
 }
 
 /// Counters of the slow path.
@@ -280,6 +288,8 @@ pub struct SlowCounters {
     pub syn_retransmits: u64,
     /// Ranges retransmitted from the SACK scoreboard.
     pub sack_retransmits: u64,
+    /// Challenge ACKs the slow path sent (RFC 5961, half-open connections).
+    pub challenge_acks: u64,
     /// SYN-ACKs sent with a SYN cookie (backlog full of handshakes).
     pub syn_cookies_sent: u64,
     /// Connections established from a valid SYN cookie.
@@ -341,6 +351,8 @@ pub struct SlowPath {
     conns: HashMap<FlowKey, Conn>,
     by_slot: HashMap<(u32, u32), FlowKey>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// SACK reordering timers (RFC 8985 6.3), separate from the connection timers.
+    sack_timers: BinaryHeap<Reverse<(Instant, u64)>>,
     timer_keys: HashMap<u64, FlowKey>,
     timer_seq: u64,
     neigh: HashMap<Ipv4Addr, Neighbour>,
@@ -352,6 +364,10 @@ pub struct SlowPath {
     rcv_wscale: u8,
     ops: ops::OpsState,
 }
+
+/// ARP requests beyond the first before an active open to an unresolvable neighbour
+/// fails with `Unreachable`.
+const ARP_RETRIES: u8 = 2;
 
 /// MSS values a SYN cookie can encode (3 bits; the common ones, as Linux's table).
 const COOKIE_MSS: [u16; 4] = [536, 1300, 1440, 1460];
@@ -383,6 +399,7 @@ impl SlowPath {
             conns: HashMap::new(),
             by_slot: HashMap::new(),
             timers: BinaryHeap::new(),
+            sack_timers: BinaryHeap::new(),
             timer_keys: HashMap::new(),
             timer_seq: 0,
             neigh: HashMap::new(),
@@ -485,6 +502,7 @@ impl SlowPath {
             ("timeouts", s.timeouts),
             ("syn_retransmits", s.syn_retransmits),
             ("sack_retransmits", s.sack_retransmits),
+            ("challenge_acks", s.challenge_acks),
             ("syn_cookies_sent", s.syn_cookies_sent),
             ("syn_cookies_accepted", s.syn_cookies_accepted),
         ]
@@ -654,7 +672,9 @@ impl SlowPath {
 
     /// The earliest timer deadline, for sleeping.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let a = self.timers.peek().map(|Reverse((t, _))| *t);
+        let b = self.sack_timers.peek().map(|Reverse((t, _))| *t);
+        a.into_iter().chain(b).min()
     }
 
     fn requests(&mut self) -> usize {
@@ -851,7 +871,7 @@ impl SlowPath {
                 slot: Some(slot),
                 core,
                 flow: None,
-                phase: Phase::SynSent { token, iss, retries: 0, sent_at: self.now },
+                phase: Phase::SynSent { token, iss, retries: 0, sent_at: self.now, peer: None },
                 peer_fin: false,
                 fin_acked: false,
                 we_closed_first: false,
@@ -859,6 +879,7 @@ impl SlowPath {
                 deadline: None,
                 mss: 0,
                 sb: Default::default(),
+                sack_deadline: None,
             },
         );
         self.by_slot.insert((app, slot), key);
@@ -945,8 +966,49 @@ impl SlowPath {
         }
     }
 
-    fn run_timers(&mut self) -> usize {
+    /// Send the scoreboard's ranges and arm its reordering timer.
+    fn sack_retransmit(&mut self, key: FlowKey, core: u8, flow: u32, ranges: Vec<(u32, u32)>) {
+        for (seq, len) in ranges {
+            self.counters.sack_retransmits += 1;
+            self.cores[core as usize].send(Command::RetransmitRange { flow, seq, len });
+        }
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        let at = c.sb.next_check().map(|us| Instant::from_nanos(us * 1_000));
+        if at != c.sack_deadline {
+            c.sack_deadline = at;
+            if let Some(at) = at {
+                self.timer_seq += 1;
+                self.sack_timers.push(Reverse((at, self.timer_seq)));
+                self.timer_keys.insert(self.timer_seq, key);
+            }
+        }
+    }
+
+    fn run_sack_timers(&mut self) -> usize {
         let mut n = 0;
+        while let Some(&Reverse((at, id))) = self.sack_timers.peek() {
+            if at > self.now {
+                break;
+            }
+            self.sack_timers.pop();
+            let Some(key) = self.timer_keys.remove(&id) else { continue };
+            let now_us = self.now.as_nanos() / 1_000;
+            let Some(c) = self.conns.get_mut(&key) else { continue };
+            if c.sack_deadline != Some(at) {
+                continue;
+            }
+            c.sack_deadline = None;
+            let (Some(flow), Phase::Established) = (c.flow, c.phase) else { continue };
+            n += 1;
+            let core = c.core;
+            let ranges = c.sb.on_timer(now_us);
+            self.sack_retransmit(key, core, flow, ranges);
+        }
+        n
+    }
+
+    fn run_timers(&mut self) -> usize {
+        let mut n = self.run_sack_timers();
         while let Some(&Reverse((at, id))) = self.timers.peek() {
             if at > self.now {
                 break;
@@ -967,8 +1029,12 @@ impl SlowPath {
         let Some(c) = self.conns.get_mut(&key) else { return };
         c.deadline = None;
         match c.phase {
-            Phase::SynSent { token, iss, retries, sent_at } => {
-                if retries >= self.cfg.syn_retries {
+            Phase::SynSent { token, iss, retries, sent_at, peer } => {
+                // An unresolvable neighbour fails after three ARP requests (0, 1, 3 s),
+                // as Linux reports EHOSTUNREACH after its three probes; an unanswered SYN
+                // gets the full retry schedule.
+                let arp_exhausted = c.remote_mac.is_none() && retries >= ARP_RETRIES;
+                if retries >= self.cfg.syn_retries || arp_exhausted {
                     let app = c.app;
                     self.counters.connect_failures += 1;
                     self.counters.timeouts += 1;
@@ -978,7 +1044,7 @@ impl SlowPath {
                     self.post(app, SpEvent::ConnectFailed { token, error });
                     return;
                 }
-                c.phase = Phase::SynSent { token, iss, retries: retries + 1, sent_at };
+                c.phase = Phase::SynSent { token, iss, retries: retries + 1, sent_at, peer };
                 self.counters.syn_retransmits += 1;
                 let backoff = self.cfg.syn_rto * (1 << (retries + 1).min(6));
                 if c.remote_mac.is_none() {
@@ -1050,10 +1116,7 @@ impl SlowPath {
                 let now_us = self.now.as_nanos() / 1_000;
                 let Some(c) = self.conns.get_mut(&key) else { return };
                 let ranges = c.sb.on_ack(now_us, srtt_us, snd_una, snd_nxt, c.mss as u32, blocks.as_slice());
-                for (seq, len) in ranges {
-                    self.counters.sack_retransmits += 1;
-                    self.cores[core as usize].send(Command::RetransmitRange { flow, seq, len });
-                }
+                self.sack_retransmit(key, core, flow, ranges);
             }
             ToSlow::FlowRemoved { flow, state } => {
                 let c = &mut self.cores[core as usize];
@@ -1197,15 +1260,28 @@ impl SlowPath {
         };
         let phase = c.phase;
         match phase {
-            Phase::SynSent { token, iss, sent_at, .. } => self.on_synsent(key, token, iss, sent_at, mac, seg),
+            Phase::SynSent { token, iss, sent_at, peer, .. } => self.on_synsent(key, token, iss, sent_at, peer, mac, seg),
             Phase::SynRcvd { listener, iss, irs, opts, sent_at, .. } => {
                 if seg.flags.contains(TcpFlags::RST) {
-                    if seq_in(seg.seq_number, irs.wrapping_add(1), self.cfg.layout.rx_buf_size) {
+                    // RFC 5961 3.2 (and RFC 9293 3.10.7.4): only an RST at exactly RCV.NXT
+                    // resets; one elsewhere in the window gets a challenge ACK.
+                    if seg.seq_number == irs.wrapping_add(1) {
                         self.counters.rsts_received += 1;
                         if let Some(l) = self.listeners.get_mut(&listener) {
                             l.syn_rcvd = l.syn_rcvd.saturating_sub(1);
                         }
                         self.conns.remove(&key);
+                    } else if seq_in(seg.seq_number, irs.wrapping_add(1), self.cfg.layout.rx_buf_size) {
+                        let tcp = TcpRepr {
+                            seq_number: iss.wrapping_add(1),
+                            ack_number: Some(irs.wrapping_add(1)),
+                            flags: TcpFlags::ACK,
+                            window_len: self.syn_window(),
+                            timestamp: opts.ts.map(|v| (tsval(self.now_us()), v)),
+                            ..self.bare(seg)
+                        };
+                        self.counters.challenge_acks += 1;
+                        self.send_tcp(core, mac, src, &tcp);
                     }
                     return;
                 }
@@ -1245,17 +1321,20 @@ impl SlowPath {
                 }
             }
             Phase::Removing(_) => {}
-            Phase::TimeWait { snd_nxt, rcv_nxt } => {
+            Phase::TimeWait { snd_nxt, rcv_nxt, ts, window } => {
                 if seg.flags.contains(TcpFlags::RST) {
                     return;
                 }
                 // RFC 9293 3.10.7.4 TIME-WAIT: acknowledge a retransmitted FIN and restart
                 // the 2 MSL timeout.
                 if seg.flags.contains(TcpFlags::FIN) {
+                    let ecr = seg.timestamp.map(|(v, _)| v).or(ts);
                     let tcp = TcpRepr {
                         seq_number: snd_nxt,
                         ack_number: Some(rcv_nxt),
                         flags: TcpFlags::ACK,
+                        window_len: window,
+                        timestamp: ts.map(|_| (tsval(self.now_us()), ecr.unwrap_or(0))),
                         ..self.bare(seg)
                     };
                     self.send_tcp(core, mac, src, &tcp);
@@ -1319,6 +1398,7 @@ impl SlowPath {
                 deadline: None,
                 mss: 0,
                 sb: Default::default(),
+                sack_deadline: None,
             },
         );
         self.send_synack(key);
@@ -1399,6 +1479,7 @@ impl SlowPath {
                 deadline: None,
                 mss: 0,
                 sb: Default::default(),
+                sack_deadline: None,
             },
         );
         let sent_at = self.now;
@@ -1498,7 +1579,17 @@ impl SlowPath {
         );
     }
 
-    fn on_synsent(&mut self, key: FlowKey, token: u64, iss: u32, sent_at: Instant, mac: EthernetAddress, seg: &TcpRepr) {
+    #[allow(clippy::too_many_arguments)]
+    fn on_synsent(
+        &mut self,
+        key: FlowKey,
+        token: u64,
+        iss: u32,
+        sent_at: Instant,
+        peer: Option<(u32, PeerOpts)>,
+        mac: EthernetAddress,
+        seg: &TcpRepr,
+    ) {
         let ack_ok = seg.ack_number == Some(iss.wrapping_add(1));
         if seg.flags.contains(TcpFlags::RST) {
             // RFC 9293 3.10.7.3: "If the ACK was acceptable, then signal to the user
@@ -1512,16 +1603,80 @@ impl SlowPath {
             return;
         }
         if !seg.flags.contains(TcpFlags::SYN) {
-            if seg.ack_number.is_some() && !ack_ok {
-                let ip = self.conns[&key].remote_ip;
-                let core = self.conns[&key].core;
-                self.send_rst_for(core, mac, ip, seg);
+            match (ack_ok, peer) {
+                // Simultaneous open, second half: the ACK of our SYN-ACK (its window is
+                // scaled if both sides offered scaling).
+                (true, Some((irs, opts))) if seg.seq_number == irs.wrapping_add(1) => {
+                    let shift = if opts.wscale.is_some() { opts.wscale.unwrap_or(0).min(14) } else { 0 };
+                    let wnd = (seg.window_len as u32) << shift;
+                    self.establish_active(key, token, iss, sent_at, mac, irs, opts, wnd, seg, false);
+                }
+                (true, _) => {}
+                (false, _) => {
+                    if seg.ack_number.is_some() {
+                        let ip = self.conns[&key].remote_ip;
+                        let core = self.conns[&key].core;
+                        self.send_rst_for(core, mac, ip, seg);
+                    }
+                }
             }
             return;
         }
-        if !ack_ok {
-            return; // simultaneous open lands with the complete-TCP work
+        if seg.ack_number.is_none() {
+            // RFC 9293 3.10.7.3, SYN-SENT with SYN and no ACK: simultaneous open. Answer
+            // with SYN-ACK (our ISN again, with our options) and wait for the ACK.
+            let opts = Self::peer_opts(seg);
+            let (ws, ts) = self.our_syn_opts(Some(opts), tsval(self.now_us()));
+            let syn_window = self.syn_window();
+            let bare = self.bare(seg);
+            let c = self.conns.get_mut(&key).expect("present");
+            if let Phase::SynSent { peer, .. } = &mut c.phase {
+                *peer = Some((seg.seq_number, opts));
+            }
+            c.remote_mac = Some(mac);
+            let tcp = TcpRepr {
+                seq_number: iss,
+                ack_number: Some(seg.seq_number.wrapping_add(1)),
+                flags: TcpFlags::SYN | TcpFlags::ACK,
+                window_len: syn_window,
+                max_seg_size: Some(self.cfg.mss),
+                window_scale: ws,
+                sack_permitted: opts.sack,
+                timestamp: ts,
+                ..bare
+            };
+            let (core, ip) = (c.core, c.remote_ip);
+            self.send_tcp(core, mac, ip, &tcp);
+            return;
         }
+        if !ack_ok {
+            // RFC 9293 3.10.7.3: "If SEG.ACK =< ISS or SEG.ACK > SND.NXT, send a reset
+            // (unless the RST bit is set ...) and discard the segment."
+            let (core, ip) = (self.conns[&key].core, self.conns[&key].remote_ip);
+            self.send_rst_for(core, mac, ip, seg);
+            return;
+        }
+        // The window of a SYN-ACK is not scaled.
+        let opts = Self::peer_opts(seg);
+        self.establish_active(key, token, iss, sent_at, mac, seg.seq_number, opts, seg.window_len as u32, seg, true);
+    }
+
+    /// Install an actively opened connection (after a SYN-ACK, or the ACK completing a
+    /// simultaneous open) and tell the application.
+    #[allow(clippy::too_many_arguments)]
+    fn establish_active(
+        &mut self,
+        key: FlowKey,
+        token: u64,
+        iss: u32,
+        sent_at: Instant,
+        mac: EthernetAddress,
+        irs: u32,
+        opts: PeerOpts,
+        snd_wnd: u32,
+        seg: &TcpRepr,
+        send_ack: bool,
+    ) {
         let c = self.conns.get(&key).expect("present");
         let (app, slot, core) = (c.app, c.slot.expect("active opens hold a slot"), c.core);
         let Some(flow) = self.cores[core as usize].free_flows.pop() else {
@@ -1532,12 +1687,11 @@ impl SlowPath {
             self.post(app, SpEvent::ConnectFailed { token, error: ErrorCode::NoResources });
             return;
         };
-        let opts = Self::peer_opts(seg);
-        let irs = seg.seq_number;
         let rtt = self.now.saturating_since(sent_at);
-        // The window of a SYN-ACK is not scaled.
-        let snd_wnd = seg.window_len as u32;
-        let state = self.flow_state(key, app, slot, opts, iss.wrapping_add(1), irs.wrapping_add(1), snd_wnd, opts.ts, rtt);
+        // TS.Recent: the segment completing the handshake (a SYN-ACK, or in a
+        // simultaneous open the ACK of ours) carries the newest TSval.
+        let ts_recent = seg.timestamp.map(|(v, _)| v).or(opts.ts);
+        let state = self.flow_state(key, app, slot, opts, iss.wrapping_add(1), irs.wrapping_add(1), snd_wnd, ts_recent, rtt);
         // Complete the handshake: the ACK of the SYN-ACK.
         let ack = TcpRepr {
             seq_number: iss.wrapping_add(1),
@@ -1554,7 +1708,9 @@ impl SlowPath {
         c.deadline = None;
         c.mss = state.mss;
         let (ip, local_port) = (c.remote_ip, c.local_port);
-        self.send_tcp(core, mac, ip, &ack);
+        if send_ack {
+            self.send_tcp(core, mac, ip, &ack);
+        }
         let link = &mut self.cores[core as usize];
         link.owners[flow as usize] = Some(key);
         link.send(Command::InstallFlow { flow, state: Box::new(state) });
@@ -1615,6 +1771,10 @@ impl SlowPath {
         if opts.sack {
             f.flags |= F_SACK;
         }
+        if self.cfg.keepalive {
+            f.flags |= F_KEEPALIVE;
+        }
+        f.heard_us = self.now_us();
         tas_fastpath::rx::rtt_sample(&mut f, rtt_us);
         f
     }
@@ -1622,7 +1782,14 @@ impl SlowPath {
     fn on_note(&mut self, key: FlowKey, note: FlowNote) {
         let Some(c) = self.conns.get_mut(&key) else { return };
         match note {
-            FlowNote::PeerFin => c.peer_fin = true,
+            FlowNote::PeerFin { after_ours } => {
+                c.peer_fin = true;
+                // RFC 9293 3.6: whoever sent its FIN first (or both, when the FINs cross:
+                // CLOSING) goes through TIME-WAIT.
+                if after_ours {
+                    c.we_closed_first = true;
+                }
+            }
             FlowNote::FinAcked => {
                 c.fin_acked = true;
                 if !c.peer_fin {
@@ -1633,6 +1800,7 @@ impl SlowPath {
             }
             FlowNote::Rto => {
                 c.sb.reset();
+                c.sack_deadline = None;
                 return;
             }
             FlowNote::GaveUp => {
@@ -1696,7 +1864,12 @@ impl SlowPath {
                 if time_wait {
                     // Keep the 4-tuple (and its port) for 2 MSL, but free the app's slot.
                     let c = self.conns.get_mut(&key).expect("present");
-                    c.phase = Phase::TimeWait { snd_nxt: st.snd_nxt(), rcv_nxt: st.rcv_nxt };
+                    c.phase = Phase::TimeWait {
+                        snd_nxt: st.snd_nxt(),
+                        rcv_nxt: st.rcv_nxt,
+                        ts: (st.flags & F_TS != 0).then_some(st.ts_recent),
+                        window: tas_fastpath::tx::window_field(st),
+                    };
                     if let Some(s) = c.slot.take() {
                         self.by_slot.remove(&(app, s));
                         if let Some(a) = self.apps.get_mut(&app) {

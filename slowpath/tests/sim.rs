@@ -239,3 +239,86 @@ fn syn_flood_does_not_lock_out_clients() {
     assert_eq!(got, msg);
     assert_eq!(w.a.slow.counters().syn_cookies_accepted, 1);
 }
+
+#[test]
+fn keepalive_probes_and_gives_up_on_a_dead_peer() {
+    use tas_fastpath::core::Keepalive;
+    use tas_fastpath::io::mem::MemLink;
+    use tas_fastpath::time::SimClock;
+    use tas_fastpath::wire::EthernetAddress;
+    use tas_slowpath::sim::SimHost;
+    let clock = SimClock::new();
+    let (pa, pb) = MemLink::pair(&clock, Impairments::default(), Impairments::default(), 5);
+    let ka = Keepalive { idle_us: 1_000_000, interval_us: 500_000, probes: 3 };
+    let a = SimHost::with_keepalive(pa, &clock, IP_A, EthernetAddress([2, 0, 0, 0, 0, 1]), layout(), Some(ka));
+    let b = SimHost::new(pb, &clock, IP_B, EthernetAddress([2, 0, 0, 0, 0, 2]), layout());
+    let mut w = World { clock, a, b };
+    let mut server = context(&mut w.a, IP_A, "ka-server");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let l = listen(&mut w, &mut server, &mut client, 9100);
+    let conn = client.connect_start(SocketAddrV4::new(IP_A, 9100)).unwrap();
+    let mut sc = None;
+    while sc.is_none() {
+        w.step(&mut [&mut server, &mut client]);
+        sc = server.accept(l).unwrap();
+    }
+    let sc = sc.unwrap();
+    fn w_probes(w: &World) -> u64 {
+        w.a.cores[0].counters().keepalive_probes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    // Idle for 5 s with a live peer: probes go out and are answered, nothing breaks.
+    let until = w.clock.now() + Duration::from_secs(5);
+    while w.clock.now() < until {
+        w.step(&mut [&mut server, &mut client]);
+    }
+    assert!(w_probes(&w) >= 3, "a probe every idle period ({} sent)", w_probes(&w));
+    assert_eq!(server.state(sc), ConnState::Established, "answered probes keep the connection");
+    assert_eq!(client.state(conn), ConnState::Established);
+    // The peer goes silent: after 3 unanswered probes the connection is given up.
+    w.b.cores[0].io().set_tx_filter(Some(|_| false));
+    let until = w.clock.now() + Duration::from_secs(5);
+    while w.clock.now() < until && server.state(sc) == ConnState::Established {
+        w.step(&mut [&mut server, &mut client]);
+    }
+    assert_eq!(server.state(sc), ConnState::Failed(Error::TimedOut));
+}
+
+#[test]
+fn simultaneous_open() {
+    // Both sides connect to each other at once with matching ports (each stack's first
+    // ephemeral port is 61000): the SYNs cross (RFC 9293 3.5, figure 7).
+    let mut w = World::new(Impairments::default(), 6);
+    let mut a = context(&mut w.a, IP_A, "a");
+    let mut b = context(&mut w.b, IP_B, "b");
+    let ca = a.connect_start(SocketAddrV4::new(IP_B, 61000)).unwrap();
+    let cb = b.connect_start(SocketAddrV4::new(IP_A, 61000)).unwrap();
+    for _ in 0..100_000 {
+        w.step(&mut [&mut a, &mut b]);
+        if a.state(ca) == ConnState::Established && b.state(cb) == ConnState::Established {
+            break;
+        }
+    }
+    assert_eq!((a.state(ca), b.state(cb)), (ConnState::Established, ConnState::Established));
+    assert_eq!(a.local_port(ca), Some(61000));
+    for h in [&w.a, &w.b] {
+        let c = h.slow.counters();
+        assert_eq!((c.active_opens, c.passive_opens, c.rsts_sent), (1, 0, 0), "one crossed handshake, no resets");
+    }
+    a.send(ca, b"from a").unwrap();
+    b.send(cb, b"from b").unwrap();
+    let (mut ga, mut gb) = (Vec::new(), Vec::new());
+    for _ in 0..100_000 {
+        w.step(&mut [&mut a, &mut b]);
+        let mut buf = [0u8; 16];
+        if let Ok(n) = a.recv(ca, &mut buf) {
+            ga.extend_from_slice(&buf[..n]);
+        }
+        if let Ok(n) = b.recv(cb, &mut buf) {
+            gb.extend_from_slice(&buf[..n]);
+        }
+        if ga.len() == 6 && gb.len() == 6 {
+            break;
+        }
+    }
+    assert_eq!((ga.as_slice(), gb.as_slice()), (&b"from b"[..], &b"from a"[..]));
+}

@@ -718,7 +718,7 @@ fn tasctl_errors_tcp_control_and_config() {
     assert_eq!(value(&cfg, "log_level"), "\"info\"");
     assert_eq!(value(&cfg, "control_tcp"), "\"127.0.0.1:50051\"");
     assert_eq!(value(&cfg, "metrics"), "");
-    assert_eq!(cfg["entries"].as_array().unwrap().len(), 24);
+    assert_eq!(cfg["entries"].as_array().unwrap().len(), 27);
     let out = bed.tasctl(&["config", "set", "log_level", "debug"]).ok().stdout;
     assert_eq!(out.trim(), "log_level = \"debug\"");
     let cfg = bed.tasctl(&["config", "get", "log_level", "--json"]).json();

@@ -1,0 +1,159 @@
+//! The forwarding loop: two packet sockets, one [`Impairer`] per direction, one thread.
+//!
+//! Each turn drains what both sockets hold (a bounded batch each, so one busy side cannot
+//! starve the other), hands the frames to their direction's impairer, sends everything
+//! whose release time has come, then waits: in `ppoll` until the next release or the next
+//! arrival when the next release is more than [`SPIN_BELOW`] away (waking [`WAKE_EARLY`]
+//! before it), spinning otherwise.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use super::sched::{Counters, Impairer};
+use super::sys::{self, PacketSocket};
+use super::units::Nanos;
+
+/// Gaps shorter than this are busy-waited: a sleep and wake-up costs tens of microseconds
+/// on a VM, more than the gap itself.
+pub const SPIN_BELOW: Nanos = 100_000;
+/// Sleeps end this much before the release they wait for; the rest is spun.
+pub const WAKE_EARLY: Nanos = 50_000;
+/// Longest sleep with nothing scheduled: bounds how late a stop request missed by the
+/// signal handler's race (flag checked, then ppoll entered) is seen.
+const MAX_SLEEP: Nanos = 100_000_000;
+/// Frames read from one socket per turn.
+const RX_BATCH: usize = 64;
+/// Receive buffer: a frame larger than this (64 KiB GSO frames from a peer whose offloads
+/// are on) is counted as truncated and dropped.
+const RX_BUF: usize = 65_536 + 4;
+
+/// The two interfaces and what happens on the way between them.
+#[derive(Debug)]
+pub struct Forwarder {
+    a: PacketSocket,
+    b: PacketSocket,
+    /// Frames from A to B.
+    pub a2b: Impairer,
+    /// Frames from B to A.
+    pub b2a: Impairer,
+    start: Instant,
+}
+
+impl Forwarder {
+    /// A forwarder between two opened sockets.
+    pub fn new(a: PacketSocket, b: PacketSocket, a2b: Impairer, b2a: Impairer) -> Forwarder {
+        Forwarder { a, b, a2b, b2a, start: Instant::now() }
+    }
+
+    fn now(&self) -> Nanos {
+        self.start.elapsed().as_nanos() as Nanos
+    }
+
+    /// Seconds since the forwarder started.
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Runs until SIGINT/SIGTERM; calls `report` every `stats_interval`. Frames still
+    /// held at the stop are discarded (and not counted as sent).
+    pub fn run(&mut self, stats_interval: Option<Duration>, mut report: impl FnMut(&Forwarder)) -> Result<(), String> {
+        sys::set_timer_slack(Duration::from_micros(1));
+        let mut buf = vec![0u8; RX_BUF];
+        let stats_every = stats_interval.map(|d| d.as_nanos() as Nanos);
+        let mut next_stats = stats_every.map(|e| self.now() + e);
+        while !sys::stop_requested() {
+            let got_a = receive(&self.a, &mut self.a2b, &mut buf, self.start)?;
+            let got_b = receive(&self.b, &mut self.b2a, &mut buf, self.start)?;
+            let now = self.now();
+            release(&mut self.a2b, &self.b, now);
+            release(&mut self.b2a, &self.a, now);
+
+            if let (Some(at), Some(every)) = (next_stats, stats_every) {
+                if now >= at {
+                    self.collect_socket_drops();
+                    report(self);
+                    next_stats = Some(now + every);
+                }
+            }
+            if got_a == RX_BATCH || got_b == RX_BATCH {
+                continue; // more is waiting: read again before deciding to sleep
+            }
+            let next = [self.a2b.next_release(), self.b2a.next_release(), next_stats]
+                .into_iter()
+                .flatten()
+                .min();
+            let now = self.now();
+            let gap = next.map_or(MAX_SLEEP, |t| t.saturating_sub(now)).min(MAX_SLEEP);
+            if gap < SPIN_BELOW {
+                if got_a + got_b == 0 {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            let timeout = Duration::from_nanos(gap - WAKE_EARLY);
+            sys::wait_readable([self.a.as_raw_fd(), self.b.as_raw_fd()], timeout)
+                .map_err(|e| format!("ppoll failed: {e}"))?;
+        }
+        self.collect_socket_drops();
+        self.a2b.counters.discarded_at_exit = self.a2b.held() as u64;
+        self.b2a.counters.discarded_at_exit = self.b2a.held() as u64;
+        Ok(())
+    }
+
+    fn collect_socket_drops(&mut self) {
+        self.a2b.counters.rx_socket_drops += self.a.take_drops();
+        self.b2a.counters.rx_socket_drops += self.b.take_drops();
+    }
+
+    /// Both directions' counters.
+    pub fn counters(&self) -> (Counters, Counters) {
+        (self.a2b.counters, self.b2a.counters)
+    }
+
+    /// The interface names (A side, B side).
+    pub fn ifnames(&self) -> (&str, &str) {
+        (self.a.ifname(), self.b.ifname())
+    }
+}
+
+/// Reads up to [`RX_BATCH`] frames from `sock` into `imp`; returns how many.
+fn receive(sock: &PacketSocket, imp: &mut Impairer, buf: &mut [u8], start: Instant) -> Result<usize, String> {
+    let mut n = 0;
+    while n < RX_BATCH {
+        match sock.recv(buf) {
+            Ok(None) => break,
+            Ok(Some(len)) if len > buf.len() => {
+                imp.counters.rx_truncated += 1;
+                n += 1;
+            }
+            Ok(Some(len)) => {
+                // The arrival time of each frame, not of the batch: the rate limiter and
+                // the delay line start from it.
+                let now = start.elapsed().as_nanos() as Nanos;
+                imp.arrive(now, &buf[..len]);
+                n += 1;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "receiving on {} failed: {e} (was the interface deleted? the sandbox torn down?)",
+                    sock.ifname()
+                ))
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Sends every frame of `imp` that is due at `now` out of `sock`.
+fn release(imp: &mut Impairer, sock: &PacketSocket, now: Nanos) {
+    while let Some(frame) = imp.pop_due(now) {
+        match sock.send(&frame) {
+            Ok(()) => {
+                imp.counters.tx_frames += 1;
+                imp.counters.tx_bytes += frame.len() as u64;
+            }
+            Err(_) => imp.counters.tx_errors += 1,
+        }
+        imp.recycle(frame);
+    }
+}
