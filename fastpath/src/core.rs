@@ -548,17 +548,19 @@ impl<IO: PacketIo> FastPath<IO> {
                     self.retransmit_range(idx, f.snd_una, f.mss as u32);
                 }
                 if v & rx::V_SACK != 0 {
-                    if let Some(blocks) = sack {
-                        let f = self.flows.get(idx).expect("live flow");
-                        let (snd_una, snd_nxt, srtt_us) = (f.snd_una, f.snd_nxt(), f.srtt_us);
-                        self.report(ToSlow::Sack { flow: idx, snd_una, snd_nxt, srtt_us, blocks });
-                    }
+                    let blocks = sack.unwrap_or_default();
+                    let f = self.flows.get(idx).expect("live flow");
+                    let (snd_una, snd_nxt, srtt_us) = (f.snd_una, f.snd_nxt(), f.srtt_us);
+                    self.report(ToSlow::Sack { flow: idx, snd_una, snd_nxt, srtt_us, blocks });
                 }
-                if v & rx::V_PEER_FIN != 0 {
-                    self.report(ToSlow::Note { flow: idx, note: FlowNote::PeerFin });
-                }
+                // Our FIN's acknowledgment is processed before the segment's own FIN, and
+                // reported in that order.
                 if v & rx::V_FIN_ACKED != 0 {
                     self.report(ToSlow::Note { flow: idx, note: FlowNote::FinAcked });
+                }
+                if v & rx::V_PEER_FIN != 0 {
+                    let after_ours = self.flows.get(idx).is_some_and(|f| f.has(F_TX_FIN_SENT));
+                    self.report(ToSlow::Note { flow: idx, note: FlowNote::PeerFin { after_ours } });
                 }
             }
         }
@@ -633,11 +635,15 @@ impl<IO: PacketIo> FastPath<IO> {
         // Go-back-N: everything unacknowledged is unsent again.
         f.tx_avail += f.tx_sent;
         f.tx_sent = 0;
+        if f.snd_wnd == 0 {
+            // What timed out was a zero-window probe: the resend is the next probe.
+            f.flags |= F_PROBE;
+        }
         if f.has(F_TX_FIN_SENT) && !f.has(F_TX_FIN_ACKED) {
             f.flags &= !F_TX_FIN_SENT;
         }
         f.dupacks = 0;
-        f.flags &= !(F_RECOVERY | F_TLP);
+        f.flags &= !(F_RECOVERY | F_TLP | F_SCOREBOARD);
         f.recover = f.snd_nxt();
         f.cnt_retx = f.cnt_retx.wrapping_add(1);
         self.schedule(flow);

@@ -113,8 +113,12 @@ impl ExcFrame {
 /// Why a flow milestone is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowNote {
-    /// The peer's FIN arrived in order.
-    PeerFin,
+    /// The peer's FIN arrived in order; `after_ours`: our FIN had been sent before it
+    /// (an active or simultaneous close: TIME-WAIT follows).
+    PeerFin {
+        /// Our FIN was sent first.
+        after_ours: bool,
+    },
     /// Our FIN was acknowledged.
     FinAcked,
     /// The retransmission budget ran out (the slow path resets the connection).

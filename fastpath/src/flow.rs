@@ -37,6 +37,9 @@ pub const F_RECOVERY: u16 = 1 << 12;
 pub const F_TLP: u16 = 1 << 13;
 /// Flow flag: send keepalive probes when idle (RFC 9293 3.8.4; off unless configured).
 pub const F_KEEPALIVE: u16 = 1 << 14;
+/// Flow flag: the slow path's SACK scoreboard holds state for this flow, so cumulative
+/// ACKs are reported to it until one arrives without SACK blocks.
+pub const F_SCOREBOARD: u16 = 1 << 15;
 
 /// The state of one established connection on its owning fast-path core.
 ///
@@ -134,9 +137,9 @@ impl FlowState {
     /// `snd_nxt`: the next new sequence number we will send.
     #[inline]
     pub fn snd_nxt(&self) -> u32 {
-        self.snd_una
-            .wrapping_add(self.tx_sent)
-            .wrapping_add((self.flags & F_TX_FIN_SENT != 0) as u32)
+        // A FIN counts while in flight; once acknowledged, snd_una has moved past it.
+        let fin_in_flight = self.flags & (F_TX_FIN_SENT | F_TX_FIN_ACKED) == F_TX_FIN_SENT;
+        self.snd_una.wrapping_add(self.tx_sent).wrapping_add(fin_in_flight as u32)
     }
     /// The lookup key of this flow.
     #[inline]

@@ -141,6 +141,15 @@ pub fn on_segment(
     }
     let mut v = 0;
     f.heard_us = now_us;
+    // RFC 7323 4.3: TS.Recent takes the TSval of every segment that covers Last.ACK.sent
+    // (SEG.SEQ <= RCV.NXT here), pure ACKs included; PAWS above made sure it is not older.
+    if f.has(F_TS) {
+        if let Some((val, _)) = seg.ts {
+            if !seq_lt(f.rcv_nxt, seg.seq) {
+                f.ts_recent = val;
+            }
+        }
+    }
     if f.tx_sent == 0 && !f.has(F_TX_FIN_SENT) {
         // Nothing outstanding: the backoff counter counts keepalive probes, and the peer
         // just answered.
@@ -206,12 +215,28 @@ pub fn on_segment(
         c.ack_unsent += 1;
         return V_ACK;
     }
-    if f.has(F_SACK) && seg.sack.is_some_and(|b| !b.is_empty()) && f.tx_sent > 0 {
-        v |= V_SACK;
+    if f.has(F_SACK) {
+        let blocks = seg.sack.is_some_and(|b| !b.is_empty());
+        if blocks && f.tx_sent > 0 {
+            v |= V_SACK;
+            f.flags |= F_SCOREBOARD;
+        } else if !blocks && acked != 0 && f.has(F_SCOREBOARD) {
+            // The holes are filled: one last report lets the scoreboard empty itself
+            // (and stop its reordering timer).
+            v |= V_SACK;
+            f.flags &= !F_SCOREBOARD;
+        }
     }
     // Window update (an old ACK, SEG.ACK < SND.UNA, leaves the window alone).
     if !seq_lt(seg.ack, f.snd_una) {
         let wnd = (seg.window as u32) << f.snd_wscale;
+        if f.snd_wnd == 0 && wnd > 0 && acked == 0 && f.tx_sent > 0 {
+            // The window reopened without acknowledging the zero-window probe: the peer
+            // discarded it (RFC 9293 3.8.6.1). Send it again, from SND.UNA.
+            f.tx_avail += f.tx_sent;
+            f.tx_sent = 0;
+            v |= V_TX;
+        }
         if wnd > f.snd_wnd && f.tx_avail > 0 {
             v |= V_TX;
         }
@@ -245,15 +270,6 @@ pub fn on_segment(
         data = &data[skip..];
         seq = f.rcv_nxt;
     }
-    if f.has(F_TS) {
-        if let Some((val, _)) = seg.ts {
-            // RFC 7323 4.3: update TS.Recent if the segment covers Last.ACK.sent.
-            if seq == f.rcv_nxt {
-                f.ts_recent = val;
-            }
-        }
-    }
-
     if seq == f.rcv_nxt {
         let take = (data.len() as u32).min(f.rx_avail);
         if take > 0 {

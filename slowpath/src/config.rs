@@ -200,6 +200,72 @@ impl FileConfig {
         )
     }
 
+    /// The keys this file (or set of flags) gives a value.
+    pub fn set_keys(&self) -> Vec<&'static str> {
+        let FileConfig {
+            interface,
+            ip,
+            gateway,
+            fp_cores,
+            fp_cpus,
+            app_socket,
+            control_socket,
+            xdp_mode,
+            bind_mode,
+            rx_buffer,
+            tx_buffer,
+            conns_per_app,
+            flows_per_core,
+            queue_entries,
+            ephemeral_low,
+            ephemeral_high,
+            idle_spin_us,
+            time_wait_ms,
+            arp_reply,
+            log_level,
+            socket_group,
+            keepalive_idle_secs,
+            keepalive_interval_secs,
+            keepalive_probes,
+            control_group,
+            control_tcp,
+            metrics,
+        } = self;
+        [
+            ("interface", interface.is_some()),
+            ("ip", ip.is_some()),
+            ("gateway", gateway.is_some()),
+            ("fp_cores", fp_cores.is_some()),
+            ("fp_cpus", fp_cpus.is_some()),
+            ("app_socket", app_socket.is_some()),
+            ("control_socket", control_socket.is_some()),
+            ("xdp_mode", xdp_mode.is_some()),
+            ("bind_mode", bind_mode.is_some()),
+            ("rx_buffer", rx_buffer.is_some()),
+            ("tx_buffer", tx_buffer.is_some()),
+            ("conns_per_app", conns_per_app.is_some()),
+            ("flows_per_core", flows_per_core.is_some()),
+            ("queue_entries", queue_entries.is_some()),
+            ("ephemeral_low", ephemeral_low.is_some()),
+            ("ephemeral_high", ephemeral_high.is_some()),
+            ("idle_spin_us", idle_spin_us.is_some()),
+            ("time_wait_ms", time_wait_ms.is_some()),
+            ("arp_reply", arp_reply.is_some()),
+            ("log_level", log_level.is_some()),
+            ("socket_group", socket_group.is_some()),
+            ("keepalive_idle_secs", keepalive_idle_secs.is_some()),
+            ("keepalive_interval_secs", keepalive_interval_secs.is_some()),
+            ("keepalive_probes", keepalive_probes.is_some()),
+            ("control_group", control_group.is_some()),
+            ("control_tcp", control_tcp.is_some()),
+            ("metrics", metrics.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| k)
+        .collect()
+    }
+
     /// Check everything and fill defaults.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let FileConfig {
@@ -637,6 +703,7 @@ mod tests {
         let c = base().validate().unwrap();
         let d = c.with_key("log_level", "debug").unwrap();
         assert_eq!(d.log_level, "debug");
+        assert_eq!(base().set_keys(), ["interface", "ip"]);
         assert_eq!(c.changed_keys(&d).iter().map(|k| (k.key, k.live)).collect::<Vec<_>>(), [("log_level", true)]);
         let d = c.with_key("arp_reply", "\"always\"").unwrap();
         assert_eq!(d.arp_reply, Some(true));

@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tas_fastpath::flow::{FlowKey, FlowState, F_FIN_REPORTED, F_RX_FIN, F_TS, F_TX_FIN_ACKED, F_TX_FIN_PENDING, F_TX_FIN_SENT};
+use tas_fastpath::flow::{
+    FlowKey, FlowState, F_FIN_REPORTED, F_RECOVERY, F_RX_FIN, F_SACK, F_TLP, F_TS, F_TX_FIN_ACKED, F_TX_FIN_PENDING,
+    F_TX_FIN_SENT,
+};
 use tas_fastpath::io::capture::{CaptureFilter, CaptureSpec, CapturedFrame as CoreFrame};
 use tas_proto::control::control_server::{Control, ControlServer};
 use tas_proto::control::*;
@@ -47,13 +50,16 @@ pub struct StatusSnap {
     pub connections: u32,
 }
 
+/// Every core's flows, as `(core, [(flow slot, state)])`, one message per core.
+pub type FlowSnapshots = crossbeam_channel::Receiver<(u8, Vec<(u32, FlowState)>)>;
+
 /// A question for the slow-path thread.
 #[derive(Debug)]
 pub enum Query {
     /// Service status.
     Status(oneshot::Sender<StatusSnap>),
     /// Connections, plus a channel on which every core sends its flow snapshot.
-    Flows(oneshot::Sender<(Vec<ConnInfo>, u32, crossbeam_channel::Receiver<(u8, Vec<(u32, FlowState)>)>)>),
+    Flows(oneshot::Sender<(Vec<ConnInfo>, u32, FlowSnapshots)>),
     /// Applications.
     Apps(oneshot::Sender<Vec<AppInfo>>),
     /// All counters: (name, value, core or -1).
@@ -257,6 +263,9 @@ fn cc_unimplemented() -> GrpcStatus {
 fn flag_names(f: &FlowState) -> Vec<String> {
     [
         (F_TS, "timestamps"),
+        (F_SACK, "sack"),
+        (F_RECOVERY, "recovery"),
+        (F_TLP, "tail_loss_probe"),
         (F_RX_FIN, "fin_received"),
         (F_FIN_REPORTED, "fin_reported"),
         (F_TX_FIN_PENDING, "fin_pending"),

@@ -8,6 +8,9 @@
 
 use std::fmt::Write as _;
 
+/// The help text of a counter nobody described yet (a test keeps this from happening).
+pub const UNDOCUMENTED: &str = "Counter (not described yet).";
+
 /// Help text of a counter, and whether it is a gauge (a level) rather than a running total.
 pub fn counter_help(name: &str, per_core: bool) -> (&'static str, bool) {
     let (help, gauge) = if per_core {
@@ -32,6 +35,11 @@ pub fn counter_help(name: &str, per_core: bool) -> (&'static str, bool) {
             "dupacks" => ("Duplicate ACKs received.", false),
             "rto_fired" => ("Retransmission timeouts.", false),
             "fast_retransmits" => ("Fast retransmits (three duplicate ACKs).", false),
+            "retransmitted_segments" => ("Data segments sent again (timeouts, fast and selective retransmits, probes).", false),
+            "tail_loss_probes" => ("Tail-loss probes sent.", false),
+            "challenge_acks" => ("Challenge ACKs sent for suspicious RSTs and SYNs (RFC 5961).", false),
+            "paws_dropped" => ("Segments dropped by PAWS: an old timestamp (RFC 7323).", false),
+            "keepalive_probes" => ("Keepalive probes sent.", false),
             "doorbells" => ("Application doorbells processed.", false),
             "bad_doorbells" => ("Application doorbells rejected (bad flow, slot or length).", false),
             "corrupt_queues" => ("Application queues found corrupt (the application is ignored).", false),
@@ -42,7 +50,7 @@ pub fn counter_help(name: &str, per_core: bool) -> (&'static str, bool) {
             "idle_polls" => ("Polls of the core that found nothing.", false),
             "sleeps" => ("Times the core went to sleep after spinning idle.", false),
             "flows" => ("Flows installed on the core.", true),
-            _ => ("Fast-path core counter.", false),
+            _ => (UNDOCUMENTED, false),
         }
     } else {
         match name {
@@ -62,13 +70,17 @@ pub fn counter_help(name: &str, per_core: bool) -> (&'static str, bool) {
             "arp_replies" => ("ARP replies sent.", false),
             "timeouts" => ("Connections that timed out (handshake or retransmissions).", false),
             "syn_retransmits" => ("SYN and SYN-ACK retransmissions.", false),
+            "sack_retransmits" => ("Segments the slow path had retransmitted from the SACK scoreboard.", false),
+            "challenge_acks" => ("Challenge ACKs the slow path sent for suspicious RSTs and SYNs (RFC 5961).", false),
+            "syn_cookies_sent" => ("SYN-ACKs sent as SYN cookies (the handshake backlog was full).", false),
+            "syn_cookies_accepted" => ("Connections established from a valid SYN cookie.", false),
             "events_dropped" => ("Control-API events dropped: no watcher kept up.", false),
             "connections" => ("Connections in any state, TIME-WAIT and handshakes included.", true),
             "flows" => ("Connections with a fast-path flow.", true),
             "apps" => ("Attached applications.", true),
             "listeners" => ("Listening ports.", true),
             "uptime_seconds" => ("Seconds since tasd started.", true),
-            _ => ("Slow-path counter.", false),
+            _ => (UNDOCUMENTED, false),
         }
     };
     (help, gauge)
@@ -99,8 +111,9 @@ pub fn render_prometheus(info: &[(&str, String)], counters: &[(String, u64, i32)
         let _ = write!(out, "{k}=\"{}\"", escape_label(v));
     }
     out.push_str("} 1\n");
-    // Families in first-seen order; values of a family together.
-    let mut families: Vec<(String, bool, Vec<(i32, u64)>)> = Vec::new();
+    // Families in first-seen order; values of a family together: (name, per core, values).
+    type Family = (String, bool, Vec<(i32, u64)>);
+    let mut families: Vec<Family> = Vec::new();
     for (name, value, core) in counters {
         let per_core = *core >= 0;
         let full = prometheus_name(name, per_core);
@@ -263,6 +276,32 @@ tas_connections 4
         assert_eq!(route("GET / HTTP/1.0\r\n\r\n").0, "404 Not Found");
         assert_eq!(route("POST /metrics HTTP/1.0\r\n\r\n").0, "405 Method Not Allowed");
         assert_eq!(route("").0, "405 Method Not Allowed");
+    }
+
+    /// Every counter the slow path and the cores keep has its own help text.
+    #[test]
+    fn every_counter_is_described() {
+        use tas_fastpath::io::mem::{Impairments, MemLink};
+        use tas_fastpath::time::SimClock;
+        let clock = SimClock::new();
+        let (port, _peer) = MemLink::pair(&clock, Impairments::default(), Impairments::default(), 1);
+        let layout = tas_proto::shm::Layout {
+            num_fp_queues: 1,
+            queue_entries: 64,
+            conn_slots: 4,
+            rx_buf_size: 4096,
+            tx_buf_size: 4096,
+        };
+        let host = crate::sim::SimHost::new(port, &clock, "10.0.0.1".parse().unwrap(), Default::default(), layout);
+        let all = host.slow.all_counters();
+        assert!(all.len() > 40);
+        for (name, _, core) in all.iter().chain([&("events_dropped".to_string(), 0, -1)]) {
+            let (help, _) = counter_help(name, *core >= 0);
+            assert_ne!(help, UNDOCUMENTED, "counter {name} (core {core}) has no help text in metrics.rs");
+        }
+        for n in ["connections", "flows", "apps", "listeners", "uptime_seconds"] {
+            assert!(counter_help(n, false).1, "{n} is a gauge");
+        }
     }
 
     #[test]

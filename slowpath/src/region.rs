@@ -128,12 +128,14 @@ impl AppRegion {
             .open(format!("/dev/shm{os_id}"))
             .map_err(prepare)?;
         let fd = OwnedFd::from(file);
-        // SAFETY: fchown/fchmod on an fd we own; -1 (as gid_t) leaves the group as is.
-        if unsafe { libc::fchown(fd.as_raw_fd(), owner_uid, libc::gid_t::MAX) } != 0 {
+        // chmod first, while tasd still owns the object: after the chown only the new owner
+        // (or CAP_FOWNER) may chmod, and an unprivileged tasd has CAP_CHOWN but not that.
+        // SAFETY: fchmod/fchown on an fd we own; -1 (as gid_t) leaves the group as is.
+        if unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) } != 0 {
             return Err(prepare(io::Error::last_os_error()));
         }
         // SAFETY: as above.
-        if unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) } != 0 {
+        if unsafe { libc::fchown(fd.as_raw_fd(), owner_uid, libc::gid_t::MAX) } != 0 {
             return Err(prepare(io::Error::last_os_error()));
         }
         let base = NonNull::new(shmem.as_ptr()).expect("a mapping is never at address 0");

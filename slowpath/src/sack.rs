@@ -17,11 +17,21 @@
 const DUP_THRESH: u32 = 3;
 /// Lower bound of the reordering window, µs.
 const MIN_REO_WND_US: u64 = 200;
+/// Lower bound of the time after which a retransmission counts as lost, µs: a
+/// retransmission needs a whole round trip, and the peer may delay its ACK; below a few
+/// milliseconds, timing noise would resend the same hole over and over.
+const MIN_REXMIT_US: u64 = 5_000;
 /// Retransmissions of one hole before leaving it to the RTO.
 const MAX_RETRIES: u8 = 4;
 /// Ranges beyond this many are not tracked: a peer cannot report more than a window's
 /// worth of disjoint blocks, and this bounds what a hostile one can make us keep.
 const MAX_RANGES: usize = 64;
+
+/// (reordering window, time after which a retransmission counts as lost), µs.
+fn windows(srtt_us: u32) -> (u64, u64) {
+    let reo_wnd = (srtt_us as u64 / 4).max(MIN_REO_WND_US);
+    (reo_wnd, (2 * srtt_us as u64 + reo_wnd).max(MIN_REXMIT_US))
+}
 
 #[inline]
 fn lt(a: u32, b: u32) -> bool {
@@ -45,6 +55,8 @@ pub struct Scoreboard {
     sacked: Vec<(u32, u32)>,
     /// Loss candidates by start sequence number.
     holes: Vec<Hole>,
+    /// The inputs of the last evaluation (snd_una, snd_nxt, mss, srtt), for timer runs.
+    last: Option<(u32, u32, u32, u32)>,
 }
 
 impl Scoreboard {
@@ -52,6 +64,31 @@ impl Scoreboard {
     pub fn reset(&mut self) {
         self.sacked.clear();
         self.holes.clear();
+        self.last = None;
+    }
+
+    /// When a hole becomes due without any further ACK (its reordering window ends, or
+    /// its retransmission counts as lost), in µs; None if nothing is waiting. The owner
+    /// calls [`Scoreboard::on_timer`] then (RFC 8985 6.3's reordering timer).
+    pub fn next_check(&self) -> Option<u64> {
+        let (_, _, _, srtt) = self.last?;
+        let (reo_wnd, rexmit_after) = windows(srtt);
+        self.holes
+            .iter()
+            .filter_map(|h| match h.sent {
+                None => Some(h.since + reo_wnd),
+                Some(t) if h.tries < MAX_RETRIES => Some(t + rexmit_after),
+                Some(_) => None,
+            })
+            .min()
+    }
+
+    /// Re-evaluate at `now_us` with the last ACK's view; returns ranges to retransmit.
+    pub fn on_timer(&mut self, now_us: u64) -> Vec<(u32, u32)> {
+        match self.last {
+            Some((una, nxt, mss, srtt)) => self.on_ack(now_us, srtt, una, nxt, mss, &[]),
+            None => Vec::new(),
+        }
     }
 
     /// True while holes are being repaired.
@@ -112,8 +149,8 @@ impl Scoreboard {
                 self.insert(s, e);
             }
         }
-        let reo_wnd = (srtt_us as u64 / 4).max(MIN_REO_WND_US);
-        let rexmit_after = srtt_us as u64 + reo_wnd;
+        self.last = Some((snd_una, snd_nxt, mss, srtt_us));
+        let (reo_wnd, rexmit_after) = windows(srtt_us);
         // The holes below the highest SACKed byte, with the SACKed bytes above each.
         let mut current: Vec<(u32, u32, u32)> = Vec::new(); // (start, end, sacked above)
         let total: u32 = self.sacked.iter().map(|&(a, b)| b.wrapping_sub(a)).sum();
@@ -166,6 +203,7 @@ mod tests {
         // Segments of 100 bytes from 1000; 1000 and 1300 lost.
         assert!(sb.on_ack(0, SRTT, 1000, 2000, 100, &[(1100, 1300)]).is_empty(), "200 B above: not yet lost");
         assert!(sb.on_ack(10, SRTT, 1000, 2000, 100, &[(1400, 1800), (1100, 1300)]).is_empty(), "inside the reordering window");
+        assert_eq!(sb.next_check(), Some(10 + 250), "the window ends 250 us after the holes appeared");
         let r = sb.on_ack(300, SRTT, 1000, 2000, 100, &[(1400, 1800)]);
         assert_eq!(r, vec![(1000, 100), (1300, 100)]);
         assert!(sb.in_recovery());
@@ -173,12 +211,23 @@ mod tests {
         // A partial ACK: the first hole is repaired, the second still open.
         assert!(sb.on_ack(500, SRTT, 1300, 2000, 100, &[(1400, 1900)]).is_empty());
         assert_eq!(sb.sacked(), &[(1400, 1900)]);
-        // The retransmission of 1300 was lost too: sent again after srtt + window.
-        assert_eq!(sb.on_ack(1600, SRTT, 1300, 2000, 100, &[(1400, 1900)]), vec![(1300, 100)]);
+        // The retransmission of 1300 was lost too: sent again after max(2 srtt + window, 5 ms).
+        assert!(sb.on_ack(5000, SRTT, 1300, 2000, 100, &[(1400, 1900)]).is_empty());
+        assert_eq!(sb.on_ack(5300, SRTT, 1300, 2000, 100, &[(1400, 1900)]), vec![(1300, 100)]);
         // Everything acknowledged.
-        assert!(sb.on_ack(1700, SRTT, 2000, 2000, 100, &[]).is_empty());
+        assert!(sb.on_ack(5400, SRTT, 2000, 2000, 100, &[]).is_empty());
         assert!(!sb.in_recovery());
         assert!(sb.sacked().is_empty());
+    }
+
+    #[test]
+    fn timer_fires_without_further_acks() {
+        let mut sb = Scoreboard::default();
+        assert!(sb.on_ack(0, SRTT, 0, 10_000, 1000, &[(1000, 5000)]).is_empty());
+        let due = sb.next_check().unwrap();
+        assert!(sb.on_timer(due - 1).is_empty());
+        assert_eq!(sb.on_timer(due), vec![(0, 1000)]);
+        assert_eq!(sb.next_check(), Some(due + 5000), "next: the retransmission's loss check");
     }
 
     #[test]

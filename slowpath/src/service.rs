@@ -133,8 +133,12 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         metrics,
     } = cfg;
     let started = std::time::Instant::now();
-    if not_root() {
-        tracing::warn!("not running as root: loading XDP needs CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW and CAP_IPC_LOCK");
+    let missing = missing_capabilities();
+    if !missing.is_empty() {
+        tracing::warn!(
+            missing = %missing.join(","),
+            "tasd lacks capabilities it needs: CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN to load and attach XDP, CAP_NET_RAW for AF_XDP, CAP_IPC_LOCK for UMEM (run it from deploy/systemd/tasd.service or as root)"
+        );
     }
     let mac = read_mac(&interface)?;
     let layout = Layout { num_fp_queues: fp_cores as u32, queue_entries, conn_slots: conns_per_app, rx_buf_size: rx_buffer, tx_buf_size: tx_buffer };
@@ -308,7 +312,10 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         ..Ops::default()
     };
     let svc = ControlService::with_ops(query_tx, ops);
-    let stop_slow = stop.clone();
+    // The slow path stops first and resets every connection while the cores still run
+    // to send the RSTs; then the cores stop.
+    let stop_slow = Arc::new(AtomicBool::new(false));
+    let stop_slow_flag = stop_slow.clone();
     let slow_thread = std::thread::Builder::new()
         .name("tas-slow".into())
         .spawn(move || slow_loop(&mut slow, attach_rx, frame_rx, query_rx, notify_rx, stop_slow, status_base))
@@ -390,9 +397,11 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         let ((), a, b, ()) = tokio::join!(signals, unix, tcp, prom);
         a.and(b)
     });
-    // Orderly stop: slow path resets connections, then the cores stop.
-    stop.store(true, Ordering::SeqCst);
+    // Orderly stop: slow path resets connections (the cores send the RSTs), then the
+    // cores stop.
+    stop_slow_flag.store(true, Ordering::SeqCst);
     let _ = slow_thread.join();
+    stop.store(true, Ordering::SeqCst);
     for t in core_threads {
         let _ = t.join();
     }
@@ -420,12 +429,19 @@ fn group_id(name: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("socket_group {name:?} does not exist: create it (groupadd {name}) or pick another"))
 }
 
-fn not_root() -> bool {
-    // /proc/self/status avoids an unsafe libc call for a warning.
-    std::fs::read_to_string("/proc/self/status")
+/// The capabilities tasd needs that its effective set lacks (from /proc/self/status:
+/// no unsafe libc call for a warning).
+fn missing_capabilities() -> Vec<&'static str> {
+    const NEEDED: [(&str, u32); 5] =
+        [("CAP_NET_ADMIN", 12), ("CAP_NET_RAW", 13), ("CAP_IPC_LOCK", 14), ("CAP_PERFMON", 38), ("CAP_BPF", 39)];
+    let eff = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) != Some("0")))
-        .unwrap_or(false)
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_string())))
+        .and_then(|v| u64::from_str_radix(&v, 16).ok());
+    match eff {
+        Some(eff) => NEEDED.iter().filter(|(_, bit)| eff & (1u64 << bit) == 0).map(|(n, _)| *n).collect(),
+        None => Vec::new(),
+    }
 }
 
 /// SIGHUP: re-read the configuration file and apply the keys that can change live.
@@ -435,6 +451,7 @@ fn reload(live: &LiveConfig) {
             file = ?live.file(),
             applied = ?r.applied,
             need_restart = ?r.need_restart,
+            overridden_by_flags = ?r.overridden,
             "SIGHUP: configuration reloaded (live keys: {}){}",
             crate::live::live_keys(),
             if r.need_restart.is_empty() { String::new() } else { format!("; restart tasd to apply {}", r.need_restart.join(", ")) }

@@ -219,7 +219,9 @@ enum Phase {
     SynRcvd { listener: u32, iss: u32, irs: u32, opts: PeerOpts, retries: u8, sent_at: Instant },
     Established,
     Removing(Removal),
-    TimeWait { snd_nxt: u32, rcv_nxt: u32 },
+    /// `ts`: TS.Recent if timestamps are in use (every segment must carry them, RFC 7323
+    /// 3.2); `window`: the window field of our last segments.
+    TimeWait { snd_nxt: u32, rcv_nxt: u32, ts: Option<u32>, window: u16 },
 }
 
 #[derive(Debug, Clone)]
@@ -245,6 +247,8 @@ struct Conn {
     mss: u16,
     /// SACK scoreboard (used only when SACK was negotiated).
     sb: crate::sack::Scoreboard,
+    /// When the scoreboard's reordering timer is armed for.
+    sack_deadline: Option<Instant>,
 }
 
 /// Counters of the slow path.
@@ -284,6 +288,10 @@ pub struct SlowCounters {
     pub syn_retransmits: u64,
     /// Ranges retransmitted from the SACK scoreboard.
     pub sack_retransmits: u64,
+    /// Challenge ACKs the slow path sent (RFC 5961, half-open connections).
+    pub challenge_acks: u64,
+    /// TIME-WAIT 4-tuples reused by a new SYN (RFC 6191).
+    pub time_wait_reused: u64,
     /// SYN-ACKs sent with a SYN cookie (backlog full of handshakes).
     pub syn_cookies_sent: u64,
     /// Connections established from a valid SYN cookie.
@@ -345,6 +353,8 @@ pub struct SlowPath {
     conns: HashMap<FlowKey, Conn>,
     by_slot: HashMap<(u32, u32), FlowKey>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// SACK reordering timers (RFC 8985 6.3), separate from the connection timers.
+    sack_timers: BinaryHeap<Reverse<(Instant, u64)>>,
     timer_keys: HashMap<u64, FlowKey>,
     timer_seq: u64,
     neigh: HashMap<Ipv4Addr, Neighbour>,
@@ -356,6 +366,10 @@ pub struct SlowPath {
     rcv_wscale: u8,
     ops: ops::OpsState,
 }
+
+/// ARP requests beyond the first before an active open to an unresolvable neighbour
+/// fails with `Unreachable`.
+const ARP_RETRIES: u8 = 2;
 
 /// MSS values a SYN cookie can encode (3 bits; the common ones, as Linux's table).
 const COOKIE_MSS: [u16; 4] = [536, 1300, 1440, 1460];
@@ -387,6 +401,7 @@ impl SlowPath {
             conns: HashMap::new(),
             by_slot: HashMap::new(),
             timers: BinaryHeap::new(),
+            sack_timers: BinaryHeap::new(),
             timer_keys: HashMap::new(),
             timer_seq: 0,
             neigh: HashMap::new(),
@@ -489,6 +504,8 @@ impl SlowPath {
             ("timeouts", s.timeouts),
             ("syn_retransmits", s.syn_retransmits),
             ("sack_retransmits", s.sack_retransmits),
+            ("challenge_acks", s.challenge_acks),
+            ("time_wait_reused", s.time_wait_reused),
             ("syn_cookies_sent", s.syn_cookies_sent),
             ("syn_cookies_accepted", s.syn_cookies_accepted),
         ]
@@ -658,7 +675,9 @@ impl SlowPath {
 
     /// The earliest timer deadline, for sleeping.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let a = self.timers.peek().map(|Reverse((t, _))| *t);
+        let b = self.sack_timers.peek().map(|Reverse((t, _))| *t);
+        a.into_iter().chain(b).min()
     }
 
     fn requests(&mut self) -> usize {
@@ -863,6 +882,7 @@ impl SlowPath {
                 deadline: None,
                 mss: 0,
                 sb: Default::default(),
+                sack_deadline: None,
             },
         );
         self.by_slot.insert((app, slot), key);
@@ -949,8 +969,49 @@ impl SlowPath {
         }
     }
 
-    fn run_timers(&mut self) -> usize {
+    /// Send the scoreboard's ranges and arm its reordering timer.
+    fn sack_retransmit(&mut self, key: FlowKey, core: u8, flow: u32, ranges: Vec<(u32, u32)>) {
+        for (seq, len) in ranges {
+            self.counters.sack_retransmits += 1;
+            self.cores[core as usize].send(Command::RetransmitRange { flow, seq, len });
+        }
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        let at = c.sb.next_check().map(|us| Instant::from_nanos(us * 1_000));
+        if at != c.sack_deadline {
+            c.sack_deadline = at;
+            if let Some(at) = at {
+                self.timer_seq += 1;
+                self.sack_timers.push(Reverse((at, self.timer_seq)));
+                self.timer_keys.insert(self.timer_seq, key);
+            }
+        }
+    }
+
+    fn run_sack_timers(&mut self) -> usize {
         let mut n = 0;
+        while let Some(&Reverse((at, id))) = self.sack_timers.peek() {
+            if at > self.now {
+                break;
+            }
+            self.sack_timers.pop();
+            let Some(key) = self.timer_keys.remove(&id) else { continue };
+            let now_us = self.now.as_nanos() / 1_000;
+            let Some(c) = self.conns.get_mut(&key) else { continue };
+            if c.sack_deadline != Some(at) {
+                continue;
+            }
+            c.sack_deadline = None;
+            let (Some(flow), Phase::Established) = (c.flow, c.phase) else { continue };
+            n += 1;
+            let core = c.core;
+            let ranges = c.sb.on_timer(now_us);
+            self.sack_retransmit(key, core, flow, ranges);
+        }
+        n
+    }
+
+    fn run_timers(&mut self) -> usize {
+        let mut n = self.run_sack_timers();
         while let Some(&Reverse((at, id))) = self.timers.peek() {
             if at > self.now {
                 break;
@@ -972,7 +1033,11 @@ impl SlowPath {
         c.deadline = None;
         match c.phase {
             Phase::SynSent { token, iss, retries, sent_at, peer } => {
-                if retries >= self.cfg.syn_retries {
+                // An unresolvable neighbour fails after three ARP requests (0, 1, 3 s),
+                // as Linux reports EHOSTUNREACH after its three probes; an unanswered SYN
+                // gets the full retry schedule.
+                let arp_exhausted = c.remote_mac.is_none() && retries >= ARP_RETRIES;
+                if retries >= self.cfg.syn_retries || arp_exhausted {
                     let app = c.app;
                     self.counters.connect_failures += 1;
                     self.counters.timeouts += 1;
@@ -1054,10 +1119,7 @@ impl SlowPath {
                 let now_us = self.now.as_nanos() / 1_000;
                 let Some(c) = self.conns.get_mut(&key) else { return };
                 let ranges = c.sb.on_ack(now_us, srtt_us, snd_una, snd_nxt, c.mss as u32, blocks.as_slice());
-                for (seq, len) in ranges {
-                    self.counters.sack_retransmits += 1;
-                    self.cores[core as usize].send(Command::RetransmitRange { flow, seq, len });
-                }
+                self.sack_retransmit(key, core, flow, ranges);
             }
             ToSlow::FlowRemoved { flow, state } => {
                 let c = &mut self.cores[core as usize];
@@ -1204,12 +1266,25 @@ impl SlowPath {
             Phase::SynSent { token, iss, sent_at, peer, .. } => self.on_synsent(key, token, iss, sent_at, peer, mac, seg),
             Phase::SynRcvd { listener, iss, irs, opts, sent_at, .. } => {
                 if seg.flags.contains(TcpFlags::RST) {
-                    if seq_in(seg.seq_number, irs.wrapping_add(1), self.cfg.layout.rx_buf_size) {
+                    // RFC 5961 3.2 (and RFC 9293 3.10.7.4): only an RST at exactly RCV.NXT
+                    // resets; one elsewhere in the window gets a challenge ACK.
+                    if seg.seq_number == irs.wrapping_add(1) {
                         self.counters.rsts_received += 1;
                         if let Some(l) = self.listeners.get_mut(&listener) {
                             l.syn_rcvd = l.syn_rcvd.saturating_sub(1);
                         }
                         self.conns.remove(&key);
+                    } else if seq_in(seg.seq_number, irs.wrapping_add(1), self.cfg.layout.rx_buf_size) {
+                        let tcp = TcpRepr {
+                            seq_number: iss.wrapping_add(1),
+                            ack_number: Some(irs.wrapping_add(1)),
+                            flags: TcpFlags::ACK,
+                            window_len: self.syn_window(),
+                            timestamp: opts.ts.map(|v| (tsval(self.now_us()), v)),
+                            ..self.bare(seg)
+                        };
+                        self.counters.challenge_acks += 1;
+                        self.send_tcp(core, mac, src, &tcp);
                     }
                     return;
                 }
@@ -1249,17 +1324,39 @@ impl SlowPath {
                 }
             }
             Phase::Removing(_) => {}
-            Phase::TimeWait { snd_nxt, rcv_nxt } => {
+            Phase::TimeWait { snd_nxt, rcv_nxt, ts, window } => {
                 if seg.flags.contains(TcpFlags::RST) {
+                    return;
+                }
+                // Safe reuse of a 4-tuple in TIME-WAIT (RFC 6191, as BSD and Linux do): a
+                // new SYN is accepted if its sequence number is above the old
+                // connection's, or its timestamp newer, so no old duplicate can be taken
+                // for new data. Only for ports that listen.
+                if seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::ACK) {
+                    let newer_ts = match (ts, seg.timestamp) {
+                        (Some(old), Some((val, _))) => (val.wrapping_sub(old) as i32) > 0,
+                        _ => false,
+                    };
+                    let newer_seq = (seg.seq_number.wrapping_sub(rcv_nxt) as i32) > 0;
+                    if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
+                        if newer_ts || (ts.is_none() && newer_seq) {
+                            self.counters.time_wait_reused += 1;
+                            self.drop_conn(key);
+                            self.passive_open(core, lid, key, mac, src, seg);
+                        }
+                    }
                     return;
                 }
                 // RFC 9293 3.10.7.4 TIME-WAIT: acknowledge a retransmitted FIN and restart
                 // the 2 MSL timeout.
                 if seg.flags.contains(TcpFlags::FIN) {
+                    let ecr = seg.timestamp.map(|(v, _)| v).or(ts);
                     let tcp = TcpRepr {
                         seq_number: snd_nxt,
                         ack_number: Some(rcv_nxt),
                         flags: TcpFlags::ACK,
+                        window_len: window,
+                        timestamp: ts.map(|_| (tsval(self.now_us()), ecr.unwrap_or(0))),
                         ..self.bare(seg)
                     };
                     self.send_tcp(core, mac, src, &tcp);
@@ -1323,6 +1420,7 @@ impl SlowPath {
                 deadline: None,
                 mss: 0,
                 sb: Default::default(),
+                sack_deadline: None,
             },
         );
         self.send_synack(key);
@@ -1403,6 +1501,7 @@ impl SlowPath {
                 deadline: None,
                 mss: 0,
                 sb: Default::default(),
+                sack_deadline: None,
             },
         );
         let sent_at = self.now;
@@ -1573,6 +1672,10 @@ impl SlowPath {
             return;
         }
         if !ack_ok {
+            // RFC 9293 3.10.7.3: "If SEG.ACK =< ISS or SEG.ACK > SND.NXT, send a reset
+            // (unless the RST bit is set ...) and discard the segment."
+            let (core, ip) = (self.conns[&key].core, self.conns[&key].remote_ip);
+            self.send_rst_for(core, mac, ip, seg);
             return;
         }
         // The window of a SYN-ACK is not scaled.
@@ -1607,7 +1710,10 @@ impl SlowPath {
             return;
         };
         let rtt = self.now.saturating_since(sent_at);
-        let state = self.flow_state(key, app, slot, opts, iss.wrapping_add(1), irs.wrapping_add(1), snd_wnd, opts.ts, rtt);
+        // TS.Recent: the segment completing the handshake (a SYN-ACK, or in a
+        // simultaneous open the ACK of ours) carries the newest TSval.
+        let ts_recent = seg.timestamp.map(|(v, _)| v).or(opts.ts);
+        let state = self.flow_state(key, app, slot, opts, iss.wrapping_add(1), irs.wrapping_add(1), snd_wnd, ts_recent, rtt);
         // Complete the handshake: the ACK of the SYN-ACK.
         let ack = TcpRepr {
             seq_number: iss.wrapping_add(1),
@@ -1698,7 +1804,14 @@ impl SlowPath {
     fn on_note(&mut self, key: FlowKey, note: FlowNote) {
         let Some(c) = self.conns.get_mut(&key) else { return };
         match note {
-            FlowNote::PeerFin => c.peer_fin = true,
+            FlowNote::PeerFin { after_ours } => {
+                c.peer_fin = true;
+                // RFC 9293 3.6: whoever sent its FIN first (or both, when the FINs cross:
+                // CLOSING) goes through TIME-WAIT.
+                if after_ours {
+                    c.we_closed_first = true;
+                }
+            }
             FlowNote::FinAcked => {
                 c.fin_acked = true;
                 if !c.peer_fin {
@@ -1709,6 +1822,7 @@ impl SlowPath {
             }
             FlowNote::Rto => {
                 c.sb.reset();
+                c.sack_deadline = None;
                 return;
             }
             FlowNote::GaveUp => {
@@ -1772,7 +1886,12 @@ impl SlowPath {
                 if time_wait {
                     // Keep the 4-tuple (and its port) for 2 MSL, but free the app's slot.
                     let c = self.conns.get_mut(&key).expect("present");
-                    c.phase = Phase::TimeWait { snd_nxt: st.snd_nxt(), rcv_nxt: st.rcv_nxt };
+                    c.phase = Phase::TimeWait {
+                        snd_nxt: st.snd_nxt(),
+                        rcv_nxt: st.rcv_nxt,
+                        ts: (st.flags & F_TS != 0).then_some(st.ts_recent),
+                        window: tas_fastpath::tx::window_field(st),
+                    };
                     if let Some(s) = c.slot.take() {
                         self.by_slot.remove(&(app, s));
                         if let Some(a) = self.apps.get_mut(&app) {

@@ -72,8 +72,8 @@ fn systemd_unit_stays_hardened() {
         "User=tasd",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_IPC_LOCK CAP_SYS_NICE CAP_CHOWN",
-        "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_IPC_LOCK CAP_SYS_NICE CAP_CHOWN",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_PERFMON CAP_IPC_LOCK CAP_SYS_NICE CAP_CHOWN",
+        "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_PERFMON CAP_IPC_LOCK CAP_SYS_NICE CAP_CHOWN",
         "Type=notify",
         "ExecReload=/bin/kill -HUP $MAINPID",
     ] {

@@ -224,7 +224,7 @@ pub enum AfXdpError {
         what: String,
     },
     /// Missing privileges.
-    #[error("permission denied {op}: run tasd as root or with CAP_BPF+CAP_NET_ADMIN (and CAP_NET_RAW for AF_XDP sockets)")]
+    #[error("permission denied {op}: run tasd as root or with CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON (and CAP_NET_RAW for AF_XDP sockets)")]
     PermissionDenied {
         /// What was being done.
         op: &'static str,
@@ -401,7 +401,7 @@ mod tests {
         };
         assert_eq!(
             perm.to_string(),
-            "permission denied loading the XDP program: run tasd as root or with CAP_BPF+CAP_NET_ADMIN (and CAP_NET_RAW for AF_XDP sockets)"
+            "permission denied loading the XDP program: run tasd as root or with CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON (and CAP_NET_RAW for AF_XDP sockets)"
         );
         let zc = AfXdpError::ZeroCopyUnsupported {
             ifname: "veth0".into(),

@@ -1,0 +1,190 @@
+//! The operator's view of the slow path on the simulated network: the events watchers get,
+//! listeners and applications in detail, and closing or resetting a connection from the
+//! control API, with both ends running the real fast path, slow path and libtas.
+
+mod common;
+
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use common::*;
+use libtas::{ConnState, Error};
+use tas_fastpath::flow::FlowKey;
+use tas_fastpath::io::mem::Impairments;
+use tas_slowpath::slow::{CloseFlowError, ConnEvent, EventKind};
+
+/// An echo server that, unlike `common::Echo`, takes an aborted connection in its stride
+/// (the test aborts them on purpose).
+#[derive(Default)]
+struct Echo {
+    conns: Vec<(libtas::ConnId, Vec<u8>, bool)>,
+}
+
+impl Echo {
+    fn step(&mut self, ctx: &mut libtas::Context, l: libtas::ListenerId) {
+        while let Ok(Some(c)) = ctx.accept(l) {
+            self.conns.push((c, Vec::new(), false));
+        }
+        let mut buf = [0u8; 4096];
+        for (c, pending, done) in &mut self.conns {
+            if *done {
+                continue;
+            }
+            if !pending.is_empty() {
+                match ctx.send(*c, pending) {
+                    Ok(n) => drop(pending.drain(..n)),
+                    Err(Error::WouldBlock) => {}
+                    Err(_) => *done = true,
+                }
+            }
+            match ctx.recv(*c, &mut buf) {
+                Ok(0) if pending.is_empty() => {
+                    let _ = ctx.close(*c);
+                    *done = true;
+                }
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                Err(Error::WouldBlock) => {}
+                Err(_) => *done = true,
+            }
+        }
+    }
+}
+
+fn drain(rx: &crossbeam_channel::Receiver<ConnEvent>) -> Vec<ConnEvent> {
+    rx.try_iter().collect()
+}
+
+#[test]
+fn events_details_close_and_reset() {
+    let mut w = World::new(Impairments::default(), 7);
+    let (tx, events) = crossbeam_channel::bounded(64);
+    w.a.slow.set_event_sink(Some(tx));
+    let mut server = context(&mut w.a, IP_A, "echo");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let l = listen(&mut w, &mut server, &mut client, 7);
+    let ev = drain(&events);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!((ev[0].kind, ev[0].local_port), (EventKind::Listen, 7));
+
+    // Two connections, 1000 bytes echoed on each.
+    let mut echo = Echo::default();
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let c = client.connect_start(SocketAddrV4::new(IP_A, 7)).unwrap();
+        let mut guard = 0;
+        while client.state(c) == ConnState::Connecting {
+            w.step(&mut [&mut server, &mut client]);
+            echo.step(&mut server, l);
+            guard += 1;
+            assert!(guard < 100_000);
+        }
+        let data = vec![0x5a; 1000];
+        client.send(c, &data).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while got.len() < 1000 {
+            w.step(&mut [&mut server, &mut client]);
+            echo.step(&mut server, l);
+            if let Ok(n) = client.recv(c, &mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        assert_eq!(got, data);
+        conns.push(c);
+    }
+    let ids: Vec<u64> = conns
+        .iter()
+        .map(|&c| FlowKey::new(u32::from(IP_B), client.local_port(c).unwrap(), 7).0)
+        .collect();
+    let ev = drain(&events);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    for (e, id) in ev.iter().zip(&ids) {
+        assert_eq!((e.kind, e.flow_id, e.local_port, e.detail.as_str()), (EventKind::Opened, *id, 7, "passive"));
+        assert_eq!(e.remote.map(|r| *r.ip()), Some(IP_B));
+        assert_eq!(e.app, w.a.slow.app_details()[0].id);
+    }
+
+    // Details.
+    let ls = w.a.slow.listener_infos();
+    assert_eq!(ls.len(), 1);
+    let apps = w.a.slow.app_details();
+    assert_eq!((ls[0].port, ls[0].app, ls[0].unaccepted, ls[0].syn_rcvd), (7, apps[0].id, 0, 0));
+    assert_eq!(apps.len(), 1);
+    assert_eq!((apps[0].conns, apps[0].listen_ports.clone(), apps[0].contexts), (2, vec![7], 1));
+    assert!(apps[0].event_queue_capacity >= 64 && apps[0].event_queue_used <= apps[0].event_queue_capacity);
+    assert_eq!(w.a.slow.conn_state(ids[0]), Some("ESTABLISHED"));
+    assert_eq!(w.a.slow.connection_count(), 2);
+
+    // Close the first one from the service's side: FIN, the client reads EOF and closes,
+    // the service (which closed first) keeps the 4-tuple in TIME-WAIT.
+    assert_eq!(w.a.slow.close_flow(ids[0], false), Ok("ESTABLISHED"));
+    let mut buf = [0u8; 64];
+    let mut eof = false;
+    for _ in 0..200_000 {
+        w.step(&mut [&mut server, &mut client]);
+        echo.step(&mut server, l);
+        if !eof {
+            match client.recv(conns[0], &mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    client.close(conns[0]).unwrap();
+                }
+                Ok(n) => panic!("{n} unexpected bytes"),
+                Err(Error::WouldBlock) => {}
+                Err(e) => panic!("client recv: {e}"),
+            }
+        }
+        if w.a.slow.conn_state(ids[0]) == Some("TIME-WAIT") {
+            break;
+        }
+    }
+    assert!(eof, "the client saw the service's FIN");
+    assert_eq!(w.a.slow.conn_state(ids[0]), Some("TIME-WAIT"));
+    assert_eq!(w.a.slow.close_flow(ids[0], false), Err(CloseFlowError::AlreadyClosing("TIME-WAIT")));
+    let ev = drain(&events);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!((ev[0].kind, ev[0].flow_id), (EventKind::Closed, ids[0]));
+
+    // Reset the second one: RST to the client, the application told it was aborted.
+    assert_eq!(w.a.slow.close_flow(ids[1], true), Ok("ESTABLISHED"));
+    for _ in 0..10_000 {
+        w.step(&mut [&mut server, &mut client]);
+        echo.step(&mut server, l);
+        if matches!(client.state(conns[1]), ConnState::Failed(_)) {
+            break;
+        }
+    }
+    assert!(matches!(client.state(conns[1]), ConnState::Failed(Error::Reset)), "{:?}", client.state(conns[1]));
+    let ev = drain(&events);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!((ev[0].kind, ev[0].flow_id, ev[0].detail.as_str()), (EventKind::Reset, ids[1], "aborted"));
+    assert_eq!(w.a.slow.close_flow(ids[1], true), Err(CloseFlowError::NotFound));
+    assert_eq!(w.a.slow.close_flow(12345, true), Err(CloseFlowError::NotFound));
+
+    // A full sink never blocks the slow path: events are dropped and counted.
+    let (tx, small) = crossbeam_channel::bounded(1);
+    w.a.slow.set_event_sink(Some(tx));
+    let before = w.a.slow.events_dropped();
+    for _ in 0..3 {
+        let c = client.connect_start(SocketAddrV4::new(IP_A, 7)).unwrap();
+        for _ in 0..10_000 {
+            w.step(&mut [&mut server, &mut client]);
+            echo.step(&mut server, l);
+            if client.state(c) != ConnState::Connecting {
+                break;
+            }
+        }
+    }
+    // The service establishes its side when the handshake's last ACK arrives.
+    for _ in 0..1000 {
+        w.step(&mut [&mut server, &mut client]);
+        echo.step(&mut server, l);
+    }
+    assert_eq!(small.len(), 1);
+    assert_eq!(w.a.slow.events_dropped() - before, 2);
+    // Live settings.
+    w.a.slow.set_time_wait(Duration::from_millis(1500));
+    assert_eq!(w.a.slow.time_wait(), Duration::from_millis(1500));
+    w.a.slow.set_arp_reply(false);
+    assert!(!w.a.slow.arp_reply());
+}
