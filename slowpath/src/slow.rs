@@ -177,7 +177,10 @@ struct App {
     sp_q: ShmQueue,
     req_q: ShmQueue,
     wake: Option<Arc<OwnedFd>>,
-    free_conns: Vec<u32>,
+    /// Free connection slots, reused oldest-freed first (FIFO): a slot freed by a
+    /// `Closed` is not handed to a new connection while the application may still be
+    /// reading the old one's last events (docs/abi.md).
+    free_conns: std::collections::VecDeque<u32>,
     conns: u32,
     listeners: Vec<u32>,
     detaching: bool,
@@ -587,7 +590,7 @@ impl SlowPath {
                 sp_q,
                 req_q,
                 wake,
-                free_conns: (0..l.conn_slots).rev().collect(),
+                free_conns: (0..l.conn_slots).collect(),
                 conns: 0,
                 listeners: Vec::new(),
                 detaching: false,
@@ -847,13 +850,13 @@ impl SlowPath {
         let local_port = local_port.ok_or(ErrorCode::NoResources)?;
         let key = FlowKey::new(u32::from(ip), port, local_port);
         let a = self.apps.get_mut(&app).ok_or(ErrorCode::NotFound)?;
-        let slot = a.free_conns.pop().ok_or(ErrorCode::NoResources)?;
+        let slot = a.free_conns.pop_front().ok_or(ErrorCode::NoResources)?;
         a.conns += 1;
         if !self.port_refs.contains_key(&local_port) {
             if let Err(e) = self.filter.own(local_port) {
                 tracing::error!(port = local_port, error = %e, "cannot claim port");
                 let a = self.apps.get_mut(&app).expect("present");
-                a.free_conns.push(slot);
+                a.free_conns.push_front(slot);
                 a.conns -= 1;
                 return Err(ErrorCode::NoResources);
             }
@@ -1095,7 +1098,7 @@ impl SlowPath {
         if let Some(slot) = c.slot {
             self.by_slot.remove(&(c.app, slot));
             if let Some(a) = self.apps.get_mut(&c.app) {
-                a.free_conns.push(slot);
+                a.free_conns.push_back(slot);
                 a.conns -= 1;
             }
         }
@@ -1547,12 +1550,12 @@ impl SlowPath {
         let Some(l) = self.listeners.get_mut(&lid) else { return };
         l.syn_rcvd = l.syn_rcvd.saturating_sub(1);
         let app = l.app;
-        let slot = self.apps.get_mut(&app).and_then(|a| a.free_conns.pop());
+        let slot = self.apps.get_mut(&app).and_then(|a| a.free_conns.pop_front());
         let flow = self.cores[core as usize].free_flows.pop();
         let (Some(slot), Some(flow)) = (slot, flow) else {
             // Out of resources: give back what we took, reset the peer.
             if let Some(s) = slot {
-                self.apps.get_mut(&app).expect("present").free_conns.push(s);
+                self.apps.get_mut(&app).expect("present").free_conns.push_front(s);
             }
             if let Some(f) = flow {
                 self.cores[core as usize].free_flows.push(f);
@@ -1895,7 +1898,7 @@ impl SlowPath {
                     if let Some(s) = c.slot.take() {
                         self.by_slot.remove(&(app, s));
                         if let Some(a) = self.apps.get_mut(&app) {
-                            a.free_conns.push(s);
+                            a.free_conns.push_back(s);
                             a.conns -= 1;
                         }
                     }
