@@ -28,10 +28,10 @@ trap 'rm -rf "$LOGDIR"' EXIT
 #   cargo test -p tas-tools --test impair -- --ignored --nocapture tasd_kernel_client_200mb_loss_5pct
 # Remove a name here when its test passes.
 PENDING=(
-    # tools/tests/impair.rs: tasd under loss and reordering (go-back-N, no SACK/RACK yet)
+    # tools/tests/impair.rs: tasd under 5% loss and 25% reordering, 200 MB each way; measured
+    # before SACK recovery landed, not re-measured yet (the reasons are in their attributes)
     tasd_kernel_client_200mb_loss_5pct
     tasd_kernel_client_200mb_reorder_25pct
-    tasd_tas_client_200mb_loss_1pct
     tasd_tas_client_200mb_loss_5pct
     tasd_tas_client_200mb_reorder_25pct
 )
