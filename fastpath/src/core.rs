@@ -891,8 +891,12 @@ impl<IO: PacketIo> FastPath<IO> {
                 self.post_events(idx);
             }
         }
-        self.touched = touched;
-        self.touched.clear();
+        // Flows whose events did not fit their app's queue were put back on the (fresh)
+        // touched list by post_events: keep them for the next batch.
+        let mut list = touched;
+        list.clear();
+        let retry = std::mem::replace(&mut self.touched, list);
+        self.touched.extend_from_slice(&retry);
         // Publish each application's events once per batch, waking sleepers.
         for &slot in &self.active_apps {
             let Some(app) = self.apps[slot as usize].as_mut() else { continue };
@@ -923,10 +927,7 @@ impl<IO: PacketIo> FastPath<IO> {
             } else {
                 bump(&self.counters.app_queue_full, 1);
                 // Retry next batch: keep the flow on the touched list.
-                if f.flags & F_TOUCHED == 0 {
-                    f.flags |= F_TOUCHED;
-                    self.touched.push(idx);
-                }
+                touch(f, idx, &mut self.touched);
             }
         }
         if f.tx_freed_pending > 0 {
@@ -936,10 +937,7 @@ impl<IO: PacketIo> FastPath<IO> {
                 app.dirty = true;
             } else {
                 bump(&self.counters.app_queue_full, 1);
-                if f.flags & F_TOUCHED == 0 {
-                    f.flags |= F_TOUCHED;
-                    self.touched.push(idx);
-                }
+                touch(f, idx, &mut self.touched);
             }
         }
     }
@@ -1085,10 +1083,7 @@ impl Parts<'_> {
             f.flags |= F_ACK_PENDING;
         }
         if v & (rx::V_ACK | rx::V_DELIVERED | rx::V_TX) != 0 || f.tx_freed_pending > 0 {
-            if f.flags & F_TOUCHED == 0 {
-                f.flags |= F_TOUCHED;
-                self.touched.push(idx);
-            }
+            touch(f, idx, self.touched);
         }
         if v & rx::V_TX != 0 && (f.tx_avail > 0 || (f.has(F_TX_FIN_PENDING) && !f.has(F_TX_FIN_SENT))) && !f.has(F_IN_TXQ) {
             f.flags |= F_IN_TXQ;
@@ -1098,6 +1093,16 @@ impl Parts<'_> {
             return FrameAction::Flow { idx, v, sack: seg.sack };
         }
         FrameAction::Done
+    }
+}
+
+/// Put flow `idx` on this batch's touched list (once: `F_TOUCHED` marks it), so its ACK
+/// and application events are produced at the end of the batch.
+#[inline]
+fn touch(f: &mut FlowState, idx: u32, touched: &mut Vec<u32>) {
+    if f.flags & F_TOUCHED == 0 {
+        f.flags |= F_TOUCHED;
+        touched.push(idx);
     }
 }
 
@@ -1146,10 +1151,7 @@ fn apply_doorbell(flows: &mut FlowTable, app: u16, db: Doorbell, ready: &mut Rea
             let advertised = before;
             if f.rx_avail - advertised >= threshold || advertised < f.mss as u32 {
                 f.flags |= F_ACK_PENDING;
-                if f.flags & F_TOUCHED == 0 {
-                    f.flags |= F_TOUCHED;
-                    touched.push(flow);
-                }
+                touch(f, flow, touched);
             }
             return true;
         }

@@ -721,6 +721,7 @@ impl Layout {
         };
         l.check()?;
         if l.header().region_size != h.region_size
+            || l.queues_offset() as u64 != h.queues_offset
             || l.sp_queue_offset() as u64 != h.sp_queue_offset
             || l.payload_offset() as u64 != h.payload_offset
         {
@@ -779,6 +780,9 @@ mod tests {
         let mut bad = h;
         bad.queue_entries = 100;
         assert_eq!(Layout::validate(&bad, usize::MAX), Err(LayoutError::Geometry));
+        let mut bad = h;
+        bad.queues_offset += 64;
+        assert_eq!(Layout::validate(&bad, usize::MAX), Err(LayoutError::Geometry), "found by the shm_layout fuzzer");
         let mut bad = h;
         bad.payload_offset += 64;
         assert_eq!(Layout::validate(&bad, usize::MAX), Err(LayoutError::Geometry));

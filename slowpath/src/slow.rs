@@ -186,6 +186,8 @@ struct App {
     detaching: bool,
     broken: bool,
     dirty: bool,
+    /// Events that did not fit the event queue, in order; sent before any newer one.
+    backlog: std::collections::VecDeque<SpEvent>,
 }
 
 struct Listener {
@@ -596,6 +598,7 @@ impl SlowPath {
                 detaching: false,
                 broken: false,
                 dirty: false,
+                backlog: std::collections::VecDeque::new(),
             },
         );
         Ok(())
@@ -637,15 +640,27 @@ impl SlowPath {
         if a.detaching {
             return;
         }
-        if a.sp_q.push(ev.encode()) {
-            a.dirty = true;
+        // Never lose or reorder an event: when the queue is full (the application is not
+        // polling), keep it and everything after it until there is room.
+        if !a.backlog.is_empty() || !a.sp_q.push(ev.encode()) {
+            if a.backlog.is_empty() {
+                tracing::debug!(app, "application event queue full; holding events");
+            }
+            a.backlog.push_back(ev);
         } else {
-            tracing::warn!(app, ?ev, "application event queue full; event lost");
+            a.dirty = true;
         }
     }
 
     fn publish_events(&mut self) {
         for a in self.apps.values_mut() {
+            while let Some(ev) = a.backlog.front() {
+                if !a.sp_q.push(ev.encode()) {
+                    break;
+                }
+                a.backlog.pop_front();
+                a.dirty = true;
+            }
             if a.dirty {
                 a.dirty = false;
                 if a.sp_q.publish() {

@@ -322,3 +322,56 @@ fn simultaneous_open() {
     }
     assert_eq!((ga.as_slice(), gb.as_slice()), (&b"from b"[..], &b"from a"[..]));
 }
+
+#[test]
+fn events_wait_when_an_application_does_not_poll() {
+    // Queues of 16 entries, 40 connections arriving and sending while the server
+    // application is busy: neither the slow path's Accepted events nor the fast path's
+    // RxData events may be lost; they wait until the application polls again.
+    let small = tas_proto::shm::Layout { queue_entries: 16, ..layout() };
+    let mut w = World::with_layout(Impairments::default(), 8, small);
+    let mut server = context(&mut w.a, IP_A, "busy");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let l = listen(&mut w, &mut server, &mut client, 7100);
+    let conns: Vec<_> = (0..40).map(|_| client.connect_start(SocketAddrV4::new(IP_A, 7100)).unwrap()).collect();
+    for _ in 0..200_000 {
+        w.step(&mut [&mut client]);
+        if conns.iter().all(|&c| client.state(c) == ConnState::Established) {
+            break;
+        }
+    }
+    assert!(conns.iter().all(|&c| client.state(c) == ConnState::Established), "all 40 handshakes complete without the server app");
+    for (i, &c) in conns.iter().enumerate() {
+        assert_eq!(client.send(c, &[i as u8; 100]).unwrap(), 100);
+    }
+    let until = w.clock.now() + Duration::from_millis(50);
+    while w.clock.now() < until {
+        w.step(&mut [&mut client]);
+    }
+    // The server application wakes up: every connection and every byte is there.
+    let mut got = std::collections::HashMap::new();
+    for _ in 0..200_000 {
+        w.step(&mut [&mut server, &mut client]);
+        while let Ok(Some(c)) = server.accept(l) {
+            got.insert(c, Vec::new());
+        }
+        for (c, v) in got.iter_mut() {
+            let mut buf = [0u8; 200];
+            if let Ok(n) = server.recv(*c, &mut buf) {
+                v.extend_from_slice(&buf[..n]);
+            }
+        }
+        if got.len() == 40 && got.values().all(|v| v.len() == 100) {
+            break;
+        }
+    }
+    assert_eq!(got.len(), 40, "every connection was accepted");
+    let mut firsts: Vec<u8> = got.values().map(|v| {
+        assert_eq!(v.len(), 100);
+        assert!(v.iter().all(|&b| b == v[0]), "bytes of one connection stay together");
+        v[0]
+    }).collect();
+    firsts.sort();
+    assert_eq!(firsts, (0..40).collect::<Vec<u8>>());
+    assert!(w.a.cores[0].counters().app_queue_full.load(std::sync::atomic::Ordering::Relaxed) > 0, "the fast path's queue did fill");
+}

@@ -44,10 +44,14 @@ pub struct World {
 
 impl World {
     pub fn new(imp: Impairments, seed: u64) -> World {
+        Self::with_layout(imp, seed, layout())
+    }
+
+    pub fn with_layout(imp: Impairments, seed: u64, l: Layout) -> World {
         let clock = SimClock::new();
         let (pa, pb) = MemLink::pair(&clock, imp, imp, seed);
-        let a = SimHost::new(pa, &clock, IP_A, EthernetAddress([2, 0, 0, 0, 0, 1]), layout());
-        let b = SimHost::new(pb, &clock, IP_B, EthernetAddress([2, 0, 0, 0, 0, 2]), layout());
+        let a = SimHost::new(pa, &clock, IP_A, EthernetAddress([2, 0, 0, 0, 0, 1]), l);
+        let b = SimHost::new(pb, &clock, IP_B, EthernetAddress([2, 0, 0, 0, 0, 2]), l);
         World { clock, a, b }
     }
 
