@@ -541,6 +541,7 @@ impl SlowPath {
                 ("rto_fired", &k.rto_fired),
                 ("retransmitted_segments", &k.retransmitted_segments),
                 ("tail_loss_probes", &k.tail_loss_probes),
+                ("keepalive_probes", &k.keepalive_probes),
                 ("challenge_acks", &k.challenge_acks),
                 ("paws_dropped", &k.paws_dropped),
                 ("fast_retransmits", &k.fast_retransmits),
