@@ -528,7 +528,16 @@ fn tasctl_closes_resets_detaches_and_watches() {
     assert_eq!(ends.get(&p_reset).map(String::as_str), Some("reset"), "{ends:?}");
     bed.tasctl(&["close", &id_reset]).fails_with("no flow with id");
     bed.tasctl(&["close", "1"]).fails_with("no flow with id 1");
-    bed.wait_flows(0, Duration::from_secs(5));
+    // tasd closed first, so it keeps the 4-tuple in TIME-WAIT (without a fast-path flow);
+    // the reset connection is gone.
+    let left = bed.wait_flows(1, Duration::from_secs(5));
+    assert_eq!(left[0]["id"].to_string(), id_close);
+    assert_eq!((left[0]["state"].as_str(), left[0]["installed"].as_bool()), (Some("TIME-WAIT"), Some(false)), "{}", left[0]);
+    assert_eq!(bed.tasctl(&["flows", "--json", "--state", "time-wait"]).json().as_array().unwrap().len(), 1);
+    bed.tasctl(&["close", &id_close]).fails_with("already closing (TIME-WAIT)");
+    let table = bed.tasctl(&["flows"]).ok().stdout;
+    let row = &table::parse(&table)[1];
+    assert_eq!((row[1].as_str(), row[6].as_str()), ("TIME-WAIT", "-"), "no fast-path counters without a flow: {table}");
     let stats = bed.tasctl(&["stats", "--json"]).json();
     assert!(counter(&stats, "resets", None) >= 1);
     assert!(counter(&stats, "rsts_sent", None) >= 1);
