@@ -1011,7 +1011,7 @@ pub fn info(args: &Args<'_>, sh: &Shared) -> String {
             "server" => {
                 let _ = write!(
                     t,
-                    "# Server\r\nredis_version:{REDIS_VERSION}\r\ntas_kv_version:{}\r\nredis_mode:standalone\r\nos:{} {}\r\narch_bits:64\r\nmultiplexing_api:{}\r\nbackend:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\nhz:{}\r\nthreads:{}\r\nthread_cpus:{}\r\nexecutable:{}\r\nconfig_file:{}\r\n\r\n",
+                    "# Server\r\nredis_version:{REDIS_VERSION}\r\ntas_kv_version:{}\r\nredis_mode:standalone\r\nos:{} {}\r\narch_bits:64\r\nmultiplexing_api:{}\r\nbackend:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\nhz:{}\r\nthreads:{}\r\nthread_cpus:{}\r\nreattaches:{}\r\nexecutable:{}\r\nconfig_file:{}\r\n\r\n",
                     env!("CARGO_PKG_VERSION"),
                     std::env::consts::OS,
                     std::env::consts::ARCH,
@@ -1024,6 +1024,7 @@ pub fn info(args: &Args<'_>, sh: &Shared) -> String {
                     sh.runtime.hz.load(Ordering::Relaxed),
                     sh.info.threads,
                     sh.info.pinned.iter().map(|p| p.map_or("-".to_string(), |c| c.to_string())).collect::<Vec<_>>().join(","),
+                    sh.reattaches.load(Ordering::Relaxed),
                     std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default(),
                     sh.info.config_file.clone().unwrap_or_default(),
                 );

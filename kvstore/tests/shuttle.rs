@@ -19,8 +19,8 @@ const ITERATIONS: usize = 2000;
 
 fn put(m: &Map, k: &str, v: u64) {
     let h = m.hash(k.as_bytes());
-    let e = Arc::new(Entry::new(h, Key::new(k.as_bytes()), Bytes::from(v.to_string()), 0, 0));
-    m.update(h, k.as_bytes(), |_| (Action::Put(e.clone()), ()));
+    let v = Bytes::from(v.to_string());
+    m.update(h, k.as_bytes(), |_| (Action::Put(Entry::new(h, Key::new(k.as_bytes()), v.clone(), 0, 0)), ()));
 }
 
 fn get(m: &Map, k: &str) -> Option<u64> {
@@ -33,8 +33,7 @@ fn incr(m: &Map, k: &str) -> u64 {
     let h = m.hash(k.as_bytes());
     let (n, _) = m.update(h, k.as_bytes(), |cur| {
         let n = cur.map_or(0, |e| std::str::from_utf8(&e.value).unwrap().parse::<u64>().unwrap()) + 1;
-        let e = Arc::new(Entry::new(h, Key::new(k.as_bytes()), Bytes::from(n.to_string()), 0, 0));
-        (Action::Put(e), n)
+        (Action::Put(Entry::new(h, Key::new(k.as_bytes()), Bytes::from(n.to_string()), 0, 0)), n)
     });
     n
 }

@@ -177,7 +177,10 @@ struct App {
     sp_q: ShmQueue,
     req_q: ShmQueue,
     wake: Option<Arc<OwnedFd>>,
-    free_conns: Vec<u32>,
+    /// Free connection slots, reused oldest-freed first (FIFO): a slot freed by a
+    /// `Closed` is not handed to a new connection while the application may still be
+    /// reading the old one's last events (docs/abi.md).
+    free_conns: std::collections::VecDeque<u32>,
     conns: u32,
     listeners: Vec<u32>,
     detaching: bool,
@@ -290,6 +293,8 @@ pub struct SlowCounters {
     pub sack_retransmits: u64,
     /// Challenge ACKs the slow path sent (RFC 5961, half-open connections).
     pub challenge_acks: u64,
+    /// TIME-WAIT 4-tuples reused by a new SYN (RFC 6191).
+    pub time_wait_reused: u64,
     /// SYN-ACKs sent with a SYN cookie (backlog full of handshakes).
     pub syn_cookies_sent: u64,
     /// Connections established from a valid SYN cookie.
@@ -503,6 +508,7 @@ impl SlowPath {
             ("syn_retransmits", s.syn_retransmits),
             ("sack_retransmits", s.sack_retransmits),
             ("challenge_acks", s.challenge_acks),
+            ("time_wait_reused", s.time_wait_reused),
             ("syn_cookies_sent", s.syn_cookies_sent),
             ("syn_cookies_accepted", s.syn_cookies_accepted),
         ]
@@ -584,7 +590,7 @@ impl SlowPath {
                 sp_q,
                 req_q,
                 wake,
-                free_conns: (0..l.conn_slots).rev().collect(),
+                free_conns: (0..l.conn_slots).collect(),
                 conns: 0,
                 listeners: Vec::new(),
                 detaching: false,
@@ -844,13 +850,13 @@ impl SlowPath {
         let local_port = local_port.ok_or(ErrorCode::NoResources)?;
         let key = FlowKey::new(u32::from(ip), port, local_port);
         let a = self.apps.get_mut(&app).ok_or(ErrorCode::NotFound)?;
-        let slot = a.free_conns.pop().ok_or(ErrorCode::NoResources)?;
+        let slot = a.free_conns.pop_front().ok_or(ErrorCode::NoResources)?;
         a.conns += 1;
         if !self.port_refs.contains_key(&local_port) {
             if let Err(e) = self.filter.own(local_port) {
                 tracing::error!(port = local_port, error = %e, "cannot claim port");
                 let a = self.apps.get_mut(&app).expect("present");
-                a.free_conns.push(slot);
+                a.free_conns.push_front(slot);
                 a.conns -= 1;
                 return Err(ErrorCode::NoResources);
             }
@@ -1092,7 +1098,7 @@ impl SlowPath {
         if let Some(slot) = c.slot {
             self.by_slot.remove(&(c.app, slot));
             if let Some(a) = self.apps.get_mut(&c.app) {
-                a.free_conns.push(slot);
+                a.free_conns.push_back(slot);
                 a.conns -= 1;
             }
         }
@@ -1325,6 +1331,25 @@ impl SlowPath {
                 if seg.flags.contains(TcpFlags::RST) {
                     return;
                 }
+                // Safe reuse of a 4-tuple in TIME-WAIT (RFC 6191, as BSD and Linux do): a
+                // new SYN is accepted if its sequence number is above the old
+                // connection's, or its timestamp newer, so no old duplicate can be taken
+                // for new data. Only for ports that listen.
+                if seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::ACK) {
+                    let newer_ts = match (ts, seg.timestamp) {
+                        (Some(old), Some((val, _))) => (val.wrapping_sub(old) as i32) > 0,
+                        _ => false,
+                    };
+                    let newer_seq = (seg.seq_number.wrapping_sub(rcv_nxt) as i32) > 0;
+                    if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
+                        if newer_ts || (ts.is_none() && newer_seq) {
+                            self.counters.time_wait_reused += 1;
+                            self.drop_conn(key);
+                            self.passive_open(core, lid, key, mac, src, seg);
+                        }
+                    }
+                    return;
+                }
                 // RFC 9293 3.10.7.4 TIME-WAIT: acknowledge a retransmitted FIN and restart
                 // the 2 MSL timeout.
                 if seg.flags.contains(TcpFlags::FIN) {
@@ -1525,12 +1550,12 @@ impl SlowPath {
         let Some(l) = self.listeners.get_mut(&lid) else { return };
         l.syn_rcvd = l.syn_rcvd.saturating_sub(1);
         let app = l.app;
-        let slot = self.apps.get_mut(&app).and_then(|a| a.free_conns.pop());
+        let slot = self.apps.get_mut(&app).and_then(|a| a.free_conns.pop_front());
         let flow = self.cores[core as usize].free_flows.pop();
         let (Some(slot), Some(flow)) = (slot, flow) else {
             // Out of resources: give back what we took, reset the peer.
             if let Some(s) = slot {
-                self.apps.get_mut(&app).expect("present").free_conns.push(s);
+                self.apps.get_mut(&app).expect("present").free_conns.push_front(s);
             }
             if let Some(f) = flow {
                 self.cores[core as usize].free_flows.push(f);
@@ -1873,7 +1898,7 @@ impl SlowPath {
                     if let Some(s) = c.slot.take() {
                         self.by_slot.remove(&(app, s));
                         if let Some(a) = self.apps.get_mut(&app) {
-                            a.free_conns.push(s);
+                            a.free_conns.push_back(s);
                             a.conns -= 1;
                         }
                     }

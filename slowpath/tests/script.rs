@@ -950,3 +950,24 @@ fn peer_port_other_than_default_is_a_different_flow() {
     assert_eq!(s.host_states(), vec!["ESTABLISHED", "ESTABLISHED"]);
 }
 
+
+#[test]
+fn time_wait_tuple_reused_by_a_newer_syn() {
+    // The server closed first and holds TIME-WAIT; the client reconnects from the same
+    // port with a newer timestamp: accepted at once (RFC 6191), not after 2 MSL.
+    let mut s = established();
+    s.close(200.0);
+    s.expect(200.0, "F. 1:1(0) ack 1 win 32768 <nop,nop,TS val 12500 ecr 101>");
+    s.send(201.0, "F. 1:1(0) ack 2 win 512 <nop,nop,TS val 102 ecr *>");
+    s.expect(201.0, ". *:*(0) ack 2 win * <...>");
+    s.quiet_until(300.0);
+    assert_eq!(s.host_states(), vec!["TIME-WAIT"]);
+    // An old duplicate SYN (older timestamp) is not taken for a new connection.
+    s.send(300.0, "S 0:0(0) win 65535 <mss 1460,sackOK,TS val 50 ecr 0,nop,wscale 7>");
+    s.quiet_until(400.0);
+    assert_eq!(s.host_states(), vec!["TIME-WAIT"]);
+    s.send(400.0, "S 0:0(0) win 65535 <mss 1460,sackOK,TS val 200 ecr 0,nop,wscale 7>");
+    s.expect(400.0, "S. *:*(0) ack 1 win 65535 <mss 1460,sackOK,TS val * ecr 200,nop,wscale 3>");
+    assert_eq!(s.host_states(), vec!["SYN-RECEIVED"]);
+    assert_eq!(s.host.slow.counters().time_wait_reused, 1);
+}

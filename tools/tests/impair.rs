@@ -116,11 +116,12 @@ fn forwarder_rate_limit_50mbit_goodput_within_10pct() {
     let bed = Bed::up("fwd-rate");
     bed.start_forwarder(&["--seed", "1", "--rate", "50mbit", "--queue", "256"]);
     bed.start_kernel_echo_server_a();
-    // 25 MB at 50 Mbit/s: 4 s, long enough that slow start does not count.
-    let s = bed.kernel_stream(25_000_000, Duration::from_secs(120));
+    // 40 MB at 50 Mbit/s: 7 s, long enough that connection setup and slow start hardly count.
+    let bytes = 40_000_000u64;
+    let s = bed.kernel_stream(bytes, Duration::from_secs(120));
     let fwd = bed.stop_forwarder();
     let secs = s["seconds"].as_f64().expect("seconds");
-    let goodput = 25_000_000.0 * 8.0 / secs;
+    let goodput = bytes as f64 * 8.0 / secs;
     // The goodput counts TCP payload: 1448 of every 1514 bytes on the wire (with timestamps),
     // so a perfect 50 Mbit/s link gives 47.8 Mbit/s, within the 10%.
     assert!(
@@ -192,27 +193,27 @@ fn tasd_kernel_client_200mb_loss_1pct() {
     tasd_kernel_client("loss 1%", LOSS_1);
 }
 #[test]
-#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+#[ignore = "pending: tasd's sender floods go-back-N retransmissions, then stops sending and ACKing after ~21 MB (needs root and veth; run with --ignored)"]
 fn tasd_tas_client_200mb_loss_1pct() {
     tasd_tas_client("loss 1%", LOSS_1);
 }
 #[test]
-#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+#[ignore = "pending: go-back-N without SACK moves ~0.15 MB/s under 5% loss, 200 MB takes far over 10 min (needs root and veth; run with --ignored)"]
 fn tasd_kernel_client_200mb_loss_5pct() {
     tasd_kernel_client("loss 5%", LOSS_5);
 }
 #[test]
-#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+#[ignore = "pending: tasd's sender floods go-back-N retransmissions and stalls under loss (needs root and veth; run with --ignored)"]
 fn tasd_tas_client_200mb_loss_5pct() {
     tasd_tas_client("loss 5%", LOSS_5);
 }
 #[test]
-#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+#[ignore = "pending: the connection stalls after ~12 MB under 25% reordering (one out-of-order interval, no SACK) (needs root and veth; run with --ignored)"]
 fn tasd_kernel_client_200mb_reorder_25pct() {
     tasd_kernel_client("reorder 25% by 2ms", REORDER_25);
 }
 #[test]
-#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+#[ignore = "pending: the kernel-to-tasd direction stalls after ~3 MB under 25% reordering (needs root and veth; run with --ignored)"]
 fn tasd_tas_client_200mb_reorder_25pct() {
     tasd_tas_client("reorder 25% by 2ms", REORDER_25);
 }
@@ -569,8 +570,17 @@ impl Bed {
                 break status;
             }
             if Instant::now() > deadline {
+                // How far it got: the kernel's view of the TCP connections at B.
+                let ss = Command::new("ip")
+                    .args(["netns", "exec", &self.ns_b, "ss", "-tni"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
                 self.stop(pid, Duration::from_secs(2));
-                panic!("{cmd:?} in {ns} did not finish within {timeout:?}; its output is printed below");
+                panic!(
+                    "{cmd:?} in {ns} did not finish within {timeout:?}; its output is printed below. \
+                     TCP at B when it was stopped (ss -tni):\n{ss}"
+                );
             }
             sleep(Duration::from_millis(20));
         };
@@ -600,7 +610,8 @@ impl Bed {
     /// Start tas-impair in M between fwd-a and fwd-b; returns once it forwards.
     fn start_forwarder(&self, args: &[&str]) {
         let bin = self.paths.tas_impair.to_str().expect("utf-8 path");
-        let mut cmd = vec![bin, "--a", IF_MA, "--b", IF_MB];
+        // Periodic counters in its log: a failed test prints them, showing how traffic went.
+        let mut cmd = vec![bin, "--a", IF_MA, "--b", IF_MB, "--stats-interval", "10s"];
         cmd.extend_from_slice(args);
         let pid = self.spawn(&self.ns_m, "tas-impair", &cmd, &[]);
         let err = self.run_dir.join("tas-impair.err");

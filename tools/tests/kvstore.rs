@@ -112,11 +112,33 @@ fn redis_cli_round_trips_through_tas_kv_on_the_stack() {
 
     // INFO shows the backend and the connections.
     let info = cli(&["INFO"]);
-    for want in ["backend:tas", "connected_clients:1", "db0:keys=4", "used_memory:", "maxmemory:104857600", "total_commands_processed:"] {
+    for want in ["backend:tas", "connected_clients:1", "connections_per_thread:1", "db0:keys=4", "used_memory:", "maxmemory:104857600", "total_commands_processed:"] {
         assert!(info.contains(want), "INFO lacks {want}:\n{info}");
     }
     let list = cli(&["CLIENT", "LIST"]);
     assert!(list.contains(&format!("addr={IP_B}:")), "CLIENT LIST: {list}");
+
+    // Active expiry: keys with a short TTL disappear without being read.
+    let keys_before: u64 = cli(&["DBSIZE"]).parse().expect("DBSIZE is a number");
+    assert_eq!(cli(&["SET", "e1", "x", "PX", "100"]), "OK");
+    assert_eq!(cli(&["SET", "e2", "x", "PX", "100"]), "OK");
+    assert_eq!(cli(&["DBSIZE"]), (keys_before + 2).to_string());
+    sleep(Duration::from_millis(1500));
+    assert_eq!(cli(&["DBSIZE"]), keys_before.to_string(), "the expired keys were not removed by active expiry");
+    assert!(info_field(&cli(&["INFO", "stats"]), "expired_keys") >= 2);
+
+    // maxmemory: without eviction writes are refused with OOM (reads and deletes go on);
+    // with allkeys-lru they evict.
+    assert_eq!(cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]), "OK");
+    assert_eq!(cli(&["CONFIG", "SET", "maxmemory", "1"]), "OK");
+    let oom = cli(&["SET", "more", "x"]);
+    assert!(oom.starts_with("OOM"), "SET over maxmemory: {oom}");
+    assert_eq!(cli(&["GET", "c"]), "3");
+    assert_eq!(cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]), "OK");
+    assert_eq!(cli(&["SET", "more", "x"]), "OK");
+    assert!(info_field(&cli(&["INFO", "stats"]), "evicted_keys") >= 1);
+    assert_eq!(cli(&["CONFIG", "GET", "maxmemory-policy"]), "maxmemory-policy\nallkeys-lru");
+    assert_eq!(cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
     assert_eq!(cli(&["FLUSHALL"]), "OK");
     assert_eq!(cli(&["DBSIZE"]), "0");
 
@@ -198,6 +220,38 @@ fn redis_py_randomized_workload_matches_the_model_on_both_backends() {
     // Same seed, same workload: the three end in the same state.
     assert_eq!(tas["keys"], reference["keys"], "tas {tas} vs redis-server {reference}");
     assert_eq!(kernel["keys"], reference["keys"], "kernel {kernel} vs redis-server {reference}");
+}
+
+/// tas-kv keeps its data when tasd restarts: the server thread's context fails ("tasd went
+/// away"), it attaches to the new tasd and listens again, and the keys are still there.
+#[test]
+#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+fn tas_kv_keeps_its_data_across_a_tasd_restart() {
+    let bed = Bed::up("kv-restart");
+    bed.start_tasd();
+    bed.start_tas_kv("tas", PORT_TAS, &["--threads", "1"]);
+    assert_eq!(bed.redis_cli(PORT_TAS, &["SET", "survivor", "still here"]), "OK");
+    assert_eq!(bed.redis_cli(PORT_TAS, &["INCRBY", "count", "41"]), "41");
+    bed.stop_tasd();
+    bed.start_tasd();
+    // tas-kv retries with a backoff of at most 2 s.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = bed.run(
+            &bed.ns_b,
+            "redis-cli",
+            &["redis-cli", "-h", IP_A, "-p", &PORT_TAS.to_string(), "GET", "survivor"],
+            Duration::from_secs(10),
+        );
+        if out.status.success() && out.stdout.trim() == "still here" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tas-kv did not serve again within 20 s of tasd's restart: {}{}", out.stdout, out.stderr);
+        sleep(Duration::from_millis(200));
+    }
+    assert_eq!(bed.redis_cli(PORT_TAS, &["INCR", "count"]), "42");
+    let info = bed.redis_cli(PORT_TAS, &["INFO", "server"]);
+    assert!(info_field(&info, "reattaches") >= 1, "INFO: {info}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -429,6 +483,18 @@ impl Bed {
             assert!(Instant::now() < deadline, "tasd did not create {app_socket} within {READY_TIMEOUT:?}");
             sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM the running tasd and wait for it (and for its app socket to go).
+    fn stop_tasd(&self) {
+        let mut procs = self.procs.lock().unwrap();
+        for p in procs.iter_mut().filter(|p| p.name == "tasd") {
+            if let Ok(None) = p.child.try_wait() {
+                stop_child(&mut p.child, Duration::from_secs(10));
+            }
+        }
+        drop(procs);
+        let _ = fs::remove_file(self.app_socket());
     }
 
     /// Start `tas-kv --backend BACKEND --port PORT EXTRA` in A and wait until B reaches it.

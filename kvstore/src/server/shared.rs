@@ -103,6 +103,8 @@ pub struct Shared {
     pub total_connections: AtomicU64,
     /// Connections refused (maxclients).
     pub rejected_connections: AtomicU64,
+    /// Times a server thread attached to tasd again after its context failed.
+    pub reattaches: AtomicU64,
 }
 
 impl Shared {
@@ -119,6 +121,7 @@ impl Shared {
             next_id: AtomicU64::new(1),
             total_connections: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
+            reattaches: AtomicU64::new(0),
         }
     }
 

@@ -15,10 +15,54 @@ use super::conn::{Conn, Env};
 use super::shared::{Shared, ThreadStats};
 use super::now_ms;
 
+/// How a context's life ended.
+enum End {
+    /// `stop` was set.
+    Stopped,
+    /// Attaching or listening failed.
+    Setup(String),
+    /// The context failed while serving (tasd went away or broke the protocol).
+    Broken(String),
+}
+
 /// Serve on `port` until `stop` is set. Each thread attaches its own context; tasd gives
 /// each port one listener (no `SO_REUSEPORT` equivalent yet), so only the thread that got it
 /// accepts connections, and the others report that and end (docs/benchmarks.md).
+///
+/// If the context fails while serving — tasd restarts, or breaks the protocol — the
+/// thread drops it (tasd resets its connections) and attaches and listens again, so the
+/// store's contents outlive a tasd restart; `reattaches` in INFO counts these.
 pub fn serve(thread: usize, shared: Arc<Shared>, port: u16, socket: Option<&Path>, stop: &AtomicBool, ready: &dyn Fn(Result<(), String>)) -> Result<(), String> {
+    let mut reported = false;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let report = |r: Result<(), String>| {
+            if !reported {
+                ready(r);
+            }
+        };
+        match serve_once(thread, &shared, port, socket, stop, &report) {
+            End::Stopped => return Ok(()),
+            End::Setup(e) if !reported => return Err(e),
+            End::Setup(e) => {
+                eprintln!("tas-kv: {e}; retrying in {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            End::Broken(e) => {
+                eprintln!("tas-kv: {e}; attaching again");
+                shared.reattaches.fetch_add(1, Ordering::Relaxed);
+                backoff = Duration::from_millis(50);
+            }
+        }
+        reported = true;
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+    }
+}
+
+fn serve_once(thread: usize, shared: &Arc<Shared>, port: u16, socket: Option<&Path>, stop: &AtomicBool, ready: &dyn Fn(Result<(), String>)) -> End {
     let attach = match socket {
         Some(p) => Context::attach_to(p, "tas-kv"),
         None => Context::attach(),
@@ -28,7 +72,7 @@ pub fn serve(thread: usize, shared: Arc<Shared>, port: u16, socket: Option<&Path
         Err(e) => {
             let msg = format!("thread {thread}: cannot attach to tasd: {e}");
             ready(Err(msg.clone()));
-            return Err(msg);
+            return End::Setup(msg);
         }
     };
     let listener = match ctx.listen(port, 1024) {
@@ -36,7 +80,7 @@ pub fn serve(thread: usize, shared: Arc<Shared>, port: u16, socket: Option<&Path
         Err(e) => {
             let msg = format!("thread {thread}: cannot listen on port {port} through tasd: {e}");
             ready(Err(msg.clone()));
-            return Err(msg);
+            return End::Setup(msg);
         }
     };
     ready(Ok(()));
@@ -51,9 +95,12 @@ pub fn serve(thread: usize, shared: Arc<Shared>, port: u16, socket: Option<&Path
             events.extend(ctx.take_events());
         }
         if let Err(e) = ctx.health() {
-            return Err(format!("thread {thread}: the libtas context failed: {e}"));
+            for (_, conn) in conns.drain() {
+                shared.unregister(&conn.session.info);
+            }
+            return End::Broken(format!("thread {thread}: the libtas context failed: {e}"));
         }
-        let env = Env { shared: &shared, stats: &stats, now: now_ms() };
+        let env = Env { shared, stats: &stats, now: now_ms() };
         for ev in events.drain(..) {
             match ev {
                 Event::Accept(l) => {
@@ -84,7 +131,7 @@ pub fn serve(thread: usize, shared: Arc<Shared>, port: u16, socket: Option<&Path
         shared.unregister(&conn.session.info);
         let _ = ctx.close(c);
     }
-    Ok(())
+    End::Stopped
 }
 
 /// Move a connection forward; closes and forgets it when it is done.

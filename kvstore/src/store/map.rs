@@ -2,25 +2,31 @@
 //!
 //! ## Shape
 //! The map is split into [`SEGMENTS`] segments by the top bits of a key's hash. Each segment
-//! points (through a [`Cell`], an atomically swappable `Arc`) to its current [`Table`], an
-//! array of bucket cells; each bucket cell points to an immutable [`Bucket`] version: a short
-//! array of `Arc<Entry>`. Entries are immutable too (only their access clock changes).
+//! points (through a [`Cell`], an atomically swappable `Arc`) to its current table, an
+//! array of bucket cells; each bucket cell points to an immutable bucket version: a chain of
+//! [`Entry`]s linked by `next`, the cell pointing at the first (an empty bucket points at a
+//! shared placeholder). Entries are immutable once published (only their access clock
+//! changes), so versions share their tails. A lookup goes table -> entry -> value: two
+//! dependent loads before the value's bytes.
 //!
 //! ## Readers
-//! A reader snapshots the segment's table, then the bucket, and searches it. Nothing blocks
-//! and nothing is written (arc-swap's snapshots do not touch reference counts): a reader
-//! never waits for a writer, and a writer never waits for a reader. What a reader found
-//! stays valid as long as it holds it, even if the key is overwritten or deleted meanwhile:
-//! the old bucket version and entry are freed when the last holder lets go.
+//! A reader snapshots the segment's table, then the bucket, and walks its chain. Nothing
+//! blocks and nothing is written (arc-swap's snapshots do not touch reference counts): a
+//! reader never waits for a writer, and a writer never waits for a reader. What a reader
+//! found stays valid as long as it holds it, even if the key is overwritten or deleted
+//! meanwhile: the old entries are freed when the last holder lets go.
 //!
 //! ## Writers
-//! A writer snapshots the bucket, computes the new version (a copy of the few entry
-//! pointers with one replaced, added or removed — the key and value bytes are shared, not
-//! copied) and installs it with compare-and-swap. If another writer got there first, it
-//! recomputes from the newer version and tries again (optimistic concurrency). Single-key
-//! operations are therefore linearizable at their successful swap; read-modify-write
-//! commands (INCR, APPEND, SET NX/XX/GET, ...) recompute from the version they replace.
-//!
+//! A writer snapshots the bucket, computes the new version and installs it with
+//! compare-and-swap: a new key goes in front of the chain (nothing copied); replacing or
+//! removing the k-th entry copies the k-1 entries before it (chains average under one entry
+//! per bucket; key and value bytes are shared, never copied) and shares the rest. If another
+//! writer got there first, it recomputes from the newer version and tries again (optimistic
+//! concurrency). Single-key operations are therefore linearizable at their successful swap;
+//! read-modify-write commands (INCR, APPEND, SET NX/XX/GET, ...) recompute from the version
+//! they replace. Because moving or relinking copies entries, "the same version" of a key
+//! is decided by [`Entry::same_version`] (same value buffer and expiry), not by address.
+
 //! ## Growing and flushing
 //! When a segment holds more entries than buckets, the writer that noticed doubles it: it
 //! takes the segment's `resizing` flag, **freezes** every bucket (replacing it with a frozen
@@ -38,8 +44,8 @@
 //!
 //! Bucket versions are compared by pointer. An ABA (the same pointer back in a cell) is
 //! impossible for freshly allocated versions while a writer holds a snapshot of the old one
-//! (the snapshot keeps it alive), and harmless for the shared empty bucket (same pointer,
-//! same contents).
+//! (the snapshot keeps it alive), and harmless for the shared empty placeholder (same
+//! pointer, same contents).
 
 use std::hash::BuildHasher;
 
@@ -103,7 +109,9 @@ impl Key {
     }
 }
 
-/// One key and its value. Immutable once published, except the access clock.
+/// One key and its value, and the link to the next entry of its bucket: a bucket version is
+/// a chain of entries, and the bucket cell points at its first one (so a lookup goes from
+/// the table straight to an entry). Immutable once published, except the access clock.
 #[derive(Debug)]
 pub struct Entry {
     hash: u64,
@@ -115,12 +123,47 @@ pub struct Entry {
     pub expire_at: u64,
     /// Last access, in the store's coarse clock (seconds), for approximate LRU.
     lru: AtomicU32,
+    /// The next entry of the bucket version (versions share their tails).
+    next: Option<Arc<Entry>>,
+    /// On a bucket's first entry: the bucket is being moved; no write may land in it.
+    frozen: bool,
+    /// The placeholder of an empty bucket (holds no key).
+    vacant: bool,
 }
 
 impl Entry {
     /// A new entry (its hash computed by [`Map::hash`]).
     pub fn new(hash: u64, key: Key, value: Bytes, expire_at: u64, lru: u32) -> Entry {
-        Entry { hash, key, value, expire_at, lru: AtomicU32::new(lru) }
+        Entry { hash, key, value, expire_at, lru: AtomicU32::new(lru), next: None, frozen: false, vacant: false }
+    }
+
+    fn vacant(frozen: bool) -> Entry {
+        Entry { frozen, vacant: true, ..Entry::new(0, Key::new(b""), Bytes::new(), 0, 0) }
+    }
+
+    /// A copy of this entry (same key, value, expiry and access time) in another chain.
+    fn relink(&self, next: Option<Arc<Entry>>, frozen: bool) -> Entry {
+        Entry {
+            hash: self.hash,
+            key: self.key.clone(),
+            value: self.value.clone(),
+            expire_at: self.expire_at,
+            lru: AtomicU32::new(self.lru()),
+            next,
+            frozen,
+            vacant: self.vacant,
+        }
+    }
+
+    /// True if `other` is the same version of the same key: the same key, the same value
+    /// buffer and the same expiry. (Moving a chain copies entries, so versions are not
+    /// compared by the entry's address.)
+    pub fn same_version(&self, other: &Entry) -> bool {
+        self.hash == other.hash
+            && self.expire_at == other.expire_at
+            && self.value.as_ptr() == other.value.as_ptr()
+            && self.value.len() == other.value.len()
+            && self.key.as_bytes() == other.key.as_bytes()
     }
 
     /// The key's hash.
@@ -147,67 +190,28 @@ impl Entry {
     }
 }
 
-/// An immutable bucket version.
-#[derive(Debug)]
-struct Bucket {
-    /// Being moved to a new table: no write may land here any more.
-    frozen: bool,
-    entries: Entries,
+/// The entries of the bucket version whose first entry is `head`.
+fn chain(head: &Arc<Entry>) -> impl Iterator<Item = &Arc<Entry>> {
+    let mut cur = if head.vacant { None } else { Some(head) };
+    std::iter::from_fn(move || {
+        let e = cur?;
+        cur = e.next.as_ref();
+        Some(e)
+    })
 }
 
-/// A bucket's entries. Tables grow at one entry per bucket on average, so most buckets hold
-/// one entry: kept inline in the bucket's allocation (one allocation and one cache miss
-/// fewer per operation than a separate array).
-#[derive(Debug, Clone)]
-enum Entries {
-    Empty,
-    One(Arc<Entry>),
-    Many(Box<[Arc<Entry>]>),
-}
-
-impl Entries {
-    fn as_slice(&self) -> &[Arc<Entry>] {
-        match self {
-            Entries::Empty => &[],
-            Entries::One(e) => std::slice::from_ref(e),
-            Entries::Many(b) => b,
-        }
+/// A chain of copies of `prefix` (in order) followed by `tail`; `empty` if both are empty.
+fn rebuild(prefix: &[&Arc<Entry>], tail: Option<Arc<Entry>>, empty: &Arc<Entry>) -> Arc<Entry> {
+    let mut next = tail;
+    for e in prefix.iter().rev() {
+        next = Some(Arc::new(e.relink(next, false)));
     }
-
-    fn from_vec(mut v: Vec<Arc<Entry>>) -> Entries {
-        match v.len() {
-            0 => Entries::Empty,
-            1 => Entries::One(v.pop().expect("one entry")),
-            _ => Entries::Many(v.into()),
-        }
-    }
-
-    /// These entries with `e` put at `pos` (replacing) or added (None).
-    fn with_put(cur: &[Arc<Entry>], pos: Option<usize>, e: Arc<Entry>) -> Entries {
-        match (cur.len(), pos) {
-            (0, _) | (1, Some(_)) => Entries::One(e),
-            _ => {
-                let mut v: Vec<Arc<Entry>> = Vec::with_capacity(cur.len() + 1);
-                v.extend(cur.iter().cloned());
-                match pos {
-                    Some(i) => v[i] = e,
-                    None => v.push(e),
-                }
-                Entries::from_vec(v)
-            }
-        }
-    }
-}
-
-impl Bucket {
-    fn entries(&self) -> &[Arc<Entry>] {
-        self.entries.as_slice()
-    }
+    next.unwrap_or_else(|| empty.clone())
 }
 
 /// One version of a segment's table.
 struct Table {
-    buckets: Box<[Cell<Bucket>]>,
+    buckets: Box<[Cell<Entry>]>,
     mask: usize,
 }
 
@@ -225,7 +229,7 @@ pub enum Action {
     /// Change nothing.
     Keep,
     /// Insert this entry, or replace the key's current one with it.
-    Put(Arc<Entry>),
+    Put(Entry),
     /// Remove the key's entry.
     Remove,
 }
@@ -235,7 +239,7 @@ pub enum Action {
 pub struct Change {
     /// The entry that was replaced or removed.
     pub old: Option<Arc<Entry>>,
-    /// The entry that was put.
+    /// The entry that was put (as linked into the bucket).
     pub new: Option<Arc<Entry>>,
 }
 
@@ -245,7 +249,7 @@ pub struct Map {
     segment_bits: u32,
     initial_buckets: usize,
     hasher: foldhash::fast::RandomState,
-    empty: Arc<Bucket>,
+    empty: Arc<Entry>,
 }
 
 /// Cache-line padding for the per-segment headers, so writers of different segments do not
@@ -280,7 +284,7 @@ impl Map {
     /// segment, so that a few keys make it grow.
     pub fn with_geometry(segment_bits: u32, initial_buckets: usize) -> Map {
         assert!(segment_bits <= SEGMENT_BITS && initial_buckets.is_power_of_two());
-        let empty = Arc::new(Bucket { frozen: false, entries: Entries::Empty });
+        let empty = Arc::new(Entry::vacant(false));
         let segments = (0..1usize << segment_bits)
             .map(|_| {
                 crossbeam_pad::Padded(Segment {
@@ -348,39 +352,50 @@ impl Map {
         loop {
             let table = seg.table.load();
             let cell = &table.buckets[hash as usize & table.mask];
-            let cur = cell.load();
-            if cur.frozen {
+            let head = cell.load();
+            if head.frozen {
                 wait_for_new_table(seg, &table);
                 continue;
             }
-            let entries = cur.entries();
-            let pos = entries.iter().position(|e| e.hash == hash && e.key.as_bytes() == key);
-            let found = pos.map(|i| &entries[i]);
+            let mut prefix: Vec<&Arc<Entry>> = Vec::new();
+            let mut found = None;
+            for e in chain(&head) {
+                if e.hash == hash && e.key.as_bytes() == key {
+                    found = Some(e);
+                    break;
+                }
+                prefix.push(e);
+            }
             let (action, r) = f(found);
             let (next, change, delta) = match action {
                 Action::Keep => return (r, Change::default()),
-                Action::Put(e) => {
-                    let old = pos.map(|i| entries[i].clone());
-                    let delta = if old.is_some() { 0 } else { 1 };
-                    let next = Entries::with_put(entries, pos, e.clone());
-                    (Arc::new(Bucket { frozen: false, entries: next }), Change { old, new: Some(e) }, delta)
-                }
+                Action::Put(mut e) => match found {
+                    // Replace: copies of the entries before it, the new one, the old tail.
+                    Some(old) => {
+                        e.next = old.next.clone();
+                        let e = Arc::new(e);
+                        let next = rebuild(&prefix, Some(e.clone()), &self.empty);
+                        (next, Change { old: Some(old.clone()), new: Some(e) }, 0)
+                    }
+                    // Insert at the front: nothing is copied.
+                    None => {
+                        e.next = if head.vacant { None } else { Some((*head).clone()) };
+                        let e = Arc::new(e);
+                        (e.clone(), Change { old: None, new: Some(e) }, 1)
+                    }
+                },
                 Action::Remove => {
-                    let Some(i) = pos else { return (r, Change::default()) };
-                    let next = if entries.len() == 1 {
-                        self.empty.clone()
-                    } else {
-                        let v: Vec<Arc<Entry>> = entries.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, e)| e.clone()).collect();
-                        Arc::new(Bucket { frozen: false, entries: Entries::from_vec(v) })
-                    };
-                    (next, Change { old: Some(entries[i].clone()), new: None }, -1)
+                    let Some(old) = found else { return (r, Change::default()) };
+                    let next = rebuild(&prefix, old.next.clone(), &self.empty);
+                    (next, Change { old: Some(old.clone()), new: None }, -1)
                 }
             };
-            if cell.compare_and_swap(&cur, next) {
+            if cell.compare_and_swap(&head, next) {
                 if delta != 0 {
                     let len = seg.len.fetch_add(delta, Ordering::Relaxed) + delta;
                     if delta > 0 && len as usize > table.buckets.len() {
-                        drop(cur);
+                        drop(prefix);
+                        drop(head);
                         drop(table);
                         self.grow(seg);
                     }
@@ -390,10 +405,11 @@ impl Map {
         }
     }
 
-    /// Remove the key's entry if it is still exactly `entry` (lazy expiry, eviction).
-    pub fn remove_if_same(&self, entry: &Arc<Entry>) -> bool {
+    /// Remove the key's entry if it is still the same version as `entry` (lazy expiry,
+    /// eviction, undo).
+    pub fn remove_if_same(&self, entry: &Entry) -> bool {
         let (removed, _) = self.update(entry.hash, entry.key.as_bytes(), |cur| match cur {
-            Some(c) if Arc::ptr_eq(c, entry) => (Action::Remove, true),
+            Some(c) if c.same_version(entry) => (Action::Remove, true),
             _ => (Action::Keep, false),
         });
         removed
@@ -418,11 +434,11 @@ impl Map {
         let mut all = Vec::new();
         for cell in table.buckets.iter() {
             loop {
-                let cur = cell.load();
-                debug_assert!(!cur.frozen, "only the holder of `resizing` freezes");
-                let frozen = Arc::new(Bucket { frozen: true, entries: cur.entries.clone() });
-                if cell.compare_and_swap(&cur, frozen) {
-                    all.extend(cur.entries().iter().cloned());
+                let head = cell.load();
+                debug_assert!(!head.frozen, "only the holder of `resizing` freezes");
+                let frozen = Arc::new(head.relink(head.next.clone(), true));
+                if cell.compare_and_swap(&head, frozen) {
+                    all.extend(chain(&head).cloned());
                     break;
                 }
             }
@@ -460,7 +476,7 @@ impl Map {
     pub fn bucket_entries(&self, seg: usize, idx: usize, out: &mut Vec<Arc<Entry>>) -> bool {
         let table = self.segments[seg].0.table.load();
         let Some(cell) = table.buckets.get(idx) else { return false };
-        out.extend(cell.load().entries().iter().cloned());
+        out.extend(chain(&cell.load()).cloned());
         true
     }
 
@@ -472,16 +488,16 @@ impl Map {
         let start = r as usize;
         for i in 0..tries.min(table.buckets.len()) {
             let b = table.buckets[(start + i) & table.mask].load();
-            if !b.entries().is_empty() {
-                out.extend(b.entries().iter().cloned());
+            if !b.vacant {
+                out.extend(chain(&b).cloned());
                 return;
             }
         }
     }
 }
 
-fn find<'a>(bucket: &'a Bucket, hash: u64, key: &[u8]) -> Option<&'a Arc<Entry>> {
-    bucket.entries().iter().find(|e| e.hash == hash && e.key.as_bytes() == key)
+fn find<'a>(head: &'a Arc<Entry>, hash: u64, key: &[u8]) -> Option<&'a Arc<Entry>> {
+    chain(head).find(|e| e.hash == hash && e.key.as_bytes() == key)
 }
 
 /// A writer met a frozen bucket: wait until the segment's new table is published.
@@ -503,26 +519,18 @@ fn wait_for_new_table(seg: &Segment, old: &Arc<Table>) {
 }
 
 impl Table {
-    fn empty(n: usize, empty: &Arc<Bucket>) -> Table {
+    fn empty(n: usize, empty: &Arc<Entry>) -> Table {
         Table { buckets: (0..n).map(|_| Cell::new(empty.clone())).collect(), mask: n - 1 }
     }
 
-    fn with_entries(n: usize, entries: Vec<Arc<Entry>>, empty: &Arc<Bucket>) -> Table {
+    fn with_entries(n: usize, entries: Vec<Arc<Entry>>, empty: &Arc<Entry>) -> Table {
         let mask = n - 1;
-        let mut lists: Vec<Vec<Arc<Entry>>> = (0..n).map(|_| Vec::new()).collect();
+        let mut heads: Vec<Option<Arc<Entry>>> = (0..n).map(|_| None).collect();
         for e in entries {
-            lists[e.hash as usize & mask].push(e);
+            let slot = &mut heads[e.hash as usize & mask];
+            *slot = Some(Arc::new(e.relink(slot.take(), false)));
         }
-        let buckets = lists
-            .into_iter()
-            .map(|l| {
-                if l.is_empty() {
-                    Cell::new(empty.clone())
-                } else {
-                    Cell::new(Arc::new(Bucket { frozen: false, entries: Entries::from_vec(l) }))
-                }
-            })
-            .collect();
+        let buckets = heads.into_iter().map(|h| Cell::new(h.unwrap_or_else(|| empty.clone()))).collect();
         Table { buckets, mask }
     }
 }
@@ -533,8 +541,8 @@ mod tests {
 
     fn put(m: &Map, k: &str, v: &str) -> Change {
         let h = m.hash(k.as_bytes());
-        let e = Arc::new(Entry::new(h, Key::new(k.as_bytes()), Bytes::copy_from_slice(v.as_bytes()), 0, 0));
-        m.update(h, k.as_bytes(), |_| (Action::Put(e.clone()), ())).1
+        let v = Bytes::copy_from_slice(v.as_bytes());
+        m.update(h, k.as_bytes(), |_| (Action::Put(Entry::new(h, Key::new(k.as_bytes()), v.clone(), 0, 0)), ())).1
     }
 
     fn get(m: &Map, k: &str) -> Option<String> {

@@ -497,10 +497,10 @@ impl Store {
         r
     }
 
-    fn entry(&self, h: u64, key: &[u8], cur: Option<&Arc<Entry>>, value: Bytes, expire_at: u64, now: u64) -> Arc<Entry> {
+    fn entry(&self, h: u64, key: &[u8], cur: Option<&Arc<Entry>>, value: Bytes, expire_at: u64, now: u64) -> Entry {
         // Reuse the stored key's bytes when overwriting.
         let k = cur.map_or_else(|| Key::new(key), |e| e.key.clone());
-        Arc::new(Entry::new(h, k, value, expire_at, lru_clock(now)))
+        Entry::new(h, k, value, expire_at, lru_clock(now))
     }
 
     /// SET with its options. Returns whether it wrote, and the old value if `want_old`.
@@ -651,14 +651,13 @@ impl Store {
         }
         let mut done: Vec<Arc<Entry>> = Vec::with_capacity(pairs.len());
         for (k, v) in pairs {
-            let put = self.rmw(k, now, |cur, h| match cur {
-                Some(_) => (Action::Keep, None),
-                None => {
-                    let e = self.entry(h, k, None, v.clone(), 0, now);
-                    (Action::Put(e.clone()), Some(e))
-                }
+            let h = self.map.hash(k);
+            let (_, change) = self.map.update(h, k, |cur| match cur.filter(|e| !e.expired(now)) {
+                Some(_) => (Action::Keep, ()),
+                None => (Action::Put(self.entry(h, k, None, v.clone(), 0, now)), ()),
             });
-            match put {
+            self.account(&change, now);
+            match change.new {
                 Some(e) => done.push(e),
                 None => {
                     for e in &done {
