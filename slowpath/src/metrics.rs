@@ -72,6 +72,7 @@ pub fn counter_help(name: &str, per_core: bool) -> (&'static str, bool) {
             "syn_retransmits" => ("SYN and SYN-ACK retransmissions.", false),
             "sack_retransmits" => ("Segments the slow path had retransmitted from the SACK scoreboard.", false),
             "challenge_acks" => ("Challenge ACKs the slow path sent for suspicious RSTs and SYNs (RFC 5961).", false),
+            "time_wait_reused" => ("TIME-WAIT 4-tuples reused by a newer SYN (RFC 6191).", false),
             "syn_cookies_sent" => ("SYN-ACKs sent as SYN cookies (the handshake backlog was full).", false),
             "syn_cookies_accepted" => ("Connections established from a valid SYN cookie.", false),
             "events_dropped" => ("Control-API events dropped: no watcher kept up.", false),
