@@ -109,6 +109,19 @@ pub struct Ops {
     pub kicker: Option<AppKicker>,
     /// True while a capture runs (one at a time).
     pub capture_busy: AtomicBool,
+    /// Becomes true when tasd stops: open streams (watch, capture) end, so that the
+    /// server's graceful shutdown does not wait for them.
+    pub stopping: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// Resolves when `stopping` turns true (never, without a receiver).
+async fn stopped(stopping: Option<tokio::sync::watch::Receiver<bool>>) {
+    match stopping {
+        Some(mut rx) => {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The tonic service.
@@ -512,10 +525,16 @@ impl Control for ControlService {
         let events = self.ops.events.as_ref().ok_or_else(|| GrpcStatus::unimplemented("this tasd publishes no events"))?;
         let mut sub = events.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, GrpcStatus>>(256);
+        let stop = stopped(self.ops.stopping.clone());
         tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
+            tokio::pin!(stop);
             loop {
-                let msg = match sub.recv().await {
+                let next = tokio::select! {
+                    n = sub.recv() => n,
+                    _ = &mut stop => break, // tasd stops: end the stream
+                };
+                let msg = match next {
                     Ok(e) => event_message(&e),
                     Err(RecvError::Lagged(n)) => Event {
                         unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
@@ -573,6 +592,8 @@ impl Control for ControlService {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<CapturedFrame, GrpcStatus>>(1024);
         let (slow, ops) = (self.tx.clone(), self.ops.clone());
         let deadline = std::time::Instant::now() + duration;
+        let stopping = self.ops.stopping.clone();
+        let is_stopping = move || stopping.as_ref().is_some_and(|s| *s.borrow());
         tokio::task::spawn_blocking(move || {
             let msg = |f: &CoreFrame| CapturedFrame {
                 unix_ns: f.unix_ns,
@@ -585,7 +606,7 @@ impl Control for ControlService {
             let mut client_gone = false;
             while !client_gone && (max_frames == 0 || sent < max_frames as u64) {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
+                if left.is_zero() || is_stopping() {
                     break;
                 }
                 match ring.recv_timeout(left.min(Duration::from_millis(200))) {

@@ -99,6 +99,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     run_with(cfg, Hooks::default())
 }
 
+/// How long control API calls may stay open after SIGTERM (they are told to end at once).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Events the slow path may have queued for watchers before it drops them (it never waits).
 const EVENT_QUEUE: usize = 1024;
 
@@ -300,6 +303,9 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         connections: 0,
     };
     let live = Arc::new(LiveConfig::new(full_config, hooks.config_file, hooks.flags, hooks.log_reload, query_tx.clone()));
+    // Stop signal for the servers and their open streams.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     let ops = Ops {
         local_ip: Some(ip),
         cores: core_meta,
@@ -309,6 +315,7 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         live: Some(live.clone()),
         events: Some(watch_tx),
         kicker: Some(attach.kicker()),
+        stopping: Some(stop_rx.clone()),
         ..Ops::default()
     };
     let svc = ControlService::with_ops(query_tx, ops);
@@ -327,8 +334,6 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
         let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stop_tx = Arc::new(stop_tx);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
@@ -394,9 +399,26 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
                 }
             }
         };
-        let ((), a, b, ()) = tokio::join!(signals, unix, tcp, prom);
-        a.and(b)
+        // Open streams end when the stop is signalled; a client that still holds a call
+        // open after SHUTDOWN_GRACE is cut off.
+        let servers = async {
+            let (a, b, ()) = tokio::join!(unix, tcp, prom);
+            a.and(b)
+        };
+        let bounded = async {
+            tokio::select! {
+                r = servers => r,
+                _ = async { stopped(stop_rx.clone()).await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                    tracing::warn!("control API calls still open {SHUTDOWN_GRACE:?} after the stop; closing them");
+                    Ok(())
+                }
+            }
+        };
+        let ((), res) = tokio::join!(signals, bounded);
+        res
     });
+    drop(rt); // ends what the servers left behind (tasks of cut-off calls)
+    let _ = std::fs::remove_file(&control_socket);
     // Orderly stop: slow path resets connections (the cores send the RSTs), then the
     // cores stop.
     stop_slow_flag.store(true, Ordering::SeqCst);

@@ -65,7 +65,7 @@ fn systemd_unit_stays_hardened() {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
-    // 2.8 when written; systemd calls < 4.0 "OK", >= 9.0 "UNSAFE". Root would be ~9.6.
+    // 2.6 when written; systemd calls < 4.0 "OK", >= 9.0 "UNSAFE". Root would be ~9.6.
     assert!(level <= 3.0, "the unit's exposure level rose to {level}:\n{text}");
     let t = unit_text();
     for d in [

@@ -528,7 +528,16 @@ fn tasctl_closes_resets_detaches_and_watches() {
     assert_eq!(ends.get(&p_reset).map(String::as_str), Some("reset"), "{ends:?}");
     bed.tasctl(&["close", &id_reset]).fails_with("no flow with id");
     bed.tasctl(&["close", "1"]).fails_with("no flow with id 1");
-    bed.wait_flows(0, Duration::from_secs(5));
+    // tasd closed first, so it keeps the 4-tuple in TIME-WAIT (without a fast-path flow);
+    // the reset connection is gone.
+    let left = bed.wait_flows(1, Duration::from_secs(5));
+    assert_eq!(left[0]["id"].to_string(), id_close);
+    assert_eq!((left[0]["state"].as_str(), left[0]["installed"].as_bool()), (Some("TIME-WAIT"), Some(false)), "{}", left[0]);
+    assert_eq!(bed.tasctl(&["flows", "--json", "--state", "time-wait"]).json().as_array().unwrap().len(), 1);
+    bed.tasctl(&["close", &id_close]).fails_with("already closing (TIME-WAIT)");
+    let table = bed.tasctl(&["flows"]).ok().stdout;
+    let row = &table::parse(&table)[1];
+    assert_eq!((row[1].as_str(), row[6].as_str()), ("TIME-WAIT", "-"), "no fast-path counters without a flow: {table}");
     let stats = bed.tasctl(&["stats", "--json"]).json();
     assert!(counter(&stats, "resets", None) >= 1);
     assert!(counter(&stats, "rsts_sent", None) >= 1);
@@ -785,9 +794,34 @@ fn tasd_reloads_on_sighup_and_shuts_down_cleanly() {
     assert_eq!(bed.tasctl(&["config", "get", "time_wait_ms", "--json"]).json()["entries"][0]["value"], "1500");
     assert!(!log.contains('\u{1b}'), "no colour codes when stderr is not a terminal");
 
-    // SIGTERM with a connection open: it is reset, everything is cleaned up.
+    // SIGTERM with a connection, an event watcher and a long capture open: the connection
+    // is reset, the streams end, everything is cleaned up, promptly.
+    let watcher = Command::new(bed.tasctl_bin())
+        .args(["--socket", sock.to_str().unwrap(), "events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pcap = bed.run_dir.join("long.pcap");
+    let capture = Command::new(bed.tasctl_bin())
+        .args(["--socket", sock.to_str().unwrap(), "capture", "--duration", "300", "-w"])
+        .arg(&pcap)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    bed.wait_log("tasd", "packet capture started", Duration::from_secs(10));
+    let t0 = Instant::now();
     let (status, log) = bed.stop_tasd(Duration::from_secs(10));
+    let took = t0.elapsed();
     assert!(status.success(), "tasd exited {status}:\n{log}");
+    assert!(took < Duration::from_secs(4), "tasd took {took:?} to stop with open streams:\n{log}");
+    let w = watcher.wait_with_output().unwrap();
+    assert_eq!(w.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&w.stderr).contains("tasd ended the event stream"), "{}", String::from_utf8_lossy(&w.stderr));
+    let c = capture.wait_with_output().unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    assert!(Dump::read(&bed, &pcap, &[]).lines.len() < 1000, "a valid pcap file");
     assert!(log.contains("shutdown: flows=1"), "{log}");
     assert!(!bed.control_socket().exists(), "control socket removed");
     assert!(!bed.app_socket().exists(), "app socket removed");

@@ -529,7 +529,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let mut stream = c.watch(WatchRequest {}).await.map_err(refused)?.into_inner();
             let mut n = 0;
             while count.is_none_or(|c| n < c) {
-                let Some(e) = stream.message().await.map_err(refused)? else { break };
+                let Some(e) = stream.message().await.map_err(refused)? else {
+                    return Err(Failure("tasd ended the event stream: it is stopping".into()));
+                };
                 if json {
                     println!("{}", view::event_json(&e));
                 } else {
