@@ -190,7 +190,12 @@ impl Net for Tas {
             self.collect(out);
         }
         if let Err(e) = self.ctx.health() {
+            // The context cannot recover (tasd went away or broke the protocol): say so
+            // once and stop, rather than spin printing it.
             eprintln!("tas-echo: {e}");
+            if e.is_fatal() {
+                std::process::exit(1);
+            }
         }
     }
 }
