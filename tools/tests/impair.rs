@@ -152,7 +152,11 @@ fn forwarder_marks_ce_and_the_kernel_receiver_sees_it() {
     let ce_a = bed.netstat(&bed.ns_a, "IpExt", "InCEPkts") - ce_a0;
     let ce_b = bed.netstat(&bed.ns_b, "IpExt", "InCEPkts") - ce_b0;
     let (m_a2b, m_b2a) = (num(&fwd["a2b"], "ce_marked"), num(&fwd["b2a"], "ce_marked"));
-    assert!(m_a2b > 0 && m_b2a > 0, "no CE marks made: {fwd}");
+    // B's client sends into the 50 Mbit/s limit, so the b2a queue must pass the threshold
+    // and be marked. The echo (a2b) is paced by what arrives through b2a, so its queue
+    // may stay below the threshold (CI saw a maximum of 16 frames) and go unmarked; the
+    // receivers' counts below must match the marks either way.
+    assert!(m_b2a > 0, "no CE marks in the bottleneck direction b2a: {fwd}");
     // Every marked frame was sent (no loss configured): the receiver counted each one.
     for (who, seen, marked, dir) in [("B", ce_b, m_a2b, "a2b"), ("A", ce_a, m_b2a, "b2a")] {
         let errors = num(&fwd[dir], "tx_errors");
