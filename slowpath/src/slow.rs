@@ -884,24 +884,9 @@ impl SlowPath {
         self.conns.insert(
             key,
             Conn {
-                key,
-                remote_ip: ip,
-                remote_port: port,
-                local_port,
-                remote_mac: mac,
-                app,
                 slot: Some(slot),
-                core,
-                flow: None,
-                phase: Phase::SynSent { token, iss, retries: 0, sent_at: self.now, peer: None },
-                peer_fin: false,
-                fin_acked: false,
-                we_closed_first: false,
                 port_ref: true,
-                deadline: None,
-                mss: 0,
-                sb: Default::default(),
-                sack_deadline: None,
+                ..Conn::opening(key, mac, app, core, Phase::SynSent { token, iss, retries: 0, sent_at: self.now, peer: None })
             },
         );
         self.by_slot.insert((app, slot), key);
@@ -1272,7 +1257,7 @@ impl SlowPath {
             // The final ACK of a handshake answered with a SYN cookie.
             if seg.flags.contains(TcpFlags::ACK) && !seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::RST) {
                 if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
-                    if self.cookie_ack(core, lid, key, mac, src, seg, frame) {
+                    if self.cookie_ack(core, lid, key, mac, seg, frame) {
                         return;
                     }
                 }
@@ -1414,17 +1399,12 @@ impl SlowPath {
         let iss = self.isn(key);
         self.conns.insert(
             key,
-            Conn {
+            Conn::opening(
                 key,
-                remote_ip: src,
-                remote_port: seg.src_port,
-                local_port: seg.dst_port,
-                remote_mac: Some(mac),
+                Some(mac),
                 app,
-                slot: None,
                 core,
-                flow: None,
-                phase: Phase::SynRcvd {
+                Phase::SynRcvd {
                     listener: lid,
                     iss,
                     irs: seg.seq_number,
@@ -1432,15 +1412,7 @@ impl SlowPath {
                     retries: 0,
                     sent_at: self.now,
                 },
-                peer_fin: false,
-                fin_acked: false,
-                we_closed_first: false,
-                port_ref: false,
-                deadline: None,
-                mss: 0,
-                sb: Default::default(),
-                sack_deadline: None,
-            },
+            ),
         );
         self.send_synack(key);
         let rto = self.cfg.syn_rto;
@@ -1479,7 +1451,7 @@ impl SlowPath {
 
     /// Complete a handshake from a SYN cookie. False if the ACK carries no valid cookie.
     #[allow(clippy::too_many_arguments)]
-    fn cookie_ack(&mut self, core: u8, lid: u32, key: FlowKey, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr, frame: &[u8]) -> bool {
+    fn cookie_ack(&mut self, core: u8, lid: u32, key: FlowKey, mac: EthernetAddress, seg: &TcpRepr, frame: &[u8]) -> bool {
         let Some(ack) = seg.ack_number else { return false };
         let iss = ack.wrapping_sub(1);
         let irs = seg.seq_number.wrapping_sub(1);
@@ -1502,26 +1474,7 @@ impl SlowPath {
         let opts = PeerOpts { mss: Some(COOKIE_MSS[idx as usize]), wscale: None, ts: None, sack: false };
         self.conns.insert(
             key,
-            Conn {
-                key,
-                remote_ip: src,
-                remote_port: seg.src_port,
-                local_port: seg.dst_port,
-                remote_mac: Some(mac),
-                app,
-                slot: None,
-                core,
-                flow: None,
-                phase: Phase::SynRcvd { listener: lid, iss, irs, opts, retries: 0, sent_at: self.now },
-                peer_fin: false,
-                fin_acked: false,
-                we_closed_first: false,
-                port_ref: false,
-                deadline: None,
-                mss: 0,
-                sb: Default::default(),
-                sack_deadline: None,
-            },
+            Conn::opening(key, Some(mac), app, core, Phase::SynRcvd { listener: lid, iss, irs, opts, retries: 0, sent_at: self.now }),
         );
         let sent_at = self.now;
         self.establish_passive(core, key, lid, iss, irs, opts, sent_at, seg, frame);
@@ -1968,6 +1921,31 @@ impl SlowPath {
 }
 
 impl Conn {
+    /// A connection being opened: no slot, flow or port reference yet; the addresses
+    /// come from the 4-tuple.
+    fn opening(key: FlowKey, remote_mac: Option<EthernetAddress>, app: u32, core: u8, phase: Phase) -> Conn {
+        Conn {
+            key,
+            remote_ip: Ipv4Addr::from((key.0 >> 32) as u32),
+            remote_port: (key.0 >> 16) as u16,
+            local_port: key.0 as u16,
+            remote_mac,
+            app,
+            slot: None,
+            core,
+            flow: None,
+            phase,
+            peer_fin: false,
+            fin_acked: false,
+            we_closed_first: false,
+            port_ref: false,
+            deadline: None,
+            mss: 0,
+            sb: Default::default(),
+            sack_deadline: None,
+        }
+    }
+
     fn state_name(&self) -> &'static str {
         match self.phase {
             Phase::SynSent { .. } => "SYN-SENT",
