@@ -22,7 +22,9 @@ use tas_fastpath::ctl::{command_queue, to_slow_queue, AppAttach, Command, Comman
 use tas_fastpath::flow::{FlowState, F_TS};
 use tas_fastpath::io::{PacketIo, RxFrame, TxFrame};
 use tas_fastpath::time::Instant;
-use tas_fastpath::wire::{self, EtherType, EthernetAddress, EthernetRepr, Ipv4Repr, TcpFlags, TcpRepr};
+use tas_fastpath::wire::{
+    self, EtherType, EthernetAddress, EthernetRepr, Ipv4Repr, TcpFlags, TcpRepr,
+};
 use tas_proto::queue::ShmQueue;
 use tas_proto::shm::{Doorbell, FpEvent, Layout};
 
@@ -42,7 +44,11 @@ impl PacketIo for Replay {
         let n = out.len().min(self.limit - self.next).min(self.per_burst);
         for (i, o) in out[..n].iter_mut().enumerate() {
             let idx = self.next + i;
-            *o = RxFrame { addr: idx as u64, len: self.frames[idx].len() as u32, queue: 0 };
+            *o = RxFrame {
+                addr: idx as u64,
+                len: self.frames[idx].len() as u32,
+                queue: 0,
+            };
         }
         self.next += n;
         n
@@ -97,7 +103,12 @@ fn frame(seq: u32, ack: u32, payload: &[u8], ts: u32) -> Vec<u8> {
         dst_port: 7,
         seq_number: seq,
         ack_number: Some(ack),
-        flags: TcpFlags::ACK | if payload.is_empty() { TcpFlags::default() } else { TcpFlags::PSH },
+        flags: TcpFlags::ACK
+            | if payload.is_empty() {
+                TcpFlags::default()
+            } else {
+                TcpFlags::PSH
+            },
         window_len: 65535,
         timestamp: Some((ts, 1)),
         payload_len: payload.len(),
@@ -105,10 +116,25 @@ fn frame(seq: u32, ack: u32, payload: &[u8], ts: u32) -> Vec<u8> {
     };
     let tl = tcp.header_len() + payload.len();
     let mut b = vec![0u8; 34 + tl];
-    EthernetRepr { src_addr: MAC_P, dst_addr: MAC_L, ethertype: EtherType::Ipv4 }.emit(&mut b[..14]).unwrap();
-    Ipv4Repr { src_addr: PEER, dst_addr: LOCAL, protocol: 6, payload_len: tl, ttl: 64, ecn: 0, ident: 1, dont_frag: true }
-        .emit(&mut b[14..34])
-        .unwrap();
+    EthernetRepr {
+        src_addr: MAC_P,
+        dst_addr: MAC_L,
+        ethertype: EtherType::Ipv4,
+    }
+    .emit(&mut b[..14])
+    .unwrap();
+    Ipv4Repr {
+        src_addr: PEER,
+        dst_addr: LOCAL,
+        protocol: 6,
+        payload_len: tl,
+        ttl: 64,
+        ecn: 0,
+        ident: 1,
+        dont_frag: true,
+    }
+    .emit(&mut b[14..34])
+    .unwrap();
     tcp.emit(&mut b[34..], PEER, LOCAL, payload).unwrap();
     b
 }
@@ -124,7 +150,13 @@ struct Bench {
 }
 
 fn setup() -> Bench {
-    let layout = Layout { num_fp_queues: 1, queue_entries: 4096, conn_slots: 1, rx_buf_size: 1 << 20, tx_buf_size: 1 << 16 };
+    let layout = Layout {
+        num_fp_queues: 1,
+        queue_entries: 4096,
+        conn_slots: 1,
+        rx_buf_size: 1 << 20,
+        tx_buf_size: 1 << 16,
+    };
     let al = std::alloc::Layout::from_size_align(layout.region_size(), 4096).unwrap();
     // SAFETY: non-zero size, valid alignment.
     let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(al) }).unwrap();
@@ -135,16 +167,35 @@ fn setup() -> Bench {
     for off in [layout.to_fp_offset(0), layout.to_app_offset(0)] {
         mem.queue(off, layout.queue_entries).unwrap().init();
     }
-    let to_app = mem.queue(layout.to_app_offset(0), layout.queue_entries).unwrap();
-    let to_fp = mem.queue(layout.to_fp_offset(0), layout.queue_entries).unwrap();
+    let to_app = mem
+        .queue(layout.to_app_offset(0), layout.queue_entries)
+        .unwrap();
+    let to_fp = mem
+        .queue(layout.to_fp_offset(0), layout.queue_entries)
+        .unwrap();
 
     let (mut cmd_tx, cmd_rx) = command_queue(16);
     let (rep_tx, _rep_rx) = to_slow_queue(16);
-    let io = Replay { frames: Vec::new(), next: 0, limit: 0, per_burst: BATCH, tx_buf: vec![0; 2048], tx_count: 0 };
+    let io = Replay {
+        frames: Vec::new(),
+        next: 0,
+        limit: 0,
+        per_burst: BATCH,
+        tx_buf: vec![0; 2048],
+        tx_count: 0,
+    };
     let mut fp = FastPath::new(FpConfig::new(0, LOCAL, MAC_L), io, cmd_rx, rep_tx, None);
     use ringbuf::traits::Producer;
     cmd_tx
-        .try_push(Command::AddApp { slot: 0, app: Box::new(AppAttach { app_id: 1, mem, layout, wake: None }) })
+        .try_push(Command::AddApp {
+            slot: 0,
+            app: Box::new(AppAttach {
+                app_id: 1,
+                mem,
+                layout,
+                wake: None,
+            }),
+        })
         .unwrap();
     let st = FlowState {
         remote_ip: u32::from(PEER),
@@ -164,9 +215,22 @@ fn setup() -> Bench {
         flags: F_TS,
         ..FlowState::default()
     };
-    cmd_tx.try_push(Command::InstallFlow { flow: 0, state: Box::new(st) }).unwrap();
+    cmd_tx
+        .try_push(Command::InstallFlow {
+            flow: 0,
+            state: Box::new(st),
+        })
+        .unwrap();
     fp.poll(Instant::from_nanos(1));
-    Bench { fp, _cmd: cmd_tx, to_app, to_fp, _region: region, rcv_nxt: 1000, now: 1_000_000 }
+    Bench {
+        fp,
+        _cmd: cmd_tx,
+        to_app,
+        to_fp,
+        _region: region,
+        rcv_nxt: 1000,
+        now: 1_000_000,
+    }
 }
 
 impl Bench {
@@ -193,7 +257,14 @@ impl Bench {
         }
         self.to_app.release();
         if consumed > 0 {
-            assert!(self.to_fp.push(Doorbell::RxConsumed { flow: 0, conn: 0, bytes: consumed }.encode()));
+            assert!(self.to_fp.push(
+                Doorbell::RxConsumed {
+                    flow: 0,
+                    conn: 0,
+                    bytes: consumed
+                }
+                .encode()
+            ));
             self.to_fp.publish();
         }
     }
@@ -211,9 +282,11 @@ impl Bench {
 fn per_segment(c: &mut Criterion) {
     let mut g = c.benchmark_group("fastpath");
     g.throughput(Throughput::Elements(1));
-    for (name, payload, per_burst) in
-        [("data_64B_batch32_one_ack", 64usize, BATCH), ("data_64B_ack_each", 64, 1), ("pure_ack", 0, BATCH)]
-    {
+    for (name, payload, per_burst) in [
+        ("data_64B_batch32_one_ack", 64usize, BATCH),
+        ("data_64B_ack_each", 64, 1),
+        ("pure_ack", 0, BATCH),
+    ] {
         let mut b = setup();
         b.fp.io_mut().per_burst = per_burst;
         g.bench_function(name, |bench| {
@@ -231,7 +304,10 @@ fn per_segment(c: &mut Criterion) {
             })
         });
         let acks = b.fp.io().tx_count;
-        assert!(payload == 0 || acks > 0, "data segments must be acknowledged");
+        assert!(
+            payload == 0 || acks > 0,
+            "data segments must be acknowledged"
+        );
         let _ = b.fp.counters();
         let _ = wire::ethernet::HEADER_LEN;
     }

@@ -25,7 +25,10 @@ pub struct AppMem {
 
 impl std::fmt::Debug for AppMem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppMem").field("base", &self.base).field("len", &self.len).finish()
+        f.debug_struct("AppMem")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -43,7 +46,11 @@ impl AppMem {
     /// `base..base+len` must be mapped readable and writable, 64-byte aligned, and stay
     /// mapped as long as `keep` (or a clone of the returned value) is alive.
     pub unsafe fn new(base: NonNull<u8>, len: usize, keep: Arc<dyn Any + Send + Sync>) -> Self {
-        AppMem { base, len, _keep: keep }
+        AppMem {
+            base,
+            len,
+            _keep: keep,
+        }
     }
 
     /// Region length.
@@ -57,7 +64,10 @@ impl AppMem {
 
     #[inline]
     fn in_bounds(&self, off: u64, n: usize) -> bool {
-        (off as usize).checked_add(n).is_some_and(|end| end <= self.len) && off <= usize::MAX as u64
+        (off as usize)
+            .checked_add(n)
+            .is_some_and(|end| end <= self.len)
+            && off <= usize::MAX as u64
     }
 
     /// Copy `data` to `off`. False (nothing written) if out of bounds.
@@ -69,7 +79,11 @@ impl AppMem {
         // SAFETY: [off, off+len) is inside the mapping (checked above); the source is a
         // Rust slice that cannot overlap the foreign mapping.
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.as_ptr().add(off as usize), data.len())
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.base.as_ptr().add(off as usize),
+                data.len(),
+            )
         };
         true
     }
@@ -83,7 +97,11 @@ impl AppMem {
         // SAFETY: inside the mapping (checked); the destination is our own buffer. The
         // bytes may change concurrently: we copy whatever is there, never interpret it.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.base.as_ptr().add(off as usize), out.as_mut_ptr(), out.len())
+            std::ptr::copy_nonoverlapping(
+                self.base.as_ptr().add(off as usize),
+                out.as_mut_ptr(),
+                out.len(),
+            )
         };
         true
     }
@@ -108,13 +126,18 @@ impl AppMem {
 
     /// A queue endpoint over the queue at `off` with `entries` descriptors, if it fits.
     pub fn queue(&self, off: usize, entries: u32) -> Option<ShmQueue> {
-        if !entries.is_power_of_two() || off % 64 != 0 || !self.in_bounds(off as u64, queue_bytes(entries)) {
+        if !entries.is_power_of_two()
+            || off % 64 != 0
+            || !self.in_bounds(off as u64, queue_bytes(entries))
+        {
             return None;
         }
         // SAFETY: the queue lies inside the mapping (checked), is 64-byte aligned
         // (base is, off is), and the mapping outlives the endpoint as long as the caller
         // keeps this AppMem (the fast path stores both in the same AppCtx).
-        Some(unsafe { ShmQueue::from_raw(NonNull::new_unchecked(self.base.as_ptr().add(off)), entries) })
+        Some(unsafe {
+            ShmQueue::from_raw(NonNull::new_unchecked(self.base.as_ptr().add(off)), entries)
+        })
     }
 }
 

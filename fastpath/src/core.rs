@@ -23,7 +23,9 @@ use crate::qman::ReadyQueue;
 use crate::rx::{self, RxCounters, SegInfo};
 use crate::time::{Clock, Instant};
 use crate::tx;
-use crate::wire::{self, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, TcpFlags, TcpSegment};
+use crate::wire::{
+    self, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, TcpFlags, TcpSegment,
+};
 
 mod ops;
 
@@ -69,7 +71,11 @@ pub struct Keepalive {
 
 impl Default for Keepalive {
     fn default() -> Self {
-        Keepalive { idle_us: 7_200_000_000, interval_us: 75_000_000, probes: 9 }
+        Keepalive {
+            idle_us: 7_200_000_000,
+            interval_us: 75_000_000,
+            probes: 9,
+        }
     }
 }
 
@@ -192,7 +198,10 @@ pub struct CoreDoorbell {
 impl CoreDoorbell {
     /// A new doorbell (non-blocking, close-on-exec eventfd).
     pub fn new() -> std::io::Result<Self> {
-        Ok(CoreDoorbell { fd: Arc::new(eventfd()?), sleeping: AtomicBool::new(false) })
+        Ok(CoreDoorbell {
+            fd: Arc::new(eventfd()?),
+            sleeping: AtomicBool::new(false),
+        })
     }
     /// Ring it if the core sleeps.
     pub fn ring(&self) {
@@ -274,7 +283,10 @@ pub struct FastPath<IO: PacketIo> {
 
 impl<IO: PacketIo> std::fmt::Debug for FastPath<IO> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FastPath").field("core", &self.cfg.core).field("flows", &self.flows.len()).finish()
+        f.debug_struct("FastPath")
+            .field("core", &self.cfg.core)
+            .field("flows", &self.flows.len())
+            .finish()
     }
 }
 
@@ -294,7 +306,13 @@ const TLP_MIN_US: u32 = 10_000;
 
 impl<IO: PacketIo> FastPath<IO> {
     /// A core engine over `io`, receiving commands on `cmds` and reporting on `to_slow`.
-    pub fn new(cfg: FpConfig, io: IO, cmds: CommandRx, to_slow: ToSlowTx, slow_notify: Option<Arc<dyn Notify>>) -> Self {
+    pub fn new(
+        cfg: FpConfig,
+        io: IO,
+        cmds: CommandRx,
+        to_slow: ToSlowTx,
+        slow_notify: Option<Arc<dyn Notify>>,
+    ) -> Self {
         let cap = cfg.flow_capacity;
         FastPath {
             flows: FlowTable::new(cap, rand::random()),
@@ -346,7 +364,10 @@ impl<IO: PacketIo> FastPath<IO> {
         self.now = now;
         self.now_us = (now.as_nanos() / 1_000) as u32;
         self.notified_slow = false;
-        let mut res = PollResult { other: self.commands(), ..PollResult::default() };
+        let mut res = PollResult {
+            other: self.commands(),
+            ..PollResult::default()
+        };
         res.rx = self.receive();
         if res.rx > 0 {
             self.publish_rx_counters();
@@ -415,8 +436,13 @@ impl<IO: PacketIo> FastPath<IO> {
                 }
                 Command::RemoveFlow { flow } => {
                     if let Ok(st) = self.flows.remove(flow) {
-                        self.counters.flows.store(self.flows.len() as u64, Ordering::Relaxed);
-                        self.report(ToSlow::FlowRemoved { flow, state: Box::new(st) });
+                        self.counters
+                            .flows
+                            .store(self.flows.len() as u64, Ordering::Relaxed);
+                        self.report(ToSlow::FlowRemoved {
+                            flow,
+                            state: Box::new(st),
+                        });
                     }
                 }
                 Command::SendFrame(frame) => {
@@ -449,13 +475,23 @@ impl<IO: PacketIo> FastPath<IO> {
             app.mem.queue(l.to_fp_offset(c), l.queue_entries),
             app.mem.queue(l.to_app_offset(c), l.queue_entries),
         ) else {
-            tracing::error!(core = self.cfg.core, app = app.app_id, "app region too small for its queues");
+            tracing::error!(
+                core = self.cfg.core,
+                app = app.app_id,
+                "app region too small for its queues"
+            );
             return;
         };
         // The service initialised the queues; pick up where they are.
         to_app.resume_as_producer();
         if let Some(s) = self.apps.get_mut(slot as usize) {
-            *s = Some(AppSlot { attach: app, to_fp, to_app, dirty: false, broken: false });
+            *s = Some(AppSlot {
+                attach: app,
+                to_fp,
+                to_app,
+                dirty: false,
+                broken: false,
+            });
             if !self.active_apps.contains(&slot) {
                 self.active_apps.push(slot);
             }
@@ -500,8 +536,31 @@ impl<IO: PacketIo> FastPath<IO> {
             }
             for f in &frames[..n] {
                 let (action, exc) = {
-                    let FastPath { io, cfg, flows, ooo, apps, counters, rxc, ready, touched, now_us, to_slow, .. } = self;
-                    let mut parts = Parts { cfg, flows, ooo, apps, counters, rxc, ready, touched, now_us: *now_us };
+                    let FastPath {
+                        io,
+                        cfg,
+                        flows,
+                        ooo,
+                        apps,
+                        counters,
+                        rxc,
+                        ready,
+                        touched,
+                        now_us,
+                        to_slow,
+                        ..
+                    } = self;
+                    let mut parts = Parts {
+                        cfg,
+                        flows,
+                        ooo,
+                        apps,
+                        counters,
+                        rxc,
+                        ready,
+                        touched,
+                        now_us: *now_us,
+                    };
                     let data = io.rx_data(f);
                     let action = parts.on_frame(data);
                     let exc = match action {
@@ -532,7 +591,6 @@ impl<IO: PacketIo> FastPath<IO> {
         }
     }
 
-
     fn act(&mut self, action: FrameAction, exc: Option<Box<ExcFrame>>) {
         match action {
             FrameAction::Done => {}
@@ -551,16 +609,28 @@ impl<IO: PacketIo> FastPath<IO> {
                     let blocks = sack.unwrap_or_default();
                     let f = self.flows.get(idx).expect("live flow");
                     let (snd_una, snd_nxt, srtt_us) = (f.snd_una, f.snd_nxt(), f.srtt_us);
-                    self.report(ToSlow::Sack { flow: idx, snd_una, snd_nxt, srtt_us, blocks });
+                    self.report(ToSlow::Sack {
+                        flow: idx,
+                        snd_una,
+                        snd_nxt,
+                        srtt_us,
+                        blocks,
+                    });
                 }
                 // Our FIN's acknowledgment is processed before the segment's own FIN, and
                 // reported in that order.
                 if v & rx::V_FIN_ACKED != 0 {
-                    self.report(ToSlow::Note { flow: idx, note: FlowNote::FinAcked });
+                    self.report(ToSlow::Note {
+                        flow: idx,
+                        note: FlowNote::FinAcked,
+                    });
                 }
                 if v & rx::V_PEER_FIN != 0 {
                     let after_ours = self.flows.get(idx).is_some_and(|f| f.has(F_TX_FIN_SENT));
-                    self.report(ToSlow::Note { flow: idx, note: FlowNote::PeerFin { after_ours } });
+                    self.report(ToSlow::Note {
+                        flow: idx,
+                        note: FlowNote::PeerFin { after_ours },
+                    });
                 }
             }
         }
@@ -582,7 +652,9 @@ impl<IO: PacketIo> FastPath<IO> {
         let mut n = 0;
         for i in 0..self.active_apps.len() {
             let slot = self.active_apps[i] as usize;
-            let Some(app) = self.apps[slot].as_mut() else { continue };
+            let Some(app) = self.apps[slot].as_mut() else {
+                continue;
+            };
             if app.broken {
                 continue;
             }
@@ -594,13 +666,23 @@ impl<IO: PacketIo> FastPath<IO> {
                     Err(_) => {
                         app.broken = true;
                         bump(&self.counters.corrupt_queues, 1);
-                        tracing::warn!(core = self.cfg.core, app = app.attach.app_id, "doorbell queue corrupt; ignoring app");
+                        tracing::warn!(
+                            core = self.cfg.core,
+                            app = app.attach.app_id,
+                            "doorbell queue corrupt; ignoring app"
+                        );
                         break;
                     }
                 };
                 taken += 1;
                 let ok = match Doorbell::decode(&d) {
-                    Ok(db) => apply_doorbell(&mut self.flows, slot as u16, db, &mut self.ready, &mut self.touched),
+                    Ok(db) => apply_doorbell(
+                        &mut self.flows,
+                        slot as u16,
+                        db,
+                        &mut self.ready,
+                        &mut self.touched,
+                    ),
                     Err(_) => false,
                 };
                 if !ok {
@@ -628,7 +710,9 @@ impl<IO: PacketIo> FastPath<IO> {
     }
 
     fn go_back(&mut self, flow: u32) {
-        let Some(f) = self.flows.get_mut(flow) else { return };
+        let Some(f) = self.flows.get_mut(flow) else {
+            return;
+        };
         if !f.has(F_ACTIVE) {
             return;
         }
@@ -652,7 +736,9 @@ impl<IO: PacketIo> FastPath<IO> {
     /// Resend `[seq, seq+len)` of flow `idx` (clamped to what is unacknowledged) in
     /// MSS-sized segments; `tx_sent`/`tx_avail` do not change. Returns segments sent.
     fn retransmit_range(&mut self, idx: u32, seq: u32, len: u32) -> usize {
-        let Some(f) = self.flows.get(idx) else { return 0 };
+        let Some(f) = self.flows.get(idx) else {
+            return 0;
+        };
         if !f.has(F_ACTIVE) {
             return 0;
         }
@@ -662,7 +748,13 @@ impl<IO: PacketIo> FastPath<IO> {
             // Nothing of it is outstanding data; resend a FIN still in flight.
             if f.has(F_TX_FIN_SENT) && !f.has(F_TX_FIN_ACKED) && start_off == f.tx_sent {
                 let pos = f.tx_head.wrapping_add(f.tx_sent);
-                return self.emit(idx, TcpFlags::ACK | TcpFlags::FIN, f.snd_una.wrapping_add(f.tx_sent), pos, 0) as usize;
+                return self.emit(
+                    idx,
+                    TcpFlags::ACK | TcpFlags::FIN,
+                    f.snd_una.wrapping_add(f.tx_sent),
+                    pos,
+                    0,
+                ) as usize;
             }
             return 0;
         }
@@ -672,7 +764,13 @@ impl<IO: PacketIo> FastPath<IO> {
         while off < end_off {
             let l = (end_off - off).min(f.mss as u32);
             let pos = f.tx_head.wrapping_add(off);
-            if !self.emit(idx, TcpFlags::ACK, f.snd_una.wrapping_add(off), pos, l as usize) {
+            if !self.emit(
+                idx,
+                TcpFlags::ACK,
+                f.snd_una.wrapping_add(off),
+                pos,
+                l as usize,
+            ) {
                 break;
             }
             off += l;
@@ -711,7 +809,9 @@ impl<IO: PacketIo> FastPath<IO> {
     fn send_flow(&mut self, idx: u32) -> (usize, bool) {
         let mut n = 0;
         loop {
-            let Some(f) = self.flows.get(idx) else { return (n, false) };
+            let Some(f) = self.flows.get(idx) else {
+                return (n, false);
+            };
             if !f.has(F_ACTIVE) {
                 return (n, false);
             }
@@ -767,16 +867,37 @@ impl<IO: PacketIo> FastPath<IO> {
             return false;
         };
         let f = *self.flows.get(idx).expect("live flow");
-        let mem = self.apps.get(f.app as usize).and_then(|a| a.as_ref()).map(|a| &a.attach.mem);
+        let mem = self
+            .apps
+            .get(f.app as usize)
+            .and_then(|a| a.as_ref())
+            .map(|a| &a.attach.mem);
         self.ident = self.ident.wrapping_add(1);
         let sack = if f.has(F_SACK) && f.ooo_count > 0 {
-            let max = if f.has(F_TS) { wire::SackBlocks::MAX_WITH_TIMESTAMPS } else { wire::SackBlocks::MAX };
+            let max = if f.has(F_TS) {
+                wire::SackBlocks::MAX_WITH_TIMESTAMPS
+            } else {
+                wire::SackBlocks::MAX
+            };
             Some(self.ooo[idx as usize].sack_blocks(max))
         } else {
             None
         };
         let buf = self.io.tx_data(&t);
-        match tx::build_segment(&f, self.cfg.local_mac, self.cfg.local_ip, self.ident, self.now_us, flags, seq, ring_pos, len, mem, sack.as_ref(), buf) {
+        match tx::build_segment(
+            &f,
+            self.cfg.local_mac,
+            self.cfg.local_ip,
+            self.ident,
+            self.now_us,
+            flags,
+            seq,
+            ring_pos,
+            len,
+            mem,
+            sack.as_ref(),
+            buf,
+        ) {
             Some(total) => {
                 self.io.tx_submit(t, total);
                 bump(&self.counters.tx_frames, 1);
@@ -793,14 +914,19 @@ impl<IO: PacketIo> FastPath<IO> {
 
     fn timers(&mut self) {
         let cap = self.flows.capacity();
-        if cap == 0 || self.flows.is_empty() || self.now_us.wrapping_sub(self.last_scan_us) < RTO_SCAN_INTERVAL_US {
+        if cap == 0
+            || self.flows.is_empty()
+            || self.now_us.wrapping_sub(self.last_scan_us) < RTO_SCAN_INTERVAL_US
+        {
             return;
         }
         self.last_scan_us = self.now_us;
         for _ in 0..RTO_SCAN_SLOTS.min(cap) {
             let idx = self.rto_cursor;
             self.rto_cursor = (self.rto_cursor + 1) % cap;
-            let Some(f) = self.flows.get(idx) else { continue };
+            let Some(f) = self.flows.get(idx) else {
+                continue;
+            };
             if !f.has(F_ACTIVE) {
                 continue;
             }
@@ -816,12 +942,16 @@ impl<IO: PacketIo> FastPath<IO> {
                 // interval shorter than it, which Linux's 75 s is).
                 let ka = self.cfg.keepalive;
                 let idle = self.now_us.wrapping_sub(f.heard_us) as u64;
-                let due = ka.idle_us.min(u32::MAX as u64 / 2) + f.rto_backoff as u64 * ka.interval_us;
+                let due =
+                    ka.idle_us.min(u32::MAX as u64 / 2) + f.rto_backoff as u64 * ka.interval_us;
                 if idle < due {
                     continue;
                 }
                 if f.rto_backoff >= ka.probes {
-                    self.report(ToSlow::Note { flow: idx, note: FlowNote::GaveUp });
+                    self.report(ToSlow::Note {
+                        flow: idx,
+                        note: FlowNote::GaveUp,
+                    });
                     continue;
                 }
                 let (una, head) = (f.snd_una, f.tx_head);
@@ -832,7 +962,12 @@ impl<IO: PacketIo> FastPath<IO> {
                 self.emit(idx, TcpFlags::ACK, una.wrapping_sub(1), head, 0);
                 continue;
             }
-            let rto = rx::rto_us(f, self.cfg.min_rto_us, self.cfg.max_rto_us, self.cfg.initial_rto_us);
+            let rto = rx::rto_us(
+                f,
+                self.cfg.min_rto_us,
+                self.cfg.max_rto_us,
+                self.cfg.initial_rto_us,
+            );
             let rto = (rto as u64) << f.rto_backoff.min(16);
             let rto = rto.min(self.cfg.max_rto_us as u64) as u32;
             let elapsed = self.now_us.wrapping_sub(f.progress_us);
@@ -841,7 +976,12 @@ impl<IO: PacketIo> FastPath<IO> {
                 // progress, resend the last segment once so a lost tail causes SACKs or
                 // duplicate ACKs instead of waiting for the RTO.
                 let pto = (f.srtt_us.saturating_mul(2)).max(TLP_MIN_US);
-                if outstanding && !f.has(F_TLP) && f.srtt_us > 0 && elapsed >= pto && f.rto_backoff == 0 {
+                if outstanding
+                    && !f.has(F_TLP)
+                    && f.srtt_us > 0
+                    && elapsed >= pto
+                    && f.rto_backoff == 0
+                {
                     let (una, sent, mss) = (f.snd_una, f.tx_sent, f.mss as u32);
                     self.flows.get_mut(idx).expect("checked").flags |= F_TLP;
                     bump(&self.counters.tail_loss_probes, 1);
@@ -855,7 +995,10 @@ impl<IO: PacketIo> FastPath<IO> {
             fm.rto_backoff = fm.rto_backoff.saturating_add(1);
             fm.progress_us = self.now_us;
             if gave_up {
-                self.report(ToSlow::Note { flow: idx, note: FlowNote::GaveUp });
+                self.report(ToSlow::Note {
+                    flow: idx,
+                    note: FlowNote::GaveUp,
+                });
                 continue;
             }
             if zero_window {
@@ -864,7 +1007,10 @@ impl<IO: PacketIo> FastPath<IO> {
             } else {
                 bump(&self.counters.rto_fired, 1);
                 self.go_back(idx);
-                self.report(ToSlow::Note { flow: idx, note: FlowNote::Rto });
+                self.report(ToSlow::Note {
+                    flow: idx,
+                    note: FlowNote::Rto,
+                });
             }
         }
     }
@@ -874,7 +1020,9 @@ impl<IO: PacketIo> FastPath<IO> {
     fn finish_batch(&mut self) {
         let touched = std::mem::take(&mut self.touched);
         for &idx in &touched {
-            let Some(f) = self.flows.get_mut(idx) else { continue };
+            let Some(f) = self.flows.get_mut(idx) else {
+                continue;
+            };
             f.flags &= !F_TOUCHED;
             if !f.has(F_ACTIVE) {
                 continue;
@@ -887,7 +1035,10 @@ impl<IO: PacketIo> FastPath<IO> {
                     self.flows.get_mut(idx).expect("live").flags &= !F_ACK_PENDING;
                 }
             }
-            if f.rx_pending > 0 || f.tx_freed_pending > 0 || (f.has(F_RX_FIN) && !f.has(F_FIN_REPORTED)) {
+            if f.rx_pending > 0
+                || f.tx_freed_pending > 0
+                || (f.has(F_RX_FIN) && !f.has(F_FIN_REPORTED))
+            {
                 self.post_events(idx);
             }
         }
@@ -899,7 +1050,9 @@ impl<IO: PacketIo> FastPath<IO> {
         self.touched.extend_from_slice(&retry);
         // Publish each application's events once per batch, waking sleepers.
         for &slot in &self.active_apps {
-            let Some(app) = self.apps[slot as usize].as_mut() else { continue };
+            let Some(app) = self.apps[slot as usize].as_mut() else {
+                continue;
+            };
             if app.dirty {
                 app.dirty = false;
                 if app.to_app.publish() {
@@ -913,10 +1066,16 @@ impl<IO: PacketIo> FastPath<IO> {
 
     fn post_events(&mut self, idx: u32) {
         let f = self.flows.get_mut(idx).expect("live");
-        let Some(app) = self.apps.get_mut(f.app as usize).and_then(|a| a.as_mut()) else { return };
+        let Some(app) = self.apps.get_mut(f.app as usize).and_then(|a| a.as_mut()) else {
+            return;
+        };
         let fin_new = f.has(F_RX_FIN) && !f.has(F_FIN_REPORTED);
         if f.rx_pending > 0 || fin_new {
-            let ev = FpEvent::RxData { conn: f.conn, bytes: f.rx_pending, fin: fin_new };
+            let ev = FpEvent::RxData {
+                conn: f.conn,
+                bytes: f.rx_pending,
+                fin: fin_new,
+            };
             if app.to_app.push(ev.encode()) {
                 bump(&self.counters.rx_payload_bytes, f.rx_pending as u64);
                 f.rx_pending = 0;
@@ -931,7 +1090,10 @@ impl<IO: PacketIo> FastPath<IO> {
             }
         }
         if f.tx_freed_pending > 0 {
-            let ev = FpEvent::TxFreed { conn: f.conn, bytes: f.tx_freed_pending };
+            let ev = FpEvent::TxFreed {
+                conn: f.conn,
+                bytes: f.tx_freed_pending,
+            };
             if app.to_app.push(ev.encode()) {
                 f.tx_freed_pending = 0;
                 app.dirty = true;
@@ -950,7 +1112,9 @@ impl<IO: PacketIo> FastPath<IO> {
         }
         let mut ok = true;
         for &slot in &self.active_apps {
-            let Some(app) = self.apps[slot as usize].as_mut() else { continue };
+            let Some(app) = self.apps[slot as usize].as_mut() else {
+                continue;
+            };
             if !app.broken && !app.to_fp.prepare_sleep() {
                 ok = false;
             }
@@ -964,7 +1128,9 @@ impl<IO: PacketIo> FastPath<IO> {
     /// Clear the sleeping announcements after waking.
     pub fn woke(&mut self) {
         for &slot in &self.active_apps {
-            let Some(app) = self.apps[slot as usize].as_mut() else { continue };
+            let Some(app) = self.apps[slot as usize].as_mut() else {
+                continue;
+            };
             app.to_fp.woke();
         }
     }
@@ -982,7 +1148,10 @@ fn exc_copy(counters: &CoreCounters, to_slow: &ToSlowTx, data: &[u8]) -> Option<
         bump(&counters.exceptions_dropped, 1);
         return None;
     }
-    let mut f = Box::new(ExcFrame { buf: [0; MAX_FRAME], len: data.len() as u16 });
+    let mut f = Box::new(ExcFrame {
+        buf: [0; MAX_FRAME],
+        len: data.len() as u16,
+    });
     f.buf[..data.len()].copy_from_slice(data);
     Some(f)
 }
@@ -990,7 +1159,11 @@ fn exc_copy(counters: &CoreCounters, to_slow: &ToSlowTx, data: &[u8]) -> Option<
 enum FrameAction {
     Done,
     Exception,
-    Flow { idx: u32, v: rx::RxVerdict, sack: Option<wire::SackBlocks> },
+    Flow {
+        idx: u32,
+        v: rx::RxVerdict,
+        sack: Option<wire::SackBlocks>,
+    },
 }
 
 /// The fields a received frame may touch, borrowed apart from the I/O buffers.
@@ -1075,7 +1248,15 @@ impl Parts<'_> {
             return FrameAction::Exception;
         };
         let ooo = &mut self.ooo[idx as usize];
-        let v = rx::on_segment(f, ooo, &seg, tcp.payload(), &app.attach.mem, self.now_us, self.rxc);
+        let v = rx::on_segment(
+            f,
+            ooo,
+            &seg,
+            tcp.payload(),
+            &app.attach.mem,
+            self.now_us,
+            self.rxc,
+        );
         if v & rx::V_EXCEPTION != 0 {
             return FrameAction::Exception;
         }
@@ -1085,12 +1266,19 @@ impl Parts<'_> {
         if v & (rx::V_ACK | rx::V_DELIVERED | rx::V_TX) != 0 || f.tx_freed_pending > 0 {
             touch(f, idx, self.touched);
         }
-        if v & rx::V_TX != 0 && (f.tx_avail > 0 || (f.has(F_TX_FIN_PENDING) && !f.has(F_TX_FIN_SENT))) && !f.has(F_IN_TXQ) {
+        if v & rx::V_TX != 0
+            && (f.tx_avail > 0 || (f.has(F_TX_FIN_PENDING) && !f.has(F_TX_FIN_SENT)))
+            && !f.has(F_IN_TXQ)
+        {
             f.flags |= F_IN_TXQ;
             self.ready.push(idx);
         }
         if v & (rx::V_FAST_RETX | rx::V_SACK | rx::V_PEER_FIN | rx::V_FIN_ACKED) != 0 {
-            return FrameAction::Flow { idx, v, sack: seg.sack };
+            return FrameAction::Flow {
+                idx,
+                v,
+                sack: seg.sack,
+            };
         }
         FrameAction::Done
     }
@@ -1117,16 +1305,30 @@ fn peek_key(d: &[u8]) -> Option<FlowKey> {
     let t = 14 + ihl;
     let p = d.get(t..t + 4)?;
     let src = u32::from_be_bytes([d[26], d[27], d[28], d[29]]);
-    Some(FlowKey::new(src, u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
+    Some(FlowKey::new(
+        src,
+        u16::from_be_bytes([p[0], p[1]]),
+        u16::from_be_bytes([p[2], p[3]]),
+    ))
 }
 
 /// Apply one doorbell after checking it against the core's own state. False if the
 /// doorbell is invalid (wrong app, slot, flow, or a length beyond the ring).
-fn apply_doorbell(flows: &mut FlowTable, app: u16, db: Doorbell, ready: &mut ReadyQueue, touched: &mut Vec<u32>) -> bool {
+fn apply_doorbell(
+    flows: &mut FlowTable,
+    app: u16,
+    db: Doorbell,
+    ready: &mut ReadyQueue,
+    touched: &mut Vec<u32>,
+) -> bool {
     let (flow, conn) = match db {
-        Doorbell::TxAdded { flow, conn, .. } | Doorbell::RxConsumed { flow, conn, .. } | Doorbell::ShutdownTx { flow, conn } => (flow, conn),
+        Doorbell::TxAdded { flow, conn, .. }
+        | Doorbell::RxConsumed { flow, conn, .. }
+        | Doorbell::ShutdownTx { flow, conn } => (flow, conn),
     };
-    let Some(f) = flows.get_mut(flow) else { return false };
+    let Some(f) = flows.get_mut(flow) else {
+        return false;
+    };
     if !f.has(F_ACTIVE) || f.app != app || f.conn != conn {
         return false;
     }

@@ -130,7 +130,10 @@ pub struct FlowState {
     pub _reserved: [u8; 2],
 }
 
-const _: () = assert!(size_of::<FlowState>() == 128, "FlowState must be exactly two cache lines");
+const _: () = assert!(
+    size_of::<FlowState>() == 128,
+    "FlowState must be exactly two cache lines"
+);
 const _: () = assert!(align_of::<FlowState>() == 64);
 
 impl FlowState {
@@ -139,7 +142,9 @@ impl FlowState {
     pub fn snd_nxt(&self) -> u32 {
         // A FIN counts while in flight; once acknowledged, snd_una has moved past it.
         let fin_in_flight = self.flags & (F_TX_FIN_SENT | F_TX_FIN_ACKED) == F_TX_FIN_SENT;
-        self.snd_una.wrapping_add(self.tx_sent).wrapping_add(fin_in_flight as u32)
+        self.snd_una
+            .wrapping_add(self.tx_sent)
+            .wrapping_add(fin_in_flight as u32)
     }
     /// The lookup key of this flow.
     #[inline]
@@ -365,7 +370,10 @@ impl FlowTable {
 
     /// Install `state` at slot `idx` (chosen by the slow path) and index it.
     pub fn insert(&mut self, idx: u32, mut state: FlowState) -> Result<(), FlowTableError> {
-        let slot = self.flows.get(idx as usize).ok_or(FlowTableError::BadIndex)?;
+        let slot = self
+            .flows
+            .get(idx as usize)
+            .ok_or(FlowTableError::BadIndex)?;
         if slot.has(F_ACTIVE) {
             return Err(FlowTableError::SlotBusy);
         }
@@ -390,7 +398,10 @@ impl FlowTable {
 
     /// Remove the flow at `idx`, returning its last state.
     pub fn remove(&mut self, idx: u32) -> Result<FlowState, FlowTableError> {
-        let st = *self.flows.get(idx as usize).ok_or(FlowTableError::BadIndex)?;
+        let st = *self
+            .flows
+            .get(idx as usize)
+            .ok_or(FlowTableError::BadIndex)?;
         if !st.has(F_ACTIVE) {
             return Err(FlowTableError::BadIndex);
         }
@@ -446,7 +457,11 @@ impl FlowTable {
     }
     /// Iterate over live flows with their indices.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &FlowState)> {
-        self.flows.iter().enumerate().filter(|(_, f)| f.has(F_ACTIVE)).map(|(i, f)| (i as u32, f))
+        self.flows
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.has(F_ACTIVE))
+            .map(|(i, f)| (i as u32, f))
     }
 }
 
@@ -459,12 +474,21 @@ mod tests {
     use std::collections::HashMap;
 
     fn flow(ip: u32, rport: u16, lport: u16) -> FlowState {
-        FlowState { remote_ip: ip, remote_port: rport, local_port: lport, ..FlowState::default() }
+        FlowState {
+            remote_ip: ip,
+            remote_port: rport,
+            local_port: lport,
+            ..FlowState::default()
+        }
     }
 
     #[test]
     fn layout() {
-        assert_eq!(core::mem::offset_of!(FlowState, tx_base), 64, "tx side starts line 1");
+        assert_eq!(
+            core::mem::offset_of!(FlowState, tx_base),
+            64,
+            "tx side starts line 1"
+        );
         // The offsets docs/flowstate.md documents.
         assert_eq!(core::mem::offset_of!(FlowState, recover), 48);
         assert_eq!(core::mem::offset_of!(FlowState, conn), 56);
@@ -505,7 +529,10 @@ mod tests {
         assert_eq!(t.lookup(FlowKey::new(0x0a000002, 5000, 80)), Some(3));
         assert_eq!(t.lookup(FlowKey::new(0x0a000002, 5001, 80)), None);
         assert_eq!(t.insert(3, flow(1, 1, 1)), Err(FlowTableError::SlotBusy));
-        assert_eq!(t.insert(4, flow(0x0a000002, 5000, 80)), Err(FlowTableError::Duplicate));
+        assert_eq!(
+            t.insert(4, flow(0x0a000002, 5000, 80)),
+            Err(FlowTableError::Duplicate)
+        );
         assert_eq!(t.insert(8, flow(1, 1, 1)), Err(FlowTableError::BadIndex));
         assert_eq!(t.insert(5, flow(0, 0, 0)), Err(FlowTableError::InvalidKey));
         assert_eq!(t.remove(3).unwrap().remote_port, 5000);

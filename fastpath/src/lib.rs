@@ -20,4 +20,3 @@ pub mod sys;
 pub mod time;
 pub mod tx;
 pub mod wire;
-

@@ -16,7 +16,11 @@ pub struct ReadyQueue {
 impl ReadyQueue {
     /// Room for `capacity` flows.
     pub fn new(capacity: u32) -> Self {
-        ReadyQueue { ring: vec![0; capacity.max(1) as usize], head: 0, len: 0 }
+        ReadyQueue {
+            ring: vec![0; capacity.max(1) as usize],
+            head: 0,
+            len: 0,
+        }
     }
     /// Queued flows.
     pub fn len(&self) -> usize {
@@ -60,6 +64,9 @@ mod tests {
         assert!(q.push(1) && q.push(2) && q.push(3));
         assert_eq!(q.pop(), Some(1));
         assert!(q.push(4));
-        assert_eq!((q.pop(), q.pop(), q.pop(), q.pop()), (Some(2), Some(3), Some(4), None));
+        assert_eq!(
+            (q.pop(), q.pop(), q.pop(), q.pop()),
+            (Some(2), Some(3), Some(4), None)
+        );
     }
 }

@@ -197,7 +197,11 @@ pub fn on_segment(
     } else if acked == 0 {
         // RFC 5681 duplicate ACK: no data, no window change, data outstanding.
         let wnd = (seg.window as u32) << f.snd_wscale;
-        if payload.is_empty() && !seg.flags.contains(TcpFlags::FIN) && in_flight > 0 && wnd == f.snd_wnd {
+        if payload.is_empty()
+            && !seg.flags.contains(TcpFlags::FIN)
+            && in_flight > 0
+            && wnd == f.snd_wnd
+        {
             c.dupacks += 1;
             f.dupacks = f.dupacks.saturating_add(1);
             if f.dupacks == DUPACK_THRESHOLD && !f.has(F_RECOVERY) {
@@ -273,7 +277,12 @@ pub fn on_segment(
     if seq == f.rcv_nxt {
         let take = (data.len() as u32).min(f.rx_avail);
         if take > 0 {
-            if !mem.write_ring(f.rx_base as u64, f.rx_size, f.rx_head, &data[..take as usize]) {
+            if !mem.write_ring(
+                f.rx_base as u64,
+                f.rx_size,
+                f.rx_head,
+                &data[..take as usize],
+            ) {
                 c.ring_errors += 1;
                 return v;
             }
@@ -354,5 +363,7 @@ pub fn rto_us(f: &FlowState, min_us: u32, max_us: u32, initial_us: u32) -> u32 {
     if f.srtt_us == 0 {
         return initial_us;
     }
-    f.srtt_us.saturating_add(f.rttvar_us.saturating_mul(4).max(1_000)).clamp(min_us, max_us)
+    f.srtt_us
+        .saturating_add(f.rttvar_us.saturating_mul(4).max(1_000))
+        .clamp(min_us, max_us)
 }

@@ -31,7 +31,14 @@ pub fn eventfd_drain(fd: RawFd) {
 
 /// Wait until one of `fds` is readable or `timeout_ms` passes.
 pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) {
-    let mut pfds: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     // SAFETY: pfds is a valid array of pollfd of the given length.
     unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
 }
@@ -43,7 +50,9 @@ pub fn prefetch_read<T>(p: &T) {
     // SAFETY: prefetch is a hint; it never faults, even for invalid addresses, and SSE is
     // part of the x86-64 baseline.
     unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const T as *const i8)
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+            p as *const T as *const i8,
+        )
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;

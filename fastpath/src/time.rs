@@ -57,7 +57,10 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: ts is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
         #[allow(unsafe_code)]
         unsafe {

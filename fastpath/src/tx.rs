@@ -7,7 +7,9 @@ use std::net::Ipv4Addr;
 use crate::appmem::AppMem;
 use crate::flow::{FlowState, F_TS};
 use crate::rx::tsval;
-use crate::wire::{self, EtherType, EthernetAddress, EthernetRepr, Ipv4Repr, SackBlocks, TcpFlags, TcpRepr};
+use crate::wire::{
+    self, EtherType, EthernetAddress, EthernetRepr, Ipv4Repr, SackBlocks, TcpFlags, TcpRepr,
+};
 
 /// Ethernet + IPv4 header bytes in front of every TCP header we send.
 pub const L2L3_LEN: usize = wire::ethernet::HEADER_LEN + wire::ipv4::HEADER_LEN;
@@ -54,7 +56,11 @@ pub fn build_segment(
         window_scale: None,
         sack_permitted: false,
         sack_ranges: sack.copied().unwrap_or_default(),
-        timestamp: if f.has(F_TS) { Some((tsval(now_us), f.ts_recent)) } else { None },
+        timestamp: if f.has(F_TS) {
+            Some((tsval(now_us), f.ts_recent))
+        } else {
+            None
+        },
         payload_len: len,
     };
     let tcp_hlen = tcp.header_len();
@@ -62,9 +68,13 @@ pub fn build_segment(
     if buf.len() < total {
         return None;
     }
-    EthernetRepr { src_addr: local_mac, dst_addr: EthernetAddress(f.remote_mac), ethertype: EtherType::Ipv4 }
-        .emit(&mut buf[..wire::ethernet::HEADER_LEN])
-        .ok()?;
+    EthernetRepr {
+        src_addr: local_mac,
+        dst_addr: EthernetAddress(f.remote_mac),
+        ethertype: EtherType::Ipv4,
+    }
+    .emit(&mut buf[..wire::ethernet::HEADER_LEN])
+    .ok()?;
     Ipv4Repr {
         src_addr: local_ip,
         dst_addr: remote_ip,

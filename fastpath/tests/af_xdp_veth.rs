@@ -317,6 +317,14 @@ fn emit_udp(
 
 /// Receive for up to `limit`, or until `done` says enough; returns copies of the frames.
 /// Every received frame is released again.
+/// Whether any received frame is TCP from source port `sport`.
+fn has_sport(frames: &[Vec<u8>], sport: u16) -> bool {
+    frames
+        .iter()
+        .filter_map(|f| parse_tcp(f))
+        .any(|t| t.sport == sport)
+}
+
 fn receive(
     sock: &mut XskSocket,
     limit: Duration,
@@ -663,10 +671,13 @@ fn veth_generic_mode_and_setup_errors() {
             other => panic!("expected QueueBusy, got {other:?}"),
         }
         let client = tcp_connect(&sb, 40011, OWNED_PORT, 1.0);
-        let frames = receive(&mut sock, Duration::from_secs(5), |got| !got.is_empty());
+        let frames = receive(&mut sock, Duration::from_secs(5), |got| {
+            has_sport(got, 40011)
+        });
         let syn = frames
             .iter()
-            .find_map(|f| parse_tcp(f))
+            .filter_map(|f| parse_tcp(f))
+            .find(|t| t.sport == 40011)
             .expect("a SYN in generic mode");
         assert_eq!((syn.sport, syn.dport), (40011, OWNED_PORT));
         assert!(syn.checksums_ok);
@@ -689,11 +700,17 @@ fn veth_generic_mode_and_setup_errors() {
         assert_eq!(output_of(client), "refused");
         prog.set_service_ip(sb.ip_a).unwrap();
         let client = tcp_connect(&sb, 40014, OWNED_PORT, 1.0);
-        let frames = receive(&mut sock, Duration::from_secs(5), |got| !got.is_empty());
-        assert!(frames
-            .iter()
-            .filter_map(|f| parse_tcp(f))
-            .any(|t| t.sport == 40014));
+        // Wait for this client's SYN specifically: the kernel may still retransmit
+        // 40011's SYN (its timer fires at 1 s, when that client gives up), and that
+        // late frame can sit in the ring ahead of 40014's.
+        let frames = receive(&mut sock, Duration::from_secs(5), |got| {
+            has_sport(got, 40014)
+        });
+        assert!(
+            has_sport(&frames, 40014),
+            "no SYN from 40014 in {} frames",
+            frames.len()
+        );
         assert_eq!(output_of(client), "timeout");
     });
 }

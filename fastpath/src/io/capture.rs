@@ -85,7 +85,13 @@ impl CapturedFrame {
 
 impl std::fmt::Debug for CapturedFrame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CapturedFrame(core {}, {}, {} bytes)", self.core, if self.tx { "tx" } else { "rx" }, self.len)
+        write!(
+            f,
+            "CapturedFrame(core {}, {}, {} bytes)",
+            self.core,
+            if self.tx { "tx" } else { "rx" },
+            self.len
+        )
     }
 }
 
@@ -119,18 +125,27 @@ pub struct Tap<IO> {
 
 impl<IO> std::fmt::Debug for Tap<IO> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tap").field("core", &self.core).field("capturing", &self.active.is_some()).finish()
+        f.debug_struct("Tap")
+            .field("core", &self.core)
+            .field("capturing", &self.active.is_some())
+            .finish()
     }
 }
 
 fn unix_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl<IO> Tap<IO> {
     /// Wrap `inner`, the link of core `core`.
     pub fn new(inner: IO, core: u8) -> Self {
-        Tap { inner, core, active: None }
+        Tap {
+            inner,
+            core,
+            active: None,
+        }
     }
     /// The wrapped link.
     pub fn inner(&self) -> &IO {
@@ -149,7 +164,13 @@ impl Active {
         if !self.spec.filter.matches(data) {
             return true;
         }
-        let mut rec = CapturedFrame { unix_ns: ts, core: self.core, tx, len: 0, buf: [0; MAX_FRAME] };
+        let mut rec = CapturedFrame {
+            unix_ns: ts,
+            core: self.core,
+            tx,
+            len: 0,
+            buf: [0; MAX_FRAME],
+        };
         let n = data.len().min(MAX_FRAME);
         rec.buf[..n].copy_from_slice(&data[..n]);
         rec.len = n as u16;
@@ -159,7 +180,9 @@ impl Active {
                 self.max_reached()
             }
             Err(TrySendError::Full(_)) => {
-                self.spec.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.spec
+                    .dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 true
             }
             Err(TrySendError::Disconnected(_)) => false,
@@ -228,7 +251,11 @@ impl<IO: PacketIo> PacketIo for Tap<IO> {
         self.inner.poll_fds()
     }
     fn set_capture(&mut self, spec: Option<CaptureSpec>) -> bool {
-        self.active = spec.map(|spec| Active { spec, core: self.core, frames: 0 });
+        self.active = spec.map(|spec| Active {
+            spec,
+            core: self.core,
+            frames: 0,
+        });
         true
     }
 }
@@ -278,27 +305,43 @@ mod tests {
         let f = tcp_frame([10, 0, 0, 2], [10, 0, 0, 1], 5000, 7);
         let any = CaptureFilter::default();
         assert!(any.matches(&f) && any.matches(&[0u8; 42]));
-        let port7 = CaptureFilter { port: Some(7), host: None };
+        let port7 = CaptureFilter {
+            port: Some(7),
+            host: None,
+        };
         assert!(port7.matches(&f));
         assert!(port7.matches(&tcp_frame([10, 0, 0, 1], [10, 0, 0, 2], 7, 5000)));
         assert!(!port7.matches(&tcp_frame([10, 0, 0, 1], [10, 0, 0, 2], 8, 5000)));
         assert!(!port7.matches(&[0u8; 42]), "ARP has no port");
-        let host = CaptureFilter { host: Some(0x0a000002), port: Some(5000) };
+        let host = CaptureFilter {
+            host: Some(0x0a000002),
+            port: Some(5000),
+        };
         assert!(host.matches(&f));
-        assert!(!CaptureFilter { host: Some(0x0a000003), port: None }.matches(&f));
+        assert!(!CaptureFilter {
+            host: Some(0x0a000003),
+            port: None
+        }
+        .matches(&f));
         assert!(!port7.matches(&f[..36]), "truncated");
     }
 
     #[test]
     fn tap_copies_rx_and_tx_until_the_reader_goes() {
         let clock = SimClock::new();
-        let imp = Impairments { delay: std::time::Duration::ZERO, ..Impairments::default() };
+        let imp = Impairments {
+            delay: std::time::Duration::ZERO,
+            ..Impairments::default()
+        };
         let (a, mut peer) = MemLink::pair(&clock, imp, imp, 1);
         let mut tap = Tap::new(a, 3);
         let (tx, rx) = crossbeam_channel::bounded(2);
         let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let spec = CaptureSpec {
-            filter: CaptureFilter { host: None, port: Some(7) },
+            filter: CaptureFilter {
+                host: None,
+                port: Some(7),
+            },
             until: std::time::SystemTime::now() + std::time::Duration::from_secs(60),
             max_frames: 0,
             sink: tx,
@@ -306,7 +349,10 @@ mod tests {
         };
         assert!(tap.set_capture(Some(spec)));
         // Send one matching and one other frame from the tap.
-        for f in [tcp_frame([1, 1, 1, 1], [2, 2, 2, 2], 7, 9), tcp_frame([1, 1, 1, 1], [2, 2, 2, 2], 8, 9)] {
+        for f in [
+            tcp_frame([1, 1, 1, 1], [2, 2, 2, 2], 7, 9),
+            tcp_frame([1, 1, 1, 1], [2, 2, 2, 2], 8, 9),
+        ] {
             let t = tap.tx_alloc().unwrap();
             tap.tx_data(&t)[..f.len()].copy_from_slice(&f);
             tap.tx_submit(t, f.len());

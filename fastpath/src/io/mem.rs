@@ -120,7 +120,8 @@ impl Direction {
         }
         let mut at = now;
         if self.imp.rate_bps > 0 {
-            let ser = Duration::from_nanos(buf.len() as u64 * 8 * 1_000_000_000 / self.imp.rate_bps);
+            let ser =
+                Duration::from_nanos(buf.len() as u64 * 8 * 1_000_000_000 / self.imp.rate_bps);
             let start = self.busy_until.max(now);
             self.busy_until = start + ser;
             at = self.busy_until;
@@ -179,16 +180,26 @@ const PORT_FRAMES: usize = 512;
 
 impl MemLink {
     /// Two ports joined by a link with impairments `a_to_b` and `b_to_a`, seeded by `seed`.
-    pub fn pair(clock: &SimClock, a_to_b: Impairments, b_to_a: Impairments, seed: u64) -> (MemPort, MemPort) {
+    pub fn pair(
+        clock: &SimClock,
+        a_to_b: Impairments,
+        b_to_a: Impairments,
+        seed: u64,
+    ) -> (MemPort, MemPort) {
         let shared = Arc::new(Mutex::new(Shared {
-            dirs: [Direction::new(a_to_b, seed), Direction::new(b_to_a, seed ^ 0x5eed_5eed)],
+            dirs: [
+                Direction::new(a_to_b, seed),
+                Direction::new(b_to_a, seed ^ 0x5eed_5eed),
+            ],
             pool: Vec::new(),
         }));
         let port = |rx_dir| MemPort {
             shared: shared.clone(),
             rx_dir,
             clock: clock.clone(),
-            rx_slots: (0..PORT_FRAMES).map(|_| Vec::with_capacity(MAX_FRAME)).collect(),
+            rx_slots: (0..PORT_FRAMES)
+                .map(|_| Vec::with_capacity(MAX_FRAME))
+                .collect(),
             rx_free: (0..PORT_FRAMES as u32).rev().collect(),
             tx_slots: (0..PORT_FRAMES).map(|_| vec![0u8; 2048]).collect(),
             tx_free: (0..PORT_FRAMES as u32).rev().collect(),
@@ -216,11 +227,16 @@ impl MemPort {
     }
     /// Earliest time a frame will become deliverable to this port, if any is in flight.
     pub fn next_arrival(&self) -> Option<Instant> {
-        self.shared.lock().expect("link lock").dirs[self.rx_dir].queue.front().map(|f| f.at)
+        self.shared.lock().expect("link lock").dirs[self.rx_dir]
+            .queue
+            .front()
+            .map(|f| f.at)
     }
     /// Frames in flight towards this port.
     pub fn in_flight(&self) -> usize {
-        self.shared.lock().expect("link lock").dirs[self.rx_dir].queue.len()
+        self.shared.lock().expect("link lock").dirs[self.rx_dir]
+            .queue
+            .len()
     }
     /// Inject a frame towards the *peer* as if this port had sent it (scripted tests).
     pub fn inject(&mut self, frame: &[u8]) {
@@ -246,21 +262,29 @@ impl PacketIo for MemPort {
                 Some(f) if f.at <= now => {}
                 _ => break,
             }
-            let Some(slot) = self.rx_free.pop() else { break };
+            let Some(slot) = self.rx_free.pop() else {
+                break;
+            };
             let f = dir.queue.pop_front().expect("front checked");
             dir.stats.delivered += 1;
             let dst = &mut self.rx_slots[slot as usize];
             dst.clear();
             dst.extend_from_slice(&f.buf);
             pool.push(f.buf);
-            out[n] = RxFrame { addr: slot as u64, len: dst.len() as u32, queue: 0 };
+            out[n] = RxFrame {
+                addr: slot as u64,
+                len: dst.len() as u32,
+                queue: 0,
+            };
             n += 1;
         }
         n
     }
 
     fn rx_data(&self, f: &RxFrame) -> &[u8] {
-        self.rx_slots.get(f.addr as usize).map_or(&[], |b| &b[..(f.len as usize).min(b.len())])
+        self.rx_slots
+            .get(f.addr as usize)
+            .map_or(&[], |b| &b[..(f.len as usize).min(b.len())])
     }
 
     fn rx_release(&mut self, frames: &[RxFrame]) {
@@ -323,7 +347,10 @@ mod tests {
     #[test]
     fn delay_and_order() {
         let clock = SimClock::new();
-        let imp = Impairments { delay: Duration::from_micros(100), ..Default::default() };
+        let imp = Impairments {
+            delay: Duration::from_micros(100),
+            ..Default::default()
+        };
         let (mut a, mut b) = MemLink::pair(&clock, imp, imp, 1);
         for i in 0..10 {
             send(&mut a, i);
@@ -338,7 +365,10 @@ mod tests {
     fn loss_is_seeded_and_counted() {
         let run = |seed| {
             let clock = SimClock::new();
-            let imp = Impairments { loss: 0.3, ..Default::default() };
+            let imp = Impairments {
+                loss: 0.3,
+                ..Default::default()
+            };
             let (mut a, mut b) = MemLink::pair(&clock, imp, imp, seed);
             for i in 0..200u32 {
                 send(&mut a, i as u8);
@@ -358,13 +388,21 @@ mod tests {
         let (g2, _) = run(9);
         assert_eq!(g1, g2, "same seed, same outcome");
         assert_eq!(s1.lost + s1.delivered, 200);
-        assert!(s1.lost > 30 && s1.lost < 90, "about 30% lost, got {}", s1.lost);
+        assert!(
+            s1.lost > 30 && s1.lost < 90,
+            "about 30% lost, got {}",
+            s1.lost
+        );
     }
 
     #[test]
     fn reorder_and_duplicate() {
         let clock = SimClock::new();
-        let imp = Impairments { reorder: 0.5, duplicate: 0.2, ..Default::default() };
+        let imp = Impairments {
+            reorder: 0.5,
+            duplicate: 0.2,
+            ..Default::default()
+        };
         let (mut a, mut b) = MemLink::pair(&clock, imp, imp, 3);
         for i in 0..100 {
             send(&mut a, i);
@@ -388,7 +426,11 @@ mod tests {
     fn rate_limit_spaces_frames() {
         let clock = SimClock::new();
         // 3-byte frames at 24 kbit/s: one per millisecond.
-        let imp = Impairments { rate_bps: 24_000, delay: Duration::ZERO, ..Default::default() };
+        let imp = Impairments {
+            rate_bps: 24_000,
+            delay: Duration::ZERO,
+            ..Default::default()
+        };
         let (mut a, mut b) = MemLink::pair(&clock, imp, imp, 3);
         for i in 0..5 {
             send(&mut a, i);
