@@ -452,10 +452,13 @@ fn veth_redirects_owned_tcp_passes_the_rest_and_transmits() {
         // bytes (NOP, NOP, NOP, EOL) make a 24-byte IP header.
         let options = "s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 1, 1, 0]))";
         let client = tcp_connect_with(&sb, 40004, OWNED_PORT, 1.0, options);
-        let frames = receive(&mut sock, Duration::from_secs(5), |got| !got.is_empty());
+        let frames = receive(&mut sock, Duration::from_secs(5), |got| {
+            has_sport(got, 40004)
+        });
         let syn = frames
             .iter()
-            .find_map(|f| parse_tcp(f))
+            .filter_map(|f| parse_tcp(f))
+            .find(|t| t.sport == 40004)
             .expect("a SYN with IP options");
         assert_eq!(
             (syn.ip_header_len, syn.sport, syn.dport),
