@@ -147,8 +147,11 @@ struct Shared {
     doorbells: Vec<Arc<OwnedFd>>,
     events: Sender<AttachEvent>,
     stop: Arc<OwnedFd>,
-    next_app_id: AtomicU32,
 }
+
+/// Application ids are unique in the process (not only per server), so that the region
+/// names `/tas-<pid>-<app id>` of two servers in one process (tests) never collide.
+static NEXT_APP_ID: AtomicU32 = AtomicU32::new(1);
 
 impl AttachServer {
     /// Bind the socket and start accepting. `doorbells[i]` is fast-path core `i`'s doorbell
@@ -179,8 +182,7 @@ impl AttachServer {
             std::os::unix::fs::chown(&path, None, Some(gid)).map_err(io_err("chown to the socket group"))?;
         }
         let stop = Arc::new(sys::eventfd().map_err(io_err("eventfd"))?);
-        let shared =
-            Arc::new(Shared { config, doorbells, events, stop: stop.clone(), next_app_id: AtomicU32::new(1) });
+        let shared = Arc::new(Shared { config, doorbells, events, stop: stop.clone() });
         let accept_thread = std::thread::Builder::new()
             .name("tas-attach".into())
             .spawn(move || accept_loop(listener, shared))
@@ -310,7 +312,7 @@ fn serve_app(conn: OwnedFd, shared: &Shared) {
         );
         return;
     }
-    let app_id = shared.next_app_id.fetch_add(1, Ordering::Relaxed);
+    let app_id = NEXT_APP_ID.fetch_add(1, Ordering::Relaxed);
     let name: String = hello.name.chars().filter(|c| !c.is_control()).take(64).collect();
     let region = match AppRegion::create(cfg.layout, app_id, cred.uid) {
         Ok(r) => Arc::new(r),
