@@ -314,6 +314,9 @@ impl Drop for Service {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
