@@ -263,6 +263,9 @@ pub struct Context {
     broken: Option<Error>,
     next_token: u64,
     spin: Duration,
+    /// The application takes events ([`Context::next_event`]): then `wait` does not sleep
+    /// while some are pending.
+    events_used: bool,
 }
 
 impl std::fmt::Debug for Context {
@@ -440,6 +443,7 @@ impl Context {
             broken: None,
             next_token: 1,
             spin,
+            events_used: false,
             region,
         })
     }
@@ -954,14 +958,16 @@ impl Context {
     // ---- waiting --------------------------------------------------------------------------
 
     /// Wait until the service posts something or `timeout` passes (None: no limit).
-    /// Busy-polls for the spin time first (see [`Context::set_spin`]), then announces
+    /// Returns at once if events are pending for an application that takes events
+    /// ([`Context::next_event`]). Busy-polls for the spin time first (see [`Context::set_spin`]), then announces
     /// sleep on every queue this context consumes and sleeps on its eventfd: a producer
     /// that publishes after the announcement sees it and writes the eventfd, so no
     /// wake-up is lost. Returns early, without sleeping, if there is work already.
     /// Spurious returns are possible: callers re-check what they wait for.
     pub fn wait(&mut self, timeout: Option<Duration>) {
         let start = Instant::now();
-        if self.poll() > 0 || self.broken.is_some() || !self.out.is_empty() {
+        let events_pending = self.events_used && !(self.out.is_empty() && self.ready.is_empty());
+        if self.poll() > 0 || self.broken.is_some() || events_pending {
             return;
         }
         let deadline = timeout.map(|t| start + t);
@@ -1548,6 +1554,7 @@ impl Context {
     /// The next event, if any (call [`Context::poll`] or [`Context::wait`] to take new ones
     /// from the service).
     pub fn next_event(&mut self) -> Option<Event> {
+        self.events_used = true;
         loop {
             if let Some(e) = self.out.pop_front() {
                 return Some(e);

@@ -104,6 +104,22 @@ impl ShmQueue {
         Ok(cap - self.local.wrapping_sub(self.seen))
     }
 
+    /// True if at least `n` entries are free. Unlike [`ShmQueue::free`], which re-reads the
+    /// consumer's tail only when the queue looks completely full (so its count is a lower
+    /// bound that can stay stale), this re-reads the tail whenever the cached view shows
+    /// fewer than `n` free entries: use it before pushing a batch of `n`.
+    pub fn ensure_free(&mut self, n: u32) -> Result<bool, Corrupt> {
+        let cap = self.capacity();
+        if cap - self.local.wrapping_sub(self.seen).min(cap) < n {
+            let t = self.tail().load(Ordering::Acquire);
+            if self.local.wrapping_sub(t) > cap {
+                return Err(Corrupt);
+            }
+            self.seen = t;
+        }
+        Ok(cap - self.local.wrapping_sub(self.seen) >= n)
+    }
+
     /// Write one descriptor; it becomes visible at the next [`ShmQueue::publish`].
     /// Returns false if the queue is full (or corrupt).
     pub fn push(&mut self, d: Desc) -> bool {
@@ -220,6 +236,27 @@ mod tests {
             assert_eq!(c.pop(), Ok(None));
             c.release();
         }
+    }
+
+    #[test]
+    fn ensure_free_refreshes_a_stale_tail() {
+        let mut mem = Mem([0; 4096]);
+        let (mut p, mut c) = pair(&mut mem, 16);
+        for _ in 0..14 {
+            assert!(p.push(Desc::default()));
+        }
+        p.publish();
+        while c.pop().unwrap().is_some() {}
+        c.release();
+        // free() answers from its cached view (2 free) ...
+        assert_eq!(p.free(), Ok(2));
+        // ... ensure_free() re-reads the tail when that view is not enough.
+        assert_eq!(p.ensure_free(8), Ok(true));
+        assert_eq!(p.free(), Ok(16));
+        for _ in 0..16 {
+            assert!(p.push(Desc::default()));
+        }
+        assert_eq!(p.ensure_free(1), Ok(false));
     }
 
     #[test]

@@ -169,9 +169,12 @@ struct Shared {
     doorbells: Vec<Arc<OwnedFd>>,
     events: Sender<AttachEvent>,
     stop: Arc<OwnedFd>,
-    next_app_id: AtomicU32,
     lifelines: Lifelines,
 }
+
+/// Application ids are unique in the process (not only per server), so that the region
+/// names `/tas-<pid>-<app id>` of two servers in one process (tests) never collide.
+static NEXT_APP_ID: AtomicU32 = AtomicU32::new(1);
 
 impl AttachServer {
     /// Bind the socket and start accepting. `doorbells[i]` is fast-path core `i`'s doorbell
@@ -208,7 +211,6 @@ impl AttachServer {
             doorbells,
             events,
             stop: stop.clone(),
-            next_app_id: AtomicU32::new(1),
             lifelines: lifelines.clone(),
         });
         let accept_thread = std::thread::Builder::new()
@@ -345,7 +347,7 @@ fn serve_app(conn: OwnedFd, shared: &Shared) {
         );
         return;
     }
-    let app_id = shared.next_app_id.fetch_add(1, Ordering::Relaxed);
+    let app_id = NEXT_APP_ID.fetch_add(1, Ordering::Relaxed);
     let name: String = hello.name.chars().filter(|c| !c.is_control()).take(64).collect();
     let region = match AppRegion::create(cfg.layout, app_id, cred.uid) {
         Ok(r) => Arc::new(r),

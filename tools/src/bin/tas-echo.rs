@@ -110,9 +110,13 @@ trait Net {
     fn send(&mut self, c: Self::Conn, data: &[u8]) -> Result<Io>;
     fn recv(&mut self, c: Self::Conn, buf: &mut [u8]) -> Result<Io>;
     fn shutdown(&mut self, c: Self::Conn) -> Result<()>;
+    /// True once the connection is fully closed (both FINs exchanged, or reset): only
+    /// then has the peer surely received everything we sent.
+    fn is_closed(&mut self, c: Self::Conn) -> bool;
     fn close(&mut self, c: Self::Conn);
     /// Wait at most `timeout` for something to happen; append what is ready to `out`.
-    fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready<Self::Conn, Self::Listener>>);
+    /// Err if the stack became unusable.
+    fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready<Self::Conn, Self::Listener>>) -> Result<()>;
 }
 
 struct Tas {
@@ -179,24 +183,23 @@ impl Net for Tas {
     fn shutdown(&mut self, c: Self::Conn) -> Result<()> {
         Ok(self.ctx.shutdown(c)?)
     }
+    fn is_closed(&mut self, c: Self::Conn) -> bool {
+        matches!(
+            self.ctx.state(c),
+            libtas::ConnState::Closed | libtas::ConnState::Failed(_) | libtas::ConnState::Invalid
+        )
+    }
     fn close(&mut self, c: Self::Conn) {
         let _ = self.ctx.close(c);
     }
-    fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready<Self::Conn, Self::Listener>>) {
+    fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready<Self::Conn, Self::Listener>>) -> Result<()> {
         self.ctx.poll();
         self.collect(out);
         if out.is_empty() {
             self.ctx.wait(Some(timeout));
             self.collect(out);
         }
-        if let Err(e) = self.ctx.health() {
-            // The context cannot recover (tasd went away or broke the protocol): say so
-            // once and stop, rather than spin printing it.
-            eprintln!("tas-echo: {e}");
-            if e.is_fatal() {
-                std::process::exit(1);
-            }
-        }
+        Ok(self.ctx.health()?)
     }
 }
 
@@ -209,6 +212,8 @@ struct EchoConn {
     sent: usize,
     eof: bool,
     echoed: u64,
+    /// Everything echoed and our FIN queued: wait for the close to complete.
+    closing: bool,
 }
 
 const CHUNK: usize = 64 << 10;
@@ -260,7 +265,7 @@ fn serve<N: Net>(net: &mut N, port: u16, backlog: u32, max_conns: Option<u64>) -
     let mut ready = Vec::new();
     while max_conns.is_none_or(|m| srv.finished + srv.failed < m) {
         ready.clear();
-        net.wait(Duration::from_millis(100), &mut ready);
+        net.wait(Duration::from_millis(100), &mut ready)?;
         for r in ready.drain(..) {
             match r {
                 Ready::Accept(l) => {
@@ -289,18 +294,33 @@ struct Server<C> {
 impl<C: Copy + Eq + Hash + std::fmt::Debug> Server<C> {
     fn service<N: Net<Conn = C>>(&mut self, net: &mut N, c: C) {
         let Some(st) = self.conns.get_mut(&c) else { return };
-        match echo_step(net, c, st, &mut self.buf) {
-            Ok(false) => return,
-            Ok(true) => {
-                let _ = net.shutdown(c);
+        if st.closing {
+            // Keep the connection until the service reports it closed: exiting (or
+            // dropping the context) earlier would reset it with data still in flight.
+            if net.is_closed(c) {
+                self.bytes += st.echoed;
                 self.finished += 1;
+                net.close(c);
+                self.conns.remove(&c);
             }
-            Err(e) => {
-                eprintln!("tas-echo: connection {c:?}: {e}");
-                self.failed += 1;
-            }
+            return;
         }
-        self.bytes += st.echoed;
+        match echo_step(net, c, st, &mut self.buf) {
+            Ok(false) => {}
+            Ok(true) => match net.shutdown(c) {
+                Ok(()) => {
+                    st.closing = true;
+                    self.service(net, c);
+                }
+                Err(e) => self.fail(net, c, e),
+            },
+            Err(e) => self.fail(net, c, e),
+        }
+    }
+
+    fn fail<N: Net<Conn = C>>(&mut self, net: &mut N, c: C, e: anyhow::Error) {
+        eprintln!("tas-echo: connection {c:?}: {e}");
+        self.failed += 1;
         net.close(c);
         self.conns.remove(&c);
     }
@@ -480,7 +500,6 @@ fn run_client<N: Net>(net: &mut N, addr: SocketAddrV4, mode: Mode, conns: u32, s
             }
             client_step(net, cc, mode, &mut out, &mut inb, &mut expect)?;
             if cc.done() {
-                net.close(cc.id);
                 remaining -= 1;
             }
         }
@@ -497,7 +516,7 @@ fn run_client<N: Net>(net: &mut N, addr: SocketAddrV4, mode: Mode, conns: u32, s
             );
         }
         ready.clear();
-        net.wait((deadline - now).min(Duration::from_millis(100)), &mut ready);
+        net.wait((deadline - now).min(Duration::from_millis(100)), &mut ready)?;
         todo.clear();
         for r in &ready {
             if let Ready::Conn(c) = r {
@@ -510,6 +529,20 @@ fn run_client<N: Net>(net: &mut N, addr: SocketAddrV4, mode: Mode, conns: u32, s
         todo.dedup();
     }
     let secs = start.elapsed().as_secs_f64();
+    // Both directions saw EOF; give the closes a moment to complete so that exiting does
+    // not reset connections whose last ACKs are still on the way.
+    let linger = Instant::now() + Duration::from_secs(1);
+    let mut open: Vec<N::Conn> = cs.iter().map(|c| c.id).collect();
+    while !open.is_empty() && Instant::now() < linger {
+        open.retain(|&c| !net.is_closed(c));
+        if !open.is_empty() {
+            ready.clear();
+            net.wait(Duration::from_millis(10), &mut ready)?;
+        }
+    }
+    for c in &cs {
+        net.close(c.id);
+    }
     let digests: Vec<[u8; 32]> = cs.into_iter().map(|c| c.hash.finalize().into()).collect();
     let sha256 = if digests.len() == 1 {
         hex(&digests[0])
