@@ -69,7 +69,8 @@ mod tests {
     fn global_header_and_one_record_byte_for_byte() {
         let mut w = PcapWriter::new(Vec::new()).unwrap();
         // 2024-01-01T00:00:01.000002500Z: 1704067201 s, 2 µs (the 500 ns are cut).
-        w.write_frame(1_704_067_201_000_002_500, &[0xde, 0xad, 0xbe, 0xef]).unwrap();
+        w.write_frame(1_704_067_201_000_002_500, &[0xde, 0xad, 0xbe, 0xef])
+            .unwrap();
         assert_eq!(w.frames(), 1);
         let bytes = w.finish().unwrap();
         #[rustfmt::skip]

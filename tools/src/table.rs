@@ -21,12 +21,19 @@ pub struct Table {
 impl Table {
     /// A table with these columns.
     pub fn new(columns: &[(&str, Align)]) -> Table {
-        Table { header: columns.iter().map(|(h, a)| (h.to_string(), *a)).collect(), rows: Vec::new() }
+        Table {
+            header: columns.iter().map(|(h, a)| (h.to_string(), *a)).collect(),
+            rows: Vec::new(),
+        }
     }
 
     /// Add a row (missing cells are empty, extra cells are ignored).
     pub fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) {
-        let mut r: Vec<String> = cells.into_iter().map(Into::into).take(self.header.len()).collect();
+        let mut r: Vec<String> = cells
+            .into_iter()
+            .map(Into::into)
+            .take(self.header.len())
+            .collect();
         r.resize(self.header.len(), String::new());
         self.rows.push(r);
     }
@@ -45,7 +52,12 @@ impl Table {
     pub fn render(&self) -> String {
         let widths: Vec<usize> = (0..self.header.len())
             .map(|i| {
-                self.rows.iter().map(|r| r[i].chars().count()).chain([self.header[i].0.chars().count()]).max().unwrap_or(0)
+                self.rows
+                    .iter()
+                    .map(|r| r[i].chars().count())
+                    .chain([self.header[i].0.chars().count()])
+                    .max()
+                    .unwrap_or(0)
             })
             .collect();
         let mut out = String::new();
@@ -70,7 +82,10 @@ impl Table {
             out.push_str(l.trim_end());
             out.push('\n');
         };
-        line(self.header.iter().map(|(h, _)| h.as_str()).collect(), &mut out);
+        line(
+            self.header.iter().map(|(h, _)| h.as_str()).collect(),
+            &mut out,
+        );
         for r in &self.rows {
             line(r.iter().map(String::as_str).collect(), &mut out);
         }
@@ -114,7 +129,11 @@ mod tests {
 
     #[test]
     fn aligns_text_left_and_numbers_right() {
-        let mut t = Table::new(&[("STATE", Align::Left), ("REMOTE", Align::Left), ("RX", Align::Right)]);
+        let mut t = Table::new(&[
+            ("STATE", Align::Left),
+            ("REMOTE", Align::Left),
+            ("RX", Align::Right),
+        ]);
         t.row(["ESTABLISHED", "10.77.0.2:40000", "1000000"]);
         t.row(["SYN-SENT", "10.0.0.1:7", "0"]);
         assert_eq!(
@@ -131,7 +150,17 @@ mod tests {
         t.row(["x"]);
         t.row(["long value", "12", "z"]);
         let text = t.render();
-        assert!(text.lines().all(|l| !l.ends_with(' ')), "no trailing spaces:\n{text}");
-        assert_eq!(parse(&text), vec![vec!["A", "B", "C"], vec!["x"], vec!["long value", "12", "z"]]);
+        assert!(
+            text.lines().all(|l| !l.ends_with(' ')),
+            "no trailing spaces:\n{text}"
+        );
+        assert_eq!(
+            parse(&text),
+            vec![
+                vec!["A", "B", "C"],
+                vec!["x"],
+                vec!["long value", "12", "z"]
+            ]
+        );
     }
 }

@@ -8,8 +8,10 @@ use tas_proto::control::*;
 use crate::table::{Align, Table};
 
 /// Field names `tasctl flows --sort` accepts.
-pub const FLOW_SORT_KEYS: &[&str] =
-    &["id", "state", "local", "remote", "app", "core", "rx", "tx", "inflight", "unsent", "snd_wnd", "rcv_wnd", "srtt", "retx"];
+pub const FLOW_SORT_KEYS: &[&str] = &[
+    "id", "state", "local", "remote", "app", "core", "rx", "tx", "inflight", "unsent", "snd_wnd",
+    "rcv_wnd", "srtt", "retx",
+];
 
 /// Sort `flows` by `key` (one of [`FLOW_SORT_KEYS`]); ties keep id order.
 pub fn sort_flows(flows: &mut [Flow], key: &str) -> Result<(), String> {
@@ -35,7 +37,10 @@ pub fn sort_flows(flows: &mut [Flow], key: &str) -> Result<(), String> {
         "remote" => flows.sort_by_key(|f| (addr_key(&f.remote), f.id)),
         k if FLOW_SORT_KEYS.contains(&k) => flows.sort_by_key(|f| (num(f), f.id)),
         other => {
-            return Err(format!("cannot sort by {other:?}: use one of {}", FLOW_SORT_KEYS.join(", ")));
+            return Err(format!(
+                "cannot sort by {other:?}: use one of {}",
+                FLOW_SORT_KEYS.join(", ")
+            ));
         }
     }
     Ok(())
@@ -69,7 +74,13 @@ pub fn flows_table(flows: &[Flow]) -> String {
         ("RETX", Right),
     ]);
     for f in flows {
-        let n = |v: u64| if f.installed { v.to_string() } else { "-".to_string() };
+        let n = |v: u64| {
+            if f.installed {
+                v.to_string()
+            } else {
+                "-".to_string()
+            }
+        };
         t.row([
             f.id.to_string(),
             f.state.clone(),
@@ -145,23 +156,76 @@ pub fn flow_detail(f: &Flow) -> String {
         ("state".into(), f.state.clone()),
         ("local".into(), f.local.clone()),
         ("remote".into(), f.remote.clone()),
-        ("app".into(), format!("{} (connection slot {})", f.app_id, f.app_conn)),
-        ("core".into(), if f.installed { format!("{} (flow slot {})", f.core, f.flow_slot) } else { format!("{} (no fast-path flow)", f.core) }),
+        (
+            "app".into(),
+            format!("{} (connection slot {})", f.app_id, f.app_conn),
+        ),
+        (
+            "core".into(),
+            if f.installed {
+                format!("{} (flow slot {})", f.core, f.flow_slot)
+            } else {
+                format!("{} (no fast-path flow)", f.core)
+            },
+        ),
     ];
     if f.installed {
         lines.extend([
-            ("seq".into(), format!("snd_una {} snd_nxt {} rcv_nxt {}", f.snd_una, f.snd_nxt, f.rcv_nxt)),
-            ("windows".into(), format!("snd_wnd {} (wscale {}) rcv_wnd {} (wscale {})", f.snd_wnd, f.snd_wscale, f.rcv_wnd, f.rcv_wscale)),
+            (
+                "seq".into(),
+                format!(
+                    "snd_una {} snd_nxt {} rcv_nxt {}",
+                    f.snd_una, f.snd_nxt, f.rcv_nxt
+                ),
+            ),
+            (
+                "windows".into(),
+                format!(
+                    "snd_wnd {} (wscale {}) rcv_wnd {} (wscale {})",
+                    f.snd_wnd, f.snd_wscale, f.rcv_wnd, f.rcv_wscale
+                ),
+            ),
             ("mss".into(), f.mss.to_string()),
             ("timestamps".into(), f.timestamps.to_string()),
-            ("rtt".into(), format!("srtt {} us rttvar {} us rto {} us (backoff {})", f.srtt_us, f.rttvar_us, f.rto_us, f.rto_backoff)),
+            (
+                "rtt".into(),
+                format!(
+                    "srtt {} us rttvar {} us rto {} us (backoff {})",
+                    f.srtt_us, f.rttvar_us, f.rto_us, f.rto_backoff
+                ),
+            ),
             ("retransmits".into(), f.retransmits.to_string()),
             ("dupacks".into(), f.dupacks.to_string()),
             ("rx_bytes".into(), f.rx_bytes.to_string()),
             ("tx_bytes".into(), f.tx_bytes.to_string()),
-            ("tx_buffer".into(), format!("{} in flight + {} unsent of {} ({})", f.tx_in_flight, f.tx_unsent, f.tx_buffer, pct(f.tx_in_flight + f.tx_unsent, f.tx_buffer))),
-            ("rx_buffer".into(), format!("{} unread of {} ({}), {} out-of-order intervals", f.rx_buffered, f.rx_buffer, pct(f.rx_buffered, f.rx_buffer), f.ooo_intervals)),
-            ("flags".into(), if f.flags.is_empty() { "-".into() } else { f.flags.join(",") }),
+            (
+                "tx_buffer".into(),
+                format!(
+                    "{} in flight + {} unsent of {} ({})",
+                    f.tx_in_flight,
+                    f.tx_unsent,
+                    f.tx_buffer,
+                    pct(f.tx_in_flight + f.tx_unsent, f.tx_buffer)
+                ),
+            ),
+            (
+                "rx_buffer".into(),
+                format!(
+                    "{} unread of {} ({}), {} out-of-order intervals",
+                    f.rx_buffered,
+                    f.rx_buffer,
+                    pct(f.rx_buffered, f.rx_buffer),
+                    f.ooo_intervals
+                ),
+            ),
+            (
+                "flags".into(),
+                if f.flags.is_empty() {
+                    "-".into()
+                } else {
+                    f.flags.join(",")
+                },
+            ),
             ("remote_mac".into(), f.remote_mac.clone()),
         ]);
     }
@@ -170,7 +234,10 @@ pub fn flow_detail(f: &Flow) -> String {
 
 fn kv_lines(lines: &[(String, String)]) -> String {
     let w = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    lines.iter().map(|(k, v)| format!("{:<w$}  {v}\n", format!("{k}:"), w = w + 1)).collect()
+    lines
+        .iter()
+        .map(|(k, v)| format!("{:<w$}  {v}\n", format!("{k}:"), w = w + 1))
+        .collect()
 }
 
 /// The status, `key: value` lines.
@@ -178,16 +245,35 @@ pub fn status_text(s: &Status) -> String {
     let up = s.uptime_ms / 1000;
     kv_lines(&[
         ("tasd".into(), format!("{} (pid {})", s.version, s.pid)),
-        ("uptime".into(), format!("{}h{:02}m{:02}s", up / 3600, up / 60 % 60, up % 60)),
-        ("interface".into(), format!("{} (XDP {})", s.interface, s.xdp_mode)),
+        (
+            "uptime".into(),
+            format!("{}h{:02}m{:02}s", up / 3600, up / 60 % 60, up % 60),
+        ),
+        (
+            "interface".into(),
+            format!("{} (XDP {})", s.interface, s.xdp_mode),
+        ),
         ("address".into(), s.address.clone()),
-        ("fast-path cores".into(), format!("{} ({})", s.fp_cores, s.bind_modes.join(", "))),
-        ("connections".into(), format!("{} ({} with a fast-path flow)", s.connections, s.flows)),
+        (
+            "fast-path cores".into(),
+            format!("{} ({})", s.fp_cores, s.bind_modes.join(", ")),
+        ),
+        (
+            "connections".into(),
+            format!("{} ({} with a fast-path flow)", s.connections, s.flows),
+        ),
         ("listeners".into(), s.listeners.to_string()),
         ("applications".into(), s.apps.to_string()),
         ("app socket".into(), s.app_socket.clone()),
         ("control socket".into(), s.control_socket.clone()),
-        ("metrics".into(), if s.metrics_address.is_empty() { "off".into() } else { format!("http://{}/metrics", s.metrics_address) }),
+        (
+            "metrics".into(),
+            if s.metrics_address.is_empty() {
+                "off".into()
+            } else {
+                format!("http://{}/metrics", s.metrics_address)
+            },
+        ),
     ])
 }
 
@@ -229,11 +315,19 @@ pub fn apps_table(apps: &[App]) -> String {
         let ports: Vec<String> = a.listen_ports.iter().map(|p| p.to_string()).collect();
         t.row([
             a.id.to_string(),
-            if a.name.is_empty() { "-".into() } else { a.name.replace("  ", " ") },
+            if a.name.is_empty() {
+                "-".into()
+            } else {
+                a.name.replace("  ", " ")
+            },
             a.pid.to_string(),
             a.uid.to_string(),
             a.connections.to_string(),
-            if ports.is_empty() { "-".into() } else { ports.join(",") },
+            if ports.is_empty() {
+                "-".into()
+            } else {
+                ports.join(",")
+            },
             a.contexts.to_string(),
             format!("{}/{}", a.event_queue_used, a.event_queue_capacity),
         ]);
@@ -269,7 +363,17 @@ pub fn listeners_table(ls: &[Listener]) -> String {
         ("UNACCEPTED", Right),
     ]);
     for l in ls {
-        t.row([l.id, l.port, l.app_id, l.backlog, l.syn_received, l.unaccepted].map(|v| v.to_string()));
+        t.row(
+            [
+                l.id,
+                l.port,
+                l.app_id,
+                l.backlog,
+                l.syn_received,
+                l.unaccepted,
+            ]
+            .map(|v| v.to_string()),
+        );
     }
     t.render()
 }
@@ -310,7 +414,11 @@ pub fn cores_table(cores: &[Core]) -> String {
             c.id.to_string(),
             c.cpu.to_string(),
             c.queue.to_string(),
-            if c.bind_mode.is_empty() { "-".into() } else { c.bind_mode.clone() },
+            if c.bind_mode.is_empty() {
+                "-".into()
+            } else {
+                c.bind_mode.clone()
+            },
             c.rx_frames.to_string(),
             c.tx_frames.to_string(),
             c.rx_payload_bytes.to_string(),
@@ -355,10 +463,18 @@ pub fn counters_table(cs: &[Counter], rates: Option<&[f64]>) -> String {
     }
     let mut t = Table::new(&cols);
     for (i, c) in cs.iter().enumerate() {
-        let core = if c.core < 0 { "-".to_string() } else { c.core.to_string() };
+        let core = if c.core < 0 {
+            "-".to_string()
+        } else {
+            c.core.to_string()
+        };
         let mut row = vec![c.name.clone(), core, c.value.to_string()];
         if let Some(r) = rates {
-            row.push(if c.gauge { "-".into() } else { format!("{:.1}", r.get(i).copied().unwrap_or(0.0)) });
+            row.push(if c.gauge {
+                "-".into()
+            } else {
+                format!("{:.1}", r.get(i).copied().unwrap_or(0.0))
+            });
         }
         t.row(row);
     }
@@ -386,7 +502,10 @@ pub fn rates(before: &[Counter], after: &[Counter], secs: f64) -> Vec<f64> {
     after
         .iter()
         .map(|a| {
-            let b = before.iter().find(|b| b.name == a.name && b.core == a.core).map_or(0, |b| b.value);
+            let b = before
+                .iter()
+                .find(|b| b.name == a.name && b.core == a.core)
+                .map_or(0, |b| b.value);
             if secs <= 0.0 {
                 0.0
             } else {
@@ -399,11 +518,20 @@ pub fn rates(before: &[Counter], after: &[Counter], secs: f64) -> Vec<f64> {
 /// The configuration.
 pub fn config_table(v: &ConfigView) -> String {
     use Align::*;
-    let mut t = Table::new(&[("KEY", Left), ("VALUE", Left), ("LIVE", Left), ("DESCRIPTION", Left)]);
+    let mut t = Table::new(&[
+        ("KEY", Left),
+        ("VALUE", Left),
+        ("LIVE", Left),
+        ("DESCRIPTION", Left),
+    ]);
     for e in &v.entries {
         t.row([
             e.key.clone(),
-            if e.value.is_empty() { "-".into() } else { e.value.clone() },
+            if e.value.is_empty() {
+                "-".into()
+            } else {
+                e.value.clone()
+            },
             if e.live { "yes".into() } else { "no".into() },
             e.description.replace("  ", " "),
         ]);
@@ -411,7 +539,11 @@ pub fn config_table(v: &ConfigView) -> String {
     let mut s = t.render();
     s.push_str(&format!(
         "\nfile: {}\n",
-        if v.config_file.is_empty() { "(none: flags only)" } else { &v.config_file }
+        if v.config_file.is_empty() {
+            "(none: flags only)"
+        } else {
+            &v.config_file
+        }
     ));
     s
 }
@@ -487,28 +619,67 @@ mod tests {
         let text = flows_table(&[flow(1, "ESTABLISHED", 1000), flow(2, "SYN-RECEIVED", 0)]);
         let rows = crate::table::parse(&text);
         assert_eq!(rows[0][..4], ["ID", "STATE", "LOCAL", "REMOTE"]);
-        assert_eq!(rows[1][..7], ["1", "ESTABLISHED", "10.77.0.1:7", "10.77.0.2:40001", "1", "0", "1000"]);
+        assert_eq!(
+            rows[1][..7],
+            [
+                "1",
+                "ESTABLISHED",
+                "10.77.0.1:7",
+                "10.77.0.2:40001",
+                "1",
+                "0",
+                "1000"
+            ]
+        );
         assert_eq!(rows[2][6], "-");
         let lens: Vec<usize> = text.lines().map(|l| l.len()).collect();
-        assert!(lens.iter().all(|&l| l == lens[0]), "right-aligned last column: every line equally long\n{text}");
+        assert!(
+            lens.iter().all(|&l| l == lens[0]),
+            "right-aligned last column: every line equally long\n{text}"
+        );
     }
 
     #[test]
     fn json_has_every_field_under_its_proto_name() {
         let v = flow_json(&flow(7, "ESTABLISHED", 5));
-        for k in ["id", "state", "local", "remote", "rx_bytes", "tx_bytes", "srtt_us", "snd_wnd", "rcv_wnd", "retransmits", "flags"] {
+        for k in [
+            "id",
+            "state",
+            "local",
+            "remote",
+            "rx_bytes",
+            "tx_bytes",
+            "srtt_us",
+            "snd_wnd",
+            "rcv_wnd",
+            "retransmits",
+            "flags",
+        ] {
             assert!(v.get(k).is_some(), "missing {k}: {v}");
         }
         assert_eq!(v["id"], 7);
         assert_eq!(v["rx_bytes"], 5);
         assert_eq!(v.as_object().unwrap().len(), 34);
-        let c = Counter { name: "rx_frames".into(), value: 3, core: -1, help: "h".into(), gauge: false };
-        assert_eq!(counter_json(&c, None), json!({"name": "rx_frames", "core": null, "value": 3, "gauge": false, "help": "h"}));
+        let c = Counter {
+            name: "rx_frames".into(),
+            value: 3,
+            core: -1,
+            help: "h".into(),
+            gauge: false,
+        };
+        assert_eq!(
+            counter_json(&c, None),
+            json!({"name": "rx_frames", "core": null, "value": 3, "gauge": false, "help": "h"})
+        );
     }
 
     #[test]
     fn sorting_and_rates() {
-        let mut fs = vec![flow(1, "ESTABLISHED", 10), flow(2, "ESTABLISHED", 5), flow(3, "CLOSE-WAIT", 7)];
+        let mut fs = vec![
+            flow(1, "ESTABLISHED", 10),
+            flow(2, "ESTABLISHED", 5),
+            flow(3, "CLOSE-WAIT", 7),
+        ];
         sort_flows(&mut fs, "rx").unwrap();
         assert_eq!(fs.iter().map(|f| f.id).collect::<Vec<_>>(), [2, 3, 1]);
         sort_flows(&mut fs, "state").unwrap();
@@ -516,18 +687,40 @@ mod tests {
         sort_flows(&mut fs, "remote").unwrap();
         assert_eq!(fs[0].id, 1);
         assert!(sort_flows(&mut fs, "bogus").unwrap_err().contains("srtt"));
-        let c = |v| Counter { name: "rx_frames".into(), value: v, core: 0, ..Default::default() };
+        let c = |v| Counter {
+            name: "rx_frames".into(),
+            value: v,
+            core: 0,
+            ..Default::default()
+        };
         assert_eq!(rates(&[c(100)], &[c(300)], 2.0), vec![100.0]);
         assert_eq!(rates(&[], &[c(10)], 1.0), vec![10.0]);
     }
 
     #[test]
     fn status_and_events_read_well() {
-        let s = Status { version: "0.1.0".into(), uptime_ms: 3_723_000, fp_cores: 1, bind_modes: vec!["copy".into()], ..Default::default() };
+        let s = Status {
+            version: "0.1.0".into(),
+            uptime_ms: 3_723_000,
+            fp_cores: 1,
+            bind_modes: vec!["copy".into()],
+            ..Default::default()
+        };
         let text = status_text(&s);
         assert!(text.contains("uptime:           1h02m03s"), "{text}");
         assert!(text.contains("metrics:          off"), "{text}");
-        let e = Event { unix_ms: 1_500, kind: "opened".into(), flow_id: 9, remote: "10.0.0.2:5".into(), local_port: 7, app_id: 1, detail: "passive".into() };
-        assert_eq!(event_line(&e), "1.500 opened flow=9 remote=10.0.0.2:5 local_port=7 app=1 detail=\"passive\"");
+        let e = Event {
+            unix_ms: 1_500,
+            kind: "opened".into(),
+            flow_id: 9,
+            remote: "10.0.0.2:5".into(),
+            local_port: 7,
+            app_id: 1,
+            detail: "passive".into(),
+        };
+        assert_eq!(
+            event_line(&e),
+            "1.500 opened flow=9 remote=10.0.0.2:5 local_port=7 app=1 detail=\"passive\""
+        );
     }
 }

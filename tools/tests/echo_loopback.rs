@@ -17,7 +17,13 @@ use tas_proto::shm::{ConnHandle, ControlRequest, Doorbell, ErrorCode, FpEvent, L
 use tas_slowpath::attach::{AttachConfig, AttachEvent, AttachServer};
 use tas_slowpath::region::{AppRegion, RegionQueue};
 
-const LAYOUT: Layout = Layout { num_fp_queues: 1, queue_entries: 256, conn_slots: 32, rx_buf_size: 8192, tx_buf_size: 16384 };
+const LAYOUT: Layout = Layout {
+    num_fp_queues: 1,
+    queue_entries: 256,
+    conn_slots: 32,
+    rx_buf_size: 8192,
+    tx_buf_size: 16384,
+};
 
 struct Half {
     peer: (usize, u32),
@@ -60,16 +66,28 @@ impl Loopback {
         let src = a.slots[from.1 as usize].as_ref().unwrap();
         let dst = b.slots[to.1 as usize].as_ref().unwrap();
         for i in 0..n as u64 {
-            let s = LAYOUT.tx_offset(from.1) + ((src.tx_read + i) % LAYOUT.tx_buf_size as u64) as usize;
-            let d = LAYOUT.rx_offset(to.1) + ((dst.rx_write + i) % LAYOUT.rx_buf_size as u64) as usize;
+            let s =
+                LAYOUT.tx_offset(from.1) + ((src.tx_read + i) % LAYOUT.tx_buf_size as u64) as usize;
+            let d =
+                LAYOUT.rx_offset(to.1) + ((dst.rx_write + i) % LAYOUT.rx_buf_size as u64) as usize;
             // SAFETY: both offsets lie inside the two regions' rings; the app side only
             // touches these bytes outside the ranges the ring protocol gives us.
-            unsafe { b.region.base().as_ptr().add(d).write_volatile(a.region.base().as_ptr().add(s).read_volatile()) };
+            unsafe {
+                b.region
+                    .base()
+                    .as_ptr()
+                    .add(d)
+                    .write_volatile(a.region.base().as_ptr().add(s).read_volatile())
+            };
         }
     }
 
     fn free_slot(&self, app: usize) -> Option<u32> {
-        self.apps[app].slots.iter().position(|s| s.is_none()).map(|i| i as u32)
+        self.apps[app]
+            .slots
+            .iter()
+            .position(|s| s.is_none())
+            .map(|i| i as u32)
     }
 
     fn sp(&mut self, app: usize, ev: SpEvent) {
@@ -77,11 +95,25 @@ impl Loopback {
     }
 
     fn close_pair(&mut self, a: (usize, u32), err: Option<ErrorCode>) {
-        let Some(h) = self.apps[a.0].slots[a.1 as usize].take() else { return };
-        self.sp(a.0, SpEvent::Closed { conn: a.1, error: err });
+        let Some(h) = self.apps[a.0].slots[a.1 as usize].take() else {
+            return;
+        };
+        self.sp(
+            a.0,
+            SpEvent::Closed {
+                conn: a.1,
+                error: err,
+            },
+        );
         let b = h.peer;
         if self.apps[b.0].slots[b.1 as usize].take().is_some() {
-            self.sp(b.0, SpEvent::Closed { conn: b.1, error: err });
+            self.sp(
+                b.0,
+                SpEvent::Closed {
+                    conn: b.1,
+                    error: err,
+                },
+            );
         }
     }
 
@@ -92,37 +124,90 @@ impl Loopback {
         match r {
             ControlRequest::Listen { token, port, .. } => {
                 if self.listeners.contains_key(&port) {
-                    self.sp(app, SpEvent::ListenFailed { token, error: ErrorCode::AddrInUse });
+                    self.sp(
+                        app,
+                        SpEvent::ListenFailed {
+                            token,
+                            error: ErrorCode::AddrInUse,
+                        },
+                    );
                 } else {
                     self.next_listener += 1;
                     self.listeners.insert(port, (app, self.next_listener));
-                    self.sp(app, SpEvent::ListenOk { token, listener: self.next_listener });
+                    self.sp(
+                        app,
+                        SpEvent::ListenOk {
+                            token,
+                            listener: self.next_listener,
+                        },
+                    );
                 }
             }
             ControlRequest::Connect { token, port, .. } => {
                 let Some(&(lapp, lid)) = self.listeners.get(&port) else {
-                    return self.sp(app, SpEvent::ConnectFailed { token, error: ErrorCode::Refused });
+                    return self.sp(
+                        app,
+                        SpEvent::ConnectFailed {
+                            token,
+                            error: ErrorCode::Refused,
+                        },
+                    );
                 };
                 let a = self.free_slot(app);
                 // Reserve a's slot before looking for b's (same app possible).
                 let Some(sa) = a else {
-                    return self.sp(app, SpEvent::ConnectFailed { token, error: ErrorCode::NoResources });
+                    return self.sp(
+                        app,
+                        SpEvent::ConnectFailed {
+                            token,
+                            error: ErrorCode::NoResources,
+                        },
+                    );
                 };
-                let half = |peer| Half { peer, rx_write: 0, rx_used: 0, tx_read: 0, tx_pending: 0, fin_wanted: false, fin_sent: false };
+                let half = |peer| Half {
+                    peer,
+                    rx_write: 0,
+                    rx_used: 0,
+                    tx_read: 0,
+                    tx_pending: 0,
+                    fin_wanted: false,
+                    fin_sent: false,
+                };
                 self.apps[app].slots[sa as usize] = Some(half((0, 0)));
                 let Some(sb) = self.free_slot(lapp) else {
                     self.apps[app].slots[sa as usize] = None;
-                    return self.sp(app, SpEvent::ConnectFailed { token, error: ErrorCode::NoResources });
+                    return self.sp(
+                        app,
+                        SpEvent::ConnectFailed {
+                            token,
+                            error: ErrorCode::NoResources,
+                        },
+                    );
                 };
                 self.apps[app].slots[sa as usize] = Some(half((lapp, sb)));
                 self.apps[lapp].slots[sb as usize] = Some(half((app, sa)));
                 let lport = 40000 + sa as u16;
-                self.sp(app, SpEvent::Connected { token, handle: ConnHandle { conn: sa, core: 0, flow: sa }, local_port: lport });
+                self.sp(
+                    app,
+                    SpEvent::Connected {
+                        token,
+                        handle: ConnHandle {
+                            conn: sa,
+                            core: 0,
+                            flow: sa,
+                        },
+                        local_port: lport,
+                    },
+                );
                 self.sp(
                     lapp,
                     SpEvent::Accepted {
                         listener: lid,
-                        handle: ConnHandle { conn: sb, core: 0, flow: sb },
+                        handle: ConnHandle {
+                            conn: sb,
+                            core: 0,
+                            flow: sb,
+                        },
                         remote_ip: 0x0a000001,
                         remote_port: lport,
                         local_port: port,
@@ -130,16 +215,22 @@ impl Loopback {
                 );
             }
             ControlRequest::Abort { conn } => self.close_pair((app, conn), Some(ErrorCode::Reset)),
-            ControlRequest::Unlisten { listener } => self.listeners.retain(|_, v| *v != (app, listener)),
+            ControlRequest::Unlisten { listener } => {
+                self.listeners.retain(|_, v| *v != (app, listener))
+            }
             ControlRequest::Accepted { .. } => {}
         }
     }
 
     fn doorbell(&mut self, app: usize, d: Doorbell) {
         let conn = match d {
-            Doorbell::TxAdded { conn, .. } | Doorbell::RxConsumed { conn, .. } | Doorbell::ShutdownTx { conn, .. } => conn,
+            Doorbell::TxAdded { conn, .. }
+            | Doorbell::RxConsumed { conn, .. }
+            | Doorbell::ShutdownTx { conn, .. } => conn,
         };
-        let Some(Some(h)) = self.apps[app].slots.get_mut(conn as usize) else { return };
+        let Some(Some(h)) = self.apps[app].slots.get_mut(conn as usize) else {
+            return;
+        };
         match d {
             Doorbell::TxAdded { bytes, .. } => h.tx_pending += bytes,
             Doorbell::RxConsumed { bytes, .. } => h.rx_used -= bytes,
@@ -152,12 +243,18 @@ impl Loopback {
         let mut progress = false;
         for a in 0..self.apps.len() {
             for s in 0..LAYOUT.conn_slots {
-                let Some(h) = &self.apps[a].slots[s as usize] else { continue };
+                let Some(h) = &self.apps[a].slots[s as usize] else {
+                    continue;
+                };
                 let peer = h.peer;
                 let (pending, fin_wanted, fin_sent) = (h.tx_pending, h.fin_wanted, h.fin_sent);
-                let Some(ph) = &self.apps[peer.0].slots[peer.1 as usize] else { continue };
+                let Some(ph) = &self.apps[peer.0].slots[peer.1 as usize] else {
+                    continue;
+                };
                 let peer_used = ph.rx_used;
-                if !self.apps[a].to_app.ensure_free(8).unwrap() || !self.apps[peer.0].to_app.ensure_free(8).unwrap() {
+                if !self.apps[a].to_app.ensure_free(8).unwrap()
+                    || !self.apps[peer.0].to_app.ensure_free(8).unwrap()
+                {
                     continue;
                 }
                 let n = pending.min(LAYOUT.rx_buf_size - peer_used);
@@ -173,18 +270,31 @@ impl Loopback {
                 h.tx_read += n as u64;
                 h.tx_pending -= n;
                 h.fin_sent |= fin;
-                assert!(self.apps[peer.0].to_app.push(FpEvent::RxData { conn: peer.1, bytes: n, fin }.encode()));
+                assert!(self.apps[peer.0].to_app.push(
+                    FpEvent::RxData {
+                        conn: peer.1,
+                        bytes: n,
+                        fin
+                    }
+                    .encode()
+                ));
                 if n > 0 {
-                    assert!(self.apps[a].to_app.push(FpEvent::TxFreed { conn: s, bytes: n }.encode()));
+                    assert!(self.apps[a]
+                        .to_app
+                        .push(FpEvent::TxFreed { conn: s, bytes: n }.encode()));
                 }
                 progress = true;
             }
         }
         for a in 0..self.apps.len() {
             for s in 0..LAYOUT.conn_slots {
-                let Some(h) = &self.apps[a].slots[s as usize] else { continue };
+                let Some(h) = &self.apps[a].slots[s as usize] else {
+                    continue;
+                };
                 let done = h.fin_sent
-                    && self.apps[h.peer.0].slots[h.peer.1 as usize].as_ref().is_some_and(|p| p.fin_sent);
+                    && self.apps[h.peer.0].slots[h.peer.1 as usize]
+                        .as_ref()
+                        .is_some_and(|p| p.fin_sent);
                 if done {
                     self.close_pair((a, s), None);
                     progress = true;
@@ -272,7 +382,9 @@ struct Service {
 
 impl Service {
     fn start(name: &str) -> Service {
-        let path = std::env::temp_dir().join(format!("tas-echo-test-{}-{name}", std::process::id())).join("tasd.sock");
+        let path = std::env::temp_dir()
+            .join(format!("tas-echo-test-{}-{name}", std::process::id()))
+            .join("tasd.sock");
         let (tx, rx) = crossbeam_channel::unbounded();
         // SAFETY: plain eventfd(2), checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -284,12 +396,19 @@ impl Service {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut lb = Loopback { apps: Vec::new(), ids: HashMap::new(), listeners: HashMap::new(), next_listener: 0 };
+            let mut lb = Loopback {
+                apps: Vec::new(),
+                ids: HashMap::new(),
+                listeners: HashMap::new(),
+                next_listener: 0,
+            };
             let mut idle = Instant::now();
             while !stop2.load(Ordering::Relaxed) {
                 if lb.step(&rx) {
                     idle = Instant::now();
-                } else if idle.elapsed() > Duration::from_secs(3) && std::env::var_os("LOOPBACK_DUMP").is_some() {
+                } else if idle.elapsed() > Duration::from_secs(3)
+                    && std::env::var_os("LOOPBACK_DUMP").is_some()
+                {
                     for (i, a) in lb.apps.iter().enumerate() {
                         for (s, h) in a.slots.iter().enumerate() {
                             if let Some(h) = h {
@@ -304,7 +423,11 @@ impl Service {
             }
             server.shutdown();
         });
-        Service { path, stop, thread: Some(thread) }
+        Service {
+            path,
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -322,7 +445,10 @@ impl Drop for Service {
 
 fn echo(socket: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tas-echo"));
-    c.args(args).arg("--socket").arg(socket).env("TAS_SPIN_US", "20");
+    c.args(args)
+        .arg("--socket")
+        .arg(socket)
+        .env("TAS_SPIN_US", "20");
     c
 }
 
@@ -338,18 +464,38 @@ impl Drop for Server {
 
 fn server(svc: &Service, port: &str, conns: &str) -> Server {
     use std::io::BufRead;
-    let mut child = echo(&svc.path, &["server", "--port", port, "--max-conns", conns]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = echo(&svc.path, &["server", "--port", port, "--max-conns", conns])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // Wait until it listens, then pass its messages on.
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let first = lines.next().expect("the server printed nothing").unwrap();
     assert!(first.contains("listening on port"), "{first}");
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("server: {l}")));
+    std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .for_each(|l| eprintln!("server: {l}"))
+    });
     Server(child)
 }
 
 fn client(svc: &Service, args: &[&str]) -> (bool, String, String) {
-    let out = echo(&svc.path, &[&["client", "--connect", "10.0.0.1:7", "--timeout", "60"], args].concat()).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = echo(
+        &svc.path,
+        &[
+            &["client", "--connect", "10.0.0.1:7", "--timeout", "60"],
+            args,
+        ]
+        .concat(),
+    )
+    .output()
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -363,7 +509,10 @@ fn stream_and_rpc_through_loopback() {
     assert!(ok, "stdout: {out2}\nstderr: {err}");
     let digest = |s: &str| s.split("sha256=").nth(1).map(|x| x.trim().to_owned());
     assert_eq!(digest(&out), digest(&out2), "same seed, same digest");
-    assert!(srv.0.wait().unwrap().success(), "the server exits 0 after --max-conns");
+    assert!(
+        srv.0.wait().unwrap().success(),
+        "the server exits 0 after --max-conns"
+    );
 
     let mut srv = server(&svc, "7", "3");
     let (ok, out, err) = client(&svc, &["--rpcs", "300", "--size", "20000", "--conns", "3"]);

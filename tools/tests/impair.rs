@@ -89,7 +89,16 @@ fn forwarder_transparent_kernel_echo_100mb() {
 #[ignore = "needs root and veth: run with cargo test -- --ignored"]
 fn forwarder_kernel_50mb_under_5pct_loss_and_25pct_reorder() {
     let bed = Bed::up("fwd-loss");
-    bed.start_forwarder(&["--seed", "7", "--loss", "0.05", "--reorder", "0.25", "--reorder-delay", "2ms"]);
+    bed.start_forwarder(&[
+        "--seed",
+        "7",
+        "--loss",
+        "0.05",
+        "--reorder",
+        "0.25",
+        "--reorder-delay",
+        "2ms",
+    ]);
     bed.start_kernel_echo_server_a();
     let s = bed.kernel_stream(50_000_000, Duration::from_secs(300));
     let fwd = bed.stop_forwarder();
@@ -99,7 +108,12 @@ fn forwarder_kernel_50mb_under_5pct_loss_and_25pct_reorder() {
         assert!(n > 30_000, "{dir}: only {n} frames crossed: {c}");
         assert_near(&format!("{dir} loss"), num(c, "lost"), n, 0.05);
         // Reordering is drawn for the frames that survived the loss stage.
-        assert_near(&format!("{dir} reorder"), num(c, "reordered"), n - num(c, "lost"), 0.25);
+        assert_near(
+            &format!("{dir} reorder"),
+            num(c, "reordered"),
+            n - num(c, "lost"),
+            0.25,
+        );
         assert_eq!(
             num(c, "tx_frames") + num(c, "discarded_at_exit") + num(c, "tx_errors"),
             n - num(c, "lost"),
@@ -129,7 +143,11 @@ fn forwarder_rate_limit_50mbit_goodput_within_10pct() {
         "goodput {:.1} Mbit/s through a 50 Mbit/s limit ({secs} s): not within 10%; forwarder: {fwd}",
         goodput / 1e6
     );
-    result(&format!("forwarder 50mbit: goodput {:.1} Mbit/s", goodput / 1e6), &s, &fwd);
+    result(
+        &format!("forwarder 50mbit: goodput {:.1} Mbit/s", goodput / 1e6),
+        &s,
+        &fwd,
+    );
 }
 
 /// ECN: with a 50 Mbit/s bottleneck and a marking threshold of 20 frames, the forwarder marks
@@ -141,9 +159,26 @@ fn forwarder_marks_ce_and_the_kernel_receiver_sees_it() {
     let bed = Bed::up("fwd-ecn");
     for ns in [&bed.ns_a, &bed.ns_b] {
         // 1: request ECN on outgoing connections and accept it on incoming ones.
-        bed.capture_ok(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_ecn=1"]);
+        bed.capture_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_ecn=1",
+        ]);
     }
-    bed.start_forwarder(&["--seed", "1", "--rate", "50mbit", "--queue", "256", "--ecn-threshold", "20"]);
+    bed.start_forwarder(&[
+        "--seed",
+        "1",
+        "--rate",
+        "50mbit",
+        "--queue",
+        "256",
+        "--ecn-threshold",
+        "20",
+    ]);
     bed.start_kernel_echo_server_a();
     let ce_a0 = bed.netstat(&bed.ns_a, "IpExt", "InCEPkts");
     let ce_b0 = bed.netstat(&bed.ns_b, "IpExt", "InCEPkts");
@@ -156,7 +191,10 @@ fn forwarder_marks_ce_and_the_kernel_receiver_sees_it() {
     // and be marked. The echo (a2b) is paced by what arrives through b2a, so its queue
     // may stay below the threshold (CI saw a maximum of 16 frames) and go unmarked; the
     // receivers' counts below must match the marks either way.
-    assert!(m_b2a > 0, "no CE marks in the bottleneck direction b2a: {fwd}");
+    assert!(
+        m_b2a > 0,
+        "no CE marks in the bottleneck direction b2a: {fwd}"
+    );
     // Every marked frame was sent (no loss configured): the receiver counted each one.
     for (who, seen, marked, dir) in [("B", ce_b, m_a2b, "a2b"), ("A", ce_a, m_b2a, "b2a")] {
         let errors = num(&fwd[dir], "tx_errors");
@@ -166,7 +204,10 @@ fn forwarder_marks_ce_and_the_kernel_receiver_sees_it() {
         );
     }
     let delivered_ce = bed.netstat(&bed.ns_b, "TcpExt", "TCPDeliveredCE");
-    assert!(delivered_ce > 0, "the kernel sender in B never saw its CE marks echoed (TCPDeliveredCE = 0)");
+    assert!(
+        delivered_ce > 0,
+        "the kernel sender in B never saw its CE marks echoed (TCPDeliveredCE = 0)"
+    );
     eprintln!("impair-result: ECN: marked a2b={m_a2b} b2a={m_b2a}; InCEPkts B={ce_b} A={ce_a}; TCPDeliveredCE B={delivered_ce}");
     result("forwarder ECN 50mbit threshold 20", &s, &fwd);
 }
@@ -294,14 +335,30 @@ fn tasd_tas_client(what: &str, impair: &[&str]) {
     let started = Instant::now();
     let out = bed.run_a_tas_app(
         "tas-echo-client",
-        &["client", "--connect", &format!("{IP_B}:{ECHO_PORT}"), "--bytes", &bytes, "--conns", "1", "--timeout", &timeout],
+        &[
+            "client",
+            "--connect",
+            &format!("{IP_B}:{ECHO_PORT}"),
+            "--bytes",
+            &bytes,
+            "--conns",
+            "1",
+            "--timeout",
+            &timeout,
+        ],
         TASD_TRANSFER_TIMEOUT + Duration::from_secs(10),
     );
     let elapsed = started.elapsed();
     out.assert_success();
     let closed = bed.wait_for_closed_connections(&server, 1, Duration::from_secs(30));
-    assert_eq!(closed[0]["bytes"], TASD_BYTES, "kernel echo server saw: {closed:?}");
-    assert!(closed[0]["error"].is_null(), "kernel echo server saw: {closed:?}");
+    assert_eq!(
+        closed[0]["bytes"], TASD_BYTES,
+        "kernel echo server saw: {closed:?}"
+    );
+    assert!(
+        closed[0]["error"].is_null(),
+        "kernel echo server saw: {closed:?}"
+    );
     let server_sha = closed[0]["sha256"].as_str().unwrap_or_default().to_string();
     let shas = hex_digests(&(out.stdout.clone() + &out.stderr));
     assert!(
@@ -324,7 +381,9 @@ fn tasd_tas_client(what: &str, impair: &[&str]) {
 // ---------------------------------------------------------------------------------------------
 
 fn num(v: &Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or_else(|| panic!("no counter {key:?} in {v}"))
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {key:?} in {v}"))
 }
 
 /// `count` of `n` trials is within 5 standard deviations (plus 0.2 points) of `p`.
@@ -344,14 +403,24 @@ fn result(what: &str, summary: &Value, fwd: &Value) {
     let brief = |d: &Value| {
         format!(
             "rx={} lost={} dup={} reord={} qdrop={} ce={} tx={} txerr={} sockdrop={}",
-            d["rx_frames"], d["lost"], d["duplicated"], d["reordered"], d["queue_drops"], d["ce_marked"],
-            d["tx_frames"], d["tx_errors"], d["rx_socket_drops"]
+            d["rx_frames"],
+            d["lost"],
+            d["duplicated"],
+            d["reordered"],
+            d["queue_drops"],
+            d["ce_marked"],
+            d["tx_frames"],
+            d["tx_errors"],
+            d["rx_socket_drops"]
         )
     };
     let client = if summary.is_null() {
         String::new()
     } else {
-        format!(" client: seconds={} gbit_per_s={};", summary["seconds"], summary["gbit_per_s"])
+        format!(
+            " client: seconds={} gbit_per_s={};",
+            summary["seconds"], summary["gbit_per_s"]
+        )
     };
     eprintln!(
         "impair-result: {what};{client} forwarder {} s: a2b [{}] b2a [{}]",
@@ -486,7 +555,11 @@ impl Bed {
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         require_root();
         let paths = Paths::find();
-        let id = format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let run_dir = std::env::temp_dir().join(format!("tas-impair-{test}-{id}"));
         let _ = fs::remove_dir_all(&run_dir);
         fs::create_dir_all(&run_dir).expect("create run dir");
@@ -547,25 +620,45 @@ impl Bed {
         }
         c.stdout(fs::File::create(&stdout).expect("create log"));
         c.stderr(fs::File::create(&stderr).expect("create log"));
-        let child = c.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?} in {ns}: {e}"));
+        let child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?} in {ns}: {e}"));
         let pid = child.id();
-        self.procs.lock().unwrap().push(Proc { name: name.to_string(), child, stdout, stderr });
+        self.procs.lock().unwrap().push(Proc {
+            name: name.to_string(),
+            child,
+            stdout,
+            stderr,
+        });
         pid
     }
 
     fn exited(&self, pid: u32) -> Option<ExitStatus> {
         let mut procs = self.procs.lock().unwrap();
-        let p = procs.iter_mut().find(|p| p.child.id() == pid).expect("known pid");
+        let p = procs
+            .iter_mut()
+            .find(|p| p.child.id() == pid)
+            .expect("known pid");
         p.child.try_wait().expect("try_wait")
     }
 
     fn stop(&self, pid: u32, grace: Duration) -> Option<ExitStatus> {
         let mut procs = self.procs.lock().unwrap();
-        let p = procs.iter_mut().find(|p| p.child.id() == pid).expect("known pid");
+        let p = procs
+            .iter_mut()
+            .find(|p| p.child.id() == pid)
+            .expect("known pid");
         stop_child(&mut p.child, grace)
     }
 
-    fn run_env(&self, ns: &str, name: &str, cmd: &[&str], env: &[(&str, &Path)], timeout: Duration) -> Output {
+    fn run_env(
+        &self,
+        ns: &str,
+        name: &str,
+        cmd: &[&str],
+        env: &[(&str, &Path)],
+        timeout: Duration,
+    ) -> Output {
         let name = format!("{name}-{}", SEQ.fetch_add(1, Ordering::Relaxed));
         let pid = self.spawn(ns, &name, cmd, env);
         let deadline = Instant::now() + timeout;
@@ -588,12 +681,24 @@ impl Bed {
             }
             sleep(Duration::from_millis(20));
         };
-        let read = |suffix: &str| fs::read_to_string(self.run_dir.join(format!("{name}.{suffix}"))).unwrap_or_default();
-        Output { what: format!("{cmd:?} in {ns}"), status, stdout: read("out"), stderr: read("err") }
+        let read = |suffix: &str| {
+            fs::read_to_string(self.run_dir.join(format!("{name}.{suffix}"))).unwrap_or_default()
+        };
+        Output {
+            what: format!("{cmd:?} in {ns}"),
+            status,
+            stdout: read("out"),
+            stderr: read("err"),
+        }
     }
 
     fn peer(&self, name: &str) -> String {
-        self.paths.peers.join(format!("{name}.py")).to_str().expect("utf-8 path").to_string()
+        self.paths
+            .peers
+            .join(format!("{name}.py"))
+            .to_str()
+            .expect("utf-8 path")
+            .to_string()
     }
 
     fn run_b_peer(&self, peer: &str, args: &[&str], timeout: Duration) -> Output {
@@ -604,7 +709,12 @@ impl Bed {
     }
 
     fn run_a_tas_app(&self, name: &str, args: &[&str], timeout: Duration) -> Output {
-        let bin = self.paths.tas_echo.to_str().expect("utf-8 path").to_string();
+        let bin = self
+            .paths
+            .tas_echo
+            .to_str()
+            .expect("utf-8 path")
+            .to_string();
         let mut cmd = vec![bin.as_str()];
         cmd.extend_from_slice(args);
         let socket = self.run_dir.join("tasd.sock");
@@ -621,7 +731,10 @@ impl Bed {
         let err = self.run_dir.join("tas-impair.err");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if fs::read_to_string(&err).unwrap_or_default().contains("tas-impair: forwarding") {
+            if fs::read_to_string(&err)
+                .unwrap_or_default()
+                .contains("tas-impair: forwarding")
+            {
                 break;
             }
             if let Some(status) = self.exited(pid) {
@@ -630,7 +743,10 @@ impl Bed {
                     fs::read_to_string(&err).unwrap_or_default()
                 );
             }
-            assert!(Instant::now() < deadline, "tas-impair did not start forwarding within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "tas-impair did not start forwarding within 10 s"
+            );
             sleep(Duration::from_millis(20));
         }
         *self.forwarder.lock().unwrap() = Some(pid);
@@ -638,9 +754,19 @@ impl Bed {
 
     /// SIGTERM the forwarder; returns its final counters.
     fn stop_forwarder(&self) -> Value {
-        let pid = self.forwarder.lock().unwrap().take().expect("the forwarder was started");
-        let status = self.stop(pid, Duration::from_secs(5)).expect("tas-impair exits within 5 s of SIGTERM");
-        assert!(status.success(), "tas-impair exited with {status} on SIGTERM");
+        let pid = self
+            .forwarder
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the forwarder was started");
+        let status = self
+            .stop(pid, Duration::from_secs(5))
+            .expect("tas-impair exits within 5 s of SIGTERM");
+        assert!(
+            status.success(),
+            "tas-impair exited with {status} on SIGTERM"
+        );
         let out = fs::read_to_string(self.run_dir.join("tas-impair.out")).unwrap_or_default();
         out.lines()
             .rev()
@@ -680,7 +806,10 @@ impl Bed {
             if let Some(status) = self.exited(pid) {
                 panic!("tasd exited ({status}) before it was ready; its log is printed below");
             }
-            assert!(Instant::now() < deadline, "tasd did not create {app_socket} within {READY_TIMEOUT:?}");
+            assert!(
+                Instant::now() < deadline,
+                "tasd did not create {app_socket} within {READY_TIMEOUT:?}"
+            );
             sleep(Duration::from_millis(20));
         }
         pid
@@ -690,19 +819,41 @@ impl Bed {
         let bin = self.paths.tas_echo.to_str().expect("utf-8 path");
         let socket = self.run_dir.join("tasd.sock");
         let port = ECHO_PORT.to_string();
-        let pid = self.spawn(&self.ns_a, "tas-echo-server", &[bin, "server", "--port", &port], &[("TAS_SOCKET", &socket)]);
+        let pid = self.spawn(
+            &self.ns_a,
+            "tas-echo-server",
+            &[bin, "server", "--port", &port],
+            &[("TAS_SOCKET", &socket)],
+        );
         let probe = self.run_b_peer(
             "tcp_probe",
-            &["--connect", &format!("{IP_A}:{ECHO_PORT}"), "--expect", "open", "--wait", "30"],
+            &[
+                "--connect",
+                &format!("{IP_A}:{ECHO_PORT}"),
+                "--expect",
+                "open",
+                "--wait",
+                "30",
+            ],
             Duration::from_secs(60),
         );
         if let Some(status) = self.exited(pid) {
             panic!("tas-echo server exited ({status}) right after starting");
         }
         probe.json_success();
-        let listeners =
-            self.capture_ok(&["ip", "netns", "exec", &self.ns_a, "ss", "-Htln", &format!("sport = :{ECHO_PORT}")]);
-        assert!(listeners.trim().is_empty(), "port {ECHO_PORT} in A is a kernel socket, not tasd's:\n{listeners}");
+        let listeners = self.capture_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns_a,
+            "ss",
+            "-Htln",
+            &format!("sport = :{ECHO_PORT}"),
+        ]);
+        assert!(
+            listeners.trim().is_empty(),
+            "port {ECHO_PORT} in A is a kernel socket, not tasd's:\n{listeners}"
+        );
     }
 
     fn start_kernel_echo_server_a(&self) {
@@ -717,7 +868,14 @@ impl Bed {
         let pid = self.spawn(
             ns,
             name,
-            &["python3", &script, "--port", &port, "--ready-file", ready.to_str().expect("utf-8 path")],
+            &[
+                "python3",
+                &script,
+                "--port",
+                &port,
+                "--ready-file",
+                ready.to_str().expect("utf-8 path"),
+            ],
             &[],
         );
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -725,7 +883,10 @@ impl Bed {
             if let Some(status) = self.exited(pid) {
                 panic!("{name} exited ({status}) before listening");
             }
-            assert!(Instant::now() < deadline, "{name} did not listen within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not listen within 10 s"
+            );
             sleep(Duration::from_millis(20));
         }
         self.run_dir.join(format!("{name}.out"))
@@ -766,7 +927,11 @@ impl Bed {
                 .filter(|v| v["event"] == "closed")
                 .collect();
             if closed.len() >= n || Instant::now() > deadline {
-                assert_eq!(closed.len(), n, "the kernel echo server reported these closed connections: {closed:?}");
+                assert_eq!(
+                    closed.len(),
+                    n,
+                    "the kernel echo server reported these closed connections: {closed:?}"
+                );
                 return closed;
             }
             sleep(Duration::from_millis(50));
@@ -774,8 +939,16 @@ impl Bed {
     }
 
     fn capture_ok(&self, cmd: &[&str]) -> String {
-        let out = Command::new(cmd[0]).args(&cmd[1..]).stdin(Stdio::null()).output().expect("run command");
-        assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(cmd[0])
+            .args(&cmd[1..])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run command");
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -815,7 +988,10 @@ impl Drop for Bed {
             stop_child(&mut p.child, Duration::from_secs(3));
         }
         if failed {
-            eprintln!("\n==== test failed; logs from {} ====", self.run_dir.display());
+            eprintln!(
+                "\n==== test failed; logs from {} ====",
+                self.run_dir.display()
+            );
             for p in procs.iter() {
                 for (stream, path) in [("stdout", &p.stdout), ("stderr", &p.stderr)] {
                     let text = fs::read_to_string(path).unwrap_or_default();
@@ -825,7 +1001,12 @@ impl Drop for Bed {
                     }
                     let lines: Vec<&str> = text.lines().collect();
                     let tail = &lines[lines.len().saturating_sub(60)..];
-                    eprintln!("---- {} {stream} (last {} of {} lines) ----", p.name, tail.len(), lines.len());
+                    eprintln!(
+                        "---- {} {stream} (last {} of {} lines) ----",
+                        p.name,
+                        tail.len(),
+                        lines.len()
+                    );
                     for l in tail {
                         eprintln!("{l}");
                     }
@@ -836,7 +1017,10 @@ impl Drop for Bed {
         drop(procs);
         let out = self.sandbox("down");
         if !out.status.success() {
-            eprintln!("warning: sandbox.sh down failed: {}{}", out.stdout, out.stderr);
+            eprintln!(
+                "warning: sandbox.sh down failed: {}{}",
+                out.stdout, out.stderr
+            );
         }
         if !failed {
             let _ = fs::remove_dir_all(&self.run_dir);

@@ -79,18 +79,33 @@ fn redis_cli_round_trips_through_tas_kv_on_the_stack() {
     assert_eq!(cli(&["DBSIZE"]), "3");
     assert_eq!(cli(&["KEYS", "*"]).lines().count(), 3);
     assert_eq!(cli(&["CLIENT", "SETNAME", "tester"]), "OK");
-    assert!(cli(&["INCR", "greeting"]).contains("not an integer"), "INCR on a string is an error");
-    assert!(cli(&["NOSUCH", "x"]).contains("unknown command"), "unknown commands get an error");
+    assert!(
+        cli(&["INCR", "greeting"]).contains("not an integer"),
+        "INCR on a string is an error"
+    );
+    assert!(
+        cli(&["NOSUCH", "x"]).contains("unknown command"),
+        "unknown commands get an error"
+    );
     assert_eq!(cli(&["SELECT", "0"]), "OK");
 
     // A 1 MB value through stdin (-x), read back whole.
-    let big: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+    let big: Vec<u8> = (0..1_000_000u32)
+        .map(|i| b'a' + (i * 7 % 26) as u8)
+        .collect();
     let file = bed.run_dir.join("big.txt");
     fs::write(&file, &big).unwrap();
     let set = bed.run(
         &bed.ns_b,
         "redis-cli-big",
-        &["sh", "-c", &format!("redis-cli -h {IP_A} -p {PORT_TAS} -x SET big < {}", file.display())],
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "redis-cli -h {IP_A} -p {PORT_TAS} -x SET big < {}",
+                file.display()
+            ),
+        ],
         Duration::from_secs(60),
     );
     set.assert_success();
@@ -99,24 +114,48 @@ fn redis_cli_round_trips_through_tas_kv_on_the_stack() {
     let got = bed.run(
         &bed.ns_b,
         "redis-cli-get-big",
-        &["sh", "-c", &format!("redis-cli -h {IP_A} -p {PORT_TAS} --raw GET big | head -c 1000000 | sha256sum")],
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "redis-cli -h {IP_A} -p {PORT_TAS} --raw GET big | head -c 1000000 | sha256sum"
+            ),
+        ],
         Duration::from_secs(60),
     );
     got.assert_success();
     let want = sha256_hex(&big);
-    assert!(got.stdout.starts_with(&want), "GET big: sha256 {} != {want}", got.stdout.trim());
+    assert!(
+        got.stdout.starts_with(&want),
+        "GET big: sha256 {} != {want}",
+        got.stdout.trim()
+    );
 
     // RESP3 through HELLO.
     let hello = cli(&["-3", "HELLO", "3"]);
-    assert!(hello.contains("proto") && hello.contains('3'), "HELLO 3: {hello}");
+    assert!(
+        hello.contains("proto") && hello.contains('3'),
+        "HELLO 3: {hello}"
+    );
 
     // INFO shows the backend and the connections.
     let info = cli(&["INFO"]);
-    for want in ["backend:tas", "connected_clients:1", "connections_per_thread:1", "db0:keys=4", "used_memory:", "maxmemory:104857600", "total_commands_processed:"] {
+    for want in [
+        "backend:tas",
+        "connected_clients:1",
+        "connections_per_thread:1",
+        "db0:keys=4",
+        "used_memory:",
+        "maxmemory:104857600",
+        "total_commands_processed:",
+    ] {
         assert!(info.contains(want), "INFO lacks {want}:\n{info}");
     }
     let list = cli(&["CLIENT", "LIST"]);
-    assert!(list.contains(&format!("addr={IP_B}:")), "CLIENT LIST: {list}");
+    assert!(
+        list.contains(&format!("addr={IP_B}:")),
+        "CLIENT LIST: {list}"
+    );
 
     // Active expiry: keys with a short TTL disappear without being read.
     let keys_before: u64 = cli(&["DBSIZE"]).parse().expect("DBSIZE is a number");
@@ -124,20 +163,33 @@ fn redis_cli_round_trips_through_tas_kv_on_the_stack() {
     assert_eq!(cli(&["SET", "e2", "x", "PX", "100"]), "OK");
     assert_eq!(cli(&["DBSIZE"]), (keys_before + 2).to_string());
     sleep(Duration::from_millis(1500));
-    assert_eq!(cli(&["DBSIZE"]), keys_before.to_string(), "the expired keys were not removed by active expiry");
+    assert_eq!(
+        cli(&["DBSIZE"]),
+        keys_before.to_string(),
+        "the expired keys were not removed by active expiry"
+    );
     assert!(info_field(&cli(&["INFO", "stats"]), "expired_keys") >= 2);
 
     // maxmemory: without eviction writes are refused with OOM (reads and deletes go on);
     // with allkeys-lru they evict.
-    assert_eq!(cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]), "OK");
+    assert_eq!(
+        cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]),
+        "OK"
+    );
     assert_eq!(cli(&["CONFIG", "SET", "maxmemory", "1"]), "OK");
     let oom = cli(&["SET", "more", "x"]);
     assert!(oom.starts_with("OOM"), "SET over maxmemory: {oom}");
     assert_eq!(cli(&["GET", "c"]), "3");
-    assert_eq!(cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]), "OK");
+    assert_eq!(
+        cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]),
+        "OK"
+    );
     assert_eq!(cli(&["SET", "more", "x"]), "OK");
     assert!(info_field(&cli(&["INFO", "stats"]), "evicted_keys") >= 1);
-    assert_eq!(cli(&["CONFIG", "GET", "maxmemory-policy"]), "maxmemory-policy\nallkeys-lru");
+    assert_eq!(
+        cli(&["CONFIG", "GET", "maxmemory-policy"]),
+        "maxmemory-policy\nallkeys-lru"
+    );
     assert_eq!(cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
     assert_eq!(cli(&["FLUSHALL"]), "OK");
     assert_eq!(cli(&["DBSIZE"]), "0");
@@ -165,30 +217,71 @@ fn redis_benchmark_pipelined_get_set_incr_mset_on_the_stack() {
     let n: u64 = 100_000;
     let port = PORT_TAS.to_string();
     let n_s = n.to_string();
-    for (test, row) in [("set", "SET"), ("get", "GET"), ("incr", "INCR"), ("mset", "MSET (10 keys)")] {
+    for (test, row) in [
+        ("set", "SET"),
+        ("get", "GET"),
+        ("incr", "INCR"),
+        ("mset", "MSET (10 keys)"),
+    ] {
         let out = bed.run(
             &bed.ns_b,
             &format!("redis-benchmark-{test}"),
-            &["redis-benchmark", "-h", IP_A, "-p", &port, "-t", test, "-n", &n_s, "-P", "16", "-c", "20", "--csv"],
+            &[
+                "redis-benchmark",
+                "-h",
+                IP_A,
+                "-p",
+                &port,
+                "-t",
+                test,
+                "-n",
+                &n_s,
+                "-P",
+                "16",
+                "-c",
+                "20",
+                "--csv",
+            ],
             Duration::from_secs(300),
         );
         out.assert_success();
-        eprintln!("redis-benchmark -t {test}: {}", out.stdout.lines().last().unwrap_or_default());
+        eprintln!(
+            "redis-benchmark -t {test}: {}",
+            out.stdout.lines().last().unwrap_or_default()
+        );
         let rows = parse_benchmark_csv(&out.stdout);
         let rps = rows.iter().find(|(t, _)| t == row).map(|(_, r)| *r);
-        assert!(rps.is_some_and(|r| r > 0.0), "redis-benchmark reported no result for {row}:\n{}{}", out.stdout, out.stderr);
+        assert!(
+            rps.is_some_and(|r| r > 0.0),
+            "redis-benchmark reported no result for {row}:\n{}{}",
+            out.stdout,
+            out.stderr
+        );
         // redis-benchmark exits at the first error reply ("Error from server: ...").
         let all = format!("{}{}", out.stdout, out.stderr);
-        assert!(!all.contains("Error") && !all.contains("ERR"), "redis-benchmark saw error replies:\n{all}");
+        assert!(
+            !all.contains("Error") && !all.contains("ERR"),
+            "redis-benchmark saw error replies:\n{all}"
+        );
         // Let the server take the closes before the next client connects (see above).
         sleep(Duration::from_millis(500));
     }
     // Exactly n INCRs reached the one counter redis-benchmark uses without -r.
-    assert_eq!(bed.redis_cli(PORT_TAS, &["GET", "counter:__rand_int__"]), n.to_string());
-    assert_eq!(bed.redis_cli(PORT_TAS, &["STRLEN", "key:__rand_int__"]), "3");
+    assert_eq!(
+        bed.redis_cli(PORT_TAS, &["GET", "counter:__rand_int__"]),
+        n.to_string()
+    );
+    assert_eq!(
+        bed.redis_cli(PORT_TAS, &["STRLEN", "key:__rand_int__"]),
+        "3"
+    );
     let info = bed.redis_cli(PORT_TAS, &["INFO", "stats"]);
     let processed = info_field(&info, "total_commands_processed");
-    assert!(processed >= 4 * n, "the server executed {processed} commands, redis-benchmark sent at least {}", 4 * n);
+    assert!(
+        processed >= 4 * n,
+        "the server executed {processed} commands, redis-benchmark sent at least {}",
+        4 * n
+    );
     bed.assert_kernel_a_did_no_tcp(&before);
 }
 
@@ -208,18 +301,31 @@ fn redis_py_randomized_workload_matches_the_model_on_both_backends() {
     let ops = "20000";
     let tas = bed.redis_py(PORT_TAS, &["--ops", ops, "--seed", "7", "--big-mb", "32"]);
     assert_eq!(tas["backend"], "tas", "{tas}");
-    assert_eq!(tas["ops"].as_u64().map(|n| n >= 20_000), Some(true), "{tas}");
+    assert_eq!(
+        tas["ops"].as_u64().map(|n| n >= 20_000),
+        Some(true),
+        "{tas}"
+    );
     eprintln!("redis-py on the stack: {tas}");
     bed.assert_kernel_a_did_no_tcp(&before);
 
-    let kernel = bed.redis_py(PORT_KERNEL, &["--ops", ops, "--seed", "7", "--big-mb", "32"]);
+    let kernel = bed.redis_py(
+        PORT_KERNEL,
+        &["--ops", ops, "--seed", "7", "--big-mb", "32"],
+    );
     assert_eq!(kernel["backend"], "kernel", "{kernel}");
     eprintln!("redis-py on the kernel backend: {kernel}");
     let reference = bed.redis_py(PORT_REDIS, &["--ops", ops, "--seed", "7", "--big-mb", "32"]);
     eprintln!("redis-py on redis-server (model check): {reference}");
     // Same seed, same workload: the three end in the same state.
-    assert_eq!(tas["keys"], reference["keys"], "tas {tas} vs redis-server {reference}");
-    assert_eq!(kernel["keys"], reference["keys"], "kernel {kernel} vs redis-server {reference}");
+    assert_eq!(
+        tas["keys"], reference["keys"],
+        "tas {tas} vs redis-server {reference}"
+    );
+    assert_eq!(
+        kernel["keys"], reference["keys"],
+        "kernel {kernel} vs redis-server {reference}"
+    );
 }
 
 /// tas-kv keeps its data when tasd restarts: the server thread's context fails ("tasd went
@@ -230,7 +336,10 @@ fn tas_kv_keeps_its_data_across_a_tasd_restart() {
     let bed = Bed::up("kv-restart");
     bed.start_tasd();
     bed.start_tas_kv("tas", PORT_TAS, &["--threads", "1"]);
-    assert_eq!(bed.redis_cli(PORT_TAS, &["SET", "survivor", "still here"]), "OK");
+    assert_eq!(
+        bed.redis_cli(PORT_TAS, &["SET", "survivor", "still here"]),
+        "OK"
+    );
     assert_eq!(bed.redis_cli(PORT_TAS, &["INCRBY", "count", "41"]), "41");
     bed.stop_tasd();
     bed.start_tasd();
@@ -240,13 +349,26 @@ fn tas_kv_keeps_its_data_across_a_tasd_restart() {
         let out = bed.run(
             &bed.ns_b,
             "redis-cli",
-            &["redis-cli", "-h", IP_A, "-p", &PORT_TAS.to_string(), "GET", "survivor"],
+            &[
+                "redis-cli",
+                "-h",
+                IP_A,
+                "-p",
+                &PORT_TAS.to_string(),
+                "GET",
+                "survivor",
+            ],
             Duration::from_secs(10),
         );
         if out.status.success() && out.stdout.trim() == "still here" {
             break;
         }
-        assert!(Instant::now() < deadline, "tas-kv did not serve again within 20 s of tasd's restart: {}{}", out.stdout, out.stderr);
+        assert!(
+            Instant::now() < deadline,
+            "tas-kv did not serve again within 20 s of tasd's restart: {}{}",
+            out.stdout,
+            out.stderr
+        );
         sleep(Duration::from_millis(200));
     }
     assert_eq!(bed.redis_cli(PORT_TAS, &["INCR", "count"]), "42");
@@ -362,7 +484,11 @@ impl Bed {
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         require_root();
         let paths = Paths::find();
-        let id = format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let run_dir = std::env::temp_dir().join(format!("tas-{test}-{id}"));
         let _ = fs::remove_dir_all(&run_dir);
         fs::create_dir_all(&run_dir).expect("create run dir");
@@ -421,15 +547,25 @@ impl Bed {
         }
         c.stdout(fs::File::create(&stdout).expect("create log"));
         c.stderr(fs::File::create(&stderr).expect("create log"));
-        let child = c.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?} in {ns}: {e}"));
+        let child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?} in {ns}: {e}"));
         let pid = child.id();
-        self.procs.lock().unwrap().push(Proc { name: name.to_string(), child, stdout, stderr });
+        self.procs.lock().unwrap().push(Proc {
+            name: name.to_string(),
+            child,
+            stdout,
+            stderr,
+        });
         pid
     }
 
     fn exited(&self, pid: u32) -> Option<ExitStatus> {
         let mut procs = self.procs.lock().unwrap();
-        let p = procs.iter_mut().find(|p| p.child.id() == pid).expect("known pid");
+        let p = procs
+            .iter_mut()
+            .find(|p| p.child.id() == pid)
+            .expect("known pid");
         p.child.try_wait().expect("try_wait")
     }
 
@@ -437,7 +573,14 @@ impl Bed {
         self.run_env(ns, name, cmd, &[], timeout)
     }
 
-    fn run_env(&self, ns: &str, name: &str, cmd: &[&str], env: &[(&str, &Path)], timeout: Duration) -> Output {
+    fn run_env(
+        &self,
+        ns: &str,
+        name: &str,
+        cmd: &[&str],
+        env: &[(&str, &Path)],
+        timeout: Duration,
+    ) -> Output {
         let name = format!("{name}-{}", SEQ.fetch_add(1, Ordering::Relaxed));
         let pid = self.spawn(ns, &name, cmd, env);
         let deadline = Instant::now() + timeout;
@@ -455,8 +598,15 @@ impl Bed {
             }
             sleep(Duration::from_millis(10));
         };
-        let read = |suffix: &str| fs::read_to_string(self.run_dir.join(format!("{name}.{suffix}"))).unwrap_or_default();
-        Output { what: format!("{cmd:?} in {ns}"), status, stdout: read("out"), stderr: read("err") }
+        let read = |suffix: &str| {
+            fs::read_to_string(self.run_dir.join(format!("{name}.{suffix}"))).unwrap_or_default()
+        };
+        Output {
+            what: format!("{cmd:?} in {ns}"),
+            status,
+            stdout: read("out"),
+            stderr: read("err"),
+        }
     }
 
     /// Start tasd on IF_A in namespace A and wait until its app socket exists.
@@ -470,8 +620,19 @@ impl Bed {
             &self.ns_a,
             "tasd",
             &[
-                tasd, "--interface", IF_A, "--ip", &ip, "--fp-cores", "1", "--app-socket", &app_socket, "--control-socket",
-                &control_socket, "--log-level", "info",
+                tasd,
+                "--interface",
+                IF_A,
+                "--ip",
+                &ip,
+                "--fp-cores",
+                "1",
+                "--app-socket",
+                &app_socket,
+                "--control-socket",
+                &control_socket,
+                "--log-level",
+                "info",
             ],
             &[],
         );
@@ -480,7 +641,10 @@ impl Bed {
             if let Some(status) = self.exited(pid) {
                 panic!("tasd exited ({status}) before it was ready; its log is printed below");
             }
-            assert!(Instant::now() < deadline, "tasd did not create {app_socket} within {READY_TIMEOUT:?}");
+            assert!(
+                Instant::now() < deadline,
+                "tasd did not create {app_socket} within {READY_TIMEOUT:?}"
+            );
             sleep(Duration::from_millis(20));
         }
     }
@@ -504,12 +668,28 @@ impl Bed {
         let mut cmd = vec![bin, "--backend", backend, "--port", &port_s];
         cmd.extend_from_slice(extra);
         let socket = self.app_socket();
-        let pid = self.spawn(&self.ns_a, &format!("tas-kv-{backend}"), &cmd, &[("TAS_SOCKET", &socket)]);
+        let pid = self.spawn(
+            &self.ns_a,
+            &format!("tas-kv-{backend}"),
+            &cmd,
+            &[("TAS_SOCKET", &socket)],
+        );
         self.wait_open(port, pid, "tas-kv");
         if backend == "tas" {
             // A kernel listener would answer too: make sure the port is tasd's.
-            let ss = self.capture_ok(&["ip", "netns", "exec", &self.ns_a, "ss", "-Htln", &format!("sport = :{port}")]);
-            assert!(ss.trim().is_empty(), "port {port} in A is a kernel socket, not tasd's:\n{ss}");
+            let ss = self.capture_ok(&[
+                "ip",
+                "netns",
+                "exec",
+                &self.ns_a,
+                "ss",
+                "-Htln",
+                &format!("sport = :{port}"),
+            ]);
+            assert!(
+                ss.trim().is_empty(),
+                "port {port} in A is a kernel socket, not tasd's:\n{ss}"
+            );
         }
     }
 
@@ -519,7 +699,21 @@ impl Bed {
         let pid = self.spawn(
             &self.ns_a,
             "redis-server",
-            &["redis-server", "--port", &port_s, "--save", "", "--appendonly", "no", "--dir", &dir, "--daemonize", "no", "--protected-mode", "no"],
+            &[
+                "redis-server",
+                "--port",
+                &port_s,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir,
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "no",
+            ],
             &[],
         );
         self.wait_open(port, pid, "redis-server");
@@ -530,7 +724,16 @@ impl Bed {
         let out = self.run(
             &self.ns_b,
             "probe",
-            &["python3", &probe, "--connect", &format!("{IP_A}:{port}"), "--expect", "open", "--wait", "20"],
+            &[
+                "python3",
+                &probe,
+                "--connect",
+                &format!("{IP_A}:{port}"),
+                "--expect",
+                "open",
+                "--wait",
+                "20",
+            ],
             Duration::from_secs(40),
         );
         if let Some(status) = self.exited(pid) {
@@ -540,7 +743,12 @@ impl Bed {
     }
 
     fn peer(&self, name: &str) -> String {
-        self.paths.peers.join(format!("{name}.py")).to_str().expect("utf-8 path").to_string()
+        self.paths
+            .peers
+            .join(format!("{name}.py"))
+            .to_str()
+            .expect("utf-8 path")
+            .to_string()
     }
 
     /// `redis-cli -h IP_A -p PORT ARGS` in B; stdout without the trailing newline.
@@ -555,31 +763,62 @@ impl Bed {
 
     /// The redis-py workload in B against PORT; its JSON summary, which must say ok.
     fn redis_py(&self, port: u16, args: &[&str]) -> Value {
-        let script = self.paths.workload.to_str().expect("utf-8 path").to_string();
+        let script = self
+            .paths
+            .workload
+            .to_str()
+            .expect("utf-8 path")
+            .to_string();
         let port = port.to_string();
         let mut cmd = vec!["python3", script.as_str(), "--host", IP_A, "--port", &port];
         cmd.extend_from_slice(args);
-        let out = self.run_env(&self.ns_b, "redis-py", &cmd, &[("PYTHONPATH", &self.paths.pydeps)], Duration::from_secs(600));
+        let out = self.run_env(
+            &self.ns_b,
+            "redis-py",
+            &cmd,
+            &[("PYTHONPATH", &self.paths.pydeps)],
+            Duration::from_secs(600),
+        );
         let summary = out
             .stdout
             .lines()
             .rev()
             .find_map(|l| serde_json::from_str::<Value>(l).ok())
-            .unwrap_or_else(|| panic!("{} printed no JSON summary:\n{}\n{}", out.what, out.stdout, out.stderr));
-        assert_eq!(summary["ok"], true, "{}: {summary}\n{}", out.what, out.stderr);
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} printed no JSON summary:\n{}\n{}",
+                    out.what, out.stdout, out.stderr
+                )
+            });
+        assert_eq!(
+            summary["ok"], true,
+            "{}: {summary}\n{}",
+            out.what, out.stderr
+        );
         out.assert_success();
         summary
     }
 
     fn capture_ok(&self, cmd: &[&str]) -> String {
-        let out = Command::new(cmd[0]).args(&cmd[1..]).stdin(Stdio::null()).output().expect("run command");
-        assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(cmd[0])
+            .args(&cmd[1..])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run command");
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn kernel_tcp_counters_a(&self) -> KernelTcp {
         let snmp = self.capture_ok(&["ip", "netns", "exec", &self.ns_a, "cat", "/proc/net/snmp"]);
-        KernelTcp { active_opens: snmp_counter(&snmp, "Tcp", "ActiveOpens"), passive_opens: snmp_counter(&snmp, "Tcp", "PassiveOpens") }
+        KernelTcp {
+            active_opens: snmp_counter(&snmp, "Tcp", "ActiveOpens"),
+            passive_opens: snmp_counter(&snmp, "Tcp", "PassiveOpens"),
+        }
     }
 
     /// The kernel of A opened no TCP connection since `before`: the traffic went through tasd.
@@ -601,7 +840,10 @@ impl Drop for Bed {
             stop_child(&mut p.child, Duration::from_secs(3));
         }
         if failed {
-            eprintln!("\n==== test failed; logs from {} ====", self.run_dir.display());
+            eprintln!(
+                "\n==== test failed; logs from {} ====",
+                self.run_dir.display()
+            );
             for p in procs.iter() {
                 for (stream, path) in [("stdout", &p.stdout), ("stderr", &p.stderr)] {
                     let text = fs::read_to_string(path).unwrap_or_default();
@@ -610,7 +852,12 @@ impl Drop for Bed {
                     }
                     let lines: Vec<&str> = text.lines().collect();
                     let tail = &lines[lines.len().saturating_sub(60)..];
-                    eprintln!("---- {} {stream} (last {} of {} lines) ----", p.name, tail.len(), lines.len());
+                    eprintln!(
+                        "---- {} {stream} (last {} of {} lines) ----",
+                        p.name,
+                        tail.len(),
+                        lines.len()
+                    );
                     for l in tail {
                         eprintln!("{l}");
                     }
@@ -621,7 +868,10 @@ impl Drop for Bed {
         drop(procs);
         let out = self.sandbox("down");
         if !out.status.success() {
-            eprintln!("warning: sandbox.sh down failed: {}{}", out.stdout, out.stderr);
+            eprintln!(
+                "warning: sandbox.sh down failed: {}{}",
+                out.stdout, out.stderr
+            );
         }
         if !failed {
             let _ = fs::remove_dir_all(&self.run_dir);
@@ -667,9 +917,18 @@ fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
 fn snmp_counter(snmp: &str, proto: &str, field: &str) -> u64 {
     let prefix = format!("{proto}:");
     let mut lines = snmp.lines().filter(|l| l.starts_with(&prefix));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { panic!("no {proto} lines in /proc/net/snmp") };
-    let i = names.split_whitespace().position(|n| n == field).unwrap_or_else(|| panic!("no {proto} {field} counter"));
-    values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).expect("numeric counter")
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        panic!("no {proto} lines in /proc/net/snmp")
+    };
+    let i = names
+        .split_whitespace()
+        .position(|n| n == field)
+        .unwrap_or_else(|| panic!("no {proto} {field} counter"));
+    values
+        .split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .expect("numeric counter")
 }
 
 /// `"TEST","RPS",...` rows of `redis-benchmark --csv` (the header row is skipped).
@@ -686,18 +945,37 @@ fn parse_benchmark_csv(text: &str) -> Vec<(String, f64)> {
 
 fn info_field(info: &str, field: &str) -> u64 {
     info.lines()
-        .find_map(|l| l.trim().strip_prefix(&format!("{field}:")).and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(&format!("{field}:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or_else(|| panic!("INFO has no numeric {field}:\n{info}"))
 }
 
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
 fn parses_benchmark_csv_and_info() {
     let csv = "\"test\",\"rps\",\"avg_latency_ms\"\n\"SET\",\"166666.67\",\"0.28\"\n\"MSET (10 keys)\",\"50000.00\",\"1.2\"\n";
-    assert_eq!(parse_benchmark_csv(csv), vec![("SET".to_string(), 166666.67), ("MSET (10 keys)".to_string(), 50000.0)]);
-    assert_eq!(info_field("# Stats\r\ntotal_commands_processed:42\r\n", "total_commands_processed"), 42);
+    assert_eq!(
+        parse_benchmark_csv(csv),
+        vec![
+            ("SET".to_string(), 166666.67),
+            ("MSET (10 keys)".to_string(), 50000.0)
+        ]
+    );
+    assert_eq!(
+        info_field(
+            "# Stats\r\ntotal_commands_processed:42\r\n",
+            "total_commands_processed"
+        ),
+        42
+    );
 }

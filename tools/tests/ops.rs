@@ -42,16 +42,30 @@ struct Ctl {
 
 impl Ctl {
     fn ok(self) -> Ctl {
-        assert_eq!(self.code, 0, "tasctl {:?} failed:\n{}{}", self.args, self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "tasctl {:?} failed:\n{}{}",
+            self.args, self.stdout, self.stderr
+        );
         self
     }
     fn json(self) -> Value {
         let s = self.ok();
-        serde_json::from_str(&s.stdout).unwrap_or_else(|e| panic!("tasctl {:?} printed no JSON ({e}):\n{}", s.args, s.stdout))
+        serde_json::from_str(&s.stdout)
+            .unwrap_or_else(|e| panic!("tasctl {:?} printed no JSON ({e}):\n{}", s.args, s.stdout))
     }
     fn fails_with(self, words: &str) -> Ctl {
-        assert_eq!(self.code, 1, "tasctl {:?} should fail with exit 1:\n{}{}", self.args, self.stdout, self.stderr);
-        assert!(self.stderr.contains(words), "tasctl {:?}: expected {words:?} in:\n{}", self.args, self.stderr);
+        assert_eq!(
+            self.code, 1,
+            "tasctl {:?} should fail with exit 1:\n{}{}",
+            self.args, self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains(words),
+            "tasctl {:?}: expected {words:?} in:\n{}",
+            self.args,
+            self.stderr
+        );
         self
     }
 }
@@ -77,7 +91,11 @@ struct Holder {
 impl BedOps for Bed {
     fn tasctl_bin(&self) -> PathBuf {
         let p = self.paths.tasctl.clone();
-        assert!(p.is_file(), "{} not found: build it with `cargo build --release --workspace`", p.display());
+        assert!(
+            p.is_file(),
+            "{} not found: build it with `cargo build --release --workspace`",
+            p.display()
+        );
         p
     }
 
@@ -94,7 +112,11 @@ impl BedOps for Bed {
         let bin = self.tasctl_bin();
         let mut full = vec!["netns", "exec", self.ns_a.as_str(), bin.to_str().unwrap()];
         full.extend_from_slice(args);
-        let out = Command::new("ip").args(&full).stdin(Stdio::null()).output().expect("run ip netns exec tasctl");
+        let out = Command::new("ip")
+            .args(&full)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ip netns exec tasctl");
         Ctl {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -131,17 +153,34 @@ impl BedOps for Bed {
             if let Some(st) = self.exited(pid) {
                 panic!("{name} exited ({st}) before its connections were ready");
             }
-            assert!(Instant::now() < deadline, "{name}: connections not ready within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "{name}: connections not ready within 30 s"
+            );
             sleep(Duration::from_millis(20));
         }
         let out = self.run_dir.join(format!("{name}.out"));
-        let first: Value = serde_json::from_str(fs::read_to_string(&out).unwrap().lines().next().unwrap()).unwrap();
-        let ports = first["local_ports"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
-        Holder { pid, until, out, ports }
+        let first: Value =
+            serde_json::from_str(fs::read_to_string(&out).unwrap().lines().next().unwrap())
+                .unwrap();
+        let ports = first["local_ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect();
+        Holder {
+            pid,
+            until,
+            out,
+            ports,
+        }
     }
 
     fn log_of(&self, name: &str) -> String {
-        let read = |s: &str| fs::read_to_string(self.run_dir.join(format!("{name}.{s}"))).unwrap_or_default();
+        let read = |s: &str| {
+            fs::read_to_string(self.run_dir.join(format!("{name}.{s}"))).unwrap_or_default()
+        };
         read("out") + &read("err")
     }
 
@@ -152,7 +191,10 @@ impl BedOps for Bed {
             if log.contains(needle) {
                 return log;
             }
-            assert!(Instant::now() < deadline, "{name} did not log {needle:?} within {timeout:?}:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not log {needle:?} within {timeout:?}:\n{log}"
+            );
             sleep(Duration::from_millis(50));
         }
     }
@@ -166,7 +208,10 @@ impl BedOps for Bed {
             if flows.len() == n {
                 return flows;
             }
-            assert!(Instant::now() < deadline, "expected {n} flows within {timeout:?}, tasd lists: {flows:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} flows within {timeout:?}, tasd lists: {flows:#?}"
+            );
             sleep(Duration::from_millis(100));
         }
     }
@@ -184,20 +229,31 @@ impl Holder {
             if let Some(st) = bed.exited(self.pid) {
                 break st;
             }
-            assert!(Instant::now() < deadline, "hold_client did not finish within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "hold_client did not finish within 30 s"
+            );
             sleep(Duration::from_millis(20));
         };
         let text = fs::read_to_string(&self.out).unwrap();
         assert!(status.success(), "hold_client failed ({status}):\n{text}");
         let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
         assert_eq!(last["ok"], true, "{last}");
-        last["ends"].as_object().unwrap().iter().map(|(k, v)| (k.parse().unwrap(), v.as_str().unwrap().to_string())).collect()
+        last["ends"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.parse().unwrap(), v.as_str().unwrap().to_string()))
+            .collect()
     }
 }
 
 fn run_tasctl(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Ctl {
     let mut c = Command::new(bin);
-    c.args(args).stdin(Stdio::null()).env("NO_COLOR", "1").env_remove("TAS_CONTROL_SOCKET");
+    c.args(args)
+        .stdin(Stdio::null())
+        .env("NO_COLOR", "1")
+        .env_remove("TAS_CONTROL_SOCKET");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -240,7 +296,10 @@ fn scrape(bed: &Bed, addr: &str) -> String {
 fn prom_values(text: &str) -> BTreeMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.parse().unwrap())))
+        .filter_map(|l| {
+            l.rsplit_once(' ')
+                .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+        })
         .collect()
 }
 
@@ -254,9 +313,13 @@ impl Dump {
     fn read(bed: &Bed, file: &Path, filter: &[&str]) -> Dump {
         let mut cmd = vec!["tcpdump", "-nn", "-S", "-r", file.to_str().unwrap()];
         cmd.extend_from_slice(filter);
-        let out = Command::new(cmd[0]).args(&cmd[1..]).stdin(Stdio::null()).output().unwrap_or_else(|e| {
-            panic!("cannot run tcpdump ({e}): install it (deploy/install-deps.sh)")
-        });
+        let out = Command::new(cmd[0])
+            .args(&cmd[1..])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run tcpdump ({e}): install it (deploy/install-deps.sh)")
+            });
         let _ = bed;
         assert!(
             out.status.success(),
@@ -264,7 +327,12 @@ impl Dump {
             file.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        Dump { lines: String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect() }
+        Dump {
+            lines: String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(String::from)
+                .collect(),
+        }
     }
 
     fn between<'a>(&'a self, src: &'a str, dst: &'a str) -> impl Iterator<Item = &'a String> + 'a {
@@ -273,7 +341,9 @@ impl Dump {
     }
 
     fn count_flags(&self, src: &str, dst: &str, flags: &str) -> usize {
-        self.between(src, dst).filter(|l| l.contains(&format!("Flags [{flags}]"))).count()
+        self.between(src, dst)
+            .filter(|l| l.contains(&format!("Flags [{flags}]")))
+            .count()
     }
 
     /// Bytes of payload from `src` to `dst`, each sequence number counted once.
@@ -319,18 +389,37 @@ fn tasctl_reports_known_traffic_and_metrics_match() {
     let st = bed.tasctl(&["status", "--json"]).json();
     assert_eq!(st["interface"], IF_A, "{st}");
     assert_eq!(st["address"], format!("{IP_A}/24"));
-    assert_eq!((st["flows"].as_u64(), st["apps"].as_u64(), st["listeners"].as_u64()), (Some(2), Some(1), Some(1)), "{st}");
+    assert_eq!(
+        (
+            st["flows"].as_u64(),
+            st["apps"].as_u64(),
+            st["listeners"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "{st}"
+    );
     assert_eq!(st["fp_cores"], 1);
     assert_eq!(st["metrics_address"], "127.0.0.1:9464");
     let text = bed.tasctl(&["status"]).ok().stdout;
-    assert!(text.contains(&format!("interface:        {IF_A} (XDP ")), "{text}");
-    assert!(text.contains("connections:      2 (2 with a fast-path flow)"), "{text}");
+    assert!(
+        text.contains(&format!("interface:        {IF_A} (XDP ")),
+        "{text}"
+    );
+    assert!(
+        text.contains("connections:      2 (2 with a fast-path flow)"),
+        "{text}"
+    );
 
     // flows: byte counters equal the known traffic, table equals JSON. The peer's last
     // ACK may be a delayed ACK (Linux waits up to 40 ms): wait until nothing is in flight.
     let deadline = Instant::now() + Duration::from_secs(3);
     let flows = loop {
-        let flows = bed.tasctl(&["flows", "--json"]).json().as_array().unwrap().clone();
+        let flows = bed
+            .tasctl(&["flows", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .clone();
         if flows.iter().all(|f| f["tx_in_flight"] == 0) || Instant::now() > deadline {
             break flows;
         }
@@ -343,17 +432,34 @@ fn tasctl_reports_known_traffic_and_metrics_match() {
         assert_eq!(f["local"], format!("{IP_A}:{ECHO_PORT}"));
         assert_eq!(f["rx_bytes"], BYTES, "bytes received from the peer: {f}");
         assert_eq!(f["tx_bytes"], BYTES, "bytes echoed and acknowledged: {f}");
-        assert_eq!((f["tx_in_flight"].as_u64(), f["tx_unsent"].as_u64(), f["rx_buffered"].as_u64()), (Some(0), Some(0), Some(0)), "{f}");
+        assert_eq!(
+            (
+                f["tx_in_flight"].as_u64(),
+                f["tx_unsent"].as_u64(),
+                f["rx_buffered"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0)),
+            "{f}"
+        );
         assert_eq!(f["installed"], true);
-        assert!(f["srtt_us"].as_u64().unwrap() > 0, "an RTT was measured: {f}");
+        assert!(
+            f["srtt_us"].as_u64().unwrap() > 0,
+            "an RTT was measured: {f}"
+        );
         assert!(f["mss"].as_u64().unwrap() >= 1400, "{f}");
     }
     let rows = table::parse(&bed.tasctl(&["flows"]).ok().stdout);
     let head = &rows[0];
-    assert_eq!(head[..8], ["ID", "STATE", "LOCAL", "REMOTE", "APP", "CORE", "RX_BYTES", "TX_BYTES"]);
+    assert_eq!(
+        head[..8],
+        ["ID", "STATE", "LOCAL", "REMOTE", "APP", "CORE", "RX_BYTES", "TX_BYTES"]
+    );
     assert_eq!(rows.len(), 3, "{rows:?}");
     for r in &rows[1..] {
-        let f = flows.iter().find(|f| f["id"].as_u64().map(|v| v.to_string()).as_deref() == Some(r[0].as_str())).unwrap_or_else(|| panic!("row {r:?} not in the JSON"));
+        let f = flows
+            .iter()
+            .find(|f| f["id"].as_u64().map(|v| v.to_string()).as_deref() == Some(r[0].as_str()))
+            .unwrap_or_else(|| panic!("row {r:?} not in the JSON"));
         let col = |name: &str| r[head.iter().position(|h| h == name).unwrap()].clone();
         assert_eq!(col("STATE"), f["state"].as_str().unwrap());
         assert_eq!(col("REMOTE"), f["remote"].as_str().unwrap());
@@ -382,8 +488,15 @@ fn tasctl_reports_known_traffic_and_metrics_match() {
     assert_eq!(count(&["--state", "TIME-WAIT"]), 0);
     assert_eq!(count(&["--app", &app]), 2);
     assert_eq!(count(&["--app", "999"]), 0);
-    let sorted = bed.tasctl(&["flows", "--json", "--sort", "remote", "--reverse"]).json();
-    let ports: Vec<String> = sorted.as_array().unwrap().iter().map(|f| f["remote"].as_str().unwrap().to_string()).collect();
+    let sorted = bed
+        .tasctl(&["flows", "--json", "--sort", "remote", "--reverse"])
+        .json();
+    let ports: Vec<String> = sorted
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["remote"].as_str().unwrap().to_string())
+        .collect();
     let mut want = ports.clone();
     want.sort_by_key(|r| std::cmp::Reverse(r.rsplit(':').next().unwrap().parse::<u32>().unwrap()));
     assert_eq!(ports, want);
@@ -395,24 +508,53 @@ fn tasctl_reports_known_traffic_and_metrics_match() {
     assert_eq!(one["rx_bytes"], BYTES);
     assert_eq!(one["remote"], f0["remote"]);
     let detail = bed.tasctl(&["flow", &id]).ok().stdout;
-    assert!(detail.contains(&format!("rx_bytes:     {BYTES}")), "{detail}");
+    assert!(
+        detail.contains(&format!("rx_bytes:     {BYTES}")),
+        "{detail}"
+    );
     assert!(detail.contains("state:        ESTABLISHED"), "{detail}");
-    assert!(detail.contains("tx_buffer:    0 in flight + 0 unsent of "), "{detail}");
-    bed.tasctl(&["flow", "12345"]).fails_with("no flow with id 12345");
+    assert!(
+        detail.contains("tx_buffer:    0 in flight + 0 unsent of "),
+        "{detail}"
+    );
+    bed.tasctl(&["flow", "12345"])
+        .fails_with("no flow with id 12345");
 
     // apps, listeners, cores
     let apps = bed.tasctl(&["apps", "--json"]).json();
     assert_eq!(apps.as_array().unwrap().len(), 1, "{apps}");
     let a = &apps[0];
-    assert_eq!((a["connections"].as_u64(), a["listeners"].as_u64(), a["contexts"].as_u64()), (Some(2), Some(1), Some(1)), "{a}");
+    assert_eq!(
+        (
+            a["connections"].as_u64(),
+            a["listeners"].as_u64(),
+            a["contexts"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "{a}"
+    );
     assert_eq!(a["listen_ports"], serde_json::json!([7]));
     assert!(a["event_queue_capacity"].as_u64().unwrap() > 0);
     let rows = table::parse(&bed.tasctl(&["apps"]).ok().stdout);
     assert_eq!(rows[0][..5], ["ID", "NAME", "PID", "UID", "CONNS"]);
-    assert_eq!((rows[1][0].as_str(), rows[1][2].as_str(), rows[1][4].as_str()), (a["id"].to_string().as_str(), a["pid"].to_string().as_str(), "2"));
+    assert_eq!(
+        (
+            rows[1][0].as_str(),
+            rows[1][2].as_str(),
+            rows[1][4].as_str()
+        ),
+        (
+            a["id"].to_string().as_str(),
+            a["pid"].to_string().as_str(),
+            "2"
+        )
+    );
     let ls = bed.tasctl(&["listeners", "--json"]).json();
     assert_eq!(ls.as_array().unwrap().len(), 1);
-    assert_eq!((ls[0]["port"].as_u64(), ls[0]["app_id"].as_u64()), (Some(7), a["id"].as_u64()));
+    assert_eq!(
+        (ls[0]["port"].as_u64(), ls[0]["app_id"].as_u64()),
+        (Some(7), a["id"].as_u64())
+    );
     let cores = bed.tasctl(&["cores", "--json"]).json();
     assert_eq!(cores.as_array().unwrap().len(), 1, "{cores}");
     assert_eq!(cores[0]["flows"], 2);
@@ -429,18 +571,45 @@ fn tasctl_reports_known_traffic_and_metrics_match() {
     assert_eq!(counter(&stats, "passive_opens", None), 3);
     assert_eq!(counter(&stats, "rx_payload_bytes", Some(0)), 2 * BYTES);
     assert!(counter(&stats, "tx_payload_bytes", Some(0)) >= 2 * BYTES);
-    assert_eq!(counter(&stats, "drop_checksum", Some(0)), 0, "sandbox turned checksum offload off");
+    assert_eq!(
+        counter(&stats, "drop_checksum", Some(0)),
+        0,
+        "sandbox turned checksum offload off"
+    );
     assert_eq!(counter(&stats, "flows", Some(0)), 2);
-    let help = stats.as_array().unwrap().iter().find(|c| c["name"] == "drop_checksum").unwrap()["help"].clone();
+    let help = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "drop_checksum")
+        .unwrap()["help"]
+        .clone();
     assert!(help.as_str().unwrap().contains("checksum"), "{help}");
     let nonzero = bed.tasctl(&["stats", "--json", "--nonzero"]).json();
-    assert!(nonzero.as_array().unwrap().iter().all(|c| c["value"].as_u64() != Some(0)));
-    let watched = bed.tasctl(&["stats", "--json", "--watch", "0.3", "--count", "2"]).ok().stdout;
-    let samples: Vec<Value> = watched.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(nonzero
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["value"].as_u64() != Some(0)));
+    let watched = bed
+        .tasctl(&["stats", "--json", "--watch", "0.3", "--count", "2"])
+        .ok()
+        .stdout;
+    let samples: Vec<Value> = watched
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(samples.len(), 2, "{watched}");
     assert!(samples[0]["counters"][0].get("rate_per_s").is_none());
-    assert!(samples[1]["counters"][0]["rate_per_s"].is_number(), "{}", samples[1]);
-    let text = bed.tasctl(&["stats", "--watch", "0.2", "--count", "2"]).ok().stdout;
+    assert!(
+        samples[1]["counters"][0]["rate_per_s"].is_number(),
+        "{}",
+        samples[1]
+    );
+    let text = bed
+        .tasctl(&["stats", "--watch", "0.2", "--count", "2"])
+        .ok()
+        .stdout;
     assert!(text.contains("RATE/S"), "{text}");
 
     // the Prometheus endpoint: the same values as GetCounters while the traffic is idle
@@ -464,24 +633,41 @@ fn tasctl_reports_known_traffic_and_metrics_match() {
             (None, true) => format!("tas_{name}"),
             (None, false) => format!("tas_{name}_total"),
         };
-        assert_eq!(prom.get(&key).copied(), Some(v0 as f64), "{key} in the scrape vs GetCounters\n{page}");
+        assert_eq!(
+            prom.get(&key).copied(),
+            Some(v0 as f64),
+            "{key} in the scrape vs GetCounters\n{page}"
+        );
         compared += 1;
     }
     assert!(compared >= 40, "compared {compared} counters");
     assert_eq!(prom.get("tas_connections"), Some(&2.0));
     assert_eq!(prom.get("tas_apps"), Some(&1.0));
     assert!(page.contains("# TYPE tas_core_rx_frames_total counter"));
-    assert!(page.contains(&format!("tas_info{{version=\"{}\",interface=\"{IF_A}\"", env!("CARGO_PKG_VERSION"))), "{page}");
+    assert!(
+        page.contains(&format!(
+            "tas_info{{version=\"{}\",interface=\"{IF_A}\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{page}"
+    );
     // Nothing else listens: the control API is not on TCP unless asked.
     let tcp = bed.capture_ok(&["ip", "netns", "exec", &bed.ns_a, "ss", "-Htln"]);
     let listening: Vec<&str> = tcp.lines().collect();
-    assert_eq!(listening.len(), 1, "only the metrics endpoint listens on TCP in A:\n{tcp}");
+    assert_eq!(
+        listening.len(),
+        1,
+        "only the metrics endpoint listens on TCP in A:\n{tcp}"
+    );
     assert!(listening[0].contains("127.0.0.1:9464"), "{tcp}");
 
     // congestion control: a clear "not yet", not made-up values
-    bed.tasctl(&["cc", "get"]).fails_with("does not do this yet: congestion control is not implemented yet");
-    bed.tasctl(&["cc", "get", "--flow", &id]).fails_with("not implemented yet");
-    bed.tasctl(&["cc", "set", "dctcp", "--param", "g=0.0625"]).fails_with("not implemented yet");
+    bed.tasctl(&["cc", "get"])
+        .fails_with("does not do this yet: congestion control is not implemented yet");
+    bed.tasctl(&["cc", "get", "--flow", &id])
+        .fails_with("not implemented yet");
+    bed.tasctl(&["cc", "set", "dctcp", "--param", "g=0.0625"])
+        .fails_with("not implemented yet");
 
     // the client closes: the flows go away (tasd closes passively: no TIME-WAIT)
     let ends = h.finish(&bed, true);
@@ -520,24 +706,55 @@ fn tasctl_closes_resets_detaches_and_watches() {
     let id_reset = flow_with_port(&flows, p_reset)["id"].to_string();
 
     let out = bed.tasctl(&["close", &id_close]).ok().stdout;
-    assert!(out.contains("closing: FIN sent") && out.contains("ESTABLISHED"), "{out}");
-    let out = bed.tasctl(&["close", &id_reset, "--reset", "--json"]).json();
+    assert!(
+        out.contains("closing: FIN sent") && out.contains("ESTABLISHED"),
+        "{out}"
+    );
+    let out = bed
+        .tasctl(&["close", &id_reset, "--reset", "--json"])
+        .json();
     assert_eq!(out["state_before"], "ESTABLISHED");
     let ends = h.finish(&bed, false);
-    assert_eq!(ends.get(&p_close).map(String::as_str), Some("eof"), "{ends:?}");
-    assert_eq!(ends.get(&p_reset).map(String::as_str), Some("reset"), "{ends:?}");
-    bed.tasctl(&["close", &id_reset]).fails_with("no flow with id");
+    assert_eq!(
+        ends.get(&p_close).map(String::as_str),
+        Some("eof"),
+        "{ends:?}"
+    );
+    assert_eq!(
+        ends.get(&p_reset).map(String::as_str),
+        Some("reset"),
+        "{ends:?}"
+    );
+    bed.tasctl(&["close", &id_reset])
+        .fails_with("no flow with id");
     bed.tasctl(&["close", "1"]).fails_with("no flow with id 1");
     // tasd closed first, so it keeps the 4-tuple in TIME-WAIT (without a fast-path flow);
     // the reset connection is gone.
     let left = bed.wait_flows(1, Duration::from_secs(5));
     assert_eq!(left[0]["id"].to_string(), id_close);
-    assert_eq!((left[0]["state"].as_str(), left[0]["installed"].as_bool()), (Some("TIME-WAIT"), Some(false)), "{}", left[0]);
-    assert_eq!(bed.tasctl(&["flows", "--json", "--state", "time-wait"]).json().as_array().unwrap().len(), 1);
-    bed.tasctl(&["close", &id_close]).fails_with("already closing (TIME-WAIT)");
+    assert_eq!(
+        (left[0]["state"].as_str(), left[0]["installed"].as_bool()),
+        (Some("TIME-WAIT"), Some(false)),
+        "{}",
+        left[0]
+    );
+    assert_eq!(
+        bed.tasctl(&["flows", "--json", "--state", "time-wait"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    bed.tasctl(&["close", &id_close])
+        .fails_with("already closing (TIME-WAIT)");
     let table = bed.tasctl(&["flows"]).ok().stdout;
     let row = &table::parse(&table)[1];
-    assert_eq!((row[1].as_str(), row[6].as_str()), ("TIME-WAIT", "-"), "no fast-path counters without a flow: {table}");
+    assert_eq!(
+        (row[1].as_str(), row[6].as_str()),
+        ("TIME-WAIT", "-"),
+        "no fast-path counters without a flow: {table}"
+    );
     let stats = bed.tasctl(&["stats", "--json"]).json();
     assert!(counter(&stats, "resets", None) >= 1);
     assert!(counter(&stats, "rsts_sent", None) >= 1);
@@ -546,42 +763,85 @@ fn tasctl_closes_resets_detaches_and_watches() {
     let h2 = bed.hold("hold2", 1000, 1);
     let apps = bed.tasctl(&["apps", "--json"]).json();
     let app = apps[0]["id"].to_string();
-    bed.tasctl(&["apps", "detach", "999"]).fails_with("no application with id 999");
+    bed.tasctl(&["apps", "detach", "999"])
+        .fails_with("no application with id 999");
     let out = bed.tasctl(&["apps", "detach", &app]).ok().stdout;
     assert!(out.contains("detached"), "{out}");
     let ends = h2.finish(&bed, false);
-    assert_eq!(ends.values().next().map(String::as_str), Some("reset"), "{ends:?}");
+    assert_eq!(
+        ends.values().next().map(String::as_str),
+        Some("reset"),
+        "{ends:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let st = bed.tasctl(&["status", "--json"]).json();
         if st["apps"] == 0 && st["listeners"] == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the application is still attached: {st}");
+        assert!(
+            Instant::now() < deadline,
+            "the application is still attached: {st}"
+        );
         sleep(Duration::from_millis(100));
     }
 
     // The watcher saw each of these as it happened (it prints and flushes event by event).
     sleep(Duration::from_millis(300));
-    assert!(watcher.try_wait().unwrap().is_none(), "tasctl events ended by itself");
+    assert!(
+        watcher.try_wait().unwrap().is_none(),
+        "tasctl events ended by itself"
+    );
     let _ = watcher.kill();
     let _ = watcher.wait();
     let text = fs::read_to_string(&events_out).unwrap();
-    let evs: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let kinds: Vec<(String, String)> = evs.iter().map(|e| (e["kind"].as_str().unwrap().into(), e["remote"].as_str().unwrap().into())).collect();
+    let evs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<(String, String)> = evs
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().into(),
+                e["remote"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
     let remote = |p: u64| format!("{IP_B}:{p}");
-    let pos = |kind: &str, port: u64| kinds.iter().position(|k| k.0 == kind && k.1 == remote(port));
-    assert!(pos("opened", p_close).is_some() && pos("opened", p_reset).is_some(), "{kinds:?}");
-    assert!(pos("closed", p_close).unwrap() > pos("opened", p_close).unwrap(), "{kinds:?}");
+    let pos = |kind: &str, port: u64| {
+        kinds
+            .iter()
+            .position(|k| k.0 == kind && k.1 == remote(port))
+    };
+    assert!(
+        pos("opened", p_close).is_some() && pos("opened", p_reset).is_some(),
+        "{kinds:?}"
+    );
+    assert!(
+        pos("closed", p_close).unwrap() > pos("opened", p_close).unwrap(),
+        "{kinds:?}"
+    );
     let reset = &evs[pos("reset", p_reset).unwrap_or_else(|| panic!("no reset event: {kinds:?}"))];
     assert_eq!(reset["detail"], "aborted");
     assert_eq!(reset["flow_id"].to_string(), id_reset);
     assert_eq!(evs[pos("opened", p_close).unwrap()]["detail"], "passive");
     let p3 = h2.ports[0];
-    let detached = kinds.iter().position(|k| k.0 == "app_detached").unwrap_or_else(|| panic!("no app_detached: {kinds:?}"));
+    let detached = kinds
+        .iter()
+        .position(|k| k.0 == "app_detached")
+        .unwrap_or_else(|| panic!("no app_detached: {kinds:?}"));
     assert_eq!(evs[detached]["app_id"].to_string(), app);
-    assert!(pos("reset", p3).unwrap_or_else(|| panic!("the detached app's connection was reset: {kinds:?}")) > pos("opened", p3).unwrap());
-    assert_eq!(kinds.len(), 7, "opened x3, closed, reset x2, app_detached: {kinds:?}");
+    assert!(
+        pos("reset", p3)
+            .unwrap_or_else(|| panic!("the detached app's connection was reset: {kinds:?}"))
+            > pos("opened", p3).unwrap()
+    );
+    assert_eq!(
+        kinds.len(),
+        7,
+        "opened x3, closed, reset x2, app_detached: {kinds:?}"
+    );
 }
 
 /// `tasctl capture` writes a pcap that tcpdump reads, with the handshake, every payload
@@ -596,7 +856,17 @@ fn tasctl_capture_is_readable_by_tcpdump() {
     let pcap = bed.run_dir.join("echo.pcap");
     let sock = bed.control_socket();
     let cap = Command::new(bed.tasctl_bin())
-        .args(["--socket", sock.to_str().unwrap(), "--json", "capture", "--port", "7", "--duration", "6", "-w"])
+        .args([
+            "--socket",
+            sock.to_str().unwrap(),
+            "--json",
+            "capture",
+            "--port",
+            "7",
+            "--duration",
+            "6",
+            "-w",
+        ])
         .arg(&pcap)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -605,63 +875,146 @@ fn tasctl_capture_is_readable_by_tcpdump() {
         .unwrap();
     bed.wait_log("tasd", "packet capture started", Duration::from_secs(10));
     // Meanwhile a second capture is refused.
-    bed.tasctl(&["capture", "--duration", "1", "-w", "/dev/null"]).fails_with("a capture is already running");
+    bed.tasctl(&["capture", "--duration", "1", "-w", "/dev/null"])
+        .fails_with("a capture is already running");
     let out = bed.run_b_peer(
         "stream_client",
-        &["--connect", &format!("{IP_A}:{ECHO_PORT}"), "--bytes", &BYTES.to_string(), "--conns", "1", "--seed", "5"],
+        &[
+            "--connect",
+            &format!("{IP_A}:{ECHO_PORT}"),
+            "--bytes",
+            &BYTES.to_string(),
+            "--conns",
+            "1",
+            "--seed",
+            "5",
+        ],
         Duration::from_secs(60),
     );
     let s = out.json_success();
     assert_eq!(s["bytes_received"], BYTES);
     let done = cap.wait_with_output().unwrap();
     let summary = String::from_utf8_lossy(&done.stdout);
-    assert!(done.status.success(), "tasctl capture failed: {summary}{}", String::from_utf8_lossy(&done.stderr));
+    assert!(
+        done.status.success(),
+        "tasctl capture failed: {summary}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     let summary: Value = serde_json::from_str(&summary).unwrap();
     assert_eq!(summary["dropped"], 0, "{summary}");
     let frames = summary["frames"].as_u64().unwrap();
     assert!(frames >= 2 * BYTES / 1448, "{summary}");
 
     let dump = Dump::read(&bed, &pcap, &[]);
-    assert_eq!(dump.lines.len() as u64, frames, "tcpdump reads every frame tasctl wrote");
+    assert_eq!(
+        dump.lines.len() as u64,
+        frames,
+        "tcpdump reads every frame tasctl wrote"
+    );
     // The client's port, from its SYN.
-    let syn = dump.lines.iter().find(|l| l.contains("Flags [S],")).unwrap_or_else(|| panic!("no SYN:\n{}", dump.lines.join("\n")));
-    let client = syn.split(" > ").next().unwrap().rsplit(' ').next().unwrap().to_string();
+    let syn = dump
+        .lines
+        .iter()
+        .find(|l| l.contains("Flags [S],"))
+        .unwrap_or_else(|| panic!("no SYN:\n{}", dump.lines.join("\n")));
+    let client = syn
+        .split(" > ")
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
     assert!(client.starts_with(&format!("{IP_B}.")), "{syn}");
     let server = format!("{IP_A}.{ECHO_PORT}");
     assert_eq!(dump.count_flags(&client, &server, "S"), 1, "one SYN");
     assert_eq!(dump.count_flags(&server, &client, "S."), 1, "one SYN-ACK");
-    let fins = |src: &str, dst: &str| dump.between(src, dst).filter(|l| l.contains("Flags [F")).count();
-    assert!(fins(&client, &server) >= 1 && fins(&server, &client) >= 1, "FIN both ways");
-    assert_eq!(dump.payload(&client, &server), BYTES, "every byte the client sent, as the fast path received it");
-    assert_eq!(dump.payload(&server, &client), BYTES, "every byte echoed, as the fast path sent it");
+    let fins = |src: &str, dst: &str| {
+        dump.between(src, dst)
+            .filter(|l| l.contains("Flags [F"))
+            .count()
+    };
+    assert!(
+        fins(&client, &server) >= 1 && fins(&server, &client) >= 1,
+        "FIN both ways"
+    );
+    assert_eq!(
+        dump.payload(&client, &server),
+        BYTES,
+        "every byte the client sent, as the fast path received it"
+    );
+    assert_eq!(
+        dump.payload(&server, &client),
+        BYTES,
+        "every byte echoed, as the fast path sent it"
+    );
 
     // A filter that matches nothing still gives a valid (empty) capture file.
     let empty = bed.run_dir.join("empty.pcap");
-    let r = bed.tasctl(&["--json", "capture", "--port", "9999", "--duration", "0.5", "-w", empty.to_str().unwrap()]).json();
+    let r = bed
+        .tasctl(&[
+            "--json",
+            "capture",
+            "--port",
+            "9999",
+            "--duration",
+            "0.5",
+            "-w",
+            empty.to_str().unwrap(),
+        ])
+        .json();
     assert_eq!(r["frames"], 0);
     assert!(Dump::read(&bed, &empty, &[]).lines.is_empty());
     // By host, limited by count.
     let some = bed.run_dir.join("some.pcap");
     let cap = Command::new(bed.tasctl_bin())
-        .args(["--socket", sock.to_str().unwrap(), "--json", "capture", "--host", IP_B, "--count", "3", "--duration", "20", "-w"])
+        .args([
+            "--socket",
+            sock.to_str().unwrap(),
+            "--json",
+            "capture",
+            "--host",
+            IP_B,
+            "--count",
+            "3",
+            "--duration",
+            "20",
+            "-w",
+        ])
         .arg(&some)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while bed.log_of("tasd").matches("packet capture started").count() < 3 {
-        assert!(Instant::now() < deadline, "the third capture did not start:\n{}", bed.log_of("tasd"));
+        assert!(
+            Instant::now() < deadline,
+            "the third capture did not start:\n{}",
+            bed.log_of("tasd")
+        );
         sleep(Duration::from_millis(50));
     }
     bed.run_b_peer(
         "stream_client",
-        &["--connect", &format!("{IP_A}:{ECHO_PORT}"), "--bytes", "10000", "--conns", "1", "--seed", "6"],
+        &[
+            "--connect",
+            &format!("{IP_A}:{ECHO_PORT}"),
+            "--bytes",
+            "10000",
+            "--conns",
+            "1",
+            "--seed",
+            "6",
+        ],
         Duration::from_secs(60),
     )
     .json_success();
     let t0 = Instant::now();
     let out = cap.wait_with_output().unwrap();
-    assert!(t0.elapsed() < Duration::from_secs(15), "--count 3 ends the capture early");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "--count 3 ends the capture early"
+    );
     let r: Value = serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
     assert_eq!(r["frames"], 3, "{r}");
     assert_eq!(Dump::read(&bed, &some, &["host", IP_B]).lines.len(), 3);
@@ -677,10 +1030,21 @@ fn tasctl_errors_tcp_control_and_config() {
 
     // Not running.
     let nowhere = bed.run_dir.join("nowhere.sock");
-    run_tasctl(&bed.tasctl_bin(), &["--socket", nowhere.to_str().unwrap(), "status"], &[])
-        .fails_with(&format!("cannot reach tasd at {}: is it running? (systemctl status tasd)", nowhere.display()));
-    run_tasctl(&bed.tasctl_bin(), &["status"], &[("TAS_CONTROL_SOCKET", nowhere.to_str().unwrap())])
-        .fails_with("cannot reach tasd at");
+    run_tasctl(
+        &bed.tasctl_bin(),
+        &["--socket", nowhere.to_str().unwrap(), "status"],
+        &[],
+    )
+    .fails_with(&format!(
+        "cannot reach tasd at {}: is it running? (systemctl status tasd)",
+        nowhere.display()
+    ));
+    run_tasctl(
+        &bed.tasctl_bin(),
+        &["status"],
+        &[("TAS_CONTROL_SOCKET", nowhere.to_str().unwrap())],
+    )
+    .fails_with("cannot reach tasd at");
     // Permission: the socket is 0660 root:root; nobody may not use it.
     let meta = fs::metadata(bed.control_socket()).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
@@ -696,55 +1060,88 @@ fn tasctl_errors_tcp_control_and_config() {
         .expect("setpriv (util-linux) runs");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!("permission denied on {}", sock.display())) && err.contains("control_group"), "{err}");
+    assert!(
+        err.contains(&format!("permission denied on {}", sock.display()))
+            && err.contains("control_group"),
+        "{err}"
+    );
 
     // Bad arguments: exit 2 and a message saying what is expected.
     let bad = |args: &[&str], words: &str| {
         let c = bed.tasctl(args);
         assert_eq!(c.code, 2, "tasctl {args:?}: {}{}", c.stdout, c.stderr);
-        assert!(c.stderr.contains(words), "tasctl {args:?}: expected {words:?} in {}", c.stderr);
+        assert!(
+            c.stderr.contains(words),
+            "tasctl {args:?}: expected {words:?} in {}",
+            c.stderr
+        );
     };
     bad(&["flow", "seven"], "use a number from the ID column");
     bad(&["flows", "--state", "open"], "ESTABLISHED");
     bad(&["flows", "--port", "0"], "1-65535");
     bad(&["flows", "--sort", "speed"], "srtt");
-    bad(&["capture", "--duration", "700", "-w", "/dev/null"], "at most 600");
+    bad(
+        &["capture", "--duration", "700", "-w", "/dev/null"],
+        "at most 600",
+    );
     bad(&["capture"], "--write");
     bad(&["bogus"], "unrecognized subcommand");
 
     // The control API on TCP, because it was asked for, on loopback in A only.
-    let st = bed.tasctl_in_a(&["--tcp", "127.0.0.1:50051", "status", "--json"]).json();
+    let st = bed
+        .tasctl_in_a(&["--tcp", "127.0.0.1:50051", "status", "--json"])
+        .json();
     assert_eq!(st["interface"], IF_A);
-    bed.tasctl_in_a(&["--tcp", "127.0.0.1:50052", "status"]).fails_with("cannot reach tasd at 127.0.0.1:50052");
+    bed.tasctl_in_a(&["--tcp", "127.0.0.1:50052", "status"])
+        .fails_with("cannot reach tasd at 127.0.0.1:50052");
     let tcp = bed.capture_ok(&["ip", "netns", "exec", &bed.ns_a, "ss", "-Htln"]);
     assert_eq!(tcp.lines().count(), 1, "{tcp}");
     assert!(tcp.contains("127.0.0.1:50051"), "{tcp}");
 
     // Configuration: read, change a live key, refuse the others.
     let cfg = bed.tasctl(&["config", "get", "--json"]).json();
-    let value = |cfg: &Value, k: &str| cfg["entries"].as_array().unwrap().iter().find(|e| e["key"] == k).unwrap()["value"].clone();
+    let value = |cfg: &Value, k: &str| {
+        cfg["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["key"] == k)
+            .unwrap()["value"]
+            .clone()
+    };
     assert_eq!(value(&cfg, "interface"), format!("\"{IF_A}\""));
     assert_eq!(value(&cfg, "log_level"), "\"info\"");
     assert_eq!(value(&cfg, "control_tcp"), "\"127.0.0.1:50051\"");
     assert_eq!(value(&cfg, "metrics"), "");
     assert_eq!(cfg["entries"].as_array().unwrap().len(), 27);
-    let out = bed.tasctl(&["config", "set", "log_level", "debug"]).ok().stdout;
+    let out = bed
+        .tasctl(&["config", "set", "log_level", "debug"])
+        .ok()
+        .stdout;
     assert_eq!(out.trim(), "log_level = \"debug\"");
     let cfg = bed.tasctl(&["config", "get", "log_level", "--json"]).json();
     assert_eq!(cfg["entries"].as_array().unwrap().len(), 1);
     assert_eq!(cfg["entries"][0]["value"], "\"debug\"");
     bed.tasctl(&["config", "set", "time_wait_ms", "1000"]).ok();
-    bed.tasctl(&["config", "set", "fp_cores", "2"]).fails_with("fp_cores cannot change while tasd runs");
-    bed.tasctl(&["config", "set", "nope", "1"]).fails_with("unknown configuration key \"nope\"");
-    bed.tasctl(&["config", "set", "log_level", "["]).fails_with("log_level");
-    bed.tasctl(&["config", "get", "nope"]).fails_with("unknown configuration key");
+    bed.tasctl(&["config", "set", "fp_cores", "2"])
+        .fails_with("fp_cores cannot change while tasd runs");
+    bed.tasctl(&["config", "set", "nope", "1"])
+        .fails_with("unknown configuration key \"nope\"");
+    bed.tasctl(&["config", "set", "log_level", "["])
+        .fails_with("log_level");
+    bed.tasctl(&["config", "get", "nope"])
+        .fails_with("unknown configuration key");
     let table = bed.tasctl(&["config", "get"]).ok().stdout;
     let rows = table::parse(&table);
     assert_eq!(rows[0], ["KEY", "VALUE", "LIVE", "DESCRIPTION"]);
     let tw = rows.iter().find(|r| r[0] == "time_wait_ms").unwrap();
     assert_eq!((tw[1].as_str(), tw[2].as_str()), ("1000", "yes"));
     // Debug logging is on now: a new connection is logged at debug level.
-    bed.wait_log("tasd", "configuration changed by the control API", Duration::from_secs(5));
+    bed.wait_log(
+        "tasd",
+        "configuration changed by the control API",
+        Duration::from_secs(5),
+    );
 }
 
 /// SIGHUP re-reads the configuration file (live keys applied, the others reported, flags
@@ -755,7 +1152,11 @@ fn tasd_reloads_on_sighup_and_shuts_down_cleanly() {
     let bed = Bed::up("ops-lifecycle");
     let conf = bed.run_dir.join("tasd.toml");
     // The test bed also passes --log-level info and --fp-cores 1 as flags.
-    fs::write(&conf, "log_level = \"info\"\ntime_wait_ms = 60000\nidle_spin_us = 50\n").unwrap();
+    fs::write(
+        &conf,
+        "log_level = \"info\"\ntime_wait_ms = 60000\nidle_spin_us = 50\n",
+    )
+    .unwrap();
     let pid = bed.start_tasd_with(&["--config", conf.to_str().unwrap()]);
     bed.start_tas_echo_server();
     // `tasctl events --count 1` ends after the first event.
@@ -771,17 +1172,49 @@ fn tasd_reloads_on_sighup_and_shuts_down_cleanly() {
     let line = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert_eq!(line.lines().count(), 1, "{line}");
-    assert!(line.contains(" opened flow=") && line.contains(&format!("remote={IP_B}:{}", h.ports[0])), "{line}");
+    assert!(
+        line.contains(" opened flow=") && line.contains(&format!("remote={IP_B}:{}", h.ports[0])),
+        "{line}"
+    );
 
-    fs::write(&conf, "log_level = \"debug\"\ntime_wait_ms = 1500\nidle_spin_us = 100\narp_reply = \"never\"\n").unwrap();
+    fs::write(
+        &conf,
+        "log_level = \"debug\"\ntime_wait_ms = 1500\nidle_spin_us = 100\narp_reply = \"never\"\n",
+    )
+    .unwrap();
     kill(pid, libc::SIGHUP);
-    let log = bed.wait_log("tasd", "SIGHUP: configuration reloaded", Duration::from_secs(10));
-    let line = log.lines().find(|l| l.contains("SIGHUP: configuration reloaded")).unwrap();
-    assert!(line.contains("applied=[\"time_wait_ms\", \"arp_reply\"]"), "{line}");
-    assert!(line.contains("need_restart=[\"idle_spin_us\"]") && line.contains("restart tasd to apply idle_spin_us"), "{line}");
-    assert!(line.contains("overridden_by_flags=[\"log_level\"]"), "--log-level on the command line wins: {line}");
+    let log = bed.wait_log(
+        "tasd",
+        "SIGHUP: configuration reloaded",
+        Duration::from_secs(10),
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("SIGHUP: configuration reloaded"))
+        .unwrap();
+    assert!(
+        line.contains("applied=[\"time_wait_ms\", \"arp_reply\"]"),
+        "{line}"
+    );
+    assert!(
+        line.contains("need_restart=[\"idle_spin_us\"]")
+            && line.contains("restart tasd to apply idle_spin_us"),
+        "{line}"
+    );
+    assert!(
+        line.contains("overridden_by_flags=[\"log_level\"]"),
+        "--log-level on the command line wins: {line}"
+    );
     let cfg = bed.tasctl(&["config", "get", "--json"]).json();
-    let value = |k: &str| cfg["entries"].as_array().unwrap().iter().find(|e| e["key"] == k).unwrap()["value"].clone();
+    let value = |k: &str| {
+        cfg["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["key"] == k)
+            .unwrap()["value"]
+            .clone()
+    };
     assert_eq!(value("log_level"), "\"info\"");
     assert_eq!(value("time_wait_ms"), "1500");
     assert_eq!(value("arp_reply"), "\"never\"");
@@ -790,9 +1223,20 @@ fn tasd_reloads_on_sighup_and_shuts_down_cleanly() {
     // A broken file leaves the running configuration alone.
     fs::write(&conf, "time_wait_ms = \n").unwrap();
     kill(pid, libc::SIGHUP);
-    bed.wait_log("tasd", "SIGHUP: configuration not reloaded", Duration::from_secs(10));
-    assert_eq!(bed.tasctl(&["config", "get", "time_wait_ms", "--json"]).json()["entries"][0]["value"], "1500");
-    assert!(!log.contains('\u{1b}'), "no colour codes when stderr is not a terminal");
+    bed.wait_log(
+        "tasd",
+        "SIGHUP: configuration not reloaded",
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        bed.tasctl(&["config", "get", "time_wait_ms", "--json"])
+            .json()["entries"][0]["value"],
+        "1500"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "no colour codes when stderr is not a terminal"
+    );
 
     // SIGTERM with a connection, an event watcher and a long capture open: the connection
     // is reset, the streams end, everything is cleaned up, promptly.
@@ -804,7 +1248,14 @@ fn tasd_reloads_on_sighup_and_shuts_down_cleanly() {
         .unwrap();
     let pcap = bed.run_dir.join("long.pcap");
     let capture = Command::new(bed.tasctl_bin())
-        .args(["--socket", sock.to_str().unwrap(), "capture", "--duration", "300", "-w"])
+        .args([
+            "--socket",
+            sock.to_str().unwrap(),
+            "capture",
+            "--duration",
+            "300",
+            "-w",
+        ])
         .arg(&pcap)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -815,20 +1266,39 @@ fn tasd_reloads_on_sighup_and_shuts_down_cleanly() {
     let (status, log) = bed.stop_tasd(Duration::from_secs(10));
     let took = t0.elapsed();
     assert!(status.success(), "tasd exited {status}:\n{log}");
-    assert!(took < Duration::from_secs(4), "tasd took {took:?} to stop with open streams:\n{log}");
+    assert!(
+        took < Duration::from_secs(4),
+        "tasd took {took:?} to stop with open streams:\n{log}"
+    );
     let w = watcher.wait_with_output().unwrap();
     assert_eq!(w.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&w.stderr).contains("tasd ended the event stream"), "{}", String::from_utf8_lossy(&w.stderr));
+    assert!(
+        String::from_utf8_lossy(&w.stderr).contains("tasd ended the event stream"),
+        "{}",
+        String::from_utf8_lossy(&w.stderr)
+    );
     let c = capture.wait_with_output().unwrap();
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
-    assert!(Dump::read(&bed, &pcap, &[]).lines.len() < 1000, "a valid pcap file");
+    assert!(
+        Dump::read(&bed, &pcap, &[]).lines.len() < 1000,
+        "a valid pcap file"
+    );
     assert!(log.contains("shutdown: flows=1"), "{log}");
     assert!(!bed.control_socket().exists(), "control socket removed");
     assert!(!bed.app_socket().exists(), "app socket removed");
-    let link = bed.capture_ok(&["ip", "netns", "exec", &bed.ns_a, "ip", "-d", "link", "show", "dev", IF_A]);
-    assert!(!link.contains("prog/xdp"), "the XDP program is detached:\n{link}");
+    let link = bed.capture_ok(&[
+        "ip", "netns", "exec", &bed.ns_a, "ip", "-d", "link", "show", "dev", IF_A,
+    ]);
+    assert!(
+        !link.contains("prog/xdp"),
+        "the XDP program is detached:\n{link}"
+    );
     let ends = h.finish(&bed, false);
-    assert_eq!(ends.values().next().map(String::as_str), Some("reset"), "the peer was told: {ends:?}");
+    assert_eq!(
+        ends.values().next().map(String::as_str),
+        Some("reset"),
+        "the peer was told: {ends:?}"
+    );
 }
 
 /// The systemd unit's ExecStart, run as the unit runs it where systemd is not PID 1 (CI):
@@ -848,13 +1318,28 @@ fn systemd_unit_runs_tasd_unprivileged_with_only_its_capabilities() {
             .trim()
             .to_string()
     };
-    let caps: Vec<String> = directive("AmbientCapabilities").split_whitespace().map(|c| c.to_lowercase()).collect();
-    assert_eq!(caps, directive("CapabilityBoundingSet").split_whitespace().map(|c| c.to_lowercase()).collect::<Vec<_>>());
+    let caps: Vec<String> = directive("AmbientCapabilities")
+        .split_whitespace()
+        .map(|c| c.to_lowercase())
+        .collect();
+    assert_eq!(
+        caps,
+        directive("CapabilityBoundingSet")
+            .split_whitespace()
+            .map(|c| c.to_lowercase())
+            .collect::<Vec<_>>()
+    );
     assert_eq!(directive("Type"), "notify");
     assert_ne!(directive("User"), "root");
     assert_eq!(directive("ExecReload"), "/bin/kill -HUP $MAINPID");
-    let exec: Vec<String> = directive("ExecStart").split_whitespace().map(String::from).collect();
-    assert_eq!(exec[..3], ["/usr/local/bin/tasd", "--config", "/etc/tas/tasd.toml"]);
+    let exec: Vec<String> = directive("ExecStart")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        exec[..3],
+        ["/usr/local/bin/tasd", "--config", "/etc/tas/tasd.toml"]
+    );
 
     let bed = Bed::up("ops-unit");
     // The unit's RuntimeDirectory: owned by the service user.
@@ -869,18 +1354,30 @@ fn systemd_unit_runs_tasd_unprivileged_with_only_its_capabilities() {
         .replace("#ip = \"192.0.2.10/24\"", &format!("ip = \"{IP_A}/24\""))
         .replace("/run/tas/", &format!("{}/", run.display()))
         .replace("socket_group = \"tas\"", "socket_group = \"nogroup\"")
-        .replace("control_group = \"tas-admin\"", "control_group = \"nogroup\"")
-        .replace("#metrics = \"127.0.0.1:9464\"", "metrics = \"127.0.0.1:9464\"");
+        .replace(
+            "control_group = \"tas-admin\"",
+            "control_group = \"nogroup\"",
+        )
+        .replace(
+            "#metrics = \"127.0.0.1:9464\"",
+            "metrics = \"127.0.0.1:9464\"",
+        );
     let conf = bed.run_dir.join("tasd.toml");
     fs::write(&conf, conf_text).unwrap();
     // systemd's notification socket.
     let notify_path = bed.run_dir.join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     fs::set_permissions(&notify_path, fs::Permissions::from_mode(0o666)).unwrap();
-    notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
 
     let tasd = bed.paths.tasd.to_str().unwrap().to_string();
-    let cap_list = caps.iter().map(|c| format!("+{}", c.trim_start_matches("cap_"))).collect::<Vec<_>>().join(",");
+    let cap_list = caps
+        .iter()
+        .map(|c| format!("+{}", c.trim_start_matches("cap_")))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut cmd: Vec<String> = vec![
         "env".into(),
         format!("NOTIFY_SOCKET={}", notify_path.display()),
@@ -896,7 +1393,13 @@ fn systemd_unit_runs_tasd_unprivileged_with_only_its_capabilities() {
         "--".into(),
     ];
     cmd.push(tasd);
-    cmd.extend(exec[1..].iter().map(|a| if a == "/etc/tas/tasd.toml" { conf.to_str().unwrap().to_string() } else { a.clone() }));
+    cmd.extend(exec[1..].iter().map(|a| {
+        if a == "/etc/tas/tasd.toml" {
+            conf.to_str().unwrap().to_string()
+        } else {
+            a.clone()
+        }
+    }));
     let cmd_ref: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let pid = bed.spawn(&bed.ns_a.clone(), "tasd", &cmd_ref, &[]);
 
@@ -908,7 +1411,10 @@ fn systemd_unit_runs_tasd_unprivileged_with_only_its_capabilities() {
             if let Some(st) = bed.exited(pid) {
                 panic!("tasd exited ({st}) before notifying {what:?} (notes so far: {notes:?})");
             }
-            assert!(Instant::now() < deadline, "no {what:?} from tasd within {timeout:?} (notes: {notes:?})");
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} from tasd within {timeout:?} (notes: {notes:?})"
+            );
             if let Ok(n) = notify.recv(&mut buf) {
                 notes.push_str(&String::from_utf8_lossy(&buf[..n]));
             }
@@ -919,51 +1425,114 @@ fn systemd_unit_runs_tasd_unprivileged_with_only_its_capabilities() {
     assert!(first.contains(&format!("MAINPID={pid}")), "{first}");
     // The process really is unprivileged, with exactly the unit's capabilities.
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |k: &str| status.lines().find(|l| l.starts_with(k)).unwrap().split_whitespace().nth(1).unwrap().to_string();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(field("Uid:"), "65534", "{status}");
     let eff = u64::from_str_radix(&field("CapEff:"), 16).unwrap();
     let want: u64 = caps.iter().map(|c| 1u64 << cap_number(c)).sum();
-    assert_eq!(eff, want, "effective capabilities are the unit's: {eff:#x} vs {want:#x}");
+    assert_eq!(
+        eff, want,
+        "effective capabilities are the unit's: {eff:#x} vs {want:#x}"
+    );
     // Sockets: 0660, handed to the configured group (CAP_CHOWN).
     for s in ["tasd.sock", "control.sock"] {
         let m = fs::metadata(run.join(s)).unwrap();
-        assert_eq!((m.permissions().mode() & 0o777, m.uid(), m.gid()), (0o660, 65534, 65534), "{s}");
+        assert_eq!(
+            (m.permissions().mode() & 0o777, m.uid(), m.gid()),
+            (0o660, 65534, 65534),
+            "{s}"
+        );
     }
 
     // It serves: an application (root) attaches and a kernel client streams through it.
     let sock = run.join("control.sock");
     let echo = bed.paths.tas_echo.to_str().unwrap().to_string();
     let app_socket = run.join("tasd.sock");
-    bed.spawn(&bed.ns_a.clone(), "tas-echo-server", &[&echo, "server", "--port", "7"], &[("TAS_SOCKET", &app_socket)]);
+    bed.spawn(
+        &bed.ns_a.clone(),
+        "tas-echo-server",
+        &[&echo, "server", "--port", "7"],
+        &[("TAS_SOCKET", &app_socket)],
+    );
     bed.run_b_peer(
         "tcp_probe",
-        &["--connect", &format!("{IP_A}:{ECHO_PORT}"), "--expect", "open", "--wait", "20"],
+        &[
+            "--connect",
+            &format!("{IP_A}:{ECHO_PORT}"),
+            "--expect",
+            "open",
+            "--wait",
+            "20",
+        ],
         Duration::from_secs(40),
     )
     .json_success();
     let s = bed
         .run_b_peer(
             "stream_client",
-            &["--connect", &format!("{IP_A}:{ECHO_PORT}"), "--bytes", "10000000", "--conns", "2", "--seed", "9"],
+            &[
+                "--connect",
+                &format!("{IP_A}:{ECHO_PORT}"),
+                "--bytes",
+                "10000000",
+                "--conns",
+                "2",
+                "--seed",
+                "9",
+            ],
             Duration::from_secs(120),
         )
         .json_success();
     assert_eq!(s["bytes_received"], 20_000_000u64, "{s}");
-    let st = run_tasctl(&bed.tasctl_bin(), &["--socket", sock.to_str().unwrap(), "status", "--json"], &[]).json();
-    assert_eq!((st["apps"].as_u64(), st["listeners"].as_u64()), (Some(1), Some(1)), "{st}");
+    let st = run_tasctl(
+        &bed.tasctl_bin(),
+        &["--socket", sock.to_str().unwrap(), "status", "--json"],
+        &[],
+    )
+    .json();
+    assert_eq!(
+        (st["apps"].as_u64(), st["listeners"].as_u64()),
+        (Some(1), Some(1)),
+        "{st}"
+    );
     // Under the journal, log lines carry no timestamp and no colour (the journal has both).
     let log = bed.log_of("tasd");
-    let ready = log.lines().find(|l| l.contains("tasd ready")).unwrap_or_else(|| panic!("{log}"));
-    assert!(ready.trim_start().starts_with("INFO"), "no timestamp under journald: {ready:?}");
+    let ready = log
+        .lines()
+        .find(|l| l.contains("tasd ready"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        ready.trim_start().starts_with("INFO"),
+        "no timestamp under journald: {ready:?}"
+    );
     assert!(!log.contains('\u{1b}'));
     let page = scrape(&bed, "127.0.0.1:9464");
-    assert!(prom_values(&page).get("tas_passive_opens_total").copied().unwrap_or(0.0) >= 3.0, "{page}");
+    assert!(
+        prom_values(&page)
+            .get("tas_passive_opens_total")
+            .copied()
+            .unwrap_or(0.0)
+            >= 3.0,
+        "{page}"
+    );
 
     // ExecReload.
     kill(pid, libc::SIGHUP);
     let after = wait_note("RELOADING=1", Duration::from_secs(10));
     assert!(after.matches("READY=1").count() >= 1);
-    bed.wait_log("tasd", "SIGHUP: configuration reloaded", Duration::from_secs(10));
+    bed.wait_log(
+        "tasd",
+        "SIGHUP: configuration reloaded",
+        Duration::from_secs(10),
+    );
 
     // KillSignal: clean stop.
     let (status, log) = bed.stop_tasd(Duration::from_secs(15));
@@ -973,8 +1542,13 @@ fn systemd_unit_runs_tasd_unprivileged_with_only_its_capabilities() {
         notes.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     assert!(notes.contains("STOPPING=1"), "{notes:?}");
-    assert!(!run.join("control.sock").exists() && !run.join("tasd.sock").exists(), "sockets removed");
-    let link = bed.capture_ok(&["ip", "netns", "exec", &bed.ns_a, "ip", "-d", "link", "show", "dev", IF_A]);
+    assert!(
+        !run.join("control.sock").exists() && !run.join("tasd.sock").exists(),
+        "sockets removed"
+    );
+    let link = bed.capture_ok(&[
+        "ip", "netns", "exec", &bed.ns_a, "ip", "-d", "link", "show", "dev", IF_A,
+    ]);
     assert!(!link.contains("prog/xdp"), "{link}");
 }
 

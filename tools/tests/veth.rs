@@ -104,7 +104,7 @@ fn tas_echo_client_streams_100mb_to_kernel_echo_server() {
     // tas-echo checks the echo itself (non-zero exit on mismatch); if its summary names a
     // sha256, it must be the one the kernel computed over the bytes that crossed the wire.
     let server_sha = closed[0]["sha256"].as_str().unwrap_or_default();
-    match hex_digests(&out.stdout).as_slice() {
+    match hex_digests(&format!("{}\n{}", out.stdout, out.stderr)).as_slice() {
         [] => eprintln!("note: tas-echo's summary shows no sha256; relying on its exit status"),
         shas => assert!(
             shas.iter().any(|h| h == server_sha),

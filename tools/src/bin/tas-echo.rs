@@ -27,7 +27,10 @@ use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
 
 #[derive(Parser, Debug)]
-#[command(name = "tas-echo", about = "Echo server and verifying client over the TAS native API")]
+#[command(
+    name = "tas-echo",
+    about = "Echo server and verifying client over the TAS native API"
+)]
 struct Cli {
     /// The service's app socket (default: $TAS_SOCKET, else /run/tas/tasd.sock).
     #[arg(long, global = true, env = "TAS_SOCKET")]
@@ -116,7 +119,11 @@ trait Net {
     fn close(&mut self, c: Self::Conn);
     /// Wait at most `timeout` for something to happen; append what is ready to `out`.
     /// Err if the stack became unusable.
-    fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready<Self::Conn, Self::Listener>>) -> Result<()>;
+    fn wait(
+        &mut self,
+        timeout: Duration,
+        out: &mut Vec<Ready<Self::Conn, Self::Listener>>,
+    ) -> Result<()>;
 }
 
 struct Tas {
@@ -192,7 +199,11 @@ impl Net for Tas {
     fn close(&mut self, c: Self::Conn) {
         let _ = self.ctx.close(c);
     }
-    fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready<Self::Conn, Self::Listener>>) -> Result<()> {
+    fn wait(
+        &mut self,
+        timeout: Duration,
+        out: &mut Vec<Ready<Self::Conn, Self::Listener>>,
+    ) -> Result<()> {
         self.ctx.poll();
         self.collect(out);
         if out.is_empty() {
@@ -259,9 +270,17 @@ fn echo_step<N: Net>(net: &mut N, c: N::Conn, st: &mut EchoConn, buf: &mut [u8])
 }
 
 fn serve<N: Net>(net: &mut N, port: u16, backlog: u32, max_conns: Option<u64>) -> Result<()> {
-    let _listener = net.listen(port, backlog).with_context(|| format!("listening on port {port}"))?;
+    let _listener = net
+        .listen(port, backlog)
+        .with_context(|| format!("listening on port {port}"))?;
     eprintln!("tas-echo: listening on port {port}");
-    let mut srv = Server { conns: HashMap::new(), buf: vec![0u8; CHUNK], finished: 0, failed: 0, bytes: 0 };
+    let mut srv = Server {
+        conns: HashMap::new(),
+        buf: vec![0u8; CHUNK],
+        finished: 0,
+        failed: 0,
+        bytes: 0,
+    };
     let mut ready = Vec::new();
     while max_conns.is_none_or(|m| srv.finished + srv.failed < m) {
         ready.clear();
@@ -279,7 +298,10 @@ fn serve<N: Net>(net: &mut N, port: u16, backlog: u32, max_conns: Option<u64>) -
             }
         }
     }
-    eprintln!("tas-echo: {} connections echoed ({} bytes), {} failed", srv.finished, srv.bytes, srv.failed);
+    eprintln!(
+        "tas-echo: {} connections echoed ({} bytes), {} failed",
+        srv.finished, srv.bytes, srv.failed
+    );
     Ok(())
 }
 
@@ -293,7 +315,9 @@ struct Server<C> {
 
 impl<C: Copy + Eq + Hash + std::fmt::Debug> Server<C> {
     fn service<N: Net<Conn = C>>(&mut self, net: &mut N, c: C) {
-        let Some(st) = self.conns.get_mut(&c) else { return };
+        let Some(st) = self.conns.get_mut(&c) else {
+            return;
+        };
         if st.closing {
             // Keep the connection until the service reports it closed: exiting (or
             // dropping the context) earlier would reset it with data still in flight.
@@ -335,7 +359,9 @@ struct Pattern {
 
 impl Pattern {
     fn new(seed: u64, conn: u32) -> Self {
-        Pattern { key: splitmix(seed ^ (conn as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) }
+        Pattern {
+            key: splitmix(seed ^ (conn as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        }
     }
     fn fill(&self, pos: u64, out: &mut [u8]) {
         for (i, b) in out.iter_mut().enumerate() {
@@ -377,7 +403,9 @@ impl<C: Copy> ClientConn<C> {
     fn send_limit(&self, mode: Mode) -> u64 {
         match mode {
             Mode::Stream { .. } => self.total,
-            Mode::Rpc { size, .. } => (self.received / size + 1).saturating_mul(size).min(self.total),
+            Mode::Rpc { size, .. } => (self.received / size + 1)
+                .saturating_mul(size)
+                .min(self.total),
         }
     }
     fn done(&self) -> bool {
@@ -422,7 +450,12 @@ fn client_step<N: Net>(
                 Io::Done(0) => {
                     cc.eof = true;
                     if cc.received != cc.total {
-                        bail!("connection {:?}: EOF after {} of {} bytes", cc.id, cc.received, cc.total);
+                        bail!(
+                            "connection {:?}: EOF after {} of {} bytes",
+                            cc.id,
+                            cc.received,
+                            cc.total
+                        );
                     }
                     progress = true;
                 }
@@ -433,7 +466,11 @@ fn client_step<N: Net>(
                     let want = &mut expect[..n];
                     cc.pattern.fill(cc.received, want);
                     if inb[..n] != *want {
-                        let at = inb[..n].iter().zip(want.iter()).position(|(a, b)| a != b).unwrap_or(0);
+                        let at = inb[..n]
+                            .iter()
+                            .zip(want.iter())
+                            .position(|(a, b)| a != b)
+                            .unwrap_or(0);
                         bail!(
                             "connection {:?}: echo differs at byte {} (got {:#04x}, want {:#04x})",
                             cc.id,
@@ -463,17 +500,28 @@ struct Summary {
     sha256: String,
 }
 
-fn run_client<N: Net>(net: &mut N, addr: SocketAddrV4, mode: Mode, conns: u32, seed: u64, timeout: Duration) -> Result<Summary> {
+fn run_client<N: Net>(
+    net: &mut N,
+    addr: SocketAddrV4,
+    mode: Mode,
+    conns: u32,
+    seed: u64,
+    timeout: Duration,
+) -> Result<Summary> {
     let start = Instant::now();
     let deadline = start + timeout;
     let total = match mode {
         Mode::Stream { bytes } => bytes,
-        Mode::Rpc { rpcs, size } => rpcs.checked_mul(size).ok_or_else(|| anyhow!("--rpcs x --size overflows"))?,
+        Mode::Rpc { rpcs, size } => rpcs
+            .checked_mul(size)
+            .ok_or_else(|| anyhow!("--rpcs x --size overflows"))?,
     };
     let mut cs: Vec<ClientConn<N::Conn>> = Vec::with_capacity(conns as usize);
     let mut index = HashMap::new();
     for i in 0..conns {
-        let id = net.connect_start(addr).with_context(|| format!("connecting to {addr}"))?;
+        let id = net
+            .connect_start(addr)
+            .with_context(|| format!("connecting to {addr}"))?;
         index.insert(id, i as usize);
         cs.push(ClientConn {
             id,
@@ -508,7 +556,9 @@ fn run_client<N: Net>(net: &mut N, addr: SocketAddrV4, mode: Mode, conns: u32, s
         }
         let now = Instant::now();
         if now >= deadline {
-            let (s, r): (u64, u64) = cs.iter().fold((0, 0), |(s, r), c| (s + c.sent, r + c.received));
+            let (s, r): (u64, u64) = cs
+                .iter()
+                .fold((0, 0), |(s, r), c| (s + c.sent, r + c.received));
             bail!(
                 "timed out after {:.1} s with {remaining} of {conns} connections unfinished ({s} bytes sent, {r} received of {})",
                 timeout.as_secs_f64(),
@@ -557,7 +607,13 @@ fn run_client<N: Net>(net: &mut N, addr: SocketAddrV4, mode: Mode, conns: u32, s
         Mode::Rpc { rpcs, .. } => rpcs * conns as u64,
         Mode::Stream { .. } => 0,
     };
-    Ok(Summary { conns, bytes: total * conns as u64, rpcs, secs, sha256 })
+    Ok(Summary {
+        conns,
+        bytes: total * conns as u64,
+        rpcs,
+        secs,
+        sha256,
+    })
 }
 
 fn hex(b: &[u8]) -> String {
@@ -578,8 +634,20 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let mut net = Tas::attach(cli.socket)?;
     match cli.cmd {
-        Cmd::Server { port, backlog, max_conns } => serve(&mut net, port, backlog, max_conns),
-        Cmd::Client { connect, bytes, rpcs, size, conns, seed, timeout } => {
+        Cmd::Server {
+            port,
+            backlog,
+            max_conns,
+        } => serve(&mut net, port, backlog, max_conns),
+        Cmd::Client {
+            connect,
+            bytes,
+            rpcs,
+            size,
+            conns,
+            seed,
+            timeout,
+        } => {
             if conns == 0 {
                 bail!("--conns must be at least 1");
             }
@@ -587,12 +655,21 @@ fn run(cli: Cli) -> Result<()> {
                 (Some(_), Some(_)) => bail!("give either --bytes or --rpcs, not both"),
                 (Some(_), None) if size == 0 => bail!("--size must be at least 1"),
                 (Some(rpcs), None) => Mode::Rpc { rpcs, size },
-                (None, b) => Mode::Stream { bytes: b.unwrap_or(1 << 20) },
+                (None, b) => Mode::Stream {
+                    bytes: b.unwrap_or(1 << 20),
+                },
             };
             if !(timeout > 0.0 && timeout.is_finite()) {
                 bail!("--timeout must be a positive number of seconds");
             }
-            let s = run_client(&mut net, connect, mode, conns, seed, Duration::from_secs_f64(timeout))?;
+            let s = run_client(
+                &mut net,
+                connect,
+                mode,
+                conns,
+                seed,
+                Duration::from_secs_f64(timeout),
+            )?;
             let mbps = s.bytes as f64 / s.secs / 1e6;
             let mut line = format!(
                 "tas-echo: conns={} bytes={} rpcs={} seconds={:.3} throughput={:.1}MB/s ({:.3}Gbit/s)",
@@ -647,9 +724,15 @@ mod tests {
         };
         let m = Mode::Rpc { rpcs: 3, size: 100 };
         assert_eq!(cc.send_limit(m), 100);
-        let cc = ClientConn { received: 100, ..cc };
+        let cc = ClientConn {
+            received: 100,
+            ..cc
+        };
         assert_eq!(cc.send_limit(m), 200);
-        let cc = ClientConn { received: 300, ..cc };
+        let cc = ClientConn {
+            received: 300,
+            ..cc
+        };
         assert_eq!(cc.send_limit(m), 300);
     }
 }

@@ -170,11 +170,23 @@ impl DirOpts {
     /// These options over `base` (the both-directions ones), over the defaults.
     fn resolve(self, base: DirOpts) -> Impairments {
         let d = Impairments::default();
-        let DirOpts { loss, reorder, reorder_delay, dup, delay, jitter, rate, queue, ecn_threshold } = self;
+        let DirOpts {
+            loss,
+            reorder,
+            reorder_delay,
+            dup,
+            delay,
+            jitter,
+            rate,
+            queue,
+            ecn_threshold,
+        } = self;
         Impairments {
             loss: loss.or(base.loss).map_or(d.loss, |p| p.0),
             reorder: reorder.or(base.reorder).map_or(d.reorder, |p| p.0),
-            reorder_delay: reorder_delay.or(base.reorder_delay).map_or(d.reorder_delay, |t| t.0),
+            reorder_delay: reorder_delay
+                .or(base.reorder_delay)
+                .map_or(d.reorder_delay, |t| t.0),
             dup: dup.or(base.dup).map_or(d.dup, |p| p.0),
             delay: delay.or(base.delay).map_or(d.delay, |t| t.0),
             jitter: jitter.or(base.jitter).map_or(d.jitter, |t| t.0),
@@ -229,7 +241,17 @@ fn describe(i: &Impairments) -> String {
     if i.is_transparent() {
         return "transparent".into();
     }
-    let Impairments { loss, reorder, reorder_delay, dup, delay, jitter, rate, queue, ecn_threshold } = *i;
+    let Impairments {
+        loss,
+        reorder,
+        reorder_delay,
+        dup,
+        delay,
+        jitter,
+        rate,
+        queue,
+        ecn_threshold,
+    } = *i;
     let mut parts = Vec::new();
     if loss > 0.0 {
         parts.push(format!("loss {loss}"));
@@ -265,17 +287,23 @@ fn stats_line(event: &str, fwd: &Forwarder) -> String {
 
 fn run(cli: Cli) -> Result<(), String> {
     if cli.a == cli.b {
-        return Err(format!("--a and --b are both {:?}: give the two different interfaces to bridge", cli.a));
+        return Err(format!(
+            "--a and --b are both {:?}: give the two different interfaces to bridge",
+            cli.a
+        ));
     }
     let (a2b, b2a) = cli.directions();
     a2b.check("a2b")?;
     b2a.check("b2a")?;
     let stats_interval = match cli.stats_interval {
-        Some(Delay(0)) => return Err("--stats-interval 0: give a positive interval such as 1s".into()),
+        Some(Delay(0)) => {
+            return Err("--stats-interval 0: give a positive interval such as 1s".into())
+        }
         Some(Delay(ns)) => Some(Duration::from_nanos(ns)),
         None => None,
     };
-    sys::install_stop_handler().map_err(|e| format!("cannot install the SIGINT/SIGTERM handler: {e}"))?;
+    sys::install_stop_handler()
+        .map_err(|e| format!("cannot install the SIGINT/SIGTERM handler: {e}"))?;
     let a = PacketSocket::open(&cli.a)?;
     let b = PacketSocket::open(&cli.b)?;
     eprintln!(
@@ -358,14 +386,21 @@ mod tests {
         assert!(e.contains("5ms"), "{e}");
         let e = parse("--a x --b y --loss 2").unwrap_err().to_string();
         assert!(e.contains("0 to 1"), "{e}");
-        assert!(run(parse("--a x --b x").unwrap()).unwrap_err().contains("two different interfaces"));
+        assert!(run(parse("--a x --b x").unwrap())
+            .unwrap_err()
+            .contains("two different interfaces"));
     }
 
     #[test]
     fn describes_what_is_on() {
-        let (a2b, _) = parse("--a x --b y --loss 1% --rate 50mbit --ecn-threshold 20 --delay 5ms --jitter 1ms")
-            .unwrap()
-            .directions();
-        assert_eq!(describe(&a2b), "loss 0.01, delay 5ms +- 1ms, rate 50mbit queue 1000p, ecn-threshold 20p");
+        let (a2b, _) = parse(
+            "--a x --b y --loss 1% --rate 50mbit --ecn-threshold 20 --delay 5ms --jitter 1ms",
+        )
+        .unwrap()
+        .directions();
+        assert_eq!(
+            describe(&a2b),
+            "loss 0.01, delay 5ms +- 1ms, rate 50mbit queue 1000p, ecn-threshold 20p"
+        );
     }
 }

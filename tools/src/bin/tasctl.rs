@@ -237,25 +237,40 @@ fn flow_id(s: &str) -> Result<u64, String> {
         Some(h) => u64::from_str_radix(h, 16).ok(),
         None => s.parse::<u64>().ok(),
     };
-    parsed.ok_or_else(|| format!("{s:?} is not a flow ID: use a number from the ID column of `tasctl flows`"))
+    parsed.ok_or_else(|| {
+        format!("{s:?} is not a flow ID: use a number from the ID column of `tasctl flows`")
+    })
 }
 
 fn remote(s: &str) -> Result<(Ipv4Addr, u16), String> {
     if let Ok(a) = s.parse::<SocketAddrV4>() {
         return Ok((*a.ip(), a.port()));
     }
-    s.parse::<Ipv4Addr>().map(|ip| (ip, 0)).map_err(|_| format!("{s:?} is not an IPv4 address or IP:PORT (e.g. 10.0.0.2 or 10.0.0.2:40000)"))
+    s.parse::<Ipv4Addr>().map(|ip| (ip, 0)).map_err(|_| {
+        format!("{s:?} is not an IPv4 address or IP:PORT (e.g. 10.0.0.2 or 10.0.0.2:40000)")
+    })
 }
 
 /// The states `tasctl flows --state` accepts (RFC 9293 names, as tasd reports them).
-const STATES: &[&str] = &["ESTABLISHED", "SYN-SENT", "SYN-RECEIVED", "CLOSE-WAIT", "FIN-WAIT-2", "CLOSING", "TIME-WAIT"];
+const STATES: &[&str] = &[
+    "ESTABLISHED",
+    "SYN-SENT",
+    "SYN-RECEIVED",
+    "CLOSE-WAIT",
+    "FIN-WAIT-2",
+    "CLOSING",
+    "TIME-WAIT",
+];
 
 fn state(s: &str) -> Result<String, String> {
     let up = s.to_ascii_uppercase().replace('_', "-");
     if STATES.contains(&up.as_str()) {
         Ok(up)
     } else {
-        Err(format!("{s:?} is not a connection state: use one of {}", STATES.join(", ")))
+        Err(format!(
+            "{s:?} is not a connection state: use one of {}",
+            STATES.join(", ")
+        ))
     }
 }
 
@@ -263,12 +278,17 @@ fn sort_key(s: &str) -> Result<String, String> {
     if view::FLOW_SORT_KEYS.contains(&s) {
         Ok(s.to_string())
     } else {
-        Err(format!("cannot sort by {s:?}: use one of {}", view::FLOW_SORT_KEYS.join(", ")))
+        Err(format!(
+            "cannot sort by {s:?}: use one of {}",
+            view::FLOW_SORT_KEYS.join(", ")
+        ))
     }
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 // ---- talking to tasd -------------------------------------------------------------------------
@@ -377,12 +397,18 @@ async fn call<T>(
 ) -> Result<T, Failure> {
     match tokio::time::timeout(timeout, f).await {
         Ok(r) => r.map(|r| r.into_inner()).map_err(refused),
-        Err(_) => Err(Failure(format!("tasd did not answer within {} s (--timeout)", timeout.as_secs_f64()))),
+        Err(_) => Err(Failure(format!(
+            "tasd did not answer within {} s (--timeout)",
+            timeout.as_secs_f64()
+        ))),
     }
 }
 
 fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("JSON values serialise"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON values serialise")
+    );
 }
 
 // ---- the commands ----------------------------------------------------------------------------
@@ -405,7 +431,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print!("{}", view::status_text(&s));
             }
         }
-        Cmd::Flows { sort, reverse, port, local_port, remote, state, app } => {
+        Cmd::Flows {
+            sort,
+            reverse,
+            port,
+            local_port,
+            remote,
+            state,
+            app,
+        } => {
             let filter = FlowFilter {
                 local_port: local_port.unwrap_or(0) as u32,
                 remote_port: remote.map_or(0, |r| r.1 as u32),
@@ -440,7 +474,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else if reset {
                 println!("flow {id} reset (it was {})", r.state);
             } else {
-                println!("flow {id} closing: FIN sent after the queued data (it was {})", r.state);
+                println!(
+                    "flow {id} closing: FIN sent after the queued data (it was {})",
+                    r.state
+                );
             }
         }
         Cmd::Apps { action: None } => {
@@ -451,16 +488,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print!("{}", view::apps_table(&apps));
             }
         }
-        Cmd::Apps { action: Some(AppsCmd::Detach { id }) } => {
+        Cmd::Apps {
+            action: Some(AppsCmd::Detach { id }),
+        } => {
             call(timeout, c.detach_app(DetachAppRequest { id })).await?;
             if json {
                 print_json(&json!({"detached": id}));
             } else {
-                println!("application {id} detached: its connections are reset and its socket closed");
+                println!(
+                    "application {id} detached: its connections are reset and its socket closed"
+                );
             }
         }
         Cmd::Listeners => {
-            let ls = call(timeout, c.list_listeners(ListenersRequest {})).await?.listeners;
+            let ls = call(timeout, c.list_listeners(ListenersRequest {}))
+                .await?
+                .listeners;
             if json {
                 print_json(&Value::Array(ls.iter().map(view::listener_json).collect()));
             } else {
@@ -475,8 +518,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print!("{}", view::cores_table(&cores));
             }
         }
-        Cmd::Stats { watch, count, nonzero } => stats(&mut c, timeout, json, watch, count, nonzero).await?,
-        Cmd::Cc { action: CcCmd::Get { flow: None } } => {
+        Cmd::Stats {
+            watch,
+            count,
+            nonzero,
+        } => stats(&mut c, timeout, json, watch, count, nonzero).await?,
+        Cmd::Cc {
+            action: CcCmd::Get { flow: None },
+        } => {
             let cc = call(timeout, c.get_congestion_control(CcRequest {})).await?;
             if json {
                 print_json(&json!({"algorithm": cc.algorithm, "parameters": cc.parameters}));
@@ -487,27 +536,44 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Cmd::Cc { action: CcCmd::Get { flow: Some(id) } } => {
+        Cmd::Cc {
+            action: CcCmd::Get { flow: Some(id) },
+        } => {
             let f = call(timeout, c.get_flow_congestion(FlowRequest { id })).await?;
             if json {
-                print_json(&json!({"id": f.id, "algorithm": f.algorithm, "rate_bps": f.rate_bps, "cwnd_bytes": f.cwnd_bytes}));
+                print_json(
+                    &json!({"id": f.id, "algorithm": f.algorithm, "rate_bps": f.rate_bps, "cwnd_bytes": f.cwnd_bytes}),
+                );
             } else {
-                println!("flow {}: {} rate {} bit/s cwnd {} bytes", f.id, f.algorithm, f.rate_bps, f.cwnd_bytes);
+                println!(
+                    "flow {}: {} rate {} bit/s cwnd {} bytes",
+                    f.id, f.algorithm, f.rate_bps, f.cwnd_bytes
+                );
             }
         }
-        Cmd::Cc { action: CcCmd::Set { algorithm, params } } => {
-            let req = CcConfig { algorithm, parameters: params.into_iter().collect() };
+        Cmd::Cc {
+            action: CcCmd::Set { algorithm, params },
+        } => {
+            let req = CcConfig {
+                algorithm,
+                parameters: params.into_iter().collect(),
+            };
             let cc = call(timeout, c.set_congestion_control(req)).await?;
             println!("congestion control: {}", cc.algorithm);
         }
-        Cmd::Config { action: ConfigCmd::Get { key } } => {
+        Cmd::Config {
+            action: ConfigCmd::Get { key },
+        } => {
             let mut v = call(timeout, c.get_config(ConfigRequest {})).await?;
             if let Some(k) = key {
                 v.entries.retain(|e| e.key == k);
                 if v.entries.is_empty() {
                     let all = call(timeout, c.get_config(ConfigRequest {})).await?;
                     let keys: Vec<String> = all.entries.into_iter().map(|e| e.key).collect();
-                    return Err(Failure(format!("unknown configuration key {k:?}; the keys are: {}", keys.join(", "))));
+                    return Err(Failure(format!(
+                        "unknown configuration key {k:?}; the keys are: {}",
+                        keys.join(", ")
+                    )));
                 }
             }
             if json {
@@ -516,9 +582,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print!("{}", view::config_table(&v));
             }
         }
-        Cmd::Config { action: ConfigCmd::Set { key, value } } => {
-            let v = call(timeout, c.set_config(SetConfigRequest { key: key.clone(), value })).await?;
-            let now = v.entries.iter().find(|e| e.key == key).map(|e| e.value.clone()).unwrap_or_default();
+        Cmd::Config {
+            action: ConfigCmd::Set { key, value },
+        } => {
+            let v = call(
+                timeout,
+                c.set_config(SetConfigRequest {
+                    key: key.clone(),
+                    value,
+                }),
+            )
+            .await?;
+            let now = v
+                .entries
+                .iter()
+                .find(|e| e.key == key)
+                .map(|e| e.value.clone())
+                .unwrap_or_default();
             if json {
                 print_json(&json!({"key": key, "value": now}));
             } else {
@@ -526,11 +606,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Cmd::Events { count } => {
-            let mut stream = c.watch(WatchRequest {}).await.map_err(refused)?.into_inner();
+            let mut stream = c
+                .watch(WatchRequest {})
+                .await
+                .map_err(refused)?
+                .into_inner();
             let mut n = 0;
             while count.is_none_or(|c| n < c) {
                 let Some(e) = stream.message().await.map_err(refused)? else {
-                    return Err(Failure("tasd ended the event stream: it is stopping".into()));
+                    return Err(Failure(
+                        "tasd ended the event stream: it is stopping".into(),
+                    ));
                 };
                 if json {
                     println!("{}", view::event_json(&e));
@@ -541,7 +627,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 n += 1;
             }
         }
-        Cmd::Capture { file, port, host, duration, count } => {
+        Cmd::Capture {
+            file,
+            port,
+            host,
+            duration,
+            count,
+        } => {
             capture(&mut c, json, file, port, host, duration, count).await?;
         }
     }
@@ -559,9 +651,13 @@ async fn stats(
     let mut prev: Option<(Instant, Vec<Counter>)> = None;
     let mut shown = 0u64;
     loop {
-        let mut cs = call(timeout, c.get_counters(CountersRequest {})).await?.counters;
+        let mut cs = call(timeout, c.get_counters(CountersRequest {}))
+            .await?
+            .counters;
         let now = Instant::now();
-        let rates = prev.as_ref().map(|(t, before)| view::rates(before, &cs, now.duration_since(*t).as_secs_f64()));
+        let rates = prev
+            .as_ref()
+            .map(|(t, before)| view::rates(before, &cs, now.duration_since(*t).as_secs_f64()));
         let keep: Vec<bool> = cs.iter().map(|k| !nonzero || k.value != 0).collect();
         let (mut shown_cs, mut shown_rates) = (Vec::new(), Vec::new());
         for (i, k) in cs.iter().enumerate() {
@@ -577,17 +673,24 @@ async fn stats(
                 .map(|(k, r)| view::counter_json(k, rates.as_ref().map(|_| *r)))
                 .collect();
             if watch.is_some() {
-                let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                let unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
                 println!("{}", json!({"unix_ms": unix_ms as u64, "counters": items}));
             } else {
                 print_json(&Value::Array(items));
             }
         } else {
             if watch.is_some() {
-                let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
                 println!("-- {unix} --");
             }
-            print!("{}", view::counters_table(&shown_cs, rates.as_ref().map(|_| shown_rates.as_slice())));
+            print!(
+                "{}",
+                view::counters_table(&shown_cs, rates.as_ref().map(|_| shown_rates.as_slice()))
+            );
         }
         std::io::stdout().flush()?;
         shown += 1;
@@ -614,9 +717,12 @@ async fn capture(
     let out: Box<dyn Write> = if to_stdout {
         Box::new(std::io::stdout().lock())
     } else {
-        Box::new(
-            std::fs::File::create(&file).map_err(|e| Failure(format!("cannot write the capture to {}: {e}", file.display())))?,
-        )
+        Box::new(std::fs::File::create(&file).map_err(|e| {
+            Failure(format!(
+                "cannot write the capture to {}: {e}",
+                file.display()
+            ))
+        })?)
     };
     let mut pcap = PcapWriter::new(std::io::BufWriter::new(out))?;
     let req = CaptureRequest {
@@ -640,12 +746,22 @@ async fn capture(
     let frames = pcap.frames();
     pcap.finish()?;
     if json && !to_stdout {
-        print_json(&json!({"file": file.display().to_string(), "frames": frames, "dropped": dropped}));
+        print_json(
+            &json!({"file": file.display().to_string(), "frames": frames, "dropped": dropped}),
+        );
     } else {
         eprintln!(
             "{frames} frames written to {}{}",
-            if to_stdout { "standard output".to_string() } else { file.display().to_string() },
-            if dropped > 0 { format!(" ({dropped} dropped: the capture ring was full; capture less, e.g. with --port)") } else { String::new() }
+            if to_stdout {
+                "standard output".to_string()
+            } else {
+                file.display().to_string()
+            },
+            if dropped > 0 {
+                format!(" ({dropped} dropped: the capture ring was full; capture less, e.g. with --port)")
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())
@@ -656,10 +772,17 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tasctl: error: cannot start: {e}");
@@ -703,15 +826,43 @@ mod tests {
 
     #[test]
     fn parses_commands() {
-        let cli = Cli::try_parse_from(["tasctl", "--socket", "/tmp/x.sock", "flows", "--port", "7", "--sort", "rx", "--json"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "tasctl",
+            "--socket",
+            "/tmp/x.sock",
+            "flows",
+            "--port",
+            "7",
+            "--sort",
+            "rx",
+            "--json",
+        ])
+        .unwrap();
         assert!(cli.json);
         assert!(matches!(cli.cmd, Cmd::Flows { port: Some(7), .. }));
         let cli = Cli::try_parse_from(["tasctl", "close", "42", "--reset"]).unwrap();
-        assert!(matches!(cli.cmd, Cmd::Close { id: 42, reset: true }));
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Close {
+                id: 42,
+                reset: true
+            }
+        ));
         let cli = Cli::try_parse_from(["tasctl", "apps", "detach", "3"]).unwrap();
-        assert!(matches!(cli.cmd, Cmd::Apps { action: Some(AppsCmd::Detach { id: 3 }) }));
-        assert!(Cli::try_parse_from(["tasctl", "flow"]).is_err(), "flow needs an ID");
-        assert!(Cli::try_parse_from(["tasctl", "capture"]).is_err(), "capture needs -w");
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Apps {
+                action: Some(AppsCmd::Detach { id: 3 })
+            }
+        ));
+        assert!(
+            Cli::try_parse_from(["tasctl", "flow"]).is_err(),
+            "flow needs an ID"
+        );
+        assert!(
+            Cli::try_parse_from(["tasctl", "capture"]).is_err(),
+            "capture needs -w"
+        );
         assert!(Cli::try_parse_from(["tasctl", "frobnicate"]).is_err());
     }
 }

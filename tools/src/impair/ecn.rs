@@ -27,7 +27,10 @@ pub enum Marking {
 
 /// The ECN codepoint of an IPv4 frame, if it is one.
 pub fn ecn_of(frame: &[u8]) -> Option<u8> {
-    if frame.len() < ETH_HEADER + 20 || frame[12..14] != ETHERTYPE_IPV4 || frame[ETH_HEADER] >> 4 != 4 {
+    if frame.len() < ETH_HEADER + 20
+        || frame[12..14] != ETHERTYPE_IPV4
+        || frame[ETH_HEADER] >> 4 != 4
+    {
         return None;
     }
     Some(frame[ETH_HEADER + 1] & ECN_MASK)
@@ -86,7 +89,8 @@ mod tests {
         0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00, // Ethernet
         0x45, 0x02, 0x00, 0x28, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x13, 0xfe, // IPv4 ...
         10, 77, 0, 1, 10, 77, 0, 2, // ... addresses
-        0x9c, 0x40, 0x00, 0x07, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0, // TCP
+        0x9c, 0x40, 0x00, 0x07, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x10, 0xff, 0xff, 0, 0, 0,
+        0, // TCP
     ];
 
     #[test]
@@ -116,8 +120,8 @@ mod tests {
         let mut f = [0u8; 14 + 24];
         f[12..14].copy_from_slice(&ETHERTYPE_IPV4);
         let ip: [u8; 24] = [
-            0x46, 0x29, 0x00, 0x18, 0xab, 0xcd, 0x00, 0x00, 0x01, 0x11, 0x00, 0x00, 192, 0, 2, 1, 198, 51, 100,
-            2, 0x01, 0x01, 0x01, 0x00,
+            0x46, 0x29, 0x00, 0x18, 0xab, 0xcd, 0x00, 0x00, 0x01, 0x11, 0x00, 0x00, 192, 0, 2, 1,
+            198, 51, 100, 2, 0x01, 0x01, 0x01, 0x00,
         ];
         f[14..].copy_from_slice(&ip);
         let c = internet_checksum(&f[14..38]);
@@ -139,7 +143,11 @@ mod tests {
             f[24..26].copy_from_slice(&c.to_be_bytes());
             let mut g = f;
             assert_eq!(mark_ce(&mut g), Marking::Marked);
-            assert_eq!(internet_checksum(&g[14..34]), 0, "id {id:#x}, checksum before {c:#x}");
+            assert_eq!(
+                internet_checksum(&g[14..34]),
+                0,
+                "id {id:#x}, checksum before {c:#x}"
+            );
         }
     }
 

@@ -42,7 +42,13 @@ pub struct Forwarder {
 impl Forwarder {
     /// A forwarder between two opened sockets.
     pub fn new(a: PacketSocket, b: PacketSocket, a2b: Impairer, b2a: Impairer) -> Forwarder {
-        Forwarder { a, b, a2b, b2a, start: Instant::now() }
+        Forwarder {
+            a,
+            b,
+            a2b,
+            b2a,
+            start: Instant::now(),
+        }
     }
 
     fn now(&self) -> Nanos {
@@ -56,7 +62,11 @@ impl Forwarder {
 
     /// Runs until SIGINT/SIGTERM; calls `report` every `stats_interval`. Frames still
     /// held at the stop are discarded (and not counted as sent).
-    pub fn run(&mut self, stats_interval: Option<Duration>, mut report: impl FnMut(&Forwarder)) -> Result<(), String> {
+    pub fn run(
+        &mut self,
+        stats_interval: Option<Duration>,
+        mut report: impl FnMut(&Forwarder),
+    ) -> Result<(), String> {
         sys::set_timer_slack(Duration::from_micros(1));
         let mut buf = vec![0u8; RX_BUF];
         let stats_every = stats_interval.map(|d| d.as_nanos() as Nanos);
@@ -83,7 +93,9 @@ impl Forwarder {
                 .flatten()
                 .min();
             let now = self.now();
-            let gap = next.map_or(MAX_SLEEP, |t| t.saturating_sub(now)).min(MAX_SLEEP);
+            let gap = next
+                .map_or(MAX_SLEEP, |t| t.saturating_sub(now))
+                .min(MAX_SLEEP);
             if gap < SPIN_BELOW {
                 if got_a + got_b == 0 {
                     std::hint::spin_loop();
@@ -117,7 +129,12 @@ impl Forwarder {
 }
 
 /// Reads up to [`RX_BATCH`] frames from `sock` into `imp`; returns how many.
-fn receive(sock: &PacketSocket, imp: &mut Impairer, buf: &mut [u8], start: Instant) -> Result<usize, String> {
+fn receive(
+    sock: &PacketSocket,
+    imp: &mut Impairer,
+    buf: &mut [u8],
+    start: Instant,
+) -> Result<usize, String> {
     let mut n = 0;
     while n < RX_BATCH {
         match sock.recv(buf) {
@@ -133,12 +150,10 @@ fn receive(sock: &PacketSocket, imp: &mut Impairer, buf: &mut [u8], start: Insta
                 imp.arrive(now, &buf[..len]);
                 n += 1;
             }
-            Err(e) => {
-                return Err(format!(
-                    "receiving on {} failed: {e} (was the interface deleted? the sandbox torn down?)",
-                    sock.ifname()
-                ))
-            }
+            Err(e) => return Err(format!(
+                "receiving on {} failed: {e} (was the interface deleted? the sandbox torn down?)",
+                sock.ifname()
+            )),
         }
     }
     Ok(n)

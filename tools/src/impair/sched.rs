@@ -80,14 +80,28 @@ impl Default for Impairments {
 impl Impairments {
     /// Settings that make no sense together; the message says how to fix them.
     pub fn check(&self, dir: &str) -> Result<(), String> {
-        let Impairments { loss, reorder, reorder_delay, dup, delay: _, jitter: _, rate, queue, ecn_threshold } = *self;
+        let Impairments {
+            loss,
+            reorder,
+            reorder_delay,
+            dup,
+            delay: _,
+            jitter: _,
+            rate,
+            queue,
+            ecn_threshold,
+        } = *self;
         for (name, p) in [("loss", loss), ("reorder", reorder), ("dup", dup)] {
             if !(0.0..=1.0).contains(&p) {
-                return Err(format!("{dir}: --{name} {p} is not a probability: give 0 to 1"));
+                return Err(format!(
+                    "{dir}: --{name} {p} is not a probability: give 0 to 1"
+                ));
             }
         }
         if reorder > 0.0 && reorder_delay == 0 {
-            return Err(format!("{dir}: --reorder needs a --reorder-delay above 0 (e.g. 2ms), or nothing overtakes"));
+            return Err(format!(
+                "{dir}: --reorder needs a --reorder-delay above 0 (e.g. 2ms), or nothing overtakes"
+            ));
         }
         if rate.is_none() && ecn_threshold.is_some() {
             return Err(format!(
@@ -96,7 +110,8 @@ impl Impairments {
         }
         if let Some(t) = ecn_threshold {
             let fits = match (t, queue) {
-                (QueueSize::Packets(t), QueueSize::Packets(q)) | (QueueSize::Bytes(t), QueueSize::Bytes(q)) => t < q,
+                (QueueSize::Packets(t), QueueSize::Packets(q))
+                | (QueueSize::Bytes(t), QueueSize::Bytes(q)) => t < q,
                 _ => true,
             };
             if !fits {
@@ -305,7 +320,9 @@ impl Impairer {
                     match mark_ce(&mut buf) {
                         Marking::Marked => self.counters.ce_marked += 1,
                         Marking::AlreadyCe => self.counters.ce_seen += 1,
-                        Marking::NotEct | Marking::NotIpv4 => self.counters.not_ect_over_threshold += 1,
+                        Marking::NotEct | Marking::NotIpv4 => {
+                            self.counters.not_ect_over_threshold += 1
+                        }
                     }
                 }
             }
@@ -336,7 +353,11 @@ impl Impairer {
             release += self.cfg.reorder_delay;
         }
         self.seq += 1;
-        self.held.push(Held { release, seq: self.seq, frame: buf });
+        self.held.push(Held {
+            release,
+            seq: self.seq,
+            frame: buf,
+        });
     }
 
     /// When the next frame is due, if any is held.
@@ -383,7 +404,9 @@ mod tests {
     fn frame(id: u64, len: usize, ecn: u8) -> Vec<u8> {
         let mut f = vec![0u8; len];
         f[12..14].copy_from_slice(&[0x08, 0x00]);
-        let ip = [0x45, ecn, 0x05, 0xdc, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 77, 0, 1, 10, 77, 0, 2];
+        let ip = [
+            0x45, ecn, 0x05, 0xdc, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 77, 0, 1, 10, 77, 0, 2,
+        ];
         f[14..34].copy_from_slice(&ip);
         let c = internet_checksum(&f[14..34]);
         f[24..26].copy_from_slice(&c.to_be_bytes());
@@ -431,7 +454,10 @@ mod tests {
 
     #[test]
     fn loss_rate_is_within_bounds_and_repeatable_for_a_seed() {
-        let cfg = Impairments { loss: 0.05, ..Impairments::default() };
+        let cfg = Impairments {
+            loss: 0.05,
+            ..Impairments::default()
+        };
         let n = 100_000;
         let lost = |seed| {
             let mut imp = Impairer::new(cfg, seed);
@@ -448,28 +474,44 @@ mod tests {
 
     #[test]
     fn reorder_actually_reorders_and_delivers_everything_once() {
-        let cfg = Impairments { reorder: 0.25, reorder_delay: 2 * MS, ..Impairments::default() };
+        let cfg = Impairments {
+            reorder: 0.25,
+            reorder_delay: 2 * MS,
+            ..Impairments::default()
+        };
         let mut imp = Impairer::new(cfg, 7);
         let out = run(&mut imp, 10_000, 10 * US, 100);
         assert_eq!(out.len(), 10_000);
         let mut ids: Vec<u64> = out.iter().map(|&(_, id)| id).collect();
         let inversions = ids.windows(2).filter(|w| w[0] > w[1]).count();
         let held = imp.counters.reordered;
-        assert!((2_200..=2_800).contains(&held), "held back {held} of 10000 at 25%");
+        assert!(
+            (2_200..=2_800).contains(&held),
+            "held back {held} of 10000 at 25%"
+        );
         // Each held-back frame is overtaken by the ~200 frames of its 2 ms window.
         assert!(inversions > 1_000, "only {inversions} inversions");
         // A held-back frame leaves 2 ms after it arrived; others at once.
         for &(t, id) in &out {
             let arrival = id * 10 * US;
-            assert!(t == arrival || t == arrival + 2 * MS, "frame {id} left at {t}");
+            assert!(
+                t == arrival || t == arrival + 2 * MS,
+                "frame {id} left at {t}"
+            );
         }
         ids.sort_unstable();
-        assert!(ids.iter().enumerate().all(|(i, &id)| id == i as u64), "every frame exactly once");
+        assert!(
+            ids.iter().enumerate().all(|(i, &id)| id == i as u64),
+            "every frame exactly once"
+        );
     }
 
     #[test]
     fn duplication_sends_copies() {
-        let cfg = Impairments { dup: 0.05, ..Impairments::default() };
+        let cfg = Impairments {
+            dup: 0.05,
+            ..Impairments::default()
+        };
         let mut imp = Impairer::new(cfg, 3);
         let out = run(&mut imp, 20_000, US, 64);
         let d = imp.counters.duplicated;
@@ -481,7 +523,11 @@ mod tests {
 
     #[test]
     fn delay_and_jitter_stay_in_their_window() {
-        let cfg = Impairments { delay: 5 * MS, jitter: MS, ..Impairments::default() };
+        let cfg = Impairments {
+            delay: 5 * MS,
+            jitter: MS,
+            ..Impairments::default()
+        };
         let mut imp = Impairer::new(cfg, 11);
         let out = run(&mut imp, 5_000, 100 * US, 64);
         assert_eq!(out.len(), 5_000);
@@ -492,14 +538,20 @@ mod tests {
             hi = hi.max(d);
         }
         assert!(lo >= 4 * MS && hi <= 6 * MS, "delays {lo}..{hi}");
-        assert!(lo < 4 * MS + 100 * US && hi > 6 * MS - 100 * US, "jitter spans its range: {lo}..{hi}");
+        assert!(
+            lo < 4 * MS + 100 * US && hi > 6 * MS - 100 * US,
+            "jitter spans its range: {lo}..{hi}"
+        );
         // Jitter of 1 ms with frames 100 us apart reorders, as netem's does.
         assert!(out.windows(2).any(|w| w[0].1 > w[1].1));
     }
 
     #[test]
     fn rate_limiter_spaces_frames_by_their_transmission_time() {
-        let cfg = Impairments { rate: Some(100_000_000), ..Impairments::default() };
+        let cfg = Impairments {
+            rate: Some(100_000_000),
+            ..Impairments::default()
+        };
         let mut imp = Impairer::new(cfg, 1);
         // A burst of 100 full frames at t=0: 1514 B at 100 Mbit/s = 121.12 us each.
         for id in 0..100 {
@@ -510,7 +562,11 @@ mod tests {
             let t = imp.next_release().unwrap();
             let f = imp.pop_due(t).unwrap();
             assert_eq!(id_of(&f), k - 1, "FIFO");
-            assert_eq!(t, k * 121_120, "frame {k} leaves when it is fully on the wire");
+            assert_eq!(
+                t,
+                k * 121_120,
+                "frame {k} leaves when it is fully on the wire"
+            );
             assert!(t - last == 121_120);
             last = t;
         }
@@ -523,7 +579,11 @@ mod tests {
     #[test]
     fn rate_limited_throughput_matches_the_rate() {
         // Offered 2x the rate for 1 s: the output carries exactly the rate, the rest drops.
-        let cfg = Impairments { rate: Some(50_000_000), queue: QueueSize::Packets(64), ..Impairments::default() };
+        let cfg = Impairments {
+            rate: Some(50_000_000),
+            queue: QueueSize::Packets(64),
+            ..Impairments::default()
+        };
         let mut imp = Impairer::new(cfg, 1);
         let out = run(&mut imp, 8_256, 121_120, 1514);
         let span = out.last().unwrap().0 - out.first().unwrap().0;
@@ -535,7 +595,11 @@ mod tests {
 
     #[test]
     fn queue_limit_tail_drops_in_packets_and_bytes() {
-        let cfg = Impairments { rate: Some(10_000_000), queue: QueueSize::Packets(256), ..Impairments::default() };
+        let cfg = Impairments {
+            rate: Some(10_000_000),
+            queue: QueueSize::Packets(256),
+            ..Impairments::default()
+        };
         let mut imp = Impairer::new(cfg, 1);
         for id in 0..300 {
             imp.arrive(0, &frame(id, 1000, 0));
@@ -549,7 +613,11 @@ mod tests {
         }
         assert_eq!(ids, (0..256).collect::<Vec<_>>());
 
-        let cfg = Impairments { rate: Some(10_000_000), queue: QueueSize::Bytes(10_000), ..Impairments::default() };
+        let cfg = Impairments {
+            rate: Some(10_000_000),
+            queue: QueueSize::Bytes(10_000),
+            ..Impairments::default()
+        };
         let mut imp = Impairer::new(cfg, 1);
         for id in 0..15 {
             imp.arrive(0, &frame(id, 1000, 0));
@@ -591,13 +659,20 @@ mod tests {
                 _ => 0b00,
             };
             assert_eq!(ecn, want, "frame {id}");
-            assert_eq!(internet_checksum(&f[14..34]), 0, "frame {id}: IPv4 checksum");
+            assert_eq!(
+                internet_checksum(&f[14..34]),
+                0,
+                "frame {id}: IPv4 checksum"
+            );
         }
     }
 
     #[test]
     fn held_frames_are_bounded() {
-        let cfg = Impairments { delay: 1_000 * MS, ..Impairments::default() };
+        let cfg = Impairments {
+            delay: 1_000 * MS,
+            ..Impairments::default()
+        };
         let mut imp = Impairer::new(cfg, 1);
         for id in 0..(MAX_HELD as u64 + 10) {
             imp.arrive(id, &frame(id, 64, 0));
@@ -610,9 +685,20 @@ mod tests {
     fn settings_that_do_not_fit_are_refused_with_a_fix() {
         let ok = Impairments::default();
         assert!(ok.check("a2b").is_ok());
-        let e = Impairments { ecn_threshold: Some(QueueSize::Packets(10)), ..ok }.check("a2b").unwrap_err();
+        let e = Impairments {
+            ecn_threshold: Some(QueueSize::Packets(10)),
+            ..ok
+        }
+        .check("a2b")
+        .unwrap_err();
         assert!(e.contains("needs --rate"), "{e}");
-        let e = Impairments { reorder: 0.1, reorder_delay: 0, ..ok }.check("b2a").unwrap_err();
+        let e = Impairments {
+            reorder: 0.1,
+            reorder_delay: 0,
+            ..ok
+        }
+        .check("b2a")
+        .unwrap_err();
         assert!(e.starts_with("b2a") && e.contains("--reorder-delay"), "{e}");
         let e = Impairments {
             rate: Some(1_000_000),
@@ -627,8 +713,16 @@ mod tests {
 
     #[test]
     fn counters_print_as_json() {
-        let c = Counters { rx_frames: 3, ce_marked: 1, ..Counters::default() };
+        let c = Counters {
+            rx_frames: 3,
+            ce_marked: 1,
+            ..Counters::default()
+        };
         let j = c.json();
-        assert!(j.starts_with("{\"rx_frames\":3,") && j.contains("\"ce_marked\":1,") && j.ends_with('}'));
+        assert!(
+            j.starts_with("{\"rx_frames\":3,")
+                && j.contains("\"ce_marked\":1,")
+                && j.ends_with('}')
+        );
     }
 }

@@ -52,14 +52,27 @@ impl PacketSocket {
         }
         // SAFETY: `raw` is a descriptor we just opened and own exclusively.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let sock = PacketSocket { fd, ifname: ifname.to_string() };
+        let sock = PacketSocket {
+            fd,
+            ifname: ifname.to_string(),
+        };
 
         // Frames this host transmits on the interface (our own forwarded ones included)
         // would otherwise come back to us as PACKET_OUTGOING copies.
         sock.setsockopt(libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)
-            .map_err(|e| format!("{ifname}: PACKET_IGNORE_OUTGOING failed ({e}): this needs Linux 4.20 or later"))?;
-        for (opt, fallback) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
-            if sock.setsockopt(libc::SOL_SOCKET, opt, SOCKET_BUFFER).is_err() {
+            .map_err(|e| {
+                format!(
+                    "{ifname}: PACKET_IGNORE_OUTGOING failed ({e}): this needs Linux 4.20 or later"
+                )
+            })?;
+        for (opt, fallback) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        ] {
+            if sock
+                .setsockopt(libc::SOL_SOCKET, opt, SOCKET_BUFFER)
+                .is_err()
+            {
                 let _ = sock.setsockopt(libc::SOL_SOCKET, fallback, SOCKET_BUFFER);
             }
         }
@@ -78,7 +91,10 @@ impl PacketSocket {
             )
         };
         if r < 0 {
-            return Err(format!("{ifname}: cannot bind a packet socket: {}", io::Error::last_os_error()));
+            return Err(format!(
+                "{ifname}: cannot bind a packet socket: {}",
+                io::Error::last_os_error()
+            ));
         }
 
         // Promiscuous membership: frames for the other side's MAC address are not ours,
@@ -98,7 +114,10 @@ impl PacketSocket {
             )
         };
         if r < 0 {
-            return Err(format!("{ifname}: cannot enter promiscuous mode: {}", io::Error::last_os_error()));
+            return Err(format!(
+                "{ifname}: cannot enter promiscuous mode: {}",
+                io::Error::last_os_error()
+            ));
         }
         Ok(sock)
     }
@@ -108,7 +127,12 @@ impl PacketSocket {
         &self.ifname
     }
 
-    fn setsockopt(&self, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    fn setsockopt(
+        &self,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: libc::c_int,
+    ) -> io::Result<()> {
         // SAFETY: `value` is a valid c_int for the duration of the call; its size is passed.
         let r = unsafe {
             libc::setsockopt(
@@ -168,7 +192,12 @@ impl PacketSocket {
         loop {
             // SAFETY: `frame` is valid for reads of `frame.len()` bytes.
             let n = unsafe {
-                libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast::<libc::c_void>(), frame.len(), libc::MSG_DONTWAIT)
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    frame.as_ptr().cast::<libc::c_void>(),
+                    frame.len(),
+                    libc::MSG_DONTWAIT,
+                )
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -211,7 +240,8 @@ impl AsRawFd for PacketSocket {
 }
 
 fn ifindex(ifname: &str) -> Result<libc::c_int, String> {
-    let c = CString::new(ifname).map_err(|_| format!("interface name {ifname:?} contains a NUL byte"))?;
+    let c = CString::new(ifname)
+        .map_err(|_| format!("interface name {ifname:?} contains a NUL byte"))?;
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if i == 0 {
@@ -226,7 +256,11 @@ fn ifindex(ifname: &str) -> Result<libc::c_int, String> {
 /// Waits until one of `fds` is readable, `timeout` passes, or a signal arrives. Returns
 /// which fds are readable.
 pub fn wait_readable<const N: usize>(fds: [RawFd; N], timeout: Duration) -> io::Result<[bool; N]> {
-    let mut pfds = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    let mut pfds = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
@@ -249,7 +283,13 @@ pub fn wait_readable<const N: usize>(fds: [RawFd; N], timeout: Duration) -> io::
 pub fn set_timer_slack(slack: Duration) {
     // SAFETY: PR_SET_TIMERSLACK takes one unsigned long argument; the unused ones are 0.
     unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, slack.as_nanos() as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong);
+        libc::prctl(
+            libc::PR_SET_TIMERSLACK,
+            slack.as_nanos() as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
     }
 }
 

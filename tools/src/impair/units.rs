@@ -27,7 +27,11 @@ impl FromStr for Delay {
             "ms" => 1e6,
             "s" => 1e9,
             "" => return Err(format!("{s:?} has no unit: write e.g. 5ms, 250us, 1s or 0")),
-            u => return Err(format!("unknown time unit {u:?} in {s:?}: use ns, us, ms or s (e.g. 5ms)")),
+            u => {
+                return Err(format!(
+                    "unknown time unit {u:?} in {s:?}: use ns, us, ms or s (e.g. 5ms)"
+                ))
+            }
         };
         let v = parse_number(num, s)?;
         let ns = v * scale;
@@ -133,7 +137,11 @@ impl FromStr for QueueSize {
             "mb" => QueueSize::Bytes(n * 1_000_000),
             "kib" => QueueSize::Bytes(n << 10),
             "mib" => QueueSize::Bytes(n << 20),
-            u => return Err(format!("unknown queue unit {u:?} in {s:?}: use p (packets), b, kb, mb, kib or mib")),
+            u => {
+                return Err(format!(
+                    "unknown queue unit {u:?} in {s:?}: use p (packets), b, kb, mb, kib or mib"
+                ))
+            }
         };
         Ok(q)
     }
@@ -161,7 +169,11 @@ impl FromStr for Prob {
             None => (parse_number(s, s)?, false),
         };
         if !(0.0..=1.0).contains(&v) {
-            let hint = if pct { "0% to 100%" } else { "0 to 1 (or a percentage such as 5%)" };
+            let hint = if pct {
+                "0% to 100%"
+            } else {
+                "0 to 1 (or a percentage such as 5%)"
+            };
             return Err(format!("probability {s:?} is out of range: give {hint}"));
         }
         Ok(Prob(v))
@@ -185,7 +197,9 @@ fn split_unit(s: &str) -> (&str, &str) {
 fn parse_number(num: &str, whole: &str) -> Result<f64, String> {
     match num.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("{whole:?} does not start with a non-negative number")),
+        _ => Err(format!(
+            "{whole:?} does not start with a non-negative number"
+        )),
     }
 }
 
@@ -201,7 +215,10 @@ mod tests {
         assert_eq!("100ns".parse(), Ok(Delay(100)));
         assert_eq!("0".parse(), Ok(Delay(0)));
         assert!("5".parse::<Delay>().unwrap_err().contains("no unit"));
-        assert!("5min".parse::<Delay>().unwrap_err().contains("ns, us, ms or s"));
+        assert!("5min"
+            .parse::<Delay>()
+            .unwrap_err()
+            .contains("ns, us, ms or s"));
         assert!("-1ms".parse::<Delay>().is_err());
         assert_eq!(Delay(2_000_000).to_string(), "2ms");
         assert_eq!(Delay(1_500).to_string(), "1500ns");
@@ -215,7 +232,10 @@ mod tests {
         assert_eq!("64000bit".parse(), Ok(Rate(64_000)));
         assert!("100mbps".parse::<Rate>().unwrap_err().contains("ambiguous"));
         assert!("100".parse::<Rate>().unwrap_err().contains("no unit"));
-        assert!("10bit".parse::<Rate>().unwrap_err().contains("out of range"));
+        assert!("10bit"
+            .parse::<Rate>()
+            .unwrap_err()
+            .contains("out of range"));
         assert_eq!(Rate(50_000_000).to_string(), "50mbit");
     }
 
@@ -227,7 +247,10 @@ mod tests {
         assert_eq!("64KiB".parse(), Ok(QueueSize::Bytes(65_536)));
         assert_eq!("100000b".parse(), Ok(QueueSize::Bytes(100_000)));
         assert!("1.5p".parse::<QueueSize>().is_err());
-        assert!("3x".parse::<QueueSize>().unwrap_err().contains("unknown queue unit"));
+        assert!("3x"
+            .parse::<QueueSize>()
+            .unwrap_err()
+            .contains("unknown queue unit"));
         assert!(QueueSize::Packets(2).exceeded_by(3, 0));
         assert!(!QueueSize::Packets(2).exceeded_by(2, 1 << 30));
         assert!(QueueSize::Bytes(1000).exceeded_by(0, 1001));

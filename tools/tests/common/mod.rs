@@ -447,7 +447,12 @@ impl Bed {
     }
 
     /// Wait until the kernel echo server has reported `n` closed connections; returns them.
-    pub fn wait_for_closed_connections(&self, log: &Path, n: usize, timeout: Duration) -> Vec<Value> {
+    pub fn wait_for_closed_connections(
+        &self,
+        log: &Path,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let closed: Vec<Value> = fs::read_to_string(log)
@@ -460,7 +465,8 @@ impl Bed {
                 assert_eq!(
                     closed.len(),
                     n,
-                    "the kernel echo server reported these closed connections: {closed:?}"
+                    "the kernel echo server should have seen {n} connection(s) end (a client \
+                     that never closes leaves them open); it reported: {closed:?}"
                 );
                 return closed;
             }
@@ -703,4 +709,3 @@ pub fn hex_digests(text: &str) -> Vec<String> {
         .map(|w| w.to_ascii_lowercase())
         .collect()
 }
-
