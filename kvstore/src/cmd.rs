@@ -1059,7 +1059,7 @@ pub fn info(args: &Args<'_>, sh: &Shared) -> String {
             "stats" => {
                 let _ = write!(
                     t,
-                    "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n\r\n",
+                    "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\ncommands_per_thread:{}\r\n\r\n",
                     sh.total_connections.load(Ordering::Relaxed),
                     sh.sum(|t| &t.commands),
                     sh.sum(|t| &t.net_in),
@@ -1069,6 +1069,7 @@ pub fn info(args: &Args<'_>, sh: &Shared) -> String {
                     st.stats.evicted_keys.load(Ordering::Relaxed),
                     sh.sum(|t| &t.hits),
                     sh.sum(|t| &t.misses),
+                    sh.threads.iter().map(|ts| ts.commands.load(Ordering::Relaxed).to_string()).collect::<Vec<_>>().join(","),
                 );
             }
             "keyspace" => {

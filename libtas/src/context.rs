@@ -65,6 +65,21 @@ impl ConnId {
     }
 }
 
+/// Options of a listener ([`Context::listen_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenOptions {
+    /// Share the port with other listeners that set this too (`SO_REUSEPORT`).
+    pub reuse_port: bool,
+}
+
+impl ListenOptions {
+    /// Options with `reuse_port` set.
+    pub fn reuse_port() -> Self {
+        ListenOptions { reuse_port: true }
+    }
+}
+
 /// A listener of this context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ListenerId {
@@ -1064,13 +1079,23 @@ impl Context {
     /// established, not yet accepted connections. The result comes as
     /// [`Event::Listening`] or from [`Context::listen_result`].
     pub fn listen_start(&mut self, port: u16, backlog: u32) -> Result<Token> {
+        self.listen_start_with(port, backlog, ListenOptions::default())
+    }
+
+    /// [`Context::listen_start`] with options: with [`ListenOptions::reuse_port`], several
+    /// listeners (in this context, other contexts of this application, or other
+    /// applications of the same user) share the port, and the service spreads new
+    /// connections over them by a hash of the 4-tuple, as Linux does for `SO_REUSEPORT`.
+    /// Every listener of the port must ask for it; otherwise the port is in use.
+    pub fn listen_start_with(&mut self, port: u16, backlog: u32, opts: ListenOptions) -> Result<Token> {
         self.health()?;
         if port == 0 {
             return Err(Error::InvalidArgument);
         }
         let token = self.next_token();
         self.pending_listens.insert(token, PendingListen { port, result: None });
-        self.request(ControlRequest::Listen { token, port, backlog });
+        let flags = if opts.reuse_port { tas_proto::shm::LISTEN_REUSEPORT } else { 0 };
+        self.request(ControlRequest::Listen { token, port, backlog, flags });
         self.publish();
         Ok(Token(token))
     }
@@ -1097,7 +1122,12 @@ impl Context {
 
     /// Listen on `port`, waiting for the service's reply.
     pub fn listen(&mut self, port: u16, backlog: u32) -> Result<ListenerId> {
-        let token = self.listen_start(port, backlog)?;
+        self.listen_with(port, backlog, ListenOptions::default())
+    }
+
+    /// [`Context::listen`] with options (see [`Context::listen_start_with`]).
+    pub fn listen_with(&mut self, port: u16, backlog: u32, opts: ListenOptions) -> Result<ListenerId> {
+        let token = self.listen_start_with(port, backlog, opts)?;
         loop {
             if let Some(l) = self.listen_result(token)? {
                 return Ok(l);

@@ -38,7 +38,7 @@ mod error;
 mod shm;
 mod sys;
 
-pub use context::{ConnId, ConnState, Context, Event, ListenerId, RecvView, Token, DEFAULT_SPIN, SPIN_ENV};
+pub use context::{ConnId, ConnState, Context, Event, ListenOptions, ListenerId, RecvView, Token, DEFAULT_SPIN, SPIN_ENV};
 pub use error::{Error, Result};
 pub use shm::RegionMapping;
 pub use tas_proto;

@@ -193,6 +193,11 @@ pub const KIND_CLOSED: u8 = 35;
 
 /// Control request: listen on `local_port` with backlog `len`; reply tagged with `aux`.
 pub const KIND_REQ_LISTEN: u8 = 48;
+/// Listen flag: share the port with other listeners that set it too (`SO_REUSEPORT`):
+/// the service spreads new connections over the group by a hash of the 4-tuple.
+pub const LISTEN_REUSEPORT: u16 = 1 << 0;
+/// Every listen flag this ABI version knows; a request with any other bit is malformed.
+pub const LISTEN_FLAGS_KNOWN: u16 = LISTEN_REUSEPORT;
 /// Control request: connect to `ip:remote_port`; reply tagged with `aux`.
 pub const KIND_REQ_CONNECT: u8 = 49;
 /// Control request: `aux` connections were taken from listener `len`'s accept queue.
@@ -407,6 +412,8 @@ pub enum ControlRequest {
         port: u16,
         /// Maximum of established, not yet accepted connections.
         backlog: u32,
+        /// `LISTEN_*` flags.
+        flags: u16,
     },
     /// Start an active open to `ip:port` (host order).
     Connect {
@@ -440,8 +447,8 @@ impl ControlRequest {
     /// Encode.
     pub fn encode(&self) -> Desc {
         match *self {
-            ControlRequest::Listen { token, port, backlog } => {
-                Desc { kind: KIND_REQ_LISTEN, local_port: port, len: backlog, aux: token, ..Desc::default() }
+            ControlRequest::Listen { token, port, backlog, flags } => {
+                Desc { kind: KIND_REQ_LISTEN, local_port: port, len: backlog, aux: token, flags, ..Desc::default() }
             }
             ControlRequest::Connect { token, ip, port } => {
                 Desc { kind: KIND_REQ_CONNECT, ip, remote_port: port, aux: token, ..Desc::default() }
@@ -458,7 +465,12 @@ impl ControlRequest {
     /// Decode (the service calls this on untrusted input).
     pub fn decode(d: &Desc) -> Result<Self, BadDesc> {
         Ok(match d.kind {
-            KIND_REQ_LISTEN => ControlRequest::Listen { token: d.aux, port: d.local_port, backlog: d.len },
+            KIND_REQ_LISTEN => {
+                if d.flags & !LISTEN_FLAGS_KNOWN != 0 {
+                    return Err(BadDesc(d.kind));
+                }
+                ControlRequest::Listen { token: d.aux, port: d.local_port, backlog: d.len, flags: d.flags }
+            }
             KIND_REQ_CONNECT => ControlRequest::Connect { token: d.aux, ip: d.ip, port: d.remote_port },
             KIND_REQ_ACCEPTED => ControlRequest::Accepted {
                 listener: d.len,
@@ -813,7 +825,8 @@ mod tests {
             assert_eq!(Doorbell::decode(&d.encode()), Ok(d));
         }
         for r in [
-            ControlRequest::Listen { token: 9, port: 80, backlog: 128 },
+            ControlRequest::Listen { token: 9, port: 80, backlog: 128, flags: 0 },
+            ControlRequest::Listen { token: 10, port: 80, backlog: 128, flags: LISTEN_REUSEPORT },
             ControlRequest::Connect { token: 10, ip: 0x0a000001, port: 7 },
             ControlRequest::Accepted { listener: 1, count: 3 },
             ControlRequest::Abort { conn: 4 },
@@ -823,5 +836,8 @@ mod tests {
         }
         assert_eq!(Doorbell::decode(&Desc { kind: 200, ..Desc::default() }), Err(BadDesc(200)));
         assert!(SpEvent::decode(&Desc { kind: KIND_CLOSED, len: 77, ..Desc::default() }).is_err());
+        // Listen flags this version does not know are refused, not ignored.
+        let unknown = Desc { kind: KIND_REQ_LISTEN, flags: 1 << 7, local_port: 80, ..Desc::default() };
+        assert_eq!(ControlRequest::decode(&unknown), Err(BadDesc(KIND_REQ_LISTEN)));
     }
 }

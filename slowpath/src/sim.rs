@@ -148,12 +148,17 @@ impl SimHost {
     /// Attach an in-process application; returns its region (the caller builds a libtas
     /// context over it).
     pub fn attach_local(&mut self, name: &str) -> Arc<HeapRegion> {
+        self.attach_local_as(name, 0)
+    }
+
+    /// [`SimHost::attach_local`] for an application of user `uid`.
+    pub fn attach_local_as(&mut self, name: &str, uid: u32) -> Arc<HeapRegion> {
         let layout = self.slow.config().layout;
         let region = HeapRegion::new(layout);
         let id = self.next_app;
         self.next_app += 1;
         self.slow
-            .attach_app(id, name.to_string(), std::process::id(), 0, region.mem(), None)
+            .attach_app(id, name.to_string(), std::process::id(), uid, region.mem(), None)
             .expect("attach");
         self.regions.push(region.clone());
         region

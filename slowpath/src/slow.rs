@@ -194,6 +194,8 @@ struct Listener {
     port: u16,
     app: u32,
     backlog: u32,
+    /// Shares the port with other `reuse_port` listeners of the same user.
+    reuse_port: bool,
     /// Handshakes in progress.
     syn_rcvd: u32,
     /// Established, announced to the app, not yet accepted.
@@ -353,7 +355,8 @@ pub struct SlowPath {
     apps: HashMap<u32, App>,
     app_slots: Vec<bool>,
     listeners: HashMap<u32, Listener>,
-    listener_by_port: HashMap<u16, u32>,
+    /// The listeners of each port: one, or a `SO_REUSEPORT` group (all with `reuse_port`).
+    listener_by_port: HashMap<u16, Vec<u32>>,
     port_refs: HashMap<u16, u32>,
     conns: HashMap<FlowKey, Conn>,
     by_slot: HashMap<(u32, u32), FlowKey>,
@@ -730,8 +733,9 @@ impl SlowPath {
 
     fn on_request(&mut self, app: u32, r: ControlRequest) {
         match r {
-            ControlRequest::Listen { token, port, backlog } => {
-                let ev = match self.listen(app, port, backlog) {
+            ControlRequest::Listen { token, port, backlog, flags } => {
+                let reuse_port = flags & tas_proto::shm::LISTEN_REUSEPORT != 0;
+                let ev = match self.listen(app, port, backlog, reuse_port) {
                     Ok(listener) => SpEvent::ListenOk { token, listener },
                     Err(error) => SpEvent::ListenFailed { token, error },
                 };
@@ -768,32 +772,67 @@ impl SlowPath {
         }
     }
 
-    fn listen(&mut self, app: u32, port: u16, backlog: u32) -> Result<u32, ErrorCode> {
+    fn listen(&mut self, app: u32, port: u16, backlog: u32, reuse_port: bool) -> Result<u32, ErrorCode> {
         if port == 0 {
             return Err(ErrorCode::Invalid);
         }
-        if self.listener_by_port.contains_key(&port) || self.port_refs.contains_key(&port) {
+        if self.port_refs.contains_key(&port) {
             return Err(ErrorCode::AddrInUse);
         }
-        self.filter.own(port).map_err(|e| {
-            tracing::error!(port, error = %e, "cannot claim port in the XDP map");
-            ErrorCode::NoResources
-        })?;
+        let uid = self.apps.get(&app).map(|a| a.uid);
+        if let Some(group) = self.listener_by_port.get(&port) {
+            // Linux's SO_REUSEPORT rule: every socket of the group asked for it, and all
+            // belong to one user (so no other user can steal a share of the connections).
+            let joinable = reuse_port
+                && group.iter().all(|id| {
+                    let l = &self.listeners[id];
+                    l.reuse_port && self.apps.get(&l.app).map(|a| a.uid) == uid
+                });
+            if !joinable {
+                return Err(ErrorCode::AddrInUse);
+            }
+        } else {
+            self.filter.own(port).map_err(|e| {
+                tracing::error!(port, error = %e, "cannot claim port in the XDP map");
+                ErrorCode::NoResources
+            })?;
+        }
         let id = self.next_listener;
         self.next_listener += 1;
         let backlog = backlog.clamp(1, self.cfg.max_backlog);
-        self.listeners.insert(id, Listener { port, app, backlog, syn_rcvd: 0, unaccepted: 0 });
-        self.listener_by_port.insert(port, id);
+        self.listeners.insert(id, Listener { port, app, backlog, reuse_port, syn_rcvd: 0, unaccepted: 0 });
+        self.listener_by_port.entry(port).or_default().push(id);
         if let Some(a) = self.apps.get_mut(&app) {
             a.listeners.push(id);
         }
-        tracing::debug!(app, port, backlog, listener = id, "listening");
+        tracing::debug!(app, port, backlog, reuse_port, listener = id, "listening");
         Ok(id)
+    }
+
+    /// The listener a new connection `key` to `port` goes to: the only one, or for a
+    /// `SO_REUSEPORT` group the one a hash of the 4-tuple picks, so that a SYN's
+    /// retransmissions and a SYN cookie's final ACK reach the same listener as long as the
+    /// group does not change.
+    fn listener_for(&self, port: u16, key: FlowKey) -> Option<u32> {
+        let group = self.listener_by_port.get(&port)?;
+        match group.len() {
+            0 => None,
+            1 => Some(group[0]),
+            n => {
+                let h = self.isn_key.hash_one(("reuseport", key.0)) as usize;
+                Some(group[h % n])
+            }
+        }
     }
 
     fn close_listener(&mut self, id: u32) {
         let Some(l) = self.listeners.remove(&id) else { return };
-        self.listener_by_port.remove(&l.port);
+        if let Some(group) = self.listener_by_port.get_mut(&l.port) {
+            group.retain(|&x| x != id);
+            if group.is_empty() {
+                self.listener_by_port.remove(&l.port);
+            }
+        }
         // Handshakes in progress on it die with it.
         let pending: Vec<FlowKey> = self
             .conns
@@ -804,7 +843,7 @@ impl SlowPath {
         for k in pending {
             self.conns.remove(&k);
         }
-        if !self.port_refs.contains_key(&l.port) {
+        if !self.port_refs.contains_key(&l.port) && !self.listener_by_port.contains_key(&l.port) {
             self.filter.release(l.port);
         }
     }
@@ -1249,14 +1288,14 @@ impl SlowPath {
         let key = FlowKey::new(u32::from(src), seg.src_port, seg.dst_port);
         let Some(c) = self.conns.get(&key) else {
             if seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::ACK) {
-                if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
+                if let Some(lid) = self.listener_for(seg.dst_port, key) {
                     self.passive_open(core, lid, key, mac, src, seg);
                     return;
                 }
             }
             // The final ACK of a handshake answered with a SYN cookie.
             if seg.flags.contains(TcpFlags::ACK) && !seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::RST) {
-                if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
+                if let Some(lid) = self.listener_for(seg.dst_port, key) {
                     if self.cookie_ack(core, lid, key, mac, seg, frame) {
                         return;
                     }
@@ -1342,7 +1381,7 @@ impl SlowPath {
                         _ => false,
                     };
                     let newer_seq = (seg.seq_number.wrapping_sub(rcv_nxt) as i32) > 0;
-                    if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
+                    if let Some(lid) = self.listener_for(seg.dst_port, key) {
                         if newer_ts || (ts.is_none() && newer_seq) {
                             self.counters.time_wait_reused += 1;
                             self.drop_conn(key);

@@ -375,3 +375,82 @@ fn events_wait_when_an_application_does_not_poll() {
     assert_eq!(firsts, (0..40).collect::<Vec<u8>>());
     assert!(w.a.cores[0].counters().app_queue_full.load(std::sync::atomic::Ordering::Relaxed) > 0, "the fast path's queue did fill");
 }
+
+/// `SO_REUSEPORT`-style listener groups: two applications of one user share a port and the
+/// service spreads connections over both; a listener without the option, or of another
+/// user, is refused the port; when one member leaves, the other takes every new
+/// connection.
+#[test]
+fn reuseport_group_spreads_connections_and_refuses_strangers() {
+    use libtas::{Context, ListenOptions};
+    const PORT: u16 = 8000;
+    const N: usize = 40;
+    let mut w = World::new(Impairments::default(), 3);
+    let mut s1 = context(&mut w.a, IP_A, "worker-1");
+    let mut s2 = context(&mut w.a, IP_A, "worker-2");
+    let mut other_user = context_as(&mut w.a, IP_A, "intruder", 1000);
+    let mut client = context(&mut w.b, IP_B, "client");
+
+    let listen = |w: &mut World, ctx: &mut Context, opts: ListenOptions| {
+        let tok = ctx.listen_start_with(PORT, 128, opts).unwrap();
+        loop {
+            w.step(&mut [&mut *ctx]);
+            match ctx.listen_result(tok) {
+                Ok(None) => continue,
+                other => return other,
+            }
+        }
+    };
+    let l1 = listen(&mut w, &mut s1, ListenOptions::reuse_port()).unwrap().unwrap();
+    let l2 = listen(&mut w, &mut s2, ListenOptions::reuse_port()).unwrap().unwrap();
+    assert_eq!(listen(&mut w, &mut s2, ListenOptions::default()), Err(Error::AddrInUse), "a member without reuse_port");
+    assert_eq!(
+        listen(&mut w, &mut other_user, ListenOptions::reuse_port()),
+        Err(Error::AddrInUse),
+        "another user must not join the group"
+    );
+
+    // `n` connections, each exchanging a distinct message through whichever member
+    // accepted it; returns how many each member accepted.
+    let round = |w: &mut World, s1: &mut Context, s2: &mut Context, client: &mut Context, n: usize| {
+        let (mut e1, mut e2) = (Echo::default(), Echo::default());
+        let conns: Vec<_> = (0..n).map(|_| client.connect_start(SocketAddrV4::new(IP_A, PORT)).unwrap()).collect();
+        let mut got = vec![Vec::new(); n];
+        let mut sent = vec![false; n];
+        let mut steps = 0;
+        while got.iter().enumerate().any(|(i, g)| g.len() < format!("hello {i}").len()) {
+            steps += 1;
+            assert!(steps < 1_000_000, "no progress");
+            w.step(&mut [&mut *s1, &mut *s2, &mut *client]);
+            e1.step(s1, l1);
+            e2.step(s2, l2);
+            for (i, &c) in conns.iter().enumerate() {
+                let msg = format!("hello {i}");
+                if !sent[i] && client.state(c) == ConnState::Established {
+                    assert_eq!(client.send(c, msg.as_bytes()), Ok(msg.len()));
+                    sent[i] = true;
+                }
+                let mut buf = [0u8; 64];
+                if let Ok(k) = client.recv(c, &mut buf) {
+                    got[i].extend_from_slice(&buf[..k]);
+                }
+            }
+        }
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(g, format!("hello {i}").as_bytes(), "connection {i} got another's bytes");
+        }
+        for c in conns {
+            client.close(c).unwrap();
+        }
+        (e1.conns.len(), e2.conns.len())
+    };
+    let (a, b) = round(&mut w, &mut s1, &mut s2, &mut client, N);
+    assert_eq!(a + b, N);
+    // A hash over 40 random ephemeral ports: fewer than 5 on one side has probability ~1e-7.
+    assert!(a >= 5 && b >= 5, "connections not spread over the group: {a} and {b}");
+
+    // Worker 1 leaves: worker 2 takes every new connection.
+    s1.unlisten(l1).unwrap();
+    let (a, b) = round(&mut w, &mut s1, &mut s2, &mut client, N / 2);
+    assert_eq!((a, b), (0, N / 2));
+}

@@ -200,19 +200,20 @@ fn redis_cli_round_trips_through_tas_kv_on_the_stack() {
 /// redis-benchmark in B, pipelined, against tas-kv on the stack: every test completes with
 /// its request count and no error reply, and the server counted every INCR.
 ///
+/// tas-kv runs two threads, so the stack's listener group (`reuse_port`) is exercised: both
+/// threads must have served commands.
+///
 /// Each test runs as its own redis-benchmark, a moment after the previous one's connections
-/// closed. In one run, redis-benchmark closes its connections and opens new ones at once,
-/// and tasd hands a just-freed connection slot to a new connection (its free list is LIFO)
-/// before libtas has taken the old connection's `Closed`: the new connection's data then
-/// looks like data after the old one's FIN and the context fails ("receive data after the
-/// peer's FIN"). That is a tasd/libtas bug, reported with this issue; a test of connection
-/// churn belongs with its fix.
+/// closed (this once hid a bug, fixed since: tasd handed a just-freed connection slot to a
+/// new connection before libtas had taken the old one's `Closed`; free slots are now
+/// reused oldest first).
 #[test]
 #[ignore = "needs root and veth: run with cargo test -- --ignored"]
 fn redis_benchmark_pipelined_get_set_incr_mset_on_the_stack() {
     let bed = Bed::up("kv-bench");
     bed.start_tasd();
-    bed.start_tas_kv("tas", PORT_TAS, &["--threads", "1"]);
+    // Two threads, one libtas context each, sharing the port as a listener group.
+    bed.start_tas_kv("tas", PORT_TAS, &["--threads", "2"]);
     let before = bed.kernel_tcp_counters_a();
     let n: u64 = 100_000;
     let port = PORT_TAS.to_string();
@@ -281,6 +282,17 @@ fn redis_benchmark_pipelined_get_set_incr_mset_on_the_stack() {
         processed >= 4 * n,
         "the server executed {processed} commands, redis-benchmark sent at least {}",
         4 * n
+    );
+    // tasd spread redis-benchmark's 20 connections per test over both threads' listeners.
+    let line = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("commands_per_thread:"))
+        .unwrap_or_else(|| panic!("INFO stats has no commands_per_thread:\n{info}"));
+    let per_thread: Vec<u64> = line.split(',').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(per_thread.len(), 2, "{line}");
+    assert!(
+        per_thread.iter().all(|&c| c >= n / 10),
+        "the listener group did not spread the connections over both threads: {line}"
     );
     bed.assert_kernel_a_did_no_tcp(&before);
 }

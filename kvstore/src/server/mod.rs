@@ -89,13 +89,9 @@ pub fn start(cfg: &Config) -> Result<Running, String> {
             })
             .map_err(|e| format!("cannot start a server thread: {e}"))?;
         threads.push(t);
-        // Threads attach and listen one after the other, so the tas backend's listener
-        // always goes to thread 0.
+        // Threads attach and listen one after the other, so a failure names its thread.
         match ready_rx.recv_timeout(Duration::from_secs(30)) {
             Ok((_, Ok(()))) => {}
-            Ok((j, Err(e))) if i > 0 && cfg.backend == Backend::Tas => {
-                eprintln!("tas-kv: {e}; thread {j} serves nothing (tasd gives each port one listener, so one context accepts all connections)");
-            }
             Ok((_, Err(e))) => {
                 stop.store(true, Ordering::Relaxed);
                 return Err(e);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use libtas::{ConnId, Context, Error, Event};
+use libtas::{ConnId, Context, Error, Event, ListenOptions};
 
 use super::conn::{Conn, Env};
 use super::shared::{Shared, ThreadStats};
@@ -25,9 +25,10 @@ enum End {
     Broken(String),
 }
 
-/// Serve on `port` until `stop` is set. Each thread attaches its own context; tasd gives
-/// each port one listener (no `SO_REUSEPORT` equivalent yet), so only the thread that got it
-/// accepts connections, and the others report that and end (docs/benchmarks.md).
+/// Serve on `port` until `stop` is set. Each thread attaches its own context and listens
+/// with `reuse_port`, so the threads form one listener group and tasd spreads new
+/// connections over them by a hash of the 4-tuple (as the kernel backend's `SO_REUSEPORT`
+/// listeners do).
 ///
 /// If the context fails while serving — tasd restarts, or breaks the protocol — the
 /// thread drops it (tasd resets its connections) and attaches and listens again, so the
@@ -75,7 +76,7 @@ fn serve_once(thread: usize, shared: &Arc<Shared>, port: u16, socket: Option<&Pa
             return End::Setup(msg);
         }
     };
-    let listener = match ctx.listen(port, 1024) {
+    let listener = match ctx.listen_with(port, 1024, ListenOptions::reuse_port()) {
         Ok(l) => l,
         Err(e) => {
             let msg = format!("thread {thread}: cannot listen on port {port} through tasd: {e}");

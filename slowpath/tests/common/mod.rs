@@ -20,7 +20,12 @@ pub fn layout() -> Layout {
 }
 
 pub fn context(host: &mut SimHost, ip: Ipv4Addr, name: &str) -> Context {
-    let region: Arc<HeapRegion> = host.attach_local(name);
+    context_as(host, ip, name, 0)
+}
+
+/// [`context`] for an application of user `uid`.
+pub fn context_as(host: &mut SimHost, ip: Ipv4Addr, name: &str, uid: u32) -> Context {
+    let region: Arc<HeapRegion> = host.attach_local_as(name, uid);
     // SAFETY: the region stays alive through the keep-alive Arc; one context per region.
     unsafe {
         let map = RegionMapping::borrowed(region.base(), region.len(), region.clone());
