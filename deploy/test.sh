@@ -4,6 +4,7 @@
 #   phase 1  cargo test --workspace                  unit, property and simulated-network tests;
 #                                                    no privileges. #[ignore]d tests are the root
 #                                                    tier and are listed as ignored here.
+#   phase 1b cargo test -p tas-kvstore --features shuttle --test shuttle; cargo check of fuzz/
 #   build    cargo build --release --workspace       the binaries the root tier runs (tasd, tas-echo)
 #   phase 2  cargo test --workspace --tests -- --ignored --test-threads=1 [--skip PENDING...]
 #                                                    the root tier: real network namespaces and
@@ -69,6 +70,21 @@ count "$LOGDIR/phase1.log"
 passed=$((passed + P)) failed=$((failed + F)) ignored1=$I
 if [ "$rc" -ne 0 ] && [ "$F" -eq 0 ]; then
     failed=$((failed + 1)); notes+=("phase 1: cargo test exited $rc without a failing test (a build error?)")
+fi
+
+banner "phase 1b: kvstore under shuttle's scheduler, and the fuzz targets still build"
+# The store's bucket swap under shuttle's randomized scheduler (a feature build of its own).
+cargo test -p tas-kvstore --features shuttle --test shuttle -j"$JOBS" 2>&1 | tee "$LOGDIR/shuttle.log"
+rc=${PIPESTATUS[0]}
+count "$LOGDIR/shuttle.log"
+passed=$((passed + P)) failed=$((failed + F))
+if [ "$rc" -ne 0 ] && [ "$F" -eq 0 ]; then
+    failed=$((failed + 1)); notes+=("the shuttle tests exited $rc without a failing test (a build error?)")
+fi
+# fuzz/ is outside the workspace: check it compiles against today's APIs, so the targets
+# never rot (running them is deploy/fuzz-smoke.sh's job).
+if ! cargo check --manifest-path fuzz/Cargo.toml --bins -j"$JOBS"; then
+    failed=$((failed + 1)); notes+=("the fuzz targets (fuzz/) do not compile")
 fi
 
 banner "build: cargo build --release --workspace (the binaries the root tier runs)"
