@@ -162,7 +162,7 @@ impl FlowState {
 /// intervals cover the common loss patterns (one to three holes per window) while the
 /// bookkeeping stays a fixed 36 bytes per flow. A segment that would need a fifth
 /// interval is dropped (the peer retransmits it), never the data already held.
-pub const MAX_OOO: usize = 4;
+pub const MAX_OOO: usize = 16;
 
 /// The out-of-order intervals of one flow, sorted, disjoint and not touching. Their
 /// bytes are already in the receive ring at their final positions.
@@ -505,8 +505,20 @@ mod tests {
         assert!(o.insert(200, 250), "touching merges");
         assert_eq!(&o.iv[..o.n as usize], &[(100, 250), (300, 400)]);
         assert!(o.insert(500, 600) && o.insert(700, 800));
-        assert!(!o.insert(900, 1000), "a fifth interval is refused");
+        // Fill the set: intervals at 2000, 2100, ... up to MAX_OOO in all.
+        let extra: Vec<(u32, u32)> = (0..MAX_OOO as u32 - 4).map(|i| (2000 + 100 * i, 2050 + 100 * i)).collect();
+        for &(s, e) in &extra {
+            assert!(o.insert(s, e));
+        }
+        assert!(!o.insert(9000, 9100), "an interval beyond MAX_OOO is refused");
         assert!(o.insert(240, 320), "bridging two intervals frees a place");
+        let mut want = vec![(100, 400), (500, 600), (700, 800)];
+        want.extend_from_slice(&extra);
+        assert_eq!(&o.iv[..o.n as usize], &want[..]);
+        for _ in &extra {
+            o.iv[o.n as usize - 1] = (0, 0);
+            o.n -= 1;
+        }
         assert_eq!(&o.iv[..o.n as usize], &[(100, 400), (500, 600), (700, 800)]);
         let sb = o.sack_blocks(3);
         assert_eq!(sb.as_slice()[0], (100, 400), "last changed first");
