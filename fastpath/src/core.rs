@@ -278,6 +278,8 @@ pub struct FastPath<IO: PacketIo> {
     last_scan_us: u32,
     now: Instant,
     now_us: u32,
+    /// Our TSval for this batch ([`rx::tsval`]).
+    ts_now: u32,
     notified_slow: bool,
 }
 
@@ -334,6 +336,7 @@ impl<IO: PacketIo> FastPath<IO> {
             last_scan_us: 0,
             now: Instant::ZERO,
             now_us: 0,
+            ts_now: 0,
             notified_slow: false,
         }
     }
@@ -363,6 +366,7 @@ impl<IO: PacketIo> FastPath<IO> {
     pub fn poll(&mut self, now: Instant) -> PollResult {
         self.now = now;
         self.now_us = (now.as_nanos() / 1_000) as u32;
+        self.ts_now = rx::tsval(now);
         self.notified_slow = false;
         let mut res = PollResult {
             other: self.commands(),
@@ -547,6 +551,7 @@ impl<IO: PacketIo> FastPath<IO> {
                         ready,
                         touched,
                         now_us,
+                        ts_now,
                         to_slow,
                         ..
                     } = self;
@@ -560,6 +565,7 @@ impl<IO: PacketIo> FastPath<IO> {
                         ready,
                         touched,
                         now_us: *now_us,
+                        ts_now: *ts_now,
                     };
                     let data = io.rx_data(f);
                     let action = parts.on_frame(data);
@@ -588,6 +594,7 @@ impl<IO: PacketIo> FastPath<IO> {
             ready: &mut self.ready,
             touched: &mut self.touched,
             now_us: self.now_us,
+            ts_now: self.ts_now,
         }
     }
 
@@ -889,7 +896,7 @@ impl<IO: PacketIo> FastPath<IO> {
             self.cfg.local_mac,
             self.cfg.local_ip,
             self.ident,
-            self.now_us,
+            self.ts_now,
             flags,
             seq,
             ring_pos,
@@ -1177,6 +1184,7 @@ struct Parts<'a> {
     ready: &'a mut ReadyQueue,
     touched: &'a mut Vec<u32>,
     now_us: u32,
+    ts_now: u32,
 }
 
 impl Parts<'_> {
@@ -1255,6 +1263,7 @@ impl Parts<'_> {
             tcp.payload(),
             &app.attach.mem,
             self.now_us,
+            self.ts_now,
             self.rxc,
         );
         if v & rx::V_EXCEPTION != 0 {

@@ -9,6 +9,7 @@
 
 use crate::appmem::AppMem;
 use crate::flow::*;
+use crate::time::Instant;
 use crate::wire::{SackBlocks, TcpFlags};
 
 /// The fields of a segment the fast path acts on.
@@ -90,10 +91,14 @@ fn seq_lt(a: u32, b: u32) -> bool {
 /// fine enough for data-centre round trips.
 pub const TS_TICK_SHIFT: u32 = 4;
 
-/// Our TSval at `now_us`.
+/// Our TSval at `now`: 16 µs ticks of the whole 64-bit clock, truncated to 32 bits, so it
+/// wraps only every 2^32 ticks (19 hours), where serial-number comparison expects it to.
+/// (Deriving it from the 32-bit microsecond clock, `now_us >> 4`, made it jump back by
+/// 2^28 every 71.6 minutes of uptime, and the peer's PAWS then dropped every segment of
+/// the connection.)
 #[inline]
-pub fn tsval(now_us: u32) -> u32 {
-    now_us >> TS_TICK_SHIFT
+pub fn tsval(now: Instant) -> u32 {
+    (now.as_nanos() / (1_000 << TS_TICK_SHIFT)) as u32
 }
 
 /// Process one segment of an established flow. `payload` is the TCP payload, `ooo` the
@@ -105,6 +110,7 @@ pub fn on_segment(
     payload: &[u8],
     mem: &AppMem,
     now_us: u32,
+    ts_now: u32,
     c: &mut RxCounters,
 ) -> RxVerdict {
     // RFC 5961 3.2: an RST is accepted only if its sequence number is exactly RCV.NXT;
@@ -187,7 +193,7 @@ pub fn on_segment(
         }
         if let (true, Some((_, ecr))) = (f.has(F_TS), seg.ts) {
             if ecr != 0 {
-                let sample = (tsval(now_us).wrapping_sub(ecr) << TS_TICK_SHIFT).max(1);
+                let sample = (ts_now.wrapping_sub(ecr) << TS_TICK_SHIFT).max(1);
                 if sample < 60_000_000 {
                     rtt_sample(f, sample);
                 }
@@ -366,4 +372,20 @@ pub fn rto_us(f: &FlowState, min_us: u32, max_us: u32, initial_us: u32) -> u32 {
     f.srtt_us
         .saturating_add(f.rttvar_us.saturating_mul(4).max(1_000))
         .clamp(min_us, max_us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsval_is_continuous_across_the_u32_microsecond_wrap() {
+        let at_us = |us: u64| tsval(Instant::from_nanos(us * 1_000));
+        let wrap = 1u64 << 32;
+        assert_eq!(at_us(wrap - 16).wrapping_add(1), at_us(wrap));
+        assert_eq!(at_us(wrap + 16 * 1000), at_us(wrap) + 1000);
+        // TSval itself wraps only after 2^32 ticks of 16 µs (19 hours).
+        assert_eq!(at_us(16 * (1u64 << 32)), 0);
+        assert_eq!(at_us(16 * ((1u64 << 32) - 1)), u32::MAX);
+    }
 }

@@ -6,7 +6,6 @@ use std::net::Ipv4Addr;
 
 use crate::appmem::AppMem;
 use crate::flow::{FlowState, F_TS};
-use crate::rx::tsval;
 use crate::wire::{
     self, EtherType, EthernetAddress, EthernetRepr, Ipv4Repr, SackBlocks, TcpFlags, TcpRepr,
 };
@@ -35,7 +34,7 @@ pub fn build_segment(
     local_mac: EthernetAddress,
     local_ip: Ipv4Addr,
     ident: u16,
-    now_us: u32,
+    ts_now: u32,
     flags: TcpFlags,
     seq: u32,
     ring_pos: u32,
@@ -57,7 +56,7 @@ pub fn build_segment(
         sack_permitted: false,
         sack_ranges: sack.copied().unwrap_or_default(),
         timestamp: if f.has(F_TS) {
-            Some((tsval(now_us), f.ts_recent))
+            Some((ts_now, f.ts_recent))
         } else {
             None
         },

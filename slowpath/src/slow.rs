@@ -971,7 +971,7 @@ impl SlowPath {
     fn send_syn(&mut self, key: FlowKey) {
         let Some(c) = self.conns.get(&key) else { return };
         let Phase::SynSent { iss, .. } = c.phase else { return };
-        let (ws, ts) = self.our_syn_opts(None, tsval(self.now_us()));
+        let (ws, ts) = self.our_syn_opts(None, tsval(self.now));
         let tcp = TcpRepr {
             src_port: c.local_port,
             dst_port: c.remote_port,
@@ -1323,7 +1323,7 @@ impl SlowPath {
                             ack_number: Some(irs.wrapping_add(1)),
                             flags: TcpFlags::ACK,
                             window_len: self.syn_window(),
-                            timestamp: opts.ts.map(|v| (tsval(self.now_us()), v)),
+                            timestamp: opts.ts.map(|v| (tsval(self.now), v)),
                             ..self.bare(seg)
                         };
                         self.counters.challenge_acks += 1;
@@ -1399,7 +1399,7 @@ impl SlowPath {
                         ack_number: Some(rcv_nxt),
                         flags: TcpFlags::ACK,
                         window_len: window,
-                        timestamp: ts.map(|_| (tsval(self.now_us()), ecr.unwrap_or(0))),
+                        timestamp: ts.map(|_| (tsval(self.now), ecr.unwrap_or(0))),
                         ..self.bare(seg)
                     };
                     self.send_tcp(core, mac, src, &tcp);
@@ -1523,7 +1523,7 @@ impl SlowPath {
     fn send_synack(&mut self, key: FlowKey) {
         let Some(c) = self.conns.get(&key) else { return };
         let Phase::SynRcvd { iss, irs, opts, .. } = c.phase else { return };
-        let (ws, ts) = self.our_syn_opts(Some(opts), tsval(self.now_us()));
+        let (ws, ts) = self.our_syn_opts(Some(opts), tsval(self.now));
         let tcp = TcpRepr {
             src_port: c.local_port,
             dst_port: c.remote_port,
@@ -1659,7 +1659,7 @@ impl SlowPath {
             // RFC 9293 3.10.7.3, SYN-SENT with SYN and no ACK: simultaneous open. Answer
             // with SYN-ACK (our ISN again, with our options) and wait for the ACK.
             let opts = Self::peer_opts(seg);
-            let (ws, ts) = self.our_syn_opts(Some(opts), tsval(self.now_us()));
+            let (ws, ts) = self.our_syn_opts(Some(opts), tsval(self.now));
             let syn_window = self.syn_window();
             let bare = self.bare(seg);
             let c = self.conns.get_mut(&key).expect("present");
@@ -1731,7 +1731,7 @@ impl SlowPath {
             ack_number: Some(irs.wrapping_add(1)),
             flags: TcpFlags::ACK,
             window_len: tas_fastpath::tx::window_field(&state),
-            timestamp: if state.flags & F_TS != 0 { Some((tsval(self.now_us()), opts.ts.unwrap_or(0))) } else { None },
+            timestamp: if state.flags & F_TS != 0 { Some((tsval(self.now), opts.ts.unwrap_or(0))) } else { None },
             ..self.bare(seg)
         };
         let c = self.conns.get_mut(&key).expect("present");

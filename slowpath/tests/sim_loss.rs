@@ -71,3 +71,17 @@ fn zero_window_phases() {
     assert!(t.secs > 2.7, "nine pauses of 300 ms happened ({:.3} s)", t.secs);
     assert!(t.secs < 30.0, "window reopenings were noticed promptly ({:.3} s)", t.secs);
 }
+
+/// A connection alive when the 32-bit microsecond clock wraps (every 71.6 minutes of
+/// CLOCK_MONOTONIC) keeps sending timestamps that move forward, so the peer's PAWS check
+/// (RFC 7323 5) keeps accepting its segments. Until 2026-11-22 the TSval was the wrapped
+/// microsecond count shifted right by 4: it jumped back by 2^28 ticks at the wrap and the
+/// peer dropped every later segment until the connection gave up.
+#[test]
+fn transfer_across_the_microsecond_clock_wrap() {
+    // 0.1 s before the wrap; 50 MB take about 0.42 s, so the wrap falls mid-transfer.
+    let start = tas_fastpath::time::Instant::from_nanos(((1u64 << 32) - 100_000) * 1_000);
+    let t = bulk_from(link(), 9, 50_000_000, None, Some(start));
+    assert_eq!(t.rtos, 0, "the wrap must cost nothing: {t:?}");
+    assert!(t.mbps > 500.0, "{t:?}");
+}

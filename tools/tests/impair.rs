@@ -454,6 +454,7 @@ struct Paths {
     tasd: PathBuf,
     tas_echo: PathBuf,
     tas_impair: PathBuf,
+    tasctl: PathBuf,
     sandbox: PathBuf,
     peers: PathBuf,
 }
@@ -475,6 +476,7 @@ impl Paths {
             tasd: bin_dir.join("tasd"),
             tas_echo: bin_dir.join("tas-echo"),
             tas_impair: bin_dir.join("tas-impair"),
+            tasctl: bin_dir.join("tasctl"),
             sandbox: repo.join("deploy/sandbox.sh"),
             peers: tools.join("peers"),
         };
@@ -983,6 +985,25 @@ impl Bed {
 impl Drop for Bed {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
+        // The stack's own view of the run (retransmissions, RTOs, SACK ranges, drops),
+        // taken while tasd still runs: the forwarder's counters say what the network did,
+        // these say how the stack answered.
+        let control = self.run_dir.join("control.sock");
+        if control.exists() && self.paths.tasctl.is_file() {
+            match Command::new(&self.paths.tasctl)
+                .arg("--socket")
+                .arg(&control)
+                .arg("stats")
+                .output()
+            {
+                Ok(o) => eprintln!(
+                    "---- tasctl stats at the end ----\n{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => eprintln!("---- tasctl stats: cannot run: {e}"),
+            }
+        }
         let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
         for p in procs.iter_mut().rev() {
             stop_child(&mut p.child, Duration::from_secs(3));

@@ -157,7 +157,15 @@ pub struct Transfer {
 /// byte at the receiver. `pause` makes the receiver stop reading for that long after
 /// each `pause_every` bytes (zero-window phases).
 pub fn bulk(imp: Impairments, seed: u64, total: u64, pause: Option<(u64, Duration)>) -> Transfer {
+    bulk_from(imp, seed, total, pause, None)
+}
+
+/// [`bulk`] with the virtual clock first moved to `start`.
+pub fn bulk_from(imp: Impairments, seed: u64, total: u64, pause: Option<(u64, Duration)>, start: Option<tas_fastpath::time::Instant>) -> Transfer {
     let mut w = World::new(imp, seed);
+    if let Some(t) = start {
+        w.clock.set(t);
+    }
     let mut server = context(&mut w.a, IP_A, "sink");
     let mut client = context(&mut w.b, IP_B, "source");
     let l = listen(&mut w, &mut server, &mut client, 5001);
