@@ -91,6 +91,9 @@ fn seq_lt(a: u32, b: u32) -> bool {
 /// fine enough for data-centre round trips.
 pub const TS_TICK_SHIFT: u32 = 4;
 
+/// PAWS tolerance in ticks of the peer's timestamp clock (Linux's `TCP_PAWS_WINDOW`).
+pub const PAWS_WINDOW: u32 = 1;
+
 /// Our TSval at `now`: 16 µs ticks of the whole 64-bit clock, truncated to 32 bits, so it
 /// wraps only every 2^32 ticks (19 hours), where serial-number comparison expects it to.
 /// (Deriving it from the 32-bit microsecond clock, `now_us >> 4`, made it jump back by
@@ -136,10 +139,12 @@ pub fn on_segment(
         return 0;
     }
     // RFC 7323 5.3 PAWS: a segment whose TSval is older than TS.Recent is a stale
-    // duplicate; drop it and acknowledge.
+    // duplicate; drop it and acknowledge. Like Linux (TCP_PAWS_WINDOW), one tick of the
+    // peer's clock is tolerated: with millisecond clocks, segments reordered by a
+    // millisecond would otherwise be thrown away as duplicates although they carry new data.
     if f.has(F_TS) {
         if let Some((val, _)) = seg.ts {
-            if f.ts_recent != 0 && seq_lt(val, f.ts_recent) {
+            if f.ts_recent != 0 && seq_lt(val.wrapping_add(PAWS_WINDOW), f.ts_recent) {
                 c.paws_dropped += 1;
                 return V_ACK;
             }
@@ -147,11 +152,16 @@ pub fn on_segment(
     }
     let mut v = 0;
     f.heard_us = now_us;
-    // RFC 7323 4.3: TS.Recent takes the TSval of every segment that covers Last.ACK.sent
-    // (SEG.SEQ <= RCV.NXT here), pure ACKs included; PAWS above made sure it is not older.
+    // RFC 7323 4.3: TS.Recent takes the TSval of a segment that covers Last.ACK.sent
+    // (SEG.SEQ <= RCV.NXT here), pure ACKs included — but not of a data segment that lies
+    // wholly below RCV.NXT (RFC 1323's SEG.SEQ + SEG.LEN > Last.ACK.sent): such a
+    // duplicate is a spurious retransmission with a fresh TSval, and letting it advance
+    // TS.Recent would make PAWS discard the originals of later data still in flight.
     if f.has(F_TS) {
         if let Some((val, _)) = seg.ts {
-            if !seq_lt(f.rcv_nxt, seg.seq) {
+            let duplicate = !payload.is_empty()
+                && !seq_lt(f.rcv_nxt, seg.seq.wrapping_add(payload.len() as u32));
+            if !seq_lt(f.rcv_nxt, seg.seq) && !duplicate && !seq_lt(val, f.ts_recent) {
                 f.ts_recent = val;
             }
         }
