@@ -19,7 +19,7 @@ use tas_proto::shm::{Doorbell, FpEvent};
 use crate::ctl::*;
 use crate::flow::*;
 use crate::io::{PacketIo, RxFrame, MAX_FRAME};
-use crate::qman::ReadyQueue;
+use crate::qman::{QueueManager, MAX_LAG_NS};
 use crate::rx::{self, RxCounters, SegInfo};
 use crate::time::{Clock, Instant};
 use crate::tx;
@@ -56,6 +56,11 @@ pub struct FpConfig {
     pub verify_checksums: bool,
     /// Keepalive timing for flows with `F_KEEPALIVE`.
     pub keepalive: Keepalive,
+    /// Congestion control reports a flow's counters every `cc_interval_rtts` smoothed
+    /// RTTs ...
+    pub cc_interval_rtts: u32,
+    /// ... but not more often than every `cc_interval_min_us` µs.
+    pub cc_interval_min_us: u32,
 }
 
 /// Keepalive timing (RFC 9293 3.8.4; Linux's defaults: 2 h idle, 75 s apart, 9 probes).
@@ -95,6 +100,8 @@ impl FpConfig {
             max_retries: 12,
             verify_checksums: true,
             keepalive: Keepalive::default(),
+            cc_interval_rtts: 2,
+            cc_interval_min_us: 100,
         }
     }
 }
@@ -172,6 +179,14 @@ pub struct CoreCounters {
     pub sleeps: AtomicU64,
     /// Live flows.
     pub flows: AtomicU64,
+    /// Data segments received with CE (congestion experienced) on ECN flows.
+    pub ecn_ce_received: AtomicU64,
+    /// ACKs received with ECE (the peer saw CE) on ECN flows.
+    pub ecn_echoes_received: AtomicU64,
+    /// Congestion-control reports sent to the slow path.
+    pub cc_reports: AtomicU64,
+    /// Times a paced flow waited on the timer wheel for its next send time.
+    pub pacing_waits: AtomicU64,
 }
 
 #[inline]
@@ -270,7 +285,7 @@ pub struct FastPath<IO: PacketIo> {
     slow_notify: Option<Arc<dyn Notify>>,
     counters: Arc<CoreCounters>,
     rxc: RxCounters,
-    ready: ReadyQueue,
+    qm: QueueManager,
     touched: Vec<u32>,
     frames: Vec<RxFrame>,
     ident: u16,
@@ -321,7 +336,7 @@ impl<IO: PacketIo> FastPath<IO> {
             ooo: vec![OooSet::default(); cap as usize],
             apps: (0..MAX_APPS).map(|_| None).collect(),
             active_apps: Vec::with_capacity(MAX_APPS),
-            ready: ReadyQueue::new(cap),
+            qm: QueueManager::new(cap),
             touched: Vec::with_capacity(cfg.rx_batch * 2 + DOORBELL_BUDGET * 4),
             frames: vec![RxFrame::default(); cfg.rx_batch],
             cfg,
@@ -432,6 +447,7 @@ impl<IO: PacketIo> FastPath<IO> {
                     }
                     if self.flows.insert(flow, state).is_ok() {
                         bump(&self.counters.flows, 1);
+                        self.qm.reset(flow);
                         // Data the app queued before installation, or a FIN, goes out now.
                         self.schedule(flow);
                     } else {
@@ -467,6 +483,11 @@ impl<IO: PacketIo> FastPath<IO> {
                     self.io.set_capture(spec.map(|s| *s));
                 }
                 Command::ShutdownTx { flow } => self.shutdown_tx(flow),
+                Command::SetCc {
+                    flow,
+                    cwnd,
+                    rate_kbps,
+                } => self.set_cc(flow, cwnd, rate_kbps),
             }
         }
         n
@@ -548,7 +569,7 @@ impl<IO: PacketIo> FastPath<IO> {
                         apps,
                         counters,
                         rxc,
-                        ready,
+                        qm,
                         touched,
                         now_us,
                         ts_now,
@@ -562,7 +583,7 @@ impl<IO: PacketIo> FastPath<IO> {
                         apps,
                         counters,
                         rxc,
-                        ready,
+                        qm,
                         touched,
                         now_us: *now_us,
                         ts_now: *ts_now,
@@ -591,7 +612,7 @@ impl<IO: PacketIo> FastPath<IO> {
             apps: &mut self.apps,
             counters: &self.counters,
             rxc: &mut self.rxc,
-            ready: &mut self.ready,
+            qm: &mut self.qm,
             touched: &mut self.touched,
             now_us: self.now_us,
             ts_now: self.ts_now,
@@ -607,6 +628,12 @@ impl<IO: PacketIo> FastPath<IO> {
                 }
             }
             FrameAction::Flow { idx, v, sack } => {
+                if v & V_CC != 0 {
+                    let f = self.flows.get(idx).expect("live flow");
+                    let sample = CcSample::of(f, self.now_us);
+                    bump(&self.counters.cc_reports, 1);
+                    self.report(ToSlow::Cc { flow: idx, sample });
+                }
                 if v & rx::V_FAST_RETX != 0 {
                     bump(&self.counters.fast_retransmits, 1);
                     let f = *self.flows.get(idx).expect("live flow");
@@ -687,7 +714,7 @@ impl<IO: PacketIo> FastPath<IO> {
                         &mut self.flows,
                         slot as u16,
                         db,
-                        &mut self.ready,
+                        &mut self.qm,
                         &mut self.touched,
                     ),
                     Err(_) => false,
@@ -711,9 +738,24 @@ impl<IO: PacketIo> FastPath<IO> {
         if let Some(f) = self.flows.get_mut(flow) {
             if !f.has(F_IN_TXQ) {
                 f.flags |= F_IN_TXQ;
-                self.ready.push(flow);
+                self.qm.make_ready(flow);
             }
         }
+    }
+
+    /// Congestion control's new limits for `flow` (`Command::SetCc`).
+    fn set_cc(&mut self, flow: u32, cwnd: u32, rate_kbps: u32) {
+        let Some(f) = self.flows.get_mut(flow) else {
+            return;
+        };
+        if !f.has(F_ACTIVE) {
+            return;
+        }
+        f.cwnd = cwnd;
+        f.flags2 |= F2_CC;
+        self.qm.set_rate(flow, rate_kbps, self.now.as_nanos());
+        // It may send more now (a scheduled flow with nothing to send costs one turn).
+        self.schedule(flow);
     }
 
     fn go_back(&mut self, flow: u32) {
@@ -723,7 +765,15 @@ impl<IO: PacketIo> FastPath<IO> {
         if !f.has(F_ACTIVE) {
             return;
         }
-        // Go-back-N: everything unacknowledged is unsent again.
+        // Go-back-N: everything unacknowledged is unsent again. `recover` keeps the highest
+        // sequence sent so far: ACKs up to it stay acceptable (rx.rs) while the resend,
+        // limited by the congestion window, has not got that far yet.
+        let sent_max = f.snd_nxt();
+        let recover = if rx::seq_lt(f.recover, sent_max) || !rx::seq_lt(f.snd_una, f.recover) {
+            sent_max
+        } else {
+            f.recover
+        };
         f.tx_avail += f.tx_sent;
         f.tx_sent = 0;
         if f.snd_wnd == 0 {
@@ -735,7 +785,7 @@ impl<IO: PacketIo> FastPath<IO> {
         }
         f.dupacks = 0;
         f.flags &= !(F_RECOVERY | F_TLP | F_SCOREBOARD);
-        f.recover = f.snd_nxt();
+        f.recover = recover;
         f.cnt_retx = f.cnt_retx.wrapping_add(1);
         self.schedule(flow);
     }
@@ -761,6 +811,7 @@ impl<IO: PacketIo> FastPath<IO> {
                     f.snd_una.wrapping_add(f.tx_sent),
                     pos,
                     0,
+                    false,
                 ) as usize;
             }
             return 0;
@@ -777,6 +828,7 @@ impl<IO: PacketIo> FastPath<IO> {
                 f.snd_una.wrapping_add(off),
                 pos,
                 l as usize,
+                false,
             ) {
                 break;
             }
@@ -792,49 +844,73 @@ impl<IO: PacketIo> FastPath<IO> {
     }
 
     fn transmit(&mut self) -> usize {
+        let now_ns = self.now.as_nanos();
+        self.qm.expire(now_ns);
         let mut sent = 0;
-        let rounds = self.ready.len();
+        let rounds = self.qm.ready.len();
         for _ in 0..rounds {
-            let Some(idx) = self.ready.pop() else { break };
-            let (n, more) = self.send_flow(idx);
+            let Some(idx) = self.qm.pop() else { break };
+            let turn = self.send_flow(idx, now_ns);
+            let n = match turn {
+                Turn::Done(n) | Turn::More(n) | Turn::Paced(n, _) | Turn::NoFrames(n) => n,
+            };
             sent += n;
-            if let Some(f) = self.flows.get_mut(idx) {
-                if more {
-                    self.ready.push(idx);
-                } else {
-                    f.flags &= !F_IN_TXQ;
+            let Some(f) = self.flows.get_mut(idx) else {
+                continue;
+            };
+            match turn {
+                Turn::Done(_) => f.flags &= !F_IN_TXQ,
+                Turn::More(_) => self.qm.requeue(idx),
+                Turn::Paced(_, at) => {
+                    bump(&self.counters.pacing_waits, 1);
+                    self.qm.park(idx, at);
                 }
-            }
-            if n == 0 && more {
-                break; // out of frames
+                Turn::NoFrames(_) => {
+                    self.qm.requeue(idx);
+                    break;
+                }
             }
         }
         sent
     }
 
-    /// Send what flow `idx` may send now. Returns (segments, still has sendable data).
-    fn send_flow(&mut self, idx: u32) -> (usize, bool) {
+    /// Send what flow `idx` may send now: up to `tx_burst` segments within the peer's
+    /// window, the congestion window and the pacing rate.
+    fn send_flow(&mut self, idx: u32, now_ns: u64) -> Turn {
         let mut n = 0;
-        loop {
+        let mut pace = match self.qm.pace.get(idx as usize) {
+            Some(p) => *p,
+            None => return Turn::Done(0),
+        };
+        if pace.rate_kbps != 0 {
+            // No credit saved up beyond MAX_LAG_NS while idle or window-blocked.
+            pace.next_ns = pace.next_ns.max(now_ns.saturating_sub(MAX_LAG_NS));
+        }
+        let turn = loop {
             let Some(f) = self.flows.get(idx) else {
-                return (n, false);
+                break Turn::Done(n);
             };
             if !f.has(F_ACTIVE) {
-                return (n, false);
+                break Turn::Done(n);
             }
             let f = *f;
-            let room = f.snd_wnd.saturating_sub(f.tx_sent);
+            let cwnd = if f.cwnd == 0 { u32::MAX } else { f.cwnd };
+            let room = f.snd_wnd.min(cwnd).saturating_sub(f.tx_sent);
             let mut len = f.tx_avail.min(f.mss as u32).min(room);
+            // A zero-window probe goes out whatever the congestion window says.
             let probe = len == 0 && f.tx_avail > 0 && f.has(F_PROBE);
             if probe {
                 len = 1;
             }
             let fin_now = f.has(F_TX_FIN_PENDING) && !f.has(F_TX_FIN_SENT) && len == f.tx_avail;
             if len == 0 && !fin_now {
-                return (n, false);
+                break Turn::Done(n);
+            }
+            if pace.rate_kbps != 0 && pace.next_ns > now_ns {
+                break Turn::Paced(n, pace.next_ns);
             }
             if n as u32 >= self.cfg.tx_burst {
-                return (n, true);
+                break Turn::More(n);
             }
             let mut flags = TcpFlags::ACK;
             if len > 0 && len == f.tx_avail {
@@ -843,10 +919,16 @@ impl<IO: PacketIo> FastPath<IO> {
             if fin_now {
                 flags = flags | TcpFlags::FIN;
             }
+            // RFC 3168 6.1.2: CWR on the first new data segment after reacting to ECE.
+            let cwr = len > 0 && f.has2(F2_CWR_PENDING);
+            if cwr {
+                flags |= TcpFlags::CWR;
+            }
             let seq = f.snd_una.wrapping_add(f.tx_sent);
             let pos = f.tx_head.wrapping_add(f.tx_sent);
-            if !self.emit(idx, flags, seq, pos, len as usize) {
-                return (n, true);
+            let ect = len > 0 && f.has2(F2_ECN);
+            if !self.emit(idx, flags, seq, pos, len as usize, ect) {
+                break Turn::NoFrames(n);
             }
             let fm = self.flows.get_mut(idx).expect("checked");
             if fm.tx_sent == 0 && !fm.has(F_TX_FIN_SENT) {
@@ -855,25 +937,44 @@ impl<IO: PacketIo> FastPath<IO> {
             fm.tx_sent += len;
             fm.tx_avail -= len;
             fm.flags &= !(F_ACK_PENDING | F_PROBE);
+            if cwr {
+                fm.flags2 &= !F2_CWR_PENDING;
+            }
             if fin_now {
                 fm.flags |= F_TX_FIN_SENT;
             }
+            pace.next_ns += pace.cost_ns(len);
             bump(&self.counters.tx_segments, 1);
             bump(&self.counters.tx_payload_bytes, len as u64);
             n += 1;
             if probe || fin_now {
-                return (n, false);
+                break Turn::Done(n);
             }
+        };
+        if let Some(p) = self.qm.pace.get_mut(idx as usize) {
+            p.next_ns = pace.next_ns;
         }
+        turn
     }
 
     /// Build and queue one segment of flow `idx`.
-    fn emit(&mut self, idx: u32, flags: TcpFlags, seq: u32, ring_pos: u32, len: usize) -> bool {
+    fn emit(
+        &mut self,
+        idx: u32,
+        mut flags: TcpFlags,
+        seq: u32,
+        ring_pos: u32,
+        len: usize,
+        ect: bool,
+    ) -> bool {
         let Some(t) = self.io.tx_alloc() else {
             bump(&self.counters.tx_no_frame, 1);
             return false;
         };
         let f = *self.flows.get(idx).expect("live flow");
+        if f.has2(F2_ECE_PENDING) {
+            flags |= TcpFlags::ECE;
+        }
         let mem = self
             .apps
             .get(f.app as usize)
@@ -903,11 +1004,15 @@ impl<IO: PacketIo> FastPath<IO> {
             len,
             mem,
             sack.as_ref(),
+            if ect { tx::ECT0 } else { 0 },
             buf,
         ) {
             Some(total) => {
                 self.io.tx_submit(t, total);
                 bump(&self.counters.tx_frames, 1);
+                if f.has2(F2_ECE_PENDING) {
+                    self.flows.get_mut(idx).expect("live flow").flags2 &= !F2_ECE_PENDING;
+                }
                 true
             }
             None => {
@@ -966,7 +1071,7 @@ impl<IO: PacketIo> FastPath<IO> {
                 bump(&self.counters.keepalive_probes, 1);
                 // RFC 9293 3.8.4: a probe carries SEG.SEQ = SND.NXT-1 so the peer answers
                 // with an ACK.
-                self.emit(idx, TcpFlags::ACK, una.wrapping_sub(1), head, 0);
+                self.emit(idx, TcpFlags::ACK, una.wrapping_sub(1), head, 0, false);
                 continue;
             }
             let rto = rx::rto_us(
@@ -1037,7 +1142,7 @@ impl<IO: PacketIo> FastPath<IO> {
             let f = *f;
             if f.has(F_ACK_PENDING) {
                 let pos = f.tx_head;
-                if self.emit(idx, TcpFlags::ACK, f.snd_nxt(), pos, 0) {
+                if self.emit(idx, TcpFlags::ACK, f.snd_nxt(), pos, 0, false) {
                     bump(&self.counters.tx_acks, 1);
                     self.flows.get_mut(idx).expect("live").flags &= !F_ACK_PENDING;
                 }
@@ -1114,7 +1219,9 @@ impl<IO: PacketIo> FastPath<IO> {
     /// Prepare to block: announce sleeping on every application doorbell queue and
     /// report whether it is safe to sleep (nothing pending anywhere).
     pub fn prepare_sleep(&mut self) -> bool {
-        if !self.ready.is_empty() || !self.cmds.is_empty() {
+        // Paced flows waiting on the wheel keep the core polling (their next send times
+        // are microseconds away; poll(2) sleeps in milliseconds).
+        if !self.qm.is_idle() || !self.cmds.is_empty() {
             return false;
         }
         let mut ok = true;
@@ -1142,6 +1249,15 @@ impl<IO: PacketIo> FastPath<IO> {
         }
     }
 
+    /// The earliest time a paced flow waiting on the timer wheel may send (simulators
+    /// advance their clock to it).
+    pub fn next_pacing_deadline(&self) -> Option<Instant> {
+        if !self.qm.ready.is_empty() {
+            return Some(self.now);
+        }
+        self.qm.wheel.next_expiry_ns().map(Instant::from_nanos)
+    }
+
     /// True if commands are waiting.
     pub fn has_commands(&self) -> bool {
         !self.cmds.is_empty()
@@ -1163,6 +1279,22 @@ fn exc_copy(counters: &CoreCounters, to_slow: &ToSlowTx, data: &[u8]) -> Option<
     Some(f)
 }
 
+/// Verdict bit local to the core: the flow's control interval ended; report its
+/// counters to the slow path.
+const V_CC: rx::RxVerdict = 1 << 31;
+
+/// What one transmit turn of a flow ended with (the count is segments sent).
+enum Turn {
+    /// Nothing more to send now (no data, window or congestion window).
+    Done(usize),
+    /// More to send: the burst limit ended the turn.
+    More(usize),
+    /// More to send at the pacing time given (ns).
+    Paced(usize, u64),
+    /// Out of transmit frames.
+    NoFrames(usize),
+}
+
 enum FrameAction {
     Done,
     Exception,
@@ -1181,7 +1313,7 @@ struct Parts<'a> {
     apps: &'a mut Vec<Option<AppSlot>>,
     counters: &'a CoreCounters,
     rxc: &'a mut RxCounters,
-    ready: &'a mut ReadyQueue,
+    qm: &'a mut QueueManager,
     touched: &'a mut Vec<u32>,
     now_us: u32,
     ts_now: u32,
@@ -1251,6 +1383,7 @@ impl Parts<'_> {
             window: tcp.window_len(),
             ts: tcp.timestamps(),
             sack,
+            ce: ip.ecn() == tx::CE,
         };
         let Some(app) = self.apps.get(f.app as usize).and_then(|a| a.as_ref()) else {
             return FrameAction::Exception;
@@ -1280,9 +1413,30 @@ impl Parts<'_> {
             && !f.has(F_IN_TXQ)
         {
             f.flags |= F_IN_TXQ;
-            self.ready.push(idx);
+            self.qm.make_ready(idx);
         }
-        if v & (rx::V_FAST_RETX | rx::V_SACK | rx::V_PEER_FIN | rx::V_FIN_ACKED) != 0 {
+        let mut v = v;
+        if f.flags2 & (F2_ECN | F2_CC) != 0 {
+            if seg.ce && f.has2(F2_ECN) {
+                bump(&self.counters.ecn_ce_received, 1);
+            }
+            if flags.contains(TcpFlags::ECE) && f.has2(F2_ECN) {
+                bump(&self.counters.ecn_echoes_received, 1);
+            }
+            // Congestion control: report the counters once per control interval
+            // (cc_interval_rtts smoothed RTTs, at least cc_interval_min_us), on an ACK.
+            if f.has2(F2_CC) && v & rx::V_TX != 0 {
+                let iv = f
+                    .srtt_us
+                    .saturating_mul(self.cfg.cc_interval_rtts)
+                    .max(self.cfg.cc_interval_min_us);
+                if self.now_us.wrapping_sub(f.cc_last_us) >= iv {
+                    f.cc_last_us = self.now_us;
+                    v |= V_CC;
+                }
+            }
+        }
+        if v & (rx::V_FAST_RETX | rx::V_SACK | rx::V_PEER_FIN | rx::V_FIN_ACKED | V_CC) != 0 {
             return FrameAction::Flow {
                 idx,
                 v,
@@ -1327,7 +1481,7 @@ fn apply_doorbell(
     flows: &mut FlowTable,
     app: u16,
     db: Doorbell,
-    ready: &mut ReadyQueue,
+    qm: &mut QueueManager,
     touched: &mut Vec<u32>,
 ) -> bool {
     let (flow, conn) = match db {
@@ -1345,20 +1499,20 @@ fn apply_doorbell(
         Doorbell::TxAdded { bytes, .. } => {
             // Never more than the ring can hold beyond what is queued or unacknowledged.
             let used = f.tx_sent as u64 + f.tx_avail as u64;
-            if bytes == 0 || used + bytes as u64 > f.tx_size as u64 || f.has(F_TX_FIN_PENDING) {
+            if bytes == 0 || used + bytes as u64 > f.tx_size() as u64 || f.has(F_TX_FIN_PENDING) {
                 return false;
             }
             f.tx_avail += bytes;
         }
         Doorbell::RxConsumed { bytes, .. } => {
             let before = f.rx_avail;
-            if bytes == 0 || before as u64 + bytes as u64 > f.rx_size as u64 {
+            if bytes == 0 || before as u64 + bytes as u64 > f.rx_size() as u64 {
                 return false;
             }
             f.rx_avail += bytes;
             // Window update when the window reopens meaningfully (RFC 9293 3.8.6.2.2,
             // receiver SWS avoidance: at least min(rcv buffer / 2, MSS) of new space).
-            let threshold = (f.rx_size / 2).min(f.mss as u32 * 2);
+            let threshold = (f.rx_size() / 2).min(f.mss as u32 * 2);
             let advertised = before;
             if f.rx_avail - advertised >= threshold || advertised < f.mss as u32 {
                 f.flags |= F_ACK_PENDING;
@@ -1375,7 +1529,7 @@ fn apply_doorbell(
     }
     if !f.has(F_IN_TXQ) {
         f.flags |= F_IN_TXQ;
-        ready.push(flow);
+        qm.make_ready(flow);
     }
     true
 }

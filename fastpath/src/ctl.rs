@@ -86,6 +86,57 @@ pub enum Command {
         /// Flow-table index.
         flow: u32,
     },
+    /// Congestion control's limits for flow `flow`; also turns on its periodic
+    /// [`ToSlow::Cc`] reports.
+    SetCc {
+        /// Flow-table index.
+        flow: u32,
+        /// Congestion window in bytes (0: none).
+        cwnd: u32,
+        /// Pacing rate in kbit/s of payload (0: unpaced).
+        rate_kbps: u32,
+    },
+}
+
+/// A flow's congestion-control counters as the core saw them (wrapping totals: the
+/// slow path takes differences between reports).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CcSample {
+    /// Time of the report, µs (wrapping).
+    pub now_us: u32,
+    /// Bytes acknowledged.
+    pub acked: u32,
+    /// Bytes acknowledged by ACKs with ECE.
+    pub ecn: u32,
+    /// Duplicate ACKs.
+    pub dupacks: u16,
+    /// Retransmission events.
+    pub retx: u16,
+    /// Smoothed RTT, µs.
+    pub srtt_us: u32,
+    /// RTT variation, µs.
+    pub rttvar_us: u32,
+    /// Bytes in flight.
+    pub in_flight: u32,
+    /// Bytes queued by the application and not yet sent.
+    pub unsent: u32,
+}
+
+impl CcSample {
+    /// The counters of `f` at `now_us`.
+    pub fn of(f: &FlowState, now_us: u32) -> Self {
+        CcSample {
+            now_us,
+            acked: f.cnt_acked,
+            ecn: f.cnt_ecn,
+            dupacks: f.cnt_dupacks,
+            retx: f.cnt_retx,
+            srtt_us: f.srtt_us,
+            rttvar_us: f.rttvar_us,
+            in_flight: f.tx_sent,
+            unsent: f.tx_avail,
+        }
+    }
 }
 
 /// A frame copied out of the fast path for the slow path.
@@ -153,6 +204,13 @@ pub enum ToSlow {
         srtt_us: u32,
         /// The peer's blocks.
         blocks: crate::wire::SackBlocks,
+    },
+    /// Flow `flow`'s control interval ended: its counters for congestion control.
+    Cc {
+        /// Flow-table index.
+        flow: u32,
+        /// The counters.
+        sample: CcSample,
     },
     /// Flow `flow` was removed; its final state.
     FlowRemoved {

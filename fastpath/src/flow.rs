@@ -62,15 +62,20 @@ pub struct FlowState {
     pub rx_avail: u32,
     /// Ring position where the byte with sequence `rcv_nxt` goes.
     pub rx_head: u32,
-    /// Receive ring size (power of two).
-    pub rx_size: u32,
+    /// ECN-echoed bytes: bytes acknowledged by ACKs carrying ECE (wrapping counter;
+    /// with `cnt_acked` the slow path's DCTCP computes the marked fraction).
+    pub cnt_ecn: u32,
     /// Byte offset of the receive ring inside the app region (regions are < 4 GiB).
     pub rx_base: u32,
     /// Start sequence of the lowest kept out-of-order interval (valid if `ooo_count > 0`).
     pub ooo_start: u32,
     /// Number of out-of-order intervals kept (their list lives in the core's
     /// [`OooSet`] side table: rare state stays out of the two hot lines).
-    pub ooo_count: u32,
+    pub ooo_count: u8,
+    /// `F2_*` flags (ECN state, congestion-control reports).
+    pub flags2: u8,
+    /// Duplicate ACKs received (wrapping counter for congestion control).
+    pub cnt_dupacks: u16,
     /// Peer's most recent TSval, echoed in our TSecr.
     pub ts_recent: u32,
     /// Oldest unacknowledged sequence number.
@@ -96,8 +101,9 @@ pub struct FlowState {
     // ---- line 1: transmit side -----------------------------------------------------
     /// Byte offset of the transmit ring inside the app region.
     pub tx_base: u32,
-    /// Transmit ring size (power of two).
-    pub tx_size: u32,
+    /// Congestion window in bytes: at most this much may be unacknowledged
+    /// (0 = no limit). Set by the slow path's congestion control.
+    pub cwnd: u32,
     /// Ring position of the byte with sequence `snd_una`.
     pub tx_head: u32,
     /// Bytes sent and not yet acknowledged (excluding a FIN).
@@ -116,8 +122,8 @@ pub struct FlowState {
     pub progress_us: u32,
     /// Bytes acknowledged since the slow path last read the counters.
     pub cnt_acked: u32,
-    /// Bytes received in order from the peer (wrapping counter for statistics).
-    pub cnt_rx_bytes: u32,
+    /// Time (µs, wrapping) of the last congestion-control report to the slow path.
+    pub cc_last_us: u32,
     /// Bytes delivered to the ring in this batch and not yet announced to the app.
     pub rx_pending: u32,
     /// Bytes freed in the transmit ring in this batch and not yet announced.
@@ -126,8 +132,10 @@ pub struct FlowState {
     pub heard_us: u32,
     /// Retransmission events (timeouts and fast retransmits).
     pub cnt_retx: u16,
-    /// Reserved.
-    pub _reserved: [u8; 2],
+    /// log2 of the receive ring size (rings are powers of two, at most 2^31 bytes).
+    pub rx_size_log2: u8,
+    /// log2 of the transmit ring size.
+    pub tx_size_log2: u8,
 }
 
 const _: () = assert!(
@@ -136,7 +144,41 @@ const _: () = assert!(
 );
 const _: () = assert!(align_of::<FlowState>() == 64);
 
+/// Flow flag 2: ECN (RFC 3168) was negotiated: data segments are sent ECT(0), ECE on
+/// ACKs is counted, CE on received data is echoed.
+pub const F2_ECN: u8 = 1 << 0;
+/// Flow flag 2: CE-marked data arrived since our last segment: set ECE on the next
+/// one (DCTCP receiver, RFC 8257 3.2, approximated per batch: see docs/congestion.md).
+pub const F2_ECE_PENDING: u8 = 1 << 1;
+/// Flow flag 2: an ACK with ECE arrived: set CWR on the next new data segment
+/// (RFC 3168 6.1.2), so a classic ECN receiver stops repeating ECE.
+pub const F2_CWR_PENDING: u8 = 1 << 2;
+/// Flow flag 2: the slow path runs congestion control for this flow: report the
+/// counters to it once per control interval.
+pub const F2_CC: u8 = 1 << 3;
+
 impl FlowState {
+    /// Receive ring size in bytes.
+    #[inline]
+    pub fn rx_size(&self) -> u32 {
+        1u32 << (self.rx_size_log2 & 31)
+    }
+    /// Transmit ring size in bytes.
+    #[inline]
+    pub fn tx_size(&self) -> u32 {
+        1u32 << (self.tx_size_log2 & 31)
+    }
+    /// log2 of a ring size for the `*_size_log2` fields (sizes are powers of two;
+    /// anything else is rounded down, so the ring used is never larger than the one
+    /// allocated).
+    pub fn size_log2(size: u32) -> u8 {
+        (31 - size.max(1).leading_zeros()) as u8
+    }
+    /// True if flag(s) `f` of `flags2` are all set.
+    #[inline]
+    pub fn has2(&self, f: u8) -> bool {
+        self.flags2 & f == f
+    }
     /// `snd_nxt`: the next new sequence number we will send.
     #[inline]
     pub fn snd_nxt(&self) -> u32 {
@@ -495,6 +537,22 @@ mod tests {
         assert_eq!(core::mem::offset_of!(FlowState, mss), 90);
         assert_eq!(core::mem::offset_of!(FlowState, heard_us), 120);
         assert_eq!(core::mem::offset_of!(FlowState, cnt_retx), 124);
+        assert_eq!(core::mem::offset_of!(FlowState, cnt_ecn), 20);
+        assert_eq!(core::mem::offset_of!(FlowState, ooo_count), 32);
+        assert_eq!(core::mem::offset_of!(FlowState, flags2), 33);
+        assert_eq!(core::mem::offset_of!(FlowState, cnt_dupacks), 34);
+        assert_eq!(core::mem::offset_of!(FlowState, cwnd), 68);
+        assert_eq!(core::mem::offset_of!(FlowState, cc_last_us), 108);
+        assert_eq!(core::mem::offset_of!(FlowState, rx_size_log2), 126);
+        assert_eq!(core::mem::offset_of!(FlowState, tx_size_log2), 127);
+        let f = FlowState {
+            rx_size_log2: FlowState::size_log2(256 * 1024),
+            tx_size_log2: FlowState::size_log2(4096),
+            ..FlowState::default()
+        };
+        assert_eq!((f.rx_size(), f.tx_size()), (256 * 1024, 4096));
+        assert_eq!(FlowState::size_log2(6000), 12, "rounded down");
+        assert_eq!(FlowState::size_log2(0), 0);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct SegInfo {
     pub ts: Option<(u32, u32)>,
     /// SACK blocks, if the segment carries any (parsed only for flows with SACK).
     pub sack: Option<SackBlocks>,
+    /// The IP header's ECN field said CE (congestion experienced).
+    pub ce: bool,
 }
 
 /// Send an ACK for this flow at the end of the batch.
@@ -82,7 +84,7 @@ pub struct RxCounters {
 pub const DUPACK_THRESHOLD: u8 = 3;
 
 #[inline]
-fn seq_lt(a: u32, b: u32) -> bool {
+pub(crate) fn seq_lt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 
@@ -175,13 +177,30 @@ pub fn on_segment(
     // ---- ACK field (RFC 9293 3.10.7.4, ESTABLISHED: "If SND.UNA < SEG.ACK =< SND.NXT ...")
     let in_flight = f.snd_nxt().wrapping_sub(f.snd_una);
     let acked = seg.ack.wrapping_sub(f.snd_una);
-    if acked != 0 && acked <= in_flight {
-        let data_acked = acked.min(f.tx_sent);
-        f.tx_head = (f.tx_head.wrapping_add(data_acked)) & (f.tx_size - 1);
-        f.tx_sent -= data_acked;
+    // After a go-back (RTO) snd_nxt is rewound, but data up to `recover` (the highest
+    // sequence sent before) did leave once: an ACK for it is valid, and frees the bytes
+    // queued for resending (with a small congestion window they may not be resent yet).
+    let rewound = acked > in_flight
+        && seq_lt(f.snd_una, f.recover)
+        && !seq_lt(f.recover, seg.ack)
+        && acked <= f.tx_sent + f.tx_avail;
+    if acked != 0 && (acked <= in_flight || rewound) {
+        let data_acked = acked.min(f.tx_sent + f.tx_avail);
+        f.tx_head = (f.tx_head.wrapping_add(data_acked)) & (f.tx_size() - 1);
+        if data_acked > f.tx_sent {
+            f.tx_avail -= data_acked - f.tx_sent;
+            f.tx_sent = 0;
+        } else {
+            f.tx_sent -= data_acked;
+        }
         f.snd_una = seg.ack;
         f.tx_freed_pending += data_acked;
         f.cnt_acked = f.cnt_acked.wrapping_add(data_acked);
+        if f.flags2 & F2_ECN != 0 && seg.flags.contains(TcpFlags::ECE) {
+            // RFC 8257 3.3: the bytes this ACK acknowledges count as marked.
+            f.cnt_ecn = f.cnt_ecn.wrapping_add(data_acked);
+            f.flags2 |= F2_CWR_PENDING;
+        }
         f.dupacks = 0;
         f.rto_backoff = 0;
         f.progress_us = now_us;
@@ -220,10 +239,15 @@ pub fn on_segment(
         {
             c.dupacks += 1;
             f.dupacks = f.dupacks.saturating_add(1);
+            f.cnt_dupacks = f.cnt_dupacks.wrapping_add(1);
             if f.dupacks == DUPACK_THRESHOLD && !f.has(F_RECOVERY) {
                 // RFC 6582 3.2 steps 1-2: remember the highest sequence sent, retransmit.
                 f.flags |= F_RECOVERY;
-                f.recover = f.snd_nxt();
+                // Never below a recover point left by a go-back (see the ACK check above).
+                let nxt = f.snd_nxt();
+                if seq_lt(f.recover, nxt) || !seq_lt(f.snd_una, f.recover) {
+                    f.recover = nxt;
+                }
                 if !f.has(F_SACK) {
                     v |= V_FAST_RETX;
                 }
@@ -265,6 +289,10 @@ pub fn on_segment(
 
     // ---- payload and FIN
     let fin = seg.flags.contains(TcpFlags::FIN);
+    if seg.ce && f.flags2 & F2_ECN != 0 && (!payload.is_empty() || fin) {
+        // RFC 8257 3.2: echo CE with ECE (on the next segment we send: this batch's ACK).
+        f.flags2 |= F2_ECE_PENDING;
+    }
     if payload.is_empty() && !fin {
         // RFC 9293 3.10.7.4: an unacceptable segment (here: a zero-length one below
         // RCV.NXT, e.g. a keepalive probe) is answered with an ACK.
@@ -295,7 +323,7 @@ pub fn on_segment(
         if take > 0 {
             if !mem.write_ring(
                 f.rx_base as u64,
-                f.rx_size,
+                f.rx_size(),
                 f.rx_head,
                 &data[..take as usize],
             ) {
@@ -314,7 +342,7 @@ pub fn on_segment(
                     advance_rx(f, extra);
                     c.bytes_in_order += extra as u64;
                 }
-                f.ooo_count = ooo.n as u32;
+                f.ooo_count = ooo.n;
                 f.ooo_start = ooo.iv[0].0;
             }
         }
@@ -341,10 +369,10 @@ pub fn on_segment(
     }
     if ooo.insert(seq, seq.wrapping_add(len)) {
         let pos = f.rx_head.wrapping_add(off);
-        if !mem.write_ring(f.rx_base as u64, f.rx_size, pos, &data[..len as usize]) {
+        if !mem.write_ring(f.rx_base as u64, f.rx_size(), pos, &data[..len as usize]) {
             c.ring_errors += 1;
         }
-        f.ooo_count = ooo.n as u32;
+        f.ooo_count = ooo.n;
         f.ooo_start = ooo.iv[0].0;
         c.ooo_kept += 1;
     } else {
@@ -355,11 +383,10 @@ pub fn on_segment(
 
 #[inline]
 fn advance_rx(f: &mut FlowState, n: u32) {
-    f.rx_head = f.rx_head.wrapping_add(n) & (f.rx_size - 1);
+    f.rx_head = f.rx_head.wrapping_add(n) & (f.rx_size() - 1);
     f.rx_avail -= n;
     f.rcv_nxt = f.rcv_nxt.wrapping_add(n);
     f.rx_pending += n;
-    f.cnt_rx_bytes = f.cnt_rx_bytes.wrapping_add(n);
 }
 
 /// RFC 6298 2.3: SRTT and RTTVAR from a new sample (microseconds).

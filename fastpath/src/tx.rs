@@ -12,6 +12,10 @@ use crate::wire::{
 
 /// Ethernet + IPv4 header bytes in front of every TCP header we send.
 pub const L2L3_LEN: usize = wire::ethernet::HEADER_LEN + wire::ipv4::HEADER_LEN;
+/// IP ECN codepoint ECT(0) (RFC 3168 5): the sender is ECN-capable.
+pub const ECT0: u8 = 0b10;
+/// IP ECN codepoint CE: congestion experienced.
+pub const CE: u8 = 0b11;
 /// TCP header length with the timestamp option (NOP NOP TS): the common case.
 pub const TCP_TS_HEADER_LEN: usize = 32;
 
@@ -26,7 +30,8 @@ pub fn window_field(f: &FlowState) -> u16 {
 
 /// Build one segment of `f` into `buf`: flags `flags`, sequence `seq`, and `len` payload
 /// bytes taken from the transmit ring at ring position `ring_pos`, and SACK blocks
-/// `sack` if the flow holds out-of-order data. Returns the frame
+/// `sack` if the flow holds out-of-order data, IP ECN codepoint `ecn` (ECT(0) on new
+/// data of ECN flows, 0 otherwise). Returns the frame
 /// length, or None if `buf` is too small or the ring read was refused.
 #[allow(clippy::too_many_arguments)]
 pub fn build_segment(
@@ -41,6 +46,7 @@ pub fn build_segment(
     len: usize,
     mem: Option<&AppMem>,
     sack: Option<&SackBlocks>,
+    ecn: u8,
     buf: &mut [u8],
 ) -> Option<usize> {
     let remote_ip = Ipv4Addr::from(f.remote_ip);
@@ -80,7 +86,7 @@ pub fn build_segment(
         protocol: wire::ipv4::PROTO_TCP,
         payload_len: tcp_hlen + len,
         ttl: TTL,
-        ecn: 0,
+        ecn,
         ident,
         dont_frag: true,
     }
@@ -90,7 +96,7 @@ pub fn build_segment(
     tcp.emit_header(seg).ok()?;
     if len > 0 {
         let mem = mem?;
-        if !mem.read_ring(f.tx_base as u64, f.tx_size, ring_pos, &mut seg[tcp_hlen..]) {
+        if !mem.read_ring(f.tx_base as u64, f.tx_size(), ring_pos, &mut seg[tcp_hlen..]) {
             return None;
         }
     }

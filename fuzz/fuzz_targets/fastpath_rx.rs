@@ -254,13 +254,13 @@ impl Harness {
             remote_port: PEER_PORT,
             rcv_nxt: PEER_SEQ0,
             rx_avail: layout.rx_buf_size,
-            rx_size: layout.rx_buf_size,
+            rx_size_log2: FlowState::size_log2(layout.rx_buf_size),
             rx_base: layout.rx_offset(0) as u32,
             snd_una: OUR_SEQ0,
             snd_wnd: 65535,
             conn: 0,
             tx_base: layout.tx_offset(0) as u32,
-            tx_size: layout.tx_buf_size,
+            tx_size_log2: FlowState::size_log2(layout.tx_buf_size),
             remote_mac: MAC_P.0,
             mss: MSS,
             flags: if timestamps { F_TS } else { 0 },
@@ -514,15 +514,15 @@ impl Harness {
 
     fn check_flow(&self) {
         let Some(f) = self.flow() else { return };
-        assert!(f.rx_avail <= f.rx_size, "rx_avail {} > rx_size {}", f.rx_avail, f.rx_size);
+        assert!(f.rx_avail <= f.rx_size(), "rx_avail {} > rx_size {}", f.rx_avail, f.rx_size());
         assert!(
-            u64::from(f.tx_sent) + u64::from(f.tx_avail) <= u64::from(f.tx_size),
+            u64::from(f.tx_sent) + u64::from(f.tx_avail) <= u64::from(f.tx_size()),
             "tx_sent {} + tx_avail {} > tx_size {}",
             f.tx_sent,
             f.tx_avail,
-            f.tx_size
+            f.tx_size()
         );
-        assert!(f.tx_head < f.tx_size && f.rx_head < f.rx_size, "ring positions out of range: {f:?}");
+        assert!(f.tx_head < f.tx_size() && f.rx_head < f.rx_size(), "ring positions out of range: {f:?}");
     }
 
     /// Everything the fast path transmitted is a valid segment of this flow, carrying the

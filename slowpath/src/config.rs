@@ -93,6 +93,40 @@ pub struct FileConfig {
     pub control_tcp: Option<SocketAddr>,
     /// Serve Prometheus metrics over HTTP on this address (off unless given).
     pub metrics: Option<SocketAddr>,
+    /// congestion control of new connections: dctcp-window, dctcp-rate, timely, cubic, fixed, unlimited (tasctl cc changes it at run time)
+    pub cc_algorithm: Option<String>,
+    /// negotiate ECN (RFC 3168) on new connections: ECT on data, CE echoed with ECE
+    pub ecn: Option<bool>,
+    /// congestion control runs once per this many smoothed RTTs of a flow (1-64)
+    pub cc_interval_rtts: Option<u32>,
+    /// But at most once per this many microseconds
+    pub cc_interval_min_us: Option<u32>,
+    /// initial congestion window in segments (RFC 6928: 10)
+    pub cc_initial_window: Option<u32>,
+    /// DCTCP EWMA gain g for alpha (RFC 8257: 1/16), 0 < g <= 1
+    pub dctcp_g: Option<f64>,
+    /// additive increase of dctcp-rate per control interval, kbit/s
+    pub cc_rate_step_kbps: Option<u32>,
+    /// lowest pacing rate any algorithm sets, kbit/s
+    pub cc_min_rate_kbps: Option<u32>,
+    /// highest pacing rate any algorithm sets, kbit/s (the line rate is a good choice)
+    pub cc_max_rate_kbps: Option<u32>,
+    /// pacing rate of connections with the fixed algorithm, kbit/s
+    pub cc_fixed_rate_kbps: Option<u32>,
+    /// TIMELY T_low: below this RTT (us) the rate always grows
+    pub timely_t_low_us: Option<u32>,
+    /// TIMELY T_high: above this RTT (us) the rate always shrinks
+    pub timely_t_high_us: Option<u32>,
+    /// TIMELY EWMA weight of a new RTT difference, 0 < alpha <= 1
+    pub timely_alpha: Option<f64>,
+    /// TIMELY multiplicative decrease factor, 0 < beta <= 1
+    pub timely_beta: Option<f64>,
+    /// TIMELY additive increase step delta, kbit/s
+    pub timely_delta_kbps: Option<u32>,
+    /// CUBIC constant C (RFC 9438: 0.4), > 0
+    pub cubic_c: Option<f64>,
+    /// CUBIC multiplicative decrease factor (RFC 9438: 0.7), 0 < beta < 1
+    pub cubic_beta: Option<f64>,
 }
 
 /// A validated configuration.
@@ -148,6 +182,10 @@ pub struct Config {
     pub control_tcp: Option<SocketAddr>,
     /// Metrics endpoint.
     pub metrics: Option<SocketAddr>,
+    /// Congestion control parameters.
+    pub cc: crate::cc::CcParams,
+    /// Control interval: (smoothed RTTs, floor in µs).
+    pub cc_interval: (u32, u32),
 }
 
 /// A configuration problem, with its fix.
@@ -196,7 +234,8 @@ impl FileConfig {
             interface, ip, gateway, fp_cores, fp_cpus, app_socket, control_socket, xdp_mode, bind_mode,
             rx_buffer, tx_buffer, conns_per_app, flows_per_core, queue_entries, ephemeral_low,
             ephemeral_high, idle_spin_us, time_wait_ms, arp_reply, log_level, socket_group,
-            keepalive_idle_secs, keepalive_interval_secs, keepalive_probes, control_group, control_tcp, metrics
+            keepalive_idle_secs, keepalive_interval_secs, keepalive_probes, control_group, control_tcp, metrics,
+            cc_algorithm, ecn, cc_interval_rtts, cc_interval_min_us, cc_initial_window, dctcp_g, cc_rate_step_kbps, cc_min_rate_kbps, cc_max_rate_kbps, cc_fixed_rate_kbps, timely_t_low_us, timely_t_high_us, timely_alpha, timely_beta, timely_delta_kbps, cubic_c, cubic_beta
         )
     }
 
@@ -230,6 +269,23 @@ impl FileConfig {
             control_group,
             control_tcp,
             metrics,
+            cc_algorithm,
+            ecn,
+            cc_interval_rtts,
+            cc_interval_min_us,
+            cc_initial_window,
+            dctcp_g,
+            cc_rate_step_kbps,
+            cc_min_rate_kbps,
+            cc_max_rate_kbps,
+            cc_fixed_rate_kbps,
+            timely_t_low_us,
+            timely_t_high_us,
+            timely_alpha,
+            timely_beta,
+            timely_delta_kbps,
+            cubic_c,
+            cubic_beta,
         } = self;
         [
             ("interface", interface.is_some()),
@@ -259,6 +315,23 @@ impl FileConfig {
             ("control_group", control_group.is_some()),
             ("control_tcp", control_tcp.is_some()),
             ("metrics", metrics.is_some()),
+            ("cc_algorithm", cc_algorithm.is_some()),
+            ("ecn", ecn.is_some()),
+            ("cc_interval_rtts", cc_interval_rtts.is_some()),
+            ("cc_interval_min_us", cc_interval_min_us.is_some()),
+            ("cc_initial_window", cc_initial_window.is_some()),
+            ("dctcp_g", dctcp_g.is_some()),
+            ("cc_rate_step_kbps", cc_rate_step_kbps.is_some()),
+            ("cc_min_rate_kbps", cc_min_rate_kbps.is_some()),
+            ("cc_max_rate_kbps", cc_max_rate_kbps.is_some()),
+            ("cc_fixed_rate_kbps", cc_fixed_rate_kbps.is_some()),
+            ("timely_t_low_us", timely_t_low_us.is_some()),
+            ("timely_t_high_us", timely_t_high_us.is_some()),
+            ("timely_alpha", timely_alpha.is_some()),
+            ("timely_beta", timely_beta.is_some()),
+            ("timely_delta_kbps", timely_delta_kbps.is_some()),
+            ("cubic_c", cubic_c.is_some()),
+            ("cubic_beta", cubic_beta.is_some()),
         ]
         .into_iter()
         .filter(|(_, set)| *set)
@@ -296,6 +369,23 @@ impl FileConfig {
             control_group,
             control_tcp,
             metrics,
+            cc_algorithm,
+            ecn,
+            cc_interval_rtts,
+            cc_interval_min_us,
+            cc_initial_window,
+            dctcp_g,
+            cc_rate_step_kbps,
+            cc_min_rate_kbps,
+            cc_max_rate_kbps,
+            cc_fixed_rate_kbps,
+            timely_t_low_us,
+            timely_t_high_us,
+            timely_alpha,
+            timely_beta,
+            timely_delta_kbps,
+            cubic_c,
+            cubic_beta,
         } = self;
         let Some(interface) = interface else {
             return err("no interface given: pass --interface IF (or `interface = \"IF\"` in the config file)");
@@ -364,6 +454,59 @@ impl FileConfig {
                 Some((idle, interval, probes))
             }
         };
+        let cc_alg: crate::cc::Algorithm = match cc_algorithm.as_deref() {
+            None => crate::cc::Algorithm::DctcpWindow,
+            Some(a) => a.parse().map_err(|e: crate::cc::UnknownAlgorithm| ConfigError(format!("cc_algorithm: {e}")))?,
+        };
+        let d = crate::cc::CcParams::default();
+        let unit = |name: &str, v: Option<f64>, dflt: f64, closed_hi: bool| -> Result<f64, ConfigError> {
+            let v = v.unwrap_or(dflt);
+            if !(v > 0.0 && (v < 1.0 || closed_hi && v == 1.0)) {
+                return err(format!("{name} = {v}: must be above 0 and below {}1", if closed_hi { "or equal to " } else { "" }));
+            }
+            Ok(v)
+        };
+        let positive = |name: &str, v: Option<u32>, dflt: u32| -> Result<u32, ConfigError> {
+            let v = v.unwrap_or(dflt);
+            if v == 0 {
+                return err(format!("{name} = 0: must be at least 1"));
+            }
+            Ok(v)
+        };
+        let cc = crate::cc::CcParams {
+            algorithm: cc_alg,
+            ecn: ecn.unwrap_or(d.ecn),
+            initial_window: positive("cc_initial_window", cc_initial_window, d.initial_window)?,
+            dctcp_g: unit("dctcp_g", dctcp_g, d.dctcp_g, true)?,
+            rate_step_kbps: positive("cc_rate_step_kbps", cc_rate_step_kbps, d.rate_step_kbps)?,
+            min_rate_kbps: positive("cc_min_rate_kbps", cc_min_rate_kbps, d.min_rate_kbps)?,
+            max_rate_kbps: positive("cc_max_rate_kbps", cc_max_rate_kbps, d.max_rate_kbps)?,
+            fixed_rate_kbps: positive("cc_fixed_rate_kbps", cc_fixed_rate_kbps, d.fixed_rate_kbps)?,
+            timely_t_low_us: timely_t_low_us.unwrap_or(d.timely_t_low_us),
+            timely_t_high_us: positive("timely_t_high_us", timely_t_high_us, d.timely_t_high_us)?,
+            timely_alpha: unit("timely_alpha", timely_alpha, d.timely_alpha, true)?,
+            timely_beta: unit("timely_beta", timely_beta, d.timely_beta, true)?,
+            timely_delta_kbps: positive("timely_delta_kbps", timely_delta_kbps, d.timely_delta_kbps)?,
+            cubic_c: {
+                let c = cubic_c.unwrap_or(d.cubic_c);
+                if !(c > 0.0 && c.is_finite()) {
+                    return err(format!("cubic_c = {c}: must be above 0"));
+                }
+                c
+            },
+            cubic_beta: unit("cubic_beta", cubic_beta, d.cubic_beta, false)?,
+        };
+        if cc.min_rate_kbps > cc.max_rate_kbps {
+            return err(format!("cc_min_rate_kbps = {} is above cc_max_rate_kbps = {}", cc.min_rate_kbps, cc.max_rate_kbps));
+        }
+        if cc.timely_t_low_us >= cc.timely_t_high_us {
+            return err(format!("timely_t_low_us = {} must be below timely_t_high_us = {}", cc.timely_t_low_us, cc.timely_t_high_us));
+        }
+        let rtts = cc_interval_rtts.unwrap_or(2);
+        if !(1..=64).contains(&rtts) {
+            return err(format!("cc_interval_rtts = {rtts}: must be 1 to 64"));
+        }
+        let cc_interval = (rtts, cc_interval_min_us.unwrap_or(100));
         Ok(Config {
             interface,
             ip,
@@ -398,6 +541,8 @@ impl FileConfig {
             control_group,
             control_tcp,
             metrics,
+            cc,
+            cc_interval,
         })
     }
 }
@@ -443,6 +588,23 @@ pub const KEYS: &[KeyInfo] = &[
     KeyInfo { key: "keepalive_idle_secs", live: false, description: "idle seconds before TCP keepalive probes start (0: keepalive off, the default)" },
     KeyInfo { key: "keepalive_interval_secs", live: false, description: "seconds between unanswered keepalive probes (default 75)" },
     KeyInfo { key: "keepalive_probes", live: false, description: "unanswered keepalive probes before the connection is reset (default 9)" },
+    KeyInfo { key: "cc_algorithm", live: false, description: "congestion control of new connections: dctcp-window, dctcp-rate, timely, cubic, fixed, unlimited (tasctl cc changes it at run time)" },
+    KeyInfo { key: "ecn", live: false, description: "negotiate ECN (RFC 3168) on new connections: ECT on data, CE echoed with ECE" },
+    KeyInfo { key: "cc_interval_rtts", live: false, description: "congestion control runs once per this many smoothed RTTs of a flow (1-64)" },
+    KeyInfo { key: "cc_interval_min_us", live: false, description: "...but at most once per this many microseconds" },
+    KeyInfo { key: "cc_initial_window", live: false, description: "initial congestion window in segments (RFC 6928: 10)" },
+    KeyInfo { key: "dctcp_g", live: false, description: "DCTCP EWMA gain g for alpha (RFC 8257: 1/16), 0 < g <= 1" },
+    KeyInfo { key: "cc_rate_step_kbps", live: false, description: "additive increase of dctcp-rate per control interval, kbit/s" },
+    KeyInfo { key: "cc_min_rate_kbps", live: false, description: "lowest pacing rate any algorithm sets, kbit/s" },
+    KeyInfo { key: "cc_max_rate_kbps", live: false, description: "highest pacing rate any algorithm sets, kbit/s (the line rate is a good choice)" },
+    KeyInfo { key: "cc_fixed_rate_kbps", live: false, description: "pacing rate of connections with the fixed algorithm, kbit/s" },
+    KeyInfo { key: "timely_t_low_us", live: false, description: "TIMELY T_low: below this RTT (us) the rate always grows" },
+    KeyInfo { key: "timely_t_high_us", live: false, description: "TIMELY T_high: above this RTT (us) the rate always shrinks" },
+    KeyInfo { key: "timely_alpha", live: false, description: "TIMELY EWMA weight of a new RTT difference, 0 < alpha <= 1" },
+    KeyInfo { key: "timely_beta", live: false, description: "TIMELY multiplicative decrease factor, 0 < beta <= 1" },
+    KeyInfo { key: "timely_delta_kbps", live: false, description: "TIMELY additive increase step delta, kbit/s" },
+    KeyInfo { key: "cubic_c", live: false, description: "CUBIC constant C (RFC 9438: 0.4), > 0" },
+    KeyInfo { key: "cubic_beta", live: false, description: "CUBIC multiplicative decrease factor (RFC 9438: 0.7), 0 < beta < 1" },
 ];
 
 fn toml_str(s: &str) -> String {
@@ -478,6 +640,8 @@ impl Config {
             control_tcp,
             metrics,
             keepalive,
+            cc,
+            cc_interval,
         } = self.clone();
         FileConfig {
             interface: Some(interface),
@@ -511,6 +675,23 @@ impl Config {
             keepalive_idle_secs: Some(keepalive.map_or(0, |k| k.0)),
             keepalive_interval_secs: keepalive.map(|k| k.1),
             keepalive_probes: keepalive.map(|k| k.2),
+            cc_algorithm: Some(cc.algorithm.name().to_string()),
+            ecn: Some(cc.ecn),
+            cc_interval_rtts: Some(cc_interval.0),
+            cc_interval_min_us: Some(cc_interval.1),
+            cc_initial_window: Some(cc.initial_window),
+            dctcp_g: Some(cc.dctcp_g),
+            cc_rate_step_kbps: Some(cc.rate_step_kbps),
+            cc_min_rate_kbps: Some(cc.min_rate_kbps),
+            cc_max_rate_kbps: Some(cc.max_rate_kbps),
+            cc_fixed_rate_kbps: Some(cc.fixed_rate_kbps),
+            timely_t_low_us: Some(cc.timely_t_low_us),
+            timely_t_high_us: Some(cc.timely_t_high_us),
+            timely_alpha: Some(cc.timely_alpha),
+            timely_beta: Some(cc.timely_beta),
+            timely_delta_kbps: Some(cc.timely_delta_kbps),
+            cubic_c: Some(cc.cubic_c),
+            cubic_beta: Some(cc.cubic_beta),
         }
     }
 
@@ -557,6 +738,23 @@ impl Config {
                     "keepalive_idle_secs" => opt(f.keepalive_idle_secs.map(|v| v.to_string())),
                     "keepalive_interval_secs" => opt(f.keepalive_interval_secs.map(|v| v.to_string())),
                     "keepalive_probes" => opt(f.keepalive_probes.map(|v| v.to_string())),
+                    "cc_algorithm" => opt(f.cc_algorithm.as_deref().map(toml_str)),
+                    "ecn" => opt(f.ecn.map(|v| v.to_string())),
+                    "cc_interval_rtts" => opt(f.cc_interval_rtts.map(|v| v.to_string())),
+                    "cc_interval_min_us" => opt(f.cc_interval_min_us.map(|v| v.to_string())),
+                    "cc_initial_window" => opt(f.cc_initial_window.map(|v| v.to_string())),
+                    "dctcp_g" => opt(f.dctcp_g.map(|v| format!("{v:?}"))),
+                    "cc_rate_step_kbps" => opt(f.cc_rate_step_kbps.map(|v| v.to_string())),
+                    "cc_min_rate_kbps" => opt(f.cc_min_rate_kbps.map(|v| v.to_string())),
+                    "cc_max_rate_kbps" => opt(f.cc_max_rate_kbps.map(|v| v.to_string())),
+                    "cc_fixed_rate_kbps" => opt(f.cc_fixed_rate_kbps.map(|v| v.to_string())),
+                    "timely_t_low_us" => opt(f.timely_t_low_us.map(|v| v.to_string())),
+                    "timely_t_high_us" => opt(f.timely_t_high_us.map(|v| v.to_string())),
+                    "timely_alpha" => opt(f.timely_alpha.map(|v| format!("{v:?}"))),
+                    "timely_beta" => opt(f.timely_beta.map(|v| format!("{v:?}"))),
+                    "timely_delta_kbps" => opt(f.timely_delta_kbps.map(|v| v.to_string())),
+                    "cubic_c" => opt(f.cubic_c.map(|v| format!("{v:?}"))),
+                    "cubic_beta" => opt(f.cubic_beta.map(|v| format!("{v:?}"))),
                     other => unreachable!("key {other} has no rendering"),
                 };
                 (*k, v)
@@ -684,8 +882,25 @@ mod tests {
             keepalive_idle_secs: _,
             keepalive_interval_secs: _,
             keepalive_probes: _,
+            cc_algorithm: _,
+            ecn: _,
+            cc_interval_rtts: _,
+            cc_interval_min_us: _,
+            cc_initial_window: _,
+            dctcp_g: _,
+            cc_rate_step_kbps: _,
+            cc_min_rate_kbps: _,
+            cc_max_rate_kbps: _,
+            cc_fixed_rate_kbps: _,
+            timely_t_low_us: _,
+            timely_t_high_us: _,
+            timely_alpha: _,
+            timely_beta: _,
+            timely_delta_kbps: _,
+            cubic_c: _,
+            cubic_beta: _,
         } = FileConfig::default();
-        assert_eq!(KEYS.len(), 27);
+        assert_eq!(KEYS.len(), 44);
         let c = base().validate().unwrap();
         assert_eq!(c.entries().len(), KEYS.len());
         // Every key's rendering parses back to the same configuration.
@@ -696,6 +911,23 @@ mod tests {
             let again = c.with_key(k.key, &v).unwrap_or_else(|e| panic!("{} = {v}: {e}", k.key));
             assert!(c.changed_keys(&again).is_empty(), "{} = {v} did not round-trip", k.key);
         }
+    }
+
+    #[test]
+    fn congestion_control_keys() {
+        let c = base().validate().unwrap();
+        assert_eq!(c.cc, crate::cc::CcParams::default(), "defaults");
+        assert_eq!(c.cc_interval, (2, 100));
+        let t = c.with_key("cc_algorithm", "timely").unwrap();
+        assert_eq!(t.cc.algorithm, crate::cc::Algorithm::Timely);
+        assert!(c.with_key("cc_algorithm", "reno").unwrap_err().0.contains("dctcp-window"));
+        assert!(c.with_key("dctcp_g", "0").unwrap_err().0.contains("above 0"));
+        assert!(c.with_key("cubic_beta", "1.0").is_err());
+        assert!(c.with_key("timely_t_low_us", "600").unwrap_err().0.contains("below timely_t_high_us"));
+        assert!(c.with_key("cc_min_rate_kbps", "50000000").is_err());
+        assert!(c.with_key("cc_interval_rtts", "0").is_err());
+        assert!(!c.with_key("ecn", "false").unwrap().cc.ecn);
+        assert_eq!(c.with_key("dctcp_g", "0.125").unwrap().cc.dctcp_g, 0.125);
     }
 
     #[test]

@@ -79,6 +79,26 @@ pub enum Query {
     },
     /// Start (`Some`) or stop (`None`) a capture on every core.
     Capture(Option<CaptureSpec>),
+    /// The default algorithm of new connections and the parameters.
+    CcGet(oneshot::Sender<crate::cc::CcParams>),
+    /// Change the algorithm of every connection (and the default), or of one (`flow`).
+    CcSet {
+        /// Algorithm.
+        alg: crate::cc::Algorithm,
+        /// One connection's flow id.
+        flow: Option<u64>,
+        /// Rate for `fixed`, kbit/s.
+        rate_kbps: Option<u32>,
+        /// Connections changed, or None if `flow` names none.
+        reply: oneshot::Sender<Option<usize>>,
+    },
+    /// One connection's congestion-control state (None: no such flow, or not installed).
+    FlowCc {
+        /// Flow id.
+        id: u64,
+        /// The answer.
+        reply: oneshot::Sender<Option<crate::cc::CcInfo>>,
+    },
     /// New values of the live slow-path settings.
     SetLive {
         /// TIME-WAIT duration.
@@ -265,12 +285,51 @@ impl ControlService {
     }
 }
 
-/// "not yet": congestion control belongs to the slow path and is not written yet.
-fn cc_unimplemented() -> GrpcStatus {
-    GrpcStatus::unimplemented(
-        "congestion control is not implemented yet: the fast path sends as fast as the peer's window allows, \
-         without a rate limit (DCTCP, TIMELY and fixed rates are planned in the slow path)",
-    )
+/// The parameters of `CcConfig`, as the configuration file names them.
+fn cc_parameters(p: &crate::cc::CcParams) -> std::collections::HashMap<String, String> {
+    [
+        ("ecn", p.ecn.to_string()),
+        ("cc_initial_window", p.initial_window.to_string()),
+        ("dctcp_g", p.dctcp_g.to_string()),
+        ("cc_rate_step_kbps", p.rate_step_kbps.to_string()),
+        ("cc_min_rate_kbps", p.min_rate_kbps.to_string()),
+        ("cc_max_rate_kbps", p.max_rate_kbps.to_string()),
+        ("cc_fixed_rate_kbps", p.fixed_rate_kbps.to_string()),
+        ("timely_t_low_us", p.timely_t_low_us.to_string()),
+        ("timely_t_high_us", p.timely_t_high_us.to_string()),
+        ("timely_alpha", p.timely_alpha.to_string()),
+        ("timely_beta", p.timely_beta.to_string()),
+        ("timely_delta_kbps", p.timely_delta_kbps.to_string()),
+        ("cubic_c", p.cubic_c.to_string()),
+        ("cubic_beta", p.cubic_beta.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// A flow id as `tasctl flows` shows it: decimal or 0x-hex.
+fn parse_flow_id(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// The `FlowCc` message of flow `id`.
+pub fn flow_cc_message(id: u64, i: &crate::cc::CcInfo) -> FlowCc {
+    FlowCc {
+        id,
+        algorithm: i.algorithm.name().to_string(),
+        rate_bps: i.rate_kbps as u64 * 1000,
+        cwnd_bytes: i.cwnd as u64,
+        alpha: i.alpha,
+        ecn_fraction: i.ecn_fraction,
+        rtt_us: i.rtt_us,
+        retransmits: i.retransmits,
+        delivery_bps: i.measured_kbps as u64 * 1000,
+        slow_start: i.slow_start,
+    }
 }
 
 fn flag_names(f: &FlowState) -> Vec<String> {
@@ -314,7 +373,10 @@ pub fn flow_message(local_ip: Ipv4Addr, c: &ConnInfo, st: Option<(u32, FlowState
         out.snd_wnd = f.snd_wnd;
         out.rcv_wnd = f.rx_avail;
         out.mss = f.mss as u32;
-        out.rx_bytes = f.cnt_rx_bytes as u64;
+        // Bytes received in order: how far rcv_nxt moved since installation, less the
+        // peer's FIN (the fast path keeps no separate counter: see docs/decisions.md).
+        let fin = (f.flags & tas_fastpath::flow::F_RX_FIN != 0) as u32;
+        out.rx_bytes = f.rcv_nxt.wrapping_sub(c.rcv_start).wrapping_sub(fin) as u64;
         out.tx_bytes = f.cnt_acked as u64;
         out.retransmits = f.cnt_retx as u64;
         out.srtt_us = f.srtt_us;
@@ -327,10 +389,10 @@ pub fn flow_message(local_ip: Ipv4Addr, c: &ConnInfo, st: Option<(u32, FlowState
         out.dupacks = f.dupacks as u32;
         out.tx_in_flight = f.tx_sent;
         out.tx_unsent = f.tx_avail;
-        out.tx_buffer = f.tx_size;
-        out.rx_buffered = f.rx_size.saturating_sub(f.rx_avail);
-        out.rx_buffer = f.rx_size;
-        out.ooo_intervals = f.ooo_count;
+        out.tx_buffer = f.tx_size();
+        out.rx_buffered = f.rx_size().saturating_sub(f.rx_avail);
+        out.rx_buffer = f.rx_size();
+        out.ooo_intervals = f.ooo_count as u32;
         out.flags = flag_names(&f);
         out.remote_mac = f.remote_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         out.app_conn = f.conn;
@@ -508,15 +570,52 @@ impl Control for ControlService {
     }
 
     async fn get_congestion_control(&self, _r: Request<CcRequest>) -> GrpcResult<CcConfig> {
-        Err(cc_unimplemented())
+        let p = self.ask(Query::CcGet).await?;
+        Ok(Response::new(CcConfig { algorithm: p.algorithm.name().to_string(), parameters: cc_parameters(&p) }))
     }
 
-    async fn set_congestion_control(&self, _r: Request<CcConfig>) -> GrpcResult<CcConfig> {
-        Err(cc_unimplemented())
+    async fn set_congestion_control(&self, r: Request<CcConfig>) -> GrpcResult<CcConfig> {
+        let CcConfig { algorithm, parameters } = r.into_inner();
+        let alg: crate::cc::Algorithm = algorithm.parse().map_err(|e: crate::cc::UnknownAlgorithm| GrpcStatus::invalid_argument(e.to_string()))?;
+        let mut flow = None;
+        let mut rate_kbps = None;
+        for (k, v) in &parameters {
+            match k.as_str() {
+                "flow" => {
+                    flow = Some(parse_flow_id(v).ok_or_else(|| {
+                        GrpcStatus::invalid_argument(format!("flow={v}: not a flow id (see `tasctl flows`)"))
+                    })?)
+                }
+                "rate_kbps" => {
+                    rate_kbps = Some(v.parse::<u32>().ok().filter(|r| *r > 0).ok_or_else(|| {
+                        GrpcStatus::invalid_argument(format!("rate_kbps={v}: must be a whole number of kbit/s above 0"))
+                    })?)
+                }
+                other => {
+                    return Err(GrpcStatus::invalid_argument(format!(
+                        "unknown parameter {other:?}: set takes flow=ID and rate_kbps=N; the algorithms' parameters are configuration keys (tasctl config)"
+                    )))
+                }
+            }
+        }
+        if rate_kbps.is_some() && alg != crate::cc::Algorithm::Fixed {
+            return Err(GrpcStatus::invalid_argument("rate_kbps applies to the fixed algorithm only"));
+        }
+        match self.ask(|reply| Query::CcSet { alg, flow, rate_kbps, reply }).await? {
+            Some(_) => {}
+            None => return Err(GrpcStatus::not_found(format!("no flow with id {} (list them with `tasctl flows`)", flow.unwrap_or(0)))),
+        }
+        let p = self.ask(Query::CcGet).await?;
+        let shown = if flow.is_some() { alg } else { p.algorithm };
+        Ok(Response::new(CcConfig { algorithm: shown.name().to_string(), parameters: cc_parameters(&p) }))
     }
 
-    async fn get_flow_congestion(&self, _r: Request<FlowRequest>) -> GrpcResult<FlowCc> {
-        Err(cc_unimplemented())
+    async fn get_flow_congestion(&self, r: Request<FlowRequest>) -> GrpcResult<FlowCc> {
+        let id = r.into_inner().id;
+        match self.ask(|reply| Query::FlowCc { id, reply }).await? {
+            Some(i) => Ok(Response::new(flow_cc_message(id, &i))),
+            None => Err(GrpcStatus::not_found(format!("no established flow with id {id} (list them with `tasctl flows`)"))),
+        }
     }
 
     type WatchStream = BoxStream<Event>;
@@ -716,6 +815,9 @@ mod tests {
             app: 1,
             core: 0,
             flow: Some(3),
+            // 1234 bytes and a FIN received since installation (rcv_nxt is 7 below).
+            rcv_start: 7u32.wrapping_sub(1235),
+            cc: None,
         }
     }
 
@@ -728,13 +830,12 @@ mod tests {
             snd_una: 100,
             tx_sent: 10,
             tx_avail: 5,
-            tx_size: 4096,
-            rx_size: 8192,
+            tx_size_log2: 12,
+            rx_size_log2: 13,
             rx_avail: 8000,
             rcv_nxt: 7,
             snd_wnd: 65535,
             mss: 1448,
-            cnt_rx_bytes: 1234,
             cnt_acked: 4321,
             cnt_retx: 2,
             srtt_us: 50,

@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 pub mod attach;
+pub mod cc;
 pub mod config;
 pub mod frames;
 pub mod grpc;

@@ -134,6 +134,8 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         control_group,
         control_tcp,
         metrics,
+        cc,
+        cc_interval,
     } = cfg;
     let started = std::time::Instant::now();
     let missing = missing_capabilities();
@@ -191,6 +193,7 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         let (rep_tx, rep_rx) = to_slow_queue(8192);
         let mut fcfg = FpConfig::new(c, ip, mac);
         fcfg.flow_capacity = flows_per_core;
+        (fcfg.cc_interval_rtts, fcfg.cc_interval_min_us) = cc_interval;
         if let Some((idle, interval, probes)) = keepalive {
             fcfg.keepalive = tas_fastpath::core::Keepalive {
                 idle_us: idle * 1_000_000,
@@ -218,6 +221,7 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
     scfg.time_wait = Duration::from_millis(time_wait_ms);
     scfg.arp_reply = arp_reply;
     scfg.keepalive = keepalive.is_some();
+    scfg.cc = cc;
     let mut slow = SlowPath::new(scfg, links, Box::new(XdpPorts(program.clone())));
     // Connection events: the slow path try_sends to a bounded queue; a thread fans them
     // out to the control API's watchers.
@@ -615,6 +619,20 @@ fn answer(slow: &mut SlowPath, q: Query, base: &StatusSnap) {
             let _ = reply.send(res);
         }
         Query::Capture(spec) => slow.set_capture(spec),
+        Query::CcGet(tx) => {
+            let _ = tx.send(slow.config().cc);
+        }
+        Query::CcSet { alg, flow, rate_kbps, reply } => {
+            let key = flow.map(tas_fastpath::flow::FlowKey);
+            let n = slow.set_congestion_control(key, alg, rate_kbps);
+            if let Some(n) = n {
+                tracing::info!(algorithm = %alg, flow, connections = n, "congestion control changed by the control API");
+            }
+            let _ = reply.send(n);
+        }
+        Query::FlowCc { id, reply } => {
+            let _ = reply.send(slow.cc_info(tas_fastpath::flow::FlowKey(id)));
+        }
         Query::SetLive { time_wait, arp_reply } => {
             slow.set_time_wait(time_wait);
             slow.set_arp_reply(arp_reply);

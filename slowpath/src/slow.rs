@@ -16,7 +16,7 @@ use ringbuf::traits::{Consumer, Producer};
 use tas_fastpath::appmem::AppMem;
 use tas_fastpath::core::{eventfd_write, CoreCounters, Notify};
 use tas_fastpath::ctl::*;
-use tas_fastpath::flow::{FlowKey, FlowState, F_KEEPALIVE, F_SACK, F_TS};
+use tas_fastpath::flow::{FlowKey, FlowState, F2_ECN, F_KEEPALIVE, F_SACK, F_TS};
 use tas_fastpath::rx::{tsval, TS_TICK_SHIFT};
 use tas_fastpath::time::Instant;
 use tas_fastpath::wire::{
@@ -26,6 +26,7 @@ use tas_fastpath::wire::{
 use tas_proto::queue::ShmQueue;
 use tas_proto::shm::{ConnHandle, ControlRequest, ErrorCode, Layout, SpEvent};
 
+use crate::cc::{Algorithm, CcInfo, CcParams, CcState, Limits};
 use crate::frames;
 
 mod ops;
@@ -62,6 +63,8 @@ pub struct SlowConfig {
     pub max_backlog: u32,
     /// Send keepalive probes on idle connections (timing: the cores' `Keepalive`).
     pub keepalive: bool,
+    /// Congestion control and ECN.
+    pub cc: CcParams,
 }
 
 impl SlowConfig {
@@ -82,6 +85,7 @@ impl SlowConfig {
             arp_reply: true,
             max_backlog: 4096,
             keepalive: false,
+            cc: CcParams::default(),
         }
     }
 }
@@ -209,6 +213,8 @@ struct PeerOpts {
     wscale: Option<u8>,
     ts: Option<u32>,
     sack: bool,
+    /// ECN requested (SYN: ECE and CWR) or agreed (SYN-ACK: ECE without CWR), RFC 3168 6.1.1.
+    ecn: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +262,12 @@ struct Conn {
     sb: crate::sack::Scoreboard,
     /// When the scoreboard's reordering timer is armed for.
     sack_deadline: Option<Instant>,
+    /// `rcv_nxt` when the flow was installed (bytes received = rcv_nxt - this).
+    rcv_start: u32,
+    /// Congestion control of the installed flow.
+    cc: Option<Box<CcState>>,
+    /// Algorithm chosen for this connection (None: the service default).
+    cc_alg: Option<Algorithm>,
 }
 
 /// Counters of the slow path.
@@ -293,6 +305,8 @@ pub struct SlowCounters {
     pub timeouts: u64,
     /// Handshake retransmissions.
     pub syn_retransmits: u64,
+    /// Congestion-control intervals run (reports from the cores).
+    pub cc_intervals: u64,
     /// Ranges retransmitted from the SACK scoreboard.
     pub sack_retransmits: u64,
     /// Challenge ACKs the slow path sent (RFC 5961, half-open connections).
@@ -320,6 +334,10 @@ pub struct ConnInfo {
     pub core: u8,
     /// Flow slot on the core.
     pub flow: Option<u32>,
+    /// `rcv_nxt` when the flow was installed.
+    pub rcv_start: u32,
+    /// Congestion control, if the flow is installed.
+    pub cc: Option<CcInfo>,
 }
 
 /// A snapshot of one application for the control API.
@@ -451,6 +469,70 @@ impl SlowPath {
         self.cores.iter().map(|c| c.counters.clone()).collect()
     }
 
+    /// Start congestion control for the flow just installed for `key`.
+    fn cc_start(&mut self, key: FlowKey, state: &FlowState) {
+        let p = self.cfg.cc;
+        let Some(c) = self.conns.get_mut(&key) else { return };
+        c.rcv_start = state.rcv_nxt;
+        let alg = c.cc_alg.unwrap_or(p.algorithm);
+        let cc = CcState::new(alg, &p, state.mss, state.srtt_us, None);
+        let l = cc.limits();
+        c.cc = Some(Box::new(cc));
+        if let (Some(flow), core) = (c.flow, c.core) {
+            self.cores[core as usize].send(Command::SetCc { flow, cwnd: l.cwnd, rate_kbps: l.rate_kbps });
+        }
+    }
+
+    /// Change congestion control at run time: for one connection (`Some(key)`), or
+    /// for every connection and as the default of new ones (`None`). `fixed_kbps` sets
+    /// the rate of the `fixed` algorithm (default: the configured one). The flows
+    /// restart the algorithm from their current window or rate. Returns the number of
+    /// installed flows changed; `None` if `key` names no connection.
+    pub fn set_congestion_control(&mut self, key: Option<FlowKey>, alg: Algorithm, fixed_kbps: Option<u32>) -> Option<usize> {
+        let keys: Vec<FlowKey> = match key {
+            Some(k) => {
+                if !self.conns.contains_key(&k) {
+                    return None;
+                }
+                vec![k]
+            }
+            None => {
+                self.cfg.cc.algorithm = alg;
+                if let (Algorithm::Fixed, Some(r)) = (alg, fixed_kbps) {
+                    self.cfg.cc.fixed_rate_kbps = r;
+                }
+                self.conns.keys().copied().collect()
+            }
+        };
+        let p = self.cfg.cc;
+        let mut n = 0;
+        for k in keys {
+            let Some(c) = self.conns.get_mut(&k) else { continue };
+            c.cc_alg = Some(alg);
+            let (Some(flow), Some(old)) = (c.flow, c.cc.as_ref()) else { continue };
+            let mut cc = CcState::new(alg, &p, c.mss, old.rtt_us, fixed_kbps);
+            // Carry the current operating point over instead of starting from scratch.
+            let l = old.limits();
+            if l.cwnd > 0 {
+                cc.cwnd = l.cwnd;
+            }
+            if l.rate_kbps > 0 && alg != Algorithm::Fixed {
+                cc.rate_kbps = l.rate_kbps;
+            }
+            let l: Limits = cc.limits();
+            c.cc = Some(Box::new(cc));
+            let core = c.core;
+            self.cores[core as usize].send(Command::SetCc { flow, cwnd: l.cwnd, rate_kbps: l.rate_kbps });
+            n += 1;
+        }
+        Some(n)
+    }
+
+    /// Congestion-control state of connection `key`, if its flow is installed.
+    pub fn cc_info(&self, key: FlowKey) -> Option<CcInfo> {
+        self.conns.get(&key)?.cc.as_ref().map(|c| c.info())
+    }
+
     /// Snapshot of every connection.
     pub fn conn_infos(&self) -> Vec<ConnInfo> {
         self.conns
@@ -462,6 +544,8 @@ impl SlowPath {
                 app: c.app,
                 core: c.core,
                 flow: c.flow,
+                rcv_start: c.rcv_start,
+                cc: c.cc.as_ref().map(|s| s.info()),
             })
             .collect()
     }
@@ -511,6 +595,7 @@ impl SlowPath {
             ("arp_replies", s.arp_replies),
             ("timeouts", s.timeouts),
             ("syn_retransmits", s.syn_retransmits),
+            ("cc_intervals", s.cc_intervals),
             ("sack_retransmits", s.sack_retransmits),
             ("challenge_acks", s.challenge_acks),
             ("time_wait_reused", s.time_wait_reused),
@@ -545,6 +630,10 @@ impl SlowPath {
                 ("retransmitted_segments", &k.retransmitted_segments),
                 ("tail_loss_probes", &k.tail_loss_probes),
                 ("keepalive_probes", &k.keepalive_probes),
+                ("ecn_ce_received", &k.ecn_ce_received),
+                ("ecn_echoes_received", &k.ecn_echoes_received),
+                ("cc_reports", &k.cc_reports),
+                ("pacing_waits", &k.pacing_waits),
                 ("challenge_acks", &k.challenge_acks),
                 ("paws_dropped", &k.paws_dropped),
                 ("fast_retransmits", &k.fast_retransmits),
@@ -977,7 +1066,8 @@ impl SlowPath {
             dst_port: c.remote_port,
             seq_number: iss,
             ack_number: None,
-            flags: TcpFlags::SYN,
+            // RFC 3168 6.1.1: an ECN-setup SYN carries ECE and CWR.
+            flags: if self.cfg.cc.ecn { TcpFlags::SYN | TcpFlags::ECE | TcpFlags::CWR } else { TcpFlags::SYN },
             window_len: self.syn_window(),
             max_seg_size: Some(self.cfg.mss),
             window_scale: ws,
@@ -1163,6 +1253,16 @@ impl SlowPath {
                 let Some(c) = self.conns.get_mut(&key) else { return };
                 let ranges = c.sb.on_ack(now_us, srtt_us, snd_una, snd_nxt, c.mss as u32, blocks.as_slice());
                 self.sack_retransmit(key, core, flow, ranges);
+            }
+            ToSlow::Cc { flow, sample } => {
+                let Some(key) = self.cores[core as usize].owners.get(flow as usize).copied().flatten() else { return };
+                let p = self.cfg.cc;
+                let Some(c) = self.conns.get_mut(&key) else { return };
+                let Some(cc) = c.cc.as_mut() else { return };
+                self.counters.cc_intervals += 1;
+                if let Some(l) = cc.on_sample(&sample, &p) {
+                    self.cores[core as usize].send(Command::SetCc { flow, cwnd: l.cwnd, rate_kbps: l.rate_kbps });
+                }
             }
             ToSlow::FlowRemoved { flow, state } => {
                 let c = &mut self.cores[core as usize];
@@ -1416,6 +1516,11 @@ impl SlowPath {
             wscale: seg.window_scale,
             ts: seg.timestamp.map(|(v, _)| v),
             sack: seg.sack_permitted,
+            ecn: if seg.flags.contains(TcpFlags::ACK) {
+                seg.flags.contains(TcpFlags::ECE) && !seg.flags.contains(TcpFlags::CWR)
+            } else {
+                seg.flags.contains(TcpFlags::ECE | TcpFlags::CWR)
+            },
         }
     }
 
@@ -1510,7 +1615,7 @@ impl SlowPath {
         l.syn_rcvd += 1; // establish_passive takes it back
         let app = l.app;
         self.counters.syn_cookies_accepted += 1;
-        let opts = PeerOpts { mss: Some(COOKIE_MSS[idx as usize]), wscale: None, ts: None, sack: false };
+        let opts = PeerOpts { mss: Some(COOKIE_MSS[idx as usize]), wscale: None, ts: None, sack: false, ecn: false };
         self.conns.insert(
             key,
             Conn::opening(key, Some(mac), app, core, Phase::SynRcvd { listener: lid, iss, irs, opts, retries: 0, sent_at: self.now }),
@@ -1529,7 +1634,12 @@ impl SlowPath {
             dst_port: c.remote_port,
             seq_number: iss,
             ack_number: Some(irs.wrapping_add(1)),
-            flags: TcpFlags::SYN | TcpFlags::ACK,
+            // RFC 3168 6.1.1: an ECN-setup SYN-ACK carries ECE (not CWR).
+            flags: if opts.ecn && self.cfg.cc.ecn {
+                TcpFlags::SYN | TcpFlags::ACK | TcpFlags::ECE
+            } else {
+                TcpFlags::SYN | TcpFlags::ACK
+            },
             window_len: self.syn_window(),
             max_seg_size: Some(self.cfg.mss),
             window_scale: ws,
@@ -1599,6 +1709,7 @@ impl SlowPath {
             self.counters.reinjected += 1;
             link.send(Command::Reinject(frame.into()));
         }
+        self.cc_start(key, &state);
         self.counters.passive_opens += 1;
         self.post(
             app,
@@ -1747,6 +1858,7 @@ impl SlowPath {
         let link = &mut self.cores[core as usize];
         link.owners[flow as usize] = Some(key);
         link.send(Command::InstallFlow { flow, state: Box::new(state) });
+        self.cc_start(key, &state);
         self.counters.active_opens += 1;
         self.post(app, SpEvent::Connected { token, handle: ConnHandle { conn: slot, core, flow }, local_port });
     }
@@ -1782,17 +1894,19 @@ impl SlowPath {
             rcv_nxt,
             rx_avail: l.rx_buf_size,
             rx_head: 0,
-            rx_size: l.rx_buf_size,
+            rx_size_log2: FlowState::size_log2(l.rx_buf_size),
             rx_base: l.rx_offset(slot) as u32,
             ts_recent: ts_recent.unwrap_or(0),
             snd_una,
             snd_wnd,
+            // Nothing sent yet: no ACK beyond snd_una is acceptable (see rx.rs).
+            recover: snd_una,
             app: app_slot,
             conn: slot,
             snd_wscale,
             rcv_wscale,
             tx_base: l.tx_offset(slot) as u32,
-            tx_size: l.tx_buf_size,
+            tx_size_log2: FlowState::size_log2(l.tx_buf_size),
             remote_mac: c.remote_mac.map_or([0; 6], |m| m.0),
             mss,
             progress_us: self.now_us(),
@@ -1803,6 +1917,9 @@ impl SlowPath {
         }
         if opts.sack {
             f.flags |= F_SACK;
+        }
+        if opts.ecn && self.cfg.cc.ecn {
+            f.flags2 |= F2_ECN;
         }
         if self.cfg.keepalive {
             f.flags |= F_KEEPALIVE;
@@ -1834,6 +1951,13 @@ impl SlowPath {
             FlowNote::Rto => {
                 c.sb.reset();
                 c.sack_deadline = None;
+                let p = self.cfg.cc;
+                if let (Some(cc), Some(flow)) = (c.cc.as_mut(), c.flow) {
+                    if let Some(l) = cc.on_timeout(&p) {
+                        let core = c.core;
+                        self.cores[core as usize].send(Command::SetCc { flow, cwnd: l.cwnd, rate_kbps: l.rate_kbps });
+                    }
+                }
                 return;
             }
             FlowNote::GaveUp => {
@@ -1982,6 +2106,9 @@ impl Conn {
             mss: 0,
             sb: Default::default(),
             sack_deadline: None,
+            rcv_start: 0,
+            cc: None,
+            cc_alg: None,
         }
     }
 

@@ -189,7 +189,8 @@ fn syn_sent() -> Script {
     s.connect(100.0, 5000);
     s.expect_arp_request(100.0);
     s.send_arp_reply(100.0);
-    s.expect(100.0, "S 0:0(0) win 65535 <mss 1460,sackOK,TS val 6250 ecr 0,nop,wscale 3>");
+    // RFC 3168 6.1.1: an ECN-setup SYN (ECE and CWR: `EW`).
+    s.expect(100.0, "SEW 0:0(0) win 65535 <mss 1460,sackOK,TS val 6250 ecr 0,nop,wscale 3>");
     s
 }
 
@@ -228,7 +229,7 @@ fn active_open_syn_retries_back_off_then_fail() {
     let mut s = syn_sent();
     // RFC 6298 5.5 / RFC 9293 3.8.1: 1 s, then doubling; Linux's 6 retries, 127 s in all.
     for t in [1100.0, 3100.0, 7100.0, 15100.0, 31100.0, 63100.0] {
-        s.expect(t, "S 0:0(0) win 65535 <mss 1460,sackOK,TS val * ecr 0,nop,wscale 3>");
+        s.expect(t, "SEW 0:0(0) win 65535 <mss 1460,sackOK,TS val * ecr 0,nop,wscale 3>");
     }
     assert_eq!(s.state(127_099.0), ConnState::Connecting);
     assert_eq!(s.state(127_100.0), ConnState::Failed(Error::TimedOut));
@@ -266,6 +267,21 @@ fn active_open_syn_ack_with_wrong_ack_gets_rst() {
     s.send(102.0, "S. 0:0(0) ack 1 win 65535 <mss 1460>");
     s.expect(102.0, ". 1:1(0) ack 1 win 65535");
     s.done(1000.0);
+}
+
+/// RFC 3168 6.1.1: a peer's ECN-setup SYN (ECE and CWR) is answered with an ECN-setup
+/// SYN-ACK (ECE only); a plain SYN with a plain SYN-ACK, and so is a SYN with ECE alone.
+#[test]
+fn passive_open_negotiates_ecn() {
+    for (syn, synack_flags) in [("SEW", "S.E"), ("S", "S."), ("SE", "S.")] {
+        let mut s = Script::new();
+        s.listen(0.0, 8080);
+        s.send(100.0, &format!("{syn} 0:0(0) win 65535"));
+        s.expect(100.0, &format!("{synack_flags} 0:0(0) ack 1 win 65535 <mss 1460>"));
+        s.send(100.0, ". 1:1(0) ack 1 win 65535");
+        s.accept(100.0);
+        s.done(200.0);
+    }
 }
 
 #[test]

@@ -4,8 +4,9 @@ its side when the client closes its own (so a client can wait for the FIN after 
 
 When a connection ends it prints one JSON line to stdout, so a test can check from the
 server's side how many bytes crossed and their sha256:
-  {"event": "closed", "peer": "10.77.0.1:40000", "bytes": N, "sha256": "..", "error": null}
-Runs until killed (SIGTERM/SIGINT).
+  {"event": "closed", "peer": "10.77.0.1:40000", "bytes": N, "sha256": "..", "error": null,
+   "seconds": T}
+(T: from the connection's acceptance to the client's EOF.) Runs until killed (SIGTERM/SIGINT).
 
   echo_server.py --port 7 [--bind 0.0.0.0] [--ready-file PATH]
 """
@@ -18,6 +19,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 
 from peerlib import CHUNK, emit
 
@@ -27,10 +29,12 @@ _print_lock = threading.Lock()
 class Handler(socketserver.BaseRequestHandler):
     def handle(self):
         s = self.request
+        started = time.monotonic()
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sha = hashlib.sha256()
         total = 0
         error = None
+        ended = started
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         try:
@@ -38,6 +42,7 @@ class Handler(socketserver.BaseRequestHandler):
                 n = s.recv_into(buf)
                 if n == 0:
                     break
+                ended = time.monotonic()
                 sha.update(view[:n])
                 s.sendall(view[:n])
                 total += n
@@ -46,7 +51,8 @@ class Handler(socketserver.BaseRequestHandler):
             error = repr(e)
         peer = "%s:%d" % self.client_address[:2]
         with _print_lock:
-            emit({"event": "closed", "peer": peer, "bytes": total, "sha256": sha.hexdigest(), "error": error})
+            emit({"event": "closed", "peer": peer, "bytes": total, "sha256": sha.hexdigest(), "error": error,
+                  "seconds": ended - started})
 
 
 class Server(socketserver.ThreadingTCPServer):

@@ -377,6 +377,84 @@ fn tasd_tas_client(what: &str, impair: &[&str]) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Congestion control: tasd's DCTCP through a rate-limited, ECN-marking bottleneck
+// ---------------------------------------------------------------------------------------------
+
+/// Bottleneck rate of the congestion-control tests, Mbit/s.
+const CC_RATE_MBIT: f64 = 200.0;
+/// Bytes each connection streams in the congestion-control tests (2 s at the full rate).
+const CC_BYTES: u64 = 50_000_000;
+
+/// tasd (DCTCP, its default) streams 50 MB to a kernel echo server through a 200 Mbit/s
+/// bottleneck with a 256-frame queue that marks CE above 20 frames: the goodput (TCP
+/// payload) reaches at least 90 % of the bottleneck rate. The ceiling is 95.6 % (1448
+/// payload bytes of every 1514 on the wire), so DCTCP may leave the link idle at most 5 %.
+#[test]
+#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+fn tasd_dctcp_goodput_through_ecn_bottleneck() {
+    tasd_cc_bottleneck(1);
+}
+
+/// Two tasd DCTCP connections through the same bottleneck share it fairly: Jain's index
+/// of their goodputs at least 0.95, and together at least 90 % of the rate.
+#[test]
+#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+fn tasd_dctcp_two_flows_share_ecn_bottleneck_fairly() {
+    tasd_cc_bottleneck(2);
+}
+
+fn tasd_cc_bottleneck(conns: usize) {
+    let bed = Bed::up("tasd-cc");
+    // The kernel in B answers ECN-setup SYNs (tcp_ecn=1 also asks for it on its own
+    // connections; the default 2 would do for answering alone).
+    bed.capture_ok(&["ip", "netns", "exec", &bed.ns_b, "sysctl", "-qw", "net.ipv4.tcp_ecn=1"]);
+    let rate = format!("{}mbit", CC_RATE_MBIT as u64);
+    bed.start_forwarder(&["--seed", "1", "--rate", &rate, "--queue", "256", "--ecn-threshold", "20"]);
+    bed.start_tasd();
+    let server = bed.start_kernel_echo_server(&bed.ns_b.clone(), "kernel-echo-b", ECHO_PORT);
+    let bytes = CC_BYTES.to_string();
+    let n = conns.to_string();
+    let started = Instant::now();
+    let out = bed.run_a_tas_app(
+        "tas-echo-client",
+        &["client", "--connect", &format!("{IP_B}:{ECHO_PORT}"), "--bytes", &bytes, "--conns", &n, "--timeout", "120"],
+        Duration::from_secs(180),
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    out.assert_success();
+    let closed = bed.wait_for_closed_connections(&server, conns, Duration::from_secs(30));
+    let fwd = bed.stop_forwarder();
+    let mut rates = Vec::new();
+    for c in &closed {
+        assert_eq!(c["bytes"], CC_BYTES, "kernel echo server saw: {closed:?}");
+        assert!(c["error"].is_null(), "kernel echo server saw: {closed:?}");
+        let secs = c["seconds"].as_f64().expect("seconds in the echo server's report");
+        rates.push(CC_BYTES as f64 * 8.0 / secs / 1e6);
+    }
+    // Goodput of the tasd -> B direction as the receiver saw it: all bytes over the time
+    // the last connection took (they start together).
+    let longest = closed.iter().map(|c| c["seconds"].as_f64().unwrap_or(0.0)).fold(0.0, f64::max);
+    let total = conns as f64 * CC_BYTES as f64 * 8.0 / longest / 1e6;
+    let (s, q): (f64, f64) = (rates.iter().sum(), rates.iter().map(|r| r * r).sum());
+    let jain = s * s / (rates.len() as f64 * q);
+    let marked = num(&fwd["a2b"], "ce_marked");
+    eprintln!(
+        "impair-result: tasd DCTCP {conns} flow(s) through {rate} (queue 256, CE above 20): {total:.1} Mbit/s \
+         ({:.1} % of the rate), per flow {rates:.1?} Mbit/s, Jain {jain:.3}, CE marks a2b {marked}, {elapsed:.1} s in all",
+        total / CC_RATE_MBIT * 100.0
+    );
+    assert!(marked > 0, "the bottleneck never marked: DCTCP was not tested: {fwd}");
+    assert!(
+        total >= 0.9 * CC_RATE_MBIT,
+        "goodput {total:.1} Mbit/s is below 90 % of the {rate} bottleneck; forwarder: {fwd}"
+    );
+    if conns > 1 {
+        assert!(jain >= 0.95, "Jain's index {jain:.3} < 0.95: rates {rates:.1?} Mbit/s");
+    }
+    result(&format!("tasd DCTCP {conns} flow(s) through {rate} + ECN"), &Value::Null, &fwd);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Checks and reporting
 // ---------------------------------------------------------------------------------------------
 

@@ -661,13 +661,23 @@ fn tasctl_reports_known_traffic_and_metrics_match() {
     );
     assert!(listening[0].contains("127.0.0.1:9464"), "{tcp}");
 
-    // congestion control: a clear "not yet", not made-up values
-    bed.tasctl(&["cc", "get"])
-        .fails_with("does not do this yet: congestion control is not implemented yet");
-    bed.tasctl(&["cc", "get", "--flow", &id])
-        .fails_with("not implemented yet");
+    // congestion control: the default algorithm and its parameters, each flow's state,
+    // a per-flow change to a fixed rate, and clear errors
+    let cc = bed.tasctl(&["cc", "get", "--json"]).json();
+    assert_eq!(cc["algorithm"], "dctcp-window", "{cc}");
+    assert_eq!(cc["parameters"]["dctcp_g"], "0.0625", "{cc}");
+    let f = bed.tasctl(&["cc", "get", "--flow", &id, "--json"]).json();
+    assert_eq!(f["algorithm"], "dctcp-window", "{f}");
+    assert!(f["cwnd_bytes"].as_u64().unwrap() > 0 && f["rtt_us"].as_u64().unwrap() > 0, "{f}");
+    bed.tasctl(&["cc", "set", "fixed", "--param", &format!("flow={id}"), "--param", "rate_kbps=50000"]).ok();
+    let f = bed.tasctl(&["cc", "get", "--flow", &id, "--json"]).json();
+    assert_eq!((f["algorithm"].as_str(), f["rate_bps"].as_u64()), (Some("fixed"), Some(50_000_000)), "{f}");
+    let cc = bed.tasctl(&["cc", "get", "--json"]).json();
+    assert_eq!(cc["algorithm"], "dctcp-window", "a per-flow change leaves the default: {cc}");
     bed.tasctl(&["cc", "set", "dctcp", "--param", "g=0.0625"])
-        .fails_with("not implemented yet");
+        .fails_with("unknown parameter");
+    bed.tasctl(&["cc", "set", "reno"]).fails_with("unknown congestion control");
+    bed.tasctl(&["cc", "get", "--flow", "12345"]).fails_with("no established flow");
 
     // the client closes: the flows go away (tasd closes passively: no TIME-WAIT)
     let ends = h.finish(&bed, true);

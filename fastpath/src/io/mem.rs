@@ -35,6 +35,12 @@ pub struct Impairments {
     pub rate_bps: u64,
     /// Frames that may wait in the link (beyond this, tail drop).
     pub queue_limit: usize,
+    /// Bottleneck buffer in bytes: a frame that would find more than this waiting for
+    /// the serialiser is dropped (0 = unbounded). Only with `rate_bps`.
+    pub queue_bytes: u64,
+    /// ECN marking threshold K in bytes: an ECN-capable frame that finds more than this
+    /// waiting is marked CE, as a DCTCP switch does (0 = no marking). Only with `rate_bps`.
+    pub ecn_threshold_bytes: u64,
 }
 
 impl Default for Impairments {
@@ -47,6 +53,8 @@ impl Default for Impairments {
             delay: Duration::from_micros(10),
             rate_bps: 0,
             queue_limit: 1 << 16,
+            queue_bytes: 0,
+            ecn_threshold_bytes: 0,
         }
     }
 }
@@ -66,7 +74,15 @@ pub struct DirStats {
     pub duplicated: u64,
     /// Frames held back for reordering.
     pub reordered: u64,
+    /// Frames marked CE by the bottleneck.
+    pub ce_marked: u64,
+    /// Frames dropped because the bottleneck buffer was full.
+    pub queue_drops: u64,
 }
+
+/// Bucket width of the bottleneck queue-length histogram, bytes.
+pub const QUEUE_HIST_BUCKET: u64 = 1_000;
+const QUEUE_HIST_BUCKETS: usize = 10_000;
 
 #[derive(Debug)]
 struct InFlight {
@@ -85,6 +101,9 @@ struct Direction {
     stats: DirStats,
     /// If set, a filter that may drop frames (scripted tests); returns true to keep.
     filter: Option<fn(&[u8]) -> bool>,
+    /// Bottleneck queue length (bytes waiting) seen by each arriving frame, in
+    /// `QUEUE_HIST_BUCKET` buckets (allocated on first use).
+    qhist: Vec<u64>,
 }
 
 impl Direction {
@@ -96,6 +115,7 @@ impl Direction {
             busy_until: Instant::ZERO,
             stats: DirStats::default(),
             filter: None,
+            qhist: Vec::new(),
         }
     }
 
@@ -119,6 +139,28 @@ impl Direction {
             return;
         }
         let mut at = now;
+        let mut buf = buf;
+        if self.imp.rate_bps > 0 {
+            // Bytes waiting for the serialiser when this frame arrives.
+            let backlog_ns = self.busy_until.as_nanos().saturating_sub(now.as_nanos());
+            let backlog = (backlog_ns as u128 * self.imp.rate_bps as u128 / 8_000_000_000) as u64;
+            if self.qhist.is_empty() {
+                self.qhist = vec![0; QUEUE_HIST_BUCKETS];
+            }
+            let b = ((backlog / QUEUE_HIST_BUCKET) as usize).min(QUEUE_HIST_BUCKETS - 1);
+            self.qhist[b] += 1;
+            if self.imp.queue_bytes > 0 && backlog + buf.len() as u64 > self.imp.queue_bytes {
+                self.stats.queue_drops += 1;
+                pool.push(buf);
+                return;
+            }
+            if self.imp.ecn_threshold_bytes > 0
+                && backlog > self.imp.ecn_threshold_bytes
+                && mark_ce(&mut buf)
+            {
+                self.stats.ce_marked += 1;
+            }
+        }
         if self.imp.rate_bps > 0 {
             let ser =
                 Duration::from_nanos(buf.len() as u64 * 8 * 1_000_000_000 / self.imp.rate_bps);
@@ -141,6 +183,28 @@ impl Direction {
         self.insert(at, buf);
     }
 
+    /// Percentiles `ps` (0..=100) of the bottleneck queue length seen by arriving
+    /// frames, in bytes (bucket upper bounds; 0 if nothing was recorded).
+    fn queue_percentiles(&self, ps: &[f64]) -> Vec<u64> {
+        let total: u64 = self.qhist.iter().sum();
+        ps.iter()
+            .map(|p| {
+                if total == 0 {
+                    return 0;
+                }
+                let want = ((p / 100.0) * total as f64).ceil().max(1.0) as u64;
+                let mut acc = 0;
+                for (i, n) in self.qhist.iter().enumerate() {
+                    acc += n;
+                    if acc >= want {
+                        return i as u64 * QUEUE_HIST_BUCKET;
+                    }
+                }
+                (QUEUE_HIST_BUCKETS as u64 - 1) * QUEUE_HIST_BUCKET
+            })
+            .collect()
+    }
+
     fn insert(&mut self, at: Instant, buf: Vec<u8>) {
         let item = InFlight { at, buf };
         // Most frames arrive in order: search from the back.
@@ -150,6 +214,31 @@ impl Direction {
         }
         self.queue.insert(pos, item);
     }
+}
+
+/// Mark an IPv4 frame CE if it is ECN-capable (ECT(0) or ECT(1)), fixing the header
+/// checksum. False if the frame is not IPv4 or not ECN-capable.
+fn mark_ce(frame: &mut [u8]) -> bool {
+    if frame.len() < 34 || frame[12] != 0x08 || frame[13] != 0x00 {
+        return false;
+    }
+    let ihl = (frame[14] & 0x0f) as usize * 4;
+    if ihl < 20 || frame.len() < 14 + ihl || frame[15] & 0x03 == 0 {
+        return false;
+    }
+    frame[15] |= 0x03;
+    frame[24] = 0;
+    frame[25] = 0;
+    let mut sum = 0u32;
+    for w in frame[14..14 + ihl].chunks(2) {
+        sum += u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let c = !(sum as u16);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    true
 }
 
 #[derive(Debug)]
@@ -216,6 +305,18 @@ impl MemPort {
     /// Counters of the direction this port sends into.
     pub fn tx_stats(&self) -> DirStats {
         self.shared.lock().expect("link lock").dirs[self.tx_dir()].stats
+    }
+    /// Percentiles `ps` (0..=100) of the bottleneck queue length, bytes, seen by frames
+    /// this port sent (since the last [`MemPort::reset_queue_stats`]).
+    pub fn tx_queue_percentiles(&self, ps: &[f64]) -> Vec<u64> {
+        self.shared.lock().expect("link lock").dirs[self.tx_dir()].queue_percentiles(ps)
+    }
+    /// Forget the queue-length histogram of the direction this port sends into.
+    pub fn reset_queue_stats(&self) {
+        self.shared.lock().expect("link lock").dirs[self.tx_dir()]
+            .qhist
+            .iter_mut()
+            .for_each(|n| *n = 0);
     }
     /// Change the impairments of the direction this port sends into.
     pub fn set_tx_impairments(&self, imp: Impairments) {
@@ -420,6 +521,55 @@ mod tests {
         assert_eq!(got.len() as u64, 100 + st.duplicated);
         assert!(st.duplicated > 0 && st.reordered > 0);
         assert!(got.windows(2).any(|w| w[0] > w[1]), "some frames overtaken");
+    }
+
+    fn ip_frame(ecn: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 1000];
+        f[12] = 0x08;
+        f[14] = 0x45;
+        f[15] = ecn;
+        f[16..18].copy_from_slice(&986u16.to_be_bytes());
+        f[22] = 64;
+        f
+    }
+
+    #[test]
+    fn bottleneck_marks_above_threshold_and_drops_when_full() {
+        let clock = SimClock::new();
+        // 1000-byte frames at 8 Mbit/s: 1 ms each. Mark above 2500 bytes waiting,
+        // buffer 5000 bytes.
+        let imp = Impairments {
+            rate_bps: 8_000_000,
+            delay: Duration::ZERO,
+            ecn_threshold_bytes: 2_500,
+            queue_bytes: 5_000,
+            ..Default::default()
+        };
+        let (mut a, mut b) = MemLink::pair(&clock, imp, imp, 3);
+        for i in 0..8 {
+            // Alternate ECN-capable and not.
+            let fr = ip_frame(if i % 2 == 0 { 0b10 } else { 0 });
+            let t = a.tx_alloc().unwrap();
+            a.tx_data(&t)[..1000].copy_from_slice(&fr);
+            a.tx_submit(t, 1000);
+        }
+        let st = a.tx_stats();
+        // Backlogs seen: 0, 1000, 2000, 3000, 4000 (frames 0-4 queued), then frames 5-7
+        // would exceed 5000 bytes: dropped. Frames 3 and 4 see more than K; only frame 4
+        // is ECN-capable.
+        assert_eq!(st.queue_drops, 3);
+        assert_eq!(st.ce_marked, 1);
+        assert_eq!(a.tx_queue_percentiles(&[50.0, 100.0]), vec![3000, 5000]);
+        clock.advance(Duration::from_millis(10));
+        let mut fr = [RxFrame::default(); 16];
+        let n = b.rx_burst(&mut fr);
+        assert_eq!(n, 5);
+        let ecn: Vec<u8> = fr[..n].iter().map(|f| b.rx_data(f)[15] & 3).collect();
+        assert_eq!(ecn, vec![2, 0, 2, 0, 3]);
+        let marked = b.rx_data(&fr[4]);
+        let ip = crate::wire::Ipv4Packet::new_checked(&marked[14..]).unwrap();
+        assert!(ip.verify_checksum(), "checksum fixed after marking");
+        b.rx_release(&fr[..n]);
     }
 
     #[test]

@@ -68,10 +68,15 @@ impl World {
             work |= c.poll() > 0;
         }
         if !work {
-            let next = [self.a.cores[0].io().next_arrival(), self.b.cores[0].io().next_arrival()]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                self.a.cores[0].io().next_arrival(),
+                self.b.cores[0].io().next_arrival(),
+                self.a.cores[0].next_pacing_deadline(),
+                self.b.cores[0].next_pacing_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let now = self.clock.now();
             match next {
                 Some(t) if t > now => self.clock.set(t.min(now + Duration::from_millis(1))),
@@ -156,6 +161,9 @@ pub struct Transfer {
 /// Stream `total` bytes from B (client) to A (server) through `imp`, verifying every
 /// byte at the receiver. `pause` makes the receiver stop reading for that long after
 /// each `pause_every` bytes (zero-window phases).
+///
+/// Congestion control is off (`unlimited`): these transfers measure loss recovery alone,
+/// as they did before congestion control existed (slowpath/tests/sim_cc.rs measures it).
 pub fn bulk(imp: Impairments, seed: u64, total: u64, pause: Option<(u64, Duration)>) -> Transfer {
     bulk_from(imp, seed, total, pause, None)
 }
@@ -166,6 +174,8 @@ pub fn bulk_from(imp: Impairments, seed: u64, total: u64, pause: Option<(u64, Du
     if let Some(t) = start {
         w.clock.set(t);
     }
+    w.a.slow.set_congestion_control(None, tas_slowpath::cc::Algorithm::Unlimited, None);
+    w.b.slow.set_congestion_control(None, tas_slowpath::cc::Algorithm::Unlimited, None);
     let mut server = context(&mut w.a, IP_A, "sink");
     let mut client = context(&mut w.b, IP_B, "source");
     let l = listen(&mut w, &mut server, &mut client, 5001);
@@ -183,7 +193,7 @@ pub fn bulk_from(imp: Impairments, seed: u64, total: u64, pause: Option<(u64, Du
         assert!(w.clock.now().as_nanos() - t0.as_nanos() < limit.as_nanos() as u64, "stalled at {recvd} of {total}");
         w.step(&mut [&mut server, &mut client]);
         if let ConnState::Failed(e) = client.state(conn) {
-            panic!("client failed: {e}");
+            panic!("client failed: {e} at {recvd} of {total}");
         }
         if sconn.is_none() {
             sconn = server.accept(l).unwrap();

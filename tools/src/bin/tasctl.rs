@@ -9,7 +9,7 @@
 //!   apps [detach ID]            applications; disconnect one
 //!   listeners | cores           listening ports; fast-path cores
 //!   stats [--watch SECS]        every counter (with rates)
-//!   cc get|set                  congestion control (not implemented by tasd yet)
+//!   cc get|set                  congestion control: algorithm, parameters, per-flow state
 //!   config get|set              running configuration; live keys can change
 //!   events                      connection events as they happen
 //!   capture -w FILE             a pcap of the fast path's frames (tcpdump -r FILE)
@@ -129,7 +129,7 @@ enum Cmd {
         #[arg(long)]
         nonzero: bool,
     },
-    /// Congestion control (tasd does not implement it yet).
+    /// Congestion control: get the algorithm and parameters or one flow's state; set it.
     Cc {
         #[command(subcommand)]
         action: CcCmd,
@@ -182,7 +182,9 @@ enum CcCmd {
         #[arg(long, value_parser = flow_id)]
         flow: Option<u64>,
     },
-    /// Choose the algorithm (dctcp, timely, fixed, unlimited) and parameters.
+    /// Choose the algorithm (dctcp-window, dctcp-rate, timely, cubic, fixed, unlimited) for
+    /// every connection and new ones, or with --param flow=ID for one; --param
+    /// rate_kbps=N sets the fixed rate.
     Set {
         /// Algorithm.
         algorithm: String,
@@ -541,13 +543,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let f = call(timeout, c.get_flow_congestion(FlowRequest { id })).await?;
             if json {
-                print_json(
-                    &json!({"id": f.id, "algorithm": f.algorithm, "rate_bps": f.rate_bps, "cwnd_bytes": f.cwnd_bytes}),
-                );
+                print_json(&json!({
+                    "id": f.id, "algorithm": f.algorithm, "rate_bps": f.rate_bps, "cwnd_bytes": f.cwnd_bytes,
+                    "alpha": f.alpha, "ecn_fraction": f.ecn_fraction, "rtt_us": f.rtt_us,
+                    "retransmits": f.retransmits, "delivery_bps": f.delivery_bps, "slow_start": f.slow_start,
+                }));
             } else {
                 println!(
-                    "flow {}: {} rate {} bit/s cwnd {} bytes",
-                    f.id, f.algorithm, f.rate_bps, f.cwnd_bytes
+                    "flow {}: {} rate {} bit/s cwnd {} bytes alpha {:.3} ecn {:.3} rtt {} us retransmits {} delivered {} bit/s{}",
+                    f.id,
+                    f.algorithm,
+                    f.rate_bps,
+                    f.cwnd_bytes,
+                    f.alpha,
+                    f.ecn_fraction,
+                    f.rtt_us,
+                    f.retransmits,
+                    f.delivery_bps,
+                    if f.slow_start { " (slow start)" } else { "" }
                 );
             }
         }
