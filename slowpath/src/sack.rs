@@ -3,11 +3,13 @@
 //!
 //! The fast path reports every ACK that carries SACK blocks; the scoreboard keeps the
 //! SACKed ranges above `snd_una` and answers which holes to retransmit:
-//! - a hole is a loss candidate once at least `DupThresh * SMSS` bytes above it were
-//!   SACKed (RFC 6675 IsLost);
-//! - it is retransmitted when it has been a candidate for a reordering window
-//!   (`srtt / 4`, RFC 8985 6.2), so a reordered segment arriving late costs no
-//!   retransmission;
+//! - a hole with at least `DupThresh * SMSS` bytes SACKed above it (RFC 6675 IsLost) is
+//!   retransmitted once it has been a hole for a reordering window (`srtt / 4`, RFC 8985
+//!   6.2), so a reordered segment arriving late costs no retransmission;
+//! - a hole with less above it (near the end of the data in flight, common when the
+//!   window or the transmit ring is full) waits a reordering window plus one srtt, then
+//!   goes too (RACK would call it lost by the later data that was delivered), instead of
+//!   waiting for the RTO;
 //! - a retransmission still not acknowledged after `srtt + reordering window` is deemed
 //!   lost too and sent again (RFC 8985 detects lost retransmissions the same way), so a
 //!   lost retransmission does not have to wait for the RTO.
@@ -44,6 +46,8 @@ fn lt(a: u32, b: u32) -> bool {
 struct Hole {
     start: u32,
     since: u64,
+    /// How long it must stay a hole before it counts as lost (see `on_ack`).
+    wait: u64,
     sent: Option<u64>,
     tries: u8,
 }
@@ -72,11 +76,11 @@ impl Scoreboard {
     /// calls [`Scoreboard::on_timer`] then (RFC 8985 6.3's reordering timer).
     pub fn next_check(&self) -> Option<u64> {
         let (_, _, _, srtt) = self.last?;
-        let (reo_wnd, rexmit_after) = windows(srtt);
+        let (_, rexmit_after) = windows(srtt);
         self.holes
             .iter()
             .filter_map(|h| match h.sent {
-                None => Some(h.since + reo_wnd),
+                None => Some(h.since + h.wait),
                 Some(t) if h.tries < MAX_RETRIES => Some(t + rexmit_after),
                 Some(_) => None,
             })
@@ -167,17 +171,21 @@ impl Scoreboard {
         let old = std::mem::take(&mut self.holes);
         let mut out = Vec::new();
         for &(s, e, above) in &current {
-            if above < DUP_THRESH * mss {
-                continue;
-            }
+            // RFC 6675 IsLost: DupThresh segments' worth SACKed above. A hole with less
+            // above it (near the end of what was sent: a sender whose window or ring is
+            // full sends nothing more that could be SACKed) is lost too once a round trip
+            // has passed on top of the reordering window, as RACK (RFC 8985) would judge it
+            // by the later-sent data that was delivered; otherwise it would wait for the
+            // RTO.
+            let wait = if above >= DUP_THRESH * mss { reo_wnd } else { reo_wnd + srtt_us as u64 };
             let mut h = old
                 .iter()
                 .find(|h| !lt(h.start, s) && lt(h.start, e))
                 .copied()
-                .map(|h| Hole { start: s, ..h })
-                .unwrap_or(Hole { start: s, since: now_us, sent: None, tries: 0 });
+                .map(|h| Hole { start: s, wait, ..h })
+                .unwrap_or(Hole { start: s, since: now_us, wait, sent: None, tries: 0 });
             let due = match h.sent {
-                None => now_us.saturating_sub(h.since) >= reo_wnd,
+                None => now_us.saturating_sub(h.since) >= wait,
                 Some(t) => h.tries < MAX_RETRIES && now_us.saturating_sub(t) >= rexmit_after,
             };
             if due {
@@ -203,7 +211,7 @@ mod tests {
         // Segments of 100 bytes from 1000; 1000 and 1300 lost.
         assert!(sb.on_ack(0, SRTT, 1000, 2000, 100, &[(1100, 1300)]).is_empty(), "200 B above: not yet lost");
         assert!(sb.on_ack(10, SRTT, 1000, 2000, 100, &[(1400, 1800), (1100, 1300)]).is_empty(), "inside the reordering window");
-        assert_eq!(sb.next_check(), Some(10 + 250), "the window ends 250 us after the holes appeared");
+        assert_eq!(sb.next_check(), Some(250), "the window ends 250 us after the first hole appeared (at 0)");
         let r = sb.on_ack(300, SRTT, 1000, 2000, 100, &[(1400, 1800)]);
         assert_eq!(r, vec![(1000, 100), (1300, 100)]);
         assert!(sb.in_recovery());
@@ -218,6 +226,21 @@ mod tests {
         assert!(sb.on_ack(5400, SRTT, 2000, 2000, 100, &[]).is_empty());
         assert!(!sb.in_recovery());
         assert!(sb.sacked().is_empty());
+    }
+
+    #[test]
+    fn a_hole_near_the_end_goes_after_a_round_trip() {
+        let mut sb = Scoreboard::default();
+        // 1000..1100 lost, only the last segment (1100..1200) SACKed: less than DupThresh
+        // segments above, and nothing more was sent (a full window).
+        assert!(sb.on_ack(0, SRTT, 1000, 1200, 100, &[(1100, 1200)]).is_empty());
+        assert_eq!(sb.next_check(), Some(250 + 1000), "reordering window plus one srtt");
+        assert!(sb.on_timer(1249).is_empty());
+        assert_eq!(sb.on_timer(1250), vec![(1000, 100)]);
+        // Without any SACK above it, no hole is known: that is the RTO's (or TLP's) case.
+        let mut sb = Scoreboard::default();
+        assert!(sb.on_ack(0, SRTT, 1000, 1200, 100, &[]).is_empty());
+        assert_eq!(sb.next_check(), None);
     }
 
     #[test]

@@ -475,10 +475,11 @@ fn sack_hole() -> Script {
 #[test]
 fn sack_retransmits_only_the_missing_range() {
     let mut s = sack_hole();
-    // When the reordering window (200 µs) after the hole became a loss candidate
-    // (201.2 ms) ends, exactly the hole is retransmitted, nothing else; more SACKs for
-    // the same hole send nothing more.
-    s.expect(201.4, ". 1449:2897(1448) ack 1 win 32768 <nop,nop,TS val * ecr *>");
+    // The hole appeared with the first SACK (201.0 ms); it became a loss candidate at
+    // 201.2 ms (3 * SMSS SACKed above it), when its reordering window (200 µs, counted
+    // from when later data was first delivered, as RACK does) has also run out: exactly
+    // the hole is retransmitted then, nothing else; more SACKs for it send nothing more.
+    s.expect(201.2, ". 1449:2897(1448) ack 1 win 32768 <nop,nop,TS val * ecr *>");
     s.send(202.0, ". 1:1(0) ack 1449 win 512 <nop,nop,TS val 103 ecr 12500,nop,nop,sack 2897:7241>");
     s.send(203.0, ". 1:1(0) ack 7241 win 512 <nop,nop,TS val 104 ecr *>");
     s.done(2000.0);
@@ -489,8 +490,9 @@ fn sack_retransmits_only_the_missing_range() {
 #[test]
 fn sack_hole_is_retransmitted_when_the_reordering_window_expires() {
     let mut s = sack_hole();
-    // No further ACK: the reordering window (200 µs here) expires at 201.4 ms.
-    s.expect(201.4, ". 1449:2897(1448) ack 1 win 32768 <nop,nop,TS val * ecr *>");
+    // The third SACK (201.2 ms) makes the hole a loss candidate; its reordering window
+    // (200 µs from 201.0 ms, when data sent after it was first SACKed) has expired.
+    s.expect(201.2, ". 1449:2897(1448) ack 1 win 32768 <nop,nop,TS val * ecr *>");
     s.send(203.0, ". 1:1(0) ack 7241 win 512 <nop,nop,TS val 104 ecr *>");
     s.done(2000.0);
 }
