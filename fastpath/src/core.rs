@@ -914,10 +914,10 @@ impl<IO: PacketIo> FastPath<IO> {
             }
             let mut flags = TcpFlags::ACK;
             if len > 0 && len == f.tx_avail {
-                flags = flags | TcpFlags::PSH;
+                flags |= TcpFlags::PSH;
             }
             if fin_now {
-                flags = flags | TcpFlags::FIN;
+                flags |= TcpFlags::FIN;
             }
             // RFC 3168 6.1.2: CWR on the first new data segment after reacting to ECE.
             let cwr = len > 0 && f.has2(F2_CWR_PENDING);

@@ -6,7 +6,7 @@ When a connection ends it prints one JSON line to stdout, so a test can check fr
 server's side how many bytes crossed and their sha256:
   {"event": "closed", "peer": "10.77.0.1:40000", "bytes": N, "sha256": "..", "error": null,
    "seconds": T}
-(T: from the connection's acceptance to the client's EOF.) Runs until killed (SIGTERM/SIGINT).
+(T: from the acceptance of the connection to the last data received.) Runs until killed (SIGTERM/SIGINT).
 
   echo_server.py --port 7 [--bind 0.0.0.0] [--ready-file PATH]
 """
