@@ -172,6 +172,8 @@ pub struct CoreCounters {
     pub sleeps: AtomicU64,
     /// Live flows.
     pub flows: AtomicU64,
+    /// Busy and idle cycles (crate::cycles).
+    pub cycles: crate::cycles::CycleCounters,
 }
 
 #[inline]
@@ -361,6 +363,7 @@ impl<IO: PacketIo> FastPath<IO> {
 
     /// Run one batch at time `now`.
     pub fn poll(&mut self, now: Instant) -> PollResult {
+        let start = crate::cycles::now();
         self.now = now;
         self.now_us = (now.as_nanos() / 1_000) as u32;
         self.notified_slow = false;
@@ -376,9 +379,11 @@ impl<IO: PacketIo> FastPath<IO> {
         res.tx = self.transmit();
         self.timers();
         self.finish_batch();
+        let kick = crate::cycles::now();
         if let Err(_e) = self.io.tx_flush() {
             bump(&self.counters.tx_errors, 1);
         }
+        self.counters.cycles.record_kick(kick);
         if self.notified_slow {
             if let Some(n) = &self.slow_notify {
                 n.notify();
@@ -389,6 +394,7 @@ impl<IO: PacketIo> FastPath<IO> {
         } else {
             bump(&self.counters.idle_polls, 1);
         }
+        self.counters.cycles.record(start, res.did_work());
         res
     }
 
