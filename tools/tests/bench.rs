@@ -95,7 +95,12 @@ fn compare_quick_produces_a_complete_table() {
     let section = &doc[begin..end];
     let table_rows = section
         .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| workload") && !l.starts_with("| stack-side"))
+        .filter(|l| {
+            l.starts_with("| ")
+                && !l.starts_with("| ---")
+                && !l.starts_with("| workload")
+                && !l.starts_with("| stack-side")
+        })
         .count();
     assert_eq!(table_rows, rows.len() + cycles.len(), "{section}");
     assert!(!section.contains("FAILED"), "{section}");
