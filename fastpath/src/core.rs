@@ -379,11 +379,10 @@ impl<IO: PacketIo> FastPath<IO> {
         res.tx = self.transmit();
         self.timers();
         self.finish_batch();
-        let kick = crate::cycles::now();
+        let kick = crate::cycles::kick_start(res.did_work());
         if let Err(_e) = self.io.tx_flush() {
             bump(&self.counters.tx_errors, 1);
         }
-        self.counters.cycles.record_kick(kick);
         if self.notified_slow {
             if let Some(n) = &self.slow_notify {
                 n.notify();
@@ -394,7 +393,7 @@ impl<IO: PacketIo> FastPath<IO> {
         } else {
             bump(&self.counters.idle_polls, 1);
         }
-        self.counters.cycles.record(start, res.did_work());
+        self.counters.cycles.record(start, kick, res.did_work());
         res
     }
 

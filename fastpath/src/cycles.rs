@@ -9,13 +9,14 @@
 //!   packets (time asleep in `poll(2)` is in neither counter);
 //! - cycles per batch = busy / `busy_polls`;
 //! - stack cycles per packet = busy / (`rx_frames` + `tx_frames`);
-//! - of those, the transmit kick's system call: `kick` (counted in busy or idle with the
-//!   poll it belongs to; a poll that sent something is busy);
+//! - of the busy ticks, those in the end-of-batch system calls (the transmit kick, a
+//!   slow-path wake-up): `kick`;
 //! - with a request count from the outside (the benchmark harness), stack cycles per
 //!   request.
 //!
-//! The counters are plain single-writer atomics like the core's other counters: four
-//! `rdtsc` reads and two relaxed load/store pairs per poll, no locked instruction (its cost is
+//! The counters are plain single-writer atomics like the core's other counters: three
+//! `rdtsc` reads per busy poll (start, before the kick, end), two per idle poll, and
+//! relaxed load/store pairs, no locked instruction (its cost is
 //! measured by the `segment` criterion bench, docs/benchmarks.md). To turn cycles into
 //! time, readers use [`ticks_per_us`], calibrated once per process against the
 //! monotonic clock (`tasd` exports it as the `tsc_ticks_per_us` gauge).
@@ -31,29 +32,40 @@ pub struct CycleCounters {
     pub busy: AtomicU64,
     /// Ticks spent in polls that found nothing.
     pub idle: AtomicU64,
-    /// Of all polls' ticks, those spent in the transmit kick (`PacketIo::tx_flush`: the
-    /// `sendto` that makes an AF_XDP socket in copy mode copy and send its frames).
+    /// Of the busy ticks, those spent in the end-of-batch system calls: the transmit kick
+    /// (`PacketIo::tx_flush`, the `sendto` that makes an AF_XDP socket in copy mode copy
+    /// and send its frames) and, when it sleeps, the slow path's wake-up.
     pub kick: AtomicU64,
 }
 
 impl CycleCounters {
-    /// Account the poll that started at `start` (a [`now`] reading) and ends now.
+    /// Account the poll that started at `start` (a [`now`] reading) and ends now; `kick`
+    /// is [`kick_start`]'s reading, taken before the end-of-batch system calls.
     #[inline]
-    pub fn record(&self, start: u64, did_work: bool) {
-        let ticks = now().wrapping_sub(start);
-        let c = if did_work { &self.busy } else { &self.idle };
-        // Single writer (the core's thread): load + store, no locked add.
-        c.store(c.load(Ordering::Relaxed).wrapping_add(ticks), Ordering::Relaxed);
+    pub fn record(&self, start: u64, kick: u64, did_work: bool) {
+        let end = now();
+        let add = |c: &AtomicU64, ticks: u64| {
+            // Single writer (the core's thread): load + store, no locked add.
+            c.store(c.load(Ordering::Relaxed).wrapping_add(ticks), Ordering::Relaxed);
+        };
+        if did_work {
+            add(&self.busy, end.wrapping_sub(start));
+            add(&self.kick, end.wrapping_sub(kick));
+        } else {
+            add(&self.idle, end.wrapping_sub(start));
+        }
     }
 }
 
-impl CycleCounters {
-    /// Account the transmit kick that started at `start` and ends now.
-    #[inline]
-    pub fn record_kick(&self, start: u64) {
-        let ticks = now().wrapping_sub(start);
-        self.kick
-            .store(self.kick.load(Ordering::Relaxed).wrapping_add(ticks), Ordering::Relaxed);
+/// The tick count before the end-of-batch system calls of a poll that did work; an idle
+/// poll (nothing to send) skips the read and passes 0, which [`CycleCounters::record`]
+/// ignores.
+#[inline]
+pub fn kick_start(did_work: bool) -> u64 {
+    if did_work {
+        now()
+    } else {
+        0
     }
 }
 
@@ -114,12 +126,16 @@ mod tests {
         for i in 0..10_000u64 {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
         }
-        c.record(start, true);
+        let kick = kick_start(true);
+        c.record(start, kick, true);
         let busy = c.busy.load(Ordering::Relaxed);
         assert!(busy > 0, "a poll that took time recorded no busy ticks");
+        assert!(c.kick.load(Ordering::Relaxed) < busy, "the kick is a part of the poll");
         assert_eq!(c.idle.load(Ordering::Relaxed), 0);
-        c.record(now(), false);
+        let kick_before = c.kick.load(Ordering::Relaxed);
+        c.record(now(), kick_start(false), false);
         assert_eq!(c.busy.load(Ordering::Relaxed), busy, "an idle poll changed the busy count");
+        assert_eq!(c.kick.load(Ordering::Relaxed), kick_before, "an idle poll changed the kick count");
         assert!(c.idle.load(Ordering::Relaxed) > 0, "an idle poll recorded no ticks");
     }
 

@@ -51,7 +51,7 @@ pub fn counter_help(name: &str, per_core: bool) -> (&'static str, bool) {
             "sleeps" => ("Times the core went to sleep after spinning idle.", false),
             "flows" => ("Flows installed on the core.", true),
             "busy_cycles" => ("Time-stamp-counter ticks the core spent in polls that did work (divide by tsc_ticks_per_us for µs).", false),
-            "kick_cycles" => ("Time-stamp-counter ticks the core spent in transmit kicks (sendto on the AF_XDP socket), part of the busy and idle ticks.", false),
+            "kick_cycles" => ("Of busy_cycles, the ticks spent in end-of-batch system calls: the transmit kick (sendto on the AF_XDP socket) and slow-path wake-ups.", false),
             "idle_cycles" => ("Time-stamp-counter ticks the core spent in polls that found nothing (time asleep is in neither).", false),
             _ => (UNDOCUMENTED, false),
         }

@@ -215,8 +215,9 @@ pub const FONTS: &[&str] = &[
     "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
 ];
 
-/// Draw the ratio of every complete row as a horizontal bar (1.0 = the kernel), green where
-/// the stack is better, red where the kernel is. Needs a TTF font for the labels: the first
+/// Draw the ratio of every complete row as a horizontal bar from 1.0 (= the kernel) on a
+/// logarithmic axis, so 0.5x and 2x are equally long; green where the stack is better, red
+/// where the kernel is. Needs a TTF font for the labels: the first
 /// of [`FONTS`] that exists, or `$TAS_BENCH_FONT`.
 pub fn chart(rows: &[Row], path: &Path, title: &str) -> Result<()> {
     use plotters::prelude::*;
@@ -236,8 +237,9 @@ pub fn chart(rows: &[Row], path: &Path, title: &str) -> Result<()> {
     let data: Vec<(String, f64, bool)> = rows
         .iter()
         .filter_map(|r| {
+            let vs = r.kernel_label.as_ref().map_or(String::new(), |k| format!(" (vs {k})"));
             Some((
-                format!("{}: {}", r.workload, r.metric),
+                format!("{}: {}{vs}", r.workload, r.metric),
                 r.ratio()?,
                 r.stack_wins()?,
             ))
@@ -246,7 +248,13 @@ pub fn chart(rows: &[Row], path: &Path, title: &str) -> Result<()> {
     if data.is_empty() {
         bail!("no complete row to draw");
     }
-    let max = data.iter().map(|d| d.1).fold(1.0f64, f64::max) * 1.15;
+    // Symmetric around 1 on the log axis, at least 0.5x..2x.
+    let span = data
+        .iter()
+        .map(|d| d.1.max(1e-6).ln().abs())
+        .fold(2f64.ln(), f64::max)
+        * 1.1;
+    let (lo, hi) = ((-span).exp(), span.exp());
     let height = 120 + 34 * data.len() as u32;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -259,12 +267,13 @@ pub fn chart(rows: &[Row], path: &Path, title: &str) -> Result<()> {
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(620)
-        .build_cartesian_2d(0f64..max, (0..n).into_segmented())
+        .build_cartesian_2d((lo..hi).log_scale(), (0..n).into_segmented())
         .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
     let labels: Vec<String> = data.iter().map(|d| d.0.clone()).collect();
     ch.configure_mesh()
         .disable_y_mesh()
-        .x_desc("stack / kernel (1.0 = same; bars right of 1 mean a larger value on the stack)")
+        .x_desc("stack / kernel, log scale (1 = same; right of 1: a larger value on the stack)")
+        .x_label_formatter(&|v| format!("{v:.2}x"))
         .y_label_formatter(&|v| match v {
             // Bar i (from the top) is drawn at y = n - 1 - i; the mesh may ask beyond.
             SegmentValue::CenterOf(y) => (n - 1)
@@ -283,7 +292,7 @@ pub fn chart(rows: &[Row], path: &Path, title: &str) -> Result<()> {
         let y = n - 1 - i as i32;
         let color = if *win { RGBColor(46, 139, 87) } else { RGBColor(200, 60, 50) };
         Rectangle::new(
-            [(0.0, SegmentValue::Exact(y)), (*r, SegmentValue::Exact(y + 1))],
+            [(1.0, SegmentValue::Exact(y)), (r.clamp(lo, hi), SegmentValue::Exact(y + 1))],
             color.filled(),
         )
     }))
