@@ -21,11 +21,14 @@
 #   redis-server       Debian's Redis, the reference tas-kv is compared with (model check, benchmark)
 #   python3-pip        pip, to install redis-py from PyPI for the kvstore root tests (see below)
 #   g++                libfuzzer-sys builds libFuzzer (C++) when deploy/test.sh checks fuzz/ compiles
+#   fonts-dejavu-core  a TTF font for the labels of tas-bench's chart (read at run time with
+#                      ab_glyph: no fontconfig or freetype is linked)
 # gcc, make and git are on every Debian 12 build machine; Rust (>= 1.85) comes from rustup.
 set -euo pipefail
 
 PACKAGES=(libelf-dev zlib1g-dev pkg-config clang llvm protobuf-compiler ethtool iproute2
-          iputils-ping python3 procps tcpdump systemd util-linux redis-tools redis-server python3-pip g++)
+          iputils-ping python3 procps tcpdump systemd util-linux redis-tools redis-server python3-pip
+          fonts-dejavu-core g++)
 
 # Python packages from PyPI, installed with pip into kvstore/.pydeps (git-ignored; the
 # kvstore root tests put it on PYTHONPATH), so neither the system Python nor a user's

@@ -314,5 +314,20 @@ fn per_segment(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, per_segment);
+/// What the cycle accounting adds to a poll that did work (fastpath/src/cycles.rs): three
+/// tick reads (start, before the kick, end) and two relaxed load/stores. Compare with the per-segment
+/// cases: a batch of 32 pays it once, a segment alone pays it whole.
+fn cycle_accounting(c: &mut Criterion) {
+    let counters = tas_fastpath::cycles::CycleCounters::default();
+    c.bench_function("cycle_accounting_per_poll", |b| {
+        b.iter(|| {
+            let start = tas_fastpath::cycles::now();
+            let kick = tas_fastpath::cycles::kick_start(black_box(true));
+            counters.record(black_box(start), black_box(kick), black_box(true));
+        })
+    });
+    black_box(&counters);
+}
+
+criterion_group!(benches, per_segment, cycle_accounting);
 criterion_main!(benches);

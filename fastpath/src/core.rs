@@ -187,6 +187,8 @@ pub struct CoreCounters {
     pub cc_reports: AtomicU64,
     /// Times a paced flow waited on the timer wheel for its next send time.
     pub pacing_waits: AtomicU64,
+    /// Busy and idle cycles (crate::cycles).
+    pub cycles: crate::cycles::CycleCounters,
 }
 
 #[inline]
@@ -379,6 +381,7 @@ impl<IO: PacketIo> FastPath<IO> {
 
     /// Run one batch at time `now`.
     pub fn poll(&mut self, now: Instant) -> PollResult {
+        let start = crate::cycles::now();
         self.now = now;
         self.now_us = (now.as_nanos() / 1_000) as u32;
         self.ts_now = rx::tsval(now);
@@ -395,6 +398,7 @@ impl<IO: PacketIo> FastPath<IO> {
         res.tx = self.transmit();
         self.timers();
         self.finish_batch();
+        let kick = crate::cycles::kick_start(res.did_work());
         if let Err(_e) = self.io.tx_flush() {
             bump(&self.counters.tx_errors, 1);
         }
@@ -408,6 +412,7 @@ impl<IO: PacketIo> FastPath<IO> {
         } else {
             bump(&self.counters.idle_polls, 1);
         }
+        self.counters.cycles.record(start, kick, res.did_work());
         res
     }
 

@@ -5,13 +5,15 @@
 //! - [`rx`], [`tx`], [`qman`]: segment processing, segment generation, transmit scheduling.
 //! - [`io`]: the `PacketIo` trait with AF_XDP and in-memory implementations.
 //! - [`core`]: the per-core engine and its poll loop; [`ctl`]: its messages to and
-//!   from the slow path; [`appmem`]: its (only) access to application memory.
+//!   from the slow path; [`appmem`]: its (only) access to application memory;
+//!   [`cycles`]: busy and idle cycles per core.
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
 pub mod appmem;
 pub mod core;
 pub mod ctl;
+pub mod cycles;
 pub mod flow;
 pub mod io;
 pub mod qman;

@@ -533,6 +533,10 @@ impl Control for ControlService {
                     exceptions: get("exceptions"),
                     rx_payload_bytes: get("rx_payload_bytes"),
                     tx_payload_bytes: get("tx_payload_bytes"),
+                    busy_cycles: get("busy_cycles"),
+                    idle_cycles: get("idle_cycles"),
+                    kick_cycles: get("kick_cycles"),
+                    ticks_per_us: cs.iter().find(|c| c.2 == -1 && c.0 == "tsc_ticks_per_us").map_or(0, |c| c.1),
                 }
             })
             .collect();

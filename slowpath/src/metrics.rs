@@ -54,6 +54,9 @@ pub fn counter_help(name: &str, per_core: bool) -> (&'static str, bool) {
             "idle_polls" => ("Polls of the core that found nothing.", false),
             "sleeps" => ("Times the core went to sleep after spinning idle.", false),
             "flows" => ("Flows installed on the core.", true),
+            "busy_cycles" => ("Time-stamp-counter ticks the core spent in polls that did work (divide by tsc_ticks_per_us for µs).", false),
+            "kick_cycles" => ("Of busy_cycles, the ticks spent in end-of-batch system calls: the transmit kick (sendto on the AF_XDP socket) and slow-path wake-ups.", false),
+            "idle_cycles" => ("Time-stamp-counter ticks the core spent in polls that found nothing (time asleep is in neither).", false),
             _ => (UNDOCUMENTED, false),
         }
     } else {
@@ -83,6 +86,7 @@ pub fn counter_help(name: &str, per_core: bool) -> (&'static str, bool) {
             "events_dropped" => ("Control-API events dropped: no watcher kept up.", false),
             "connections" => ("Connections in any state, TIME-WAIT and handshakes included.", true),
             "flows" => ("Connections with a fast-path flow.", true),
+            "tsc_ticks_per_us" => ("Ticks of the cycle counters (busy_cycles, idle_cycles) per microsecond.", true),
             "apps" => ("Attached applications.", true),
             "listeners" => ("Listening ports.", true),
             "uptime_seconds" => ("Seconds since tasd started.", true),

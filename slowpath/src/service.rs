@@ -215,6 +215,9 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         );
     }
 
+    // Calibrate the cycle counters' clock now (20 ms, once), not on the slow path's
+    // thread at the first statistics request.
+    tas_fastpath::cycles::ticks_per_us();
     let mut scfg = SlowConfig::new(ip, prefix, mac, layout);
     scfg.gateway = gateway;
     scfg.ephemeral = ephemeral;

@@ -647,9 +647,16 @@ impl SlowPath {
                 ("idle_polls", &k.idle_polls),
                 ("sleeps", &k.sleeps),
                 ("flows", &k.flows),
+                ("busy_cycles", &k.cycles.busy),
+                ("idle_cycles", &k.cycles.idle),
+                ("kick_cycles", &k.cycles.kick),
             ] {
                 v.push((n.to_string(), a.load(Relaxed), i as i32));
             }
+        }
+        if !self.cores.is_empty() {
+            // Calibrated once per process (20 ms, on this thread, the first time).
+            v.push(("tsc_ticks_per_us".to_string(), tas_fastpath::cycles::ticks_per_us(), -1));
         }
         v
     }

@@ -408,8 +408,12 @@ pub fn cores_table(cores: &[Core]) -> String {
         ("FLOWS", Right),
         ("DROPS", Right),
         ("EXCEPTIONS", Right),
+        ("BUSY%", Right),
+        ("CYC/BATCH", Right),
+        ("CYC/PKT", Right),
     ]);
     for c in cores {
+        let cyc = CoreCycles::of(c);
         t.row([
             c.id.to_string(),
             c.cpu.to_string(),
@@ -429,9 +433,40 @@ pub fn cores_table(cores: &[Core]) -> String {
             c.flows.to_string(),
             c.drops.to_string(),
             c.exceptions.to_string(),
+            opt(cyc.busy_percent, 1),
+            opt(cyc.per_batch, 0),
+            opt(cyc.per_packet, 0),
         ]);
     }
     t.render()
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"))
+}
+
+/// What a core's cycle counters say (fastpath/src/cycles.rs); `None` where a ratio has
+/// no denominator yet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CoreCycles {
+    /// Share of the core's polling time spent in polls that did work, in percent.
+    pub busy_percent: Option<f64>,
+    /// Busy ticks per poll that did work.
+    pub per_batch: Option<f64>,
+    /// Busy ticks per frame received or sent: the stack's cost of one packet.
+    pub per_packet: Option<f64>,
+}
+
+impl CoreCycles {
+    /// The ratios of one core's counters.
+    pub fn of(c: &Core) -> CoreCycles {
+        let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+        CoreCycles {
+            busy_percent: ratio(c.busy_cycles * 100, c.busy_cycles + c.idle_cycles),
+            per_batch: ratio(c.busy_cycles, c.busy_polls),
+            per_packet: ratio(c.busy_cycles, c.rx_frames + c.tx_frames),
+        }
+    }
 }
 
 /// One core as JSON.
@@ -451,6 +486,10 @@ pub fn core_json(c: &Core) -> Value {
         "flows": c.flows,
         "drops": c.drops,
         "exceptions": c.exceptions,
+        "busy_cycles": c.busy_cycles,
+        "idle_cycles": c.idle_cycles,
+        "kick_cycles": c.kick_cycles,
+        "ticks_per_us": c.ticks_per_us,
     })
 }
 
@@ -612,6 +651,32 @@ mod tests {
             srtt_us: 42,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn core_cycles_ratios_and_dashes_before_traffic() {
+        let idle = Core::default();
+        assert_eq!(
+            CoreCycles::of(&idle),
+            CoreCycles { busy_percent: None, per_batch: None, per_packet: None }
+        );
+        let c = Core {
+            busy_cycles: 3_000,
+            idle_cycles: 1_000,
+            busy_polls: 10,
+            rx_frames: 20,
+            tx_frames: 10,
+            ..Default::default()
+        };
+        let r = CoreCycles::of(&c);
+        assert_eq!(r.busy_percent, Some(75.0));
+        assert_eq!(r.per_batch, Some(300.0));
+        assert_eq!(r.per_packet, Some(100.0));
+        let rows = crate::table::parse(&cores_table(&[idle, c]));
+        let n = rows[0].len();
+        assert_eq!(rows[0][n - 3..], ["BUSY%", "CYC/BATCH", "CYC/PKT"]);
+        assert_eq!(rows[1][n - 3..], ["-", "-", "-"]);
+        assert_eq!(rows[2][n - 3..], ["75.0", "300", "100"]);
     }
 
     #[test]

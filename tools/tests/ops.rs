@@ -563,6 +563,12 @@ fn tasctl_reports_known_traffic_and_metrics_match() {
     assert!(cores[0]["rx_frames"].as_u64().unwrap() >= 2 * BYTES / 1448);
     let rows = table::parse(&bed.tasctl(&["cores"]).ok().stdout);
     assert_eq!(rows[1][4], cores[0]["rx_frames"].to_string(), "{rows:?}");
+    // Cycle accounting: the core did work, so it spent ticks busy, and knows their rate.
+    assert!(cores[0]["busy_cycles"].as_u64().unwrap() > 0, "{cores}");
+    assert!(cores[0]["idle_cycles"].as_u64().unwrap() > 0, "{cores}");
+    assert!(cores[0]["ticks_per_us"].as_u64().unwrap() >= 100, "{cores}");
+    let busy_pct = &rows[1][rows[0].iter().position(|h| h == "BUSY%").unwrap()];
+    assert!(busy_pct.parse::<f64>().is_ok_and(|p| p > 0.0 && p <= 100.0), "{rows:?}");
 
     // stats: the known traffic in the counters
     sleep(Duration::from_millis(300));
@@ -617,7 +623,7 @@ fn tasctl_reports_known_traffic_and_metrics_match() {
     let page = scrape(&bed, "127.0.0.1:9464");
     let after = bed.tasctl(&["stats", "--json"]).json();
     let prom = prom_values(&page);
-    let moving = ["busy_polls", "idle_polls", "sleeps", "doorbells"];
+    let moving = ["busy_polls", "idle_polls", "sleeps", "doorbells", "busy_cycles", "idle_cycles", "kick_cycles"];
     let mut compared = 0;
     for c in before.as_array().unwrap() {
         let name = c["name"].as_str().unwrap();

@@ -1,9 +1,13 @@
 //! `tas-echo`: an echo server and a verifying client on the TAS native API.
 //!
 //! ```text
-//! tas-echo server --port 7 [--socket PATH] [--max-conns N]
-//! tas-echo client --connect 10.0.0.1:7 [--bytes N | --rpcs N --size S] [--conns C] [--seed X] [--timeout SECS]
+//! tas-echo [--backend tas|kernel] server --port 7 [--socket PATH] [--max-conns N]
+//! tas-echo [--backend tas|kernel] client --connect 10.0.0.1:7 [--bytes N | --rpcs N --size S] [--conns C] [--seed X] [--timeout SECS]
 //! ```
+//!
+//! `--backend kernel` runs the same server and client on the Linux kernel's sockets
+//! (non-blocking, epoll through mio) instead of the service: the benchmark harness
+//! (`tas-bench compare`) compares the two with one binary.
 //!
 //! The client streams a seeded pseudo-random pattern (a different stream per connection),
 //! reads the echo back while it sends (sending everything before reading would deadlock
@@ -11,8 +15,7 @@
 //! mismatch, error or timeout exits non-zero.
 //!
 //! Both sides are written against the small [`Net`] trait, event-driven over many
-//! connections on one thread, so that another backend (the kernel's sockets, for the
-//! side-by-side benchmark) can reuse the same logic.
+//! connections on one thread, so that both backends run exactly the same logic.
 #![deny(unsafe_code)]
 
 use std::collections::HashMap;
@@ -35,8 +38,19 @@ struct Cli {
     /// The service's app socket (default: $TAS_SOCKET, else /run/tas/tasd.sock).
     #[arg(long, global = true, env = "TAS_SOCKET")]
     socket: Option<PathBuf>,
+    /// Which TCP stack: `tas` (the service, through libtas) or `kernel` (Linux sockets).
+    #[arg(long, global = true, value_enum, default_value_t = Backend::Tas)]
+    backend: Backend,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// The TAS service, through libtas.
+    Tas,
+    /// The Linux kernel's TCP sockets.
+    Kernel,
 }
 
 #[derive(Subcommand, Debug)]
@@ -211,6 +225,174 @@ impl Net for Tas {
             self.collect(out);
         }
         Ok(self.ctx.health()?)
+    }
+}
+
+// ---- the kernel backend -------------------------------------------------------------------
+
+/// The kernel's sockets: non-blocking, edge-triggered epoll through mio. The echo logic
+/// always runs a direction until it would block, which is what edge triggering needs.
+struct Kernel {
+    poll: mio::Poll,
+    events: mio::Events,
+    listeners: HashMap<usize, mio::net::TcpListener>,
+    conns: HashMap<usize, KConn>,
+    next: usize,
+}
+
+struct KConn {
+    stream: mio::net::TcpStream,
+    connected: bool,
+    shut: bool,
+    eof: bool,
+    failed: bool,
+}
+
+impl Kernel {
+    fn new() -> Result<Self> {
+        Ok(Kernel {
+            poll: mio::Poll::new().context("epoll_create")?,
+            events: mio::Events::with_capacity(1024),
+            listeners: HashMap::new(),
+            conns: HashMap::new(),
+            next: 0,
+        })
+    }
+
+    fn add(&mut self, mut stream: mio::net::TcpStream, connected: bool) -> Result<usize> {
+        let token = self.next;
+        self.next += 1;
+        self.poll.registry().register(
+            &mut stream,
+            mio::Token(token),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        )?;
+        // Requests are small and answered at once: Nagle would hold them back.
+        let _ = stream.set_nodelay(true);
+        self.conns.insert(
+            token,
+            KConn {
+                stream,
+                connected,
+                shut: false,
+                eof: false,
+                failed: false,
+            },
+        );
+        Ok(token)
+    }
+
+    fn conn(&mut self, c: usize) -> Result<&mut KConn> {
+        self.conns
+            .get_mut(&c)
+            .ok_or_else(|| anyhow!("connection {c} is not open"))
+    }
+}
+
+fn kio(r: std::io::Result<usize>) -> Result<Io> {
+    match r {
+        Ok(n) => Ok(Io::Done(n)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Io::WouldBlock),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(Io::WouldBlock),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Net for Kernel {
+    type Conn = usize;
+    type Listener = usize;
+    fn listen(&mut self, port: u16, _backlog: u32) -> Result<usize> {
+        // mio listens with a backlog of 1024 (capped by net.core.somaxconn).
+        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+        let mut l = mio::net::TcpListener::bind(addr)?;
+        let token = self.next;
+        self.next += 1;
+        self.poll
+            .registry()
+            .register(&mut l, mio::Token(token), mio::Interest::READABLE)?;
+        self.listeners.insert(token, l);
+        Ok(token)
+    }
+    fn accept(&mut self, l: usize) -> Result<Option<usize>> {
+        let listener = self
+            .listeners
+            .get(&l)
+            .ok_or_else(|| anyhow!("listener {l} is not open"))?;
+        match listener.accept() {
+            Ok((stream, _)) => Ok(Some(self.add(stream, true)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+    fn connect_start(&mut self, addr: SocketAddrV4) -> Result<usize> {
+        let stream = mio::net::TcpStream::connect(addr.into())?;
+        self.add(stream, false)
+    }
+    fn connected(&mut self, c: usize) -> Result<bool> {
+        let k = self.conn(c)?;
+        if k.connected {
+            return Ok(true);
+        }
+        if let Some(e) = k.stream.take_error()? {
+            return Err(e.into());
+        }
+        match k.stream.peer_addr() {
+            Ok(_) => {
+                k.connected = true;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+    fn send(&mut self, c: usize, data: &[u8]) -> Result<Io> {
+        use std::io::Write;
+        let k = self.conn(c)?;
+        let r = kio(k.stream.write(data));
+        k.failed |= r.is_err();
+        r
+    }
+    fn recv(&mut self, c: usize, buf: &mut [u8]) -> Result<Io> {
+        use std::io::Read;
+        let k = self.conn(c)?;
+        let r = kio(k.stream.read(buf));
+        match r {
+            Ok(Io::Done(0)) => k.eof = true,
+            Err(_) => k.failed = true,
+            _ => {}
+        }
+        r
+    }
+    fn shutdown(&mut self, c: usize) -> Result<()> {
+        let k = self.conn(c)?;
+        k.shut = true;
+        Ok(k.stream.shutdown(std::net::Shutdown::Write)?)
+    }
+    fn is_closed(&mut self, c: usize) -> bool {
+        // The kernel finishes the close handshake after the socket is dropped, and never
+        // resets a socket with nothing unread: FIN sent and FIN received is enough.
+        self.conns.get(&c).is_none_or(|k| k.failed || (k.shut && k.eof))
+    }
+    fn close(&mut self, c: usize) {
+        if let Some(mut k) = self.conns.remove(&c) {
+            let _ = self.poll.registry().deregister(&mut k.stream);
+        }
+    }
+    fn wait(&mut self, timeout: Duration, out: &mut Vec<Ready<usize, usize>>) -> Result<()> {
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e).context("epoll_wait"),
+        }
+        for ev in self.events.iter() {
+            let t = ev.token().0;
+            if self.listeners.contains_key(&t) {
+                out.push(Ready::Accept(t));
+            } else {
+                out.push(Ready::Conn(t));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -632,13 +814,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let mut net = Tas::attach(cli.socket)?;
-    match cli.cmd {
+    match cli.backend {
+        Backend::Tas => run_on(&mut Tas::attach(cli.socket)?, cli.cmd),
+        Backend::Kernel => run_on(&mut Kernel::new()?, cli.cmd),
+    }
+}
+
+fn run_on<N: Net>(net: &mut N, cmd: Cmd) -> Result<()> {
+    match cmd {
         Cmd::Server {
             port,
             backlog,
             max_conns,
-        } => serve(&mut net, port, backlog, max_conns),
+        } => serve(net, port, backlog, max_conns),
         Cmd::Client {
             connect,
             bytes,
@@ -663,7 +851,7 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("--timeout must be a positive number of seconds");
             }
             let s = run_client(
-                &mut net,
+                net,
                 connect,
                 mode,
                 conns,
