@@ -20,11 +20,15 @@
 #   redis-tools        redis-cli and redis-benchmark: the kvstore root tests drive tas-kv with them
 #   redis-server       Debian's Redis, the reference tas-kv is compared with (model check, benchmark)
 #   python3-pip        pip, to install redis-py from PyPI for the kvstore root tests (see below)
+#   iperf3, nginx-light, memcached, sockperf, wrk, curl
+#                      unmodified programs the LD_PRELOAD shim's root tests run (tools/tests/preload.rs)
+#   gcc                compiles the shim's conformance program (tools/conformance/conform.c)
 # gcc, make and git are on every Debian 12 build machine; Rust (>= 1.85) comes from rustup.
 set -euo pipefail
 
 PACKAGES=(libelf-dev zlib1g-dev pkg-config clang llvm protobuf-compiler ethtool iproute2
-          iputils-ping python3 procps tcpdump systemd util-linux redis-tools redis-server python3-pip)
+          iputils-ping python3 procps tcpdump systemd util-linux redis-tools redis-server python3-pip
+          iperf3 nginx-light memcached sockperf wrk curl gcc)
 
 # Python packages from PyPI, installed with pip into kvstore/.pydeps (git-ignored; the
 # kvstore root tests put it on PYTHONPATH), so neither the system Python nor a user's

@@ -1044,6 +1044,76 @@ impl Context {
         self.poll();
     }
 
+    /// The eventfd this context sleeps on (None for an in-process context built without
+    /// one). For callers that sleep in their own `poll`/`epoll_wait` together with other
+    /// descriptors (the sockets shim): bracket the sleep with [`Context::announce_sleep`]
+    /// and [`Context::end_sleep`].
+    pub fn sleep_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.app_eventfd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The first half of [`Context::wait`]'s sleep protocol, for callers that sleep
+    /// elsewhere: poll once, then announce sleep on every queue this context consumes.
+    /// Returns false (announcing nothing) if descriptors arrived or the context broke:
+    /// then do not sleep, look again. After true, the service writes [`Context::sleep_fd`]
+    /// when it posts anything, so a sleep on it loses no wake-up. Several threads may
+    /// announce (each under the caller's lock); the flags are cleared only by
+    /// [`Context::end_sleep`], which the caller calls once the last sleeper woke.
+    pub fn announce_sleep(&mut self) -> bool {
+        if self.poll() > 0 || self.broken.is_some() || self.app_eventfd.is_none() {
+            return false;
+        }
+        for i in 0..self.fp.len() {
+            if !self.fp[i].to_app.prepare_sleep() {
+                for j in 0..i {
+                    self.fp[j].to_app.woke();
+                }
+                return false;
+            }
+        }
+        if !self.sp_events.prepare_sleep() {
+            for q in &mut self.fp {
+                q.to_app.woke();
+            }
+            return false;
+        }
+        true
+    }
+
+    /// The second half of the protocol: clear the sleep flags, drain the eventfd and poll.
+    /// Call it when no thread sleeps on [`Context::sleep_fd`] any more.
+    pub fn end_sleep(&mut self) {
+        for q in &mut self.fp {
+            q.to_app.woke();
+        }
+        self.sp_events.woke();
+        if let Some(fd) = &self.app_eventfd {
+            sys::eventfd_drain(fd.as_fd());
+        }
+        self.poll();
+    }
+
+    /// Wake whoever sleeps on [`Context::sleep_fd`] (after a local change another thread
+    /// may wait for, such as a close).
+    pub fn kick(&self) {
+        if let Some(fd) = &self.app_eventfd {
+            sys::eventfd_signal(fd.as_fd());
+        }
+    }
+
+    /// Connections waiting on the listener to be accepted.
+    pub fn pending_accepts(&self, l: ListenerId) -> usize {
+        self.listener_idx(l).map_or(0, |i| self.listeners[i].queue.len())
+    }
+
+    /// True if the service went away (the lifeline hung up); marks the context broken.
+    pub fn check_service(&mut self) -> bool {
+        if self.lifeline.as_ref().is_some_and(|s| s.peer_gone()) {
+            self.fail(Error::ServiceGone);
+        }
+        self.broken.is_none()
+    }
+
     fn deadline_left(deadline: Option<Instant>) -> Result<Option<Duration>> {
         match deadline {
             None => Ok(None),
