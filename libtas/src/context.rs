@@ -203,6 +203,8 @@ struct Listener {
     service_id: u32,
     port: u16,
     queue: VecDeque<u32>,
+    /// Connections ever queued on this listener (for edge-triggered readiness).
+    arrived: u64,
     ev: bool,
     queued: bool,
 }
@@ -835,6 +837,7 @@ impl Context {
                             service_id: 0,
                             port: 0,
                             queue: VecDeque::new(),
+                            arrived: 0,
                             ev: false,
                             queued: false,
                         });
@@ -907,6 +910,7 @@ impl Context {
                     Some(&lidx) => {
                         c.hidden = true;
                         self.listeners[lidx as usize].queue.push_back(idx as u32);
+                        self.listeners[lidx as usize].arrived += 1;
                         self.adopt(idx, handle);
                         self.mark_listener(lidx as usize);
                     }
@@ -1099,6 +1103,24 @@ impl Context {
         if let Some(fd) = &self.app_eventfd {
             sys::eventfd_signal(fd.as_fd());
         }
+    }
+
+    /// Connections ever queued on the listener: grows by one per arrival, so a caller that
+    /// remembers it can tell "a new connection came" from "the same one is still waiting".
+    pub fn arrivals(&self, l: ListenerId) -> u64 {
+        self.listener_idx(l).map_or(0, |i| self.listeners[i].arrived)
+    }
+
+    /// Bytes that ever arrived on the connection (read or readable): grows with every
+    /// arrival, for edge-triggered readiness.
+    pub fn rx_total(&self, c: ConnId) -> u64 {
+        self.conn_idx(c).map_or(0, |i| self.conns[i].rx_read + self.conns[i].rx_avail as u64)
+    }
+
+    /// Transmit credit ever granted (bytes written plus space free now): grows whenever
+    /// the peer acknowledges data, for edge-triggered writability.
+    pub fn tx_total(&self, c: ConnId) -> u64 {
+        self.conn_idx(c).map_or(0, |i| self.conns[i].tx_write + self.conns[i].tx_free as u64)
     }
 
     /// Connections waiting on the listener to be accepted.

@@ -243,16 +243,20 @@ fn iperf3_under_the_shim() {
     let env = shim_env(&bed);
     let server_json = bed.run_dir.join("iperf-server.json");
     let sj = server_json.to_str().unwrap().to_string();
-    let pid = bed.spawn(&bed.ns_a, "iperf3-server", &[&iperf, "-s", "-p", "5201", "-1", "-J", "--logfile", &sj], &env_refs(&env));
+    let pid = bed.spawn(&bed.ns_a, "iperf3-server", &[&iperf, "-s", "-4", "-p", "5201", "-1", "-J", "--logfile", &sj], &env_refs(&env));
     sleep(Duration::from_millis(500));
     assert!(bed.exited(pid).is_none(), "iperf3 server exited at start");
+    let ss = bed.capture_ok(&["ip", "netns", "exec", &bed.ns_a, "ss", "-Htln", "sport = :5201"]);
+    assert!(ss.trim().is_empty(), "iperf3 listens on a kernel socket:\n{ss}");
     let client = bed.run(&bed.ns_b, "iperf3-client", &[&iperf, "-c", IP_A, "-p", "5201", "-t", "3", "-J"], Duration::from_secs(60));
     client.assert_success();
     let c: serde_json::Value = serde_json::from_str(&client.stdout).expect("iperf3 client JSON");
     let sent = c["end"]["sum_sent"]["bytes"].as_u64().expect("sum_sent");
     let recv = c["end"]["sum_received"]["bytes"].as_u64().expect("sum_received");
     eprintln!("iperf3 kernel client -> shim server: sent {sent} B, received {recv} B, {:.0} Mbit/s", c["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6);
-    assert!(sent > 1_000_000 && recv == sent, "sent {sent}, the server received {recv}");
+    // The sender counts bytes written, the receiver bytes read before its end of test:
+    // they agree within the data in flight at the end.
+    assert!(sent > 1_000_000 && recv <= sent && recv as f64 >= sent as f64 * 0.98, "sent {sent}, the server received {recv}");
 
     // Reverse: the kernel server in B, the client under the shim in A.
     let spid = bed.spawn(&bed.ns_b, "iperf3-server-b", &[&iperf, "-s", "-p", "5202", "-1"], &[]);
@@ -264,7 +268,9 @@ fn iperf3_under_the_shim() {
     let sent = c["end"]["sum_sent"]["bytes"].as_u64().expect("sum_sent");
     let recv = c["end"]["sum_received"]["bytes"].as_u64().expect("sum_received");
     eprintln!("iperf3 shim client -> kernel server: sent {sent} B, received {recv} B, {:.0} Mbit/s", c["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6);
-    assert!(sent > 1_000_000 && recv == sent, "sent {sent}, the server received {recv}");
+    // The sender counts bytes written, the receiver bytes read before its end of test:
+    // they agree within the data in flight at the end.
+    assert!(sent > 1_000_000 && recv <= sent && recv as f64 >= sent as f64 * 0.98, "sent {sent}, the server received {recv}");
 }
 
 /// curl under the shim downloads from a kernel HTTP server in B; hashes compared.

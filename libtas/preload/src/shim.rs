@@ -1213,7 +1213,7 @@ fn readiness(s: &Sock, ctx: &mut Context) -> i16 {
 /// and the lock order elsewhere is socket, then context: so the socket is only tried; if
 /// another thread holds it, the socket counts as not ready this round (the caller looks
 /// again within a millisecond).
-fn readiness_counts(s: &Sock, ctx: &mut Context) -> (i16, usize, usize) {
+fn readiness_counts(s: &Sock, ctx: &mut Context) -> (i16, u64, u64) {
     let mut st = match s.st.try_lock() {
         Ok(g) => g,
         Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
@@ -1226,9 +1226,10 @@ fn readiness_counts(s: &Sock, ctx: &mut Context) -> (i16, usize, usize) {
         return (libc::POLLNVAL, 0, 0);
     }
     settle(&mut st, ctx);
+    // Monotonic counters: any arrival (bytes, acknowledged space, connections) changes them.
     let counts = match st.kind {
-        Kind::Conn(c) => (ctx.readable(c), 0),
-        Kind::Listening(l) => (0, ctx.pending_accepts(l)),
+        Kind::Conn(c) => (ctx.rx_total(c), ctx.tx_total(c)),
+        Kind::Listening(l) => (ctx.arrivals(l), 0),
         _ => (0, 0),
     };
     let bits = readiness_state(&st, ctx);
@@ -1390,8 +1391,9 @@ struct EpItem {
     events: u32,
     data: u64,
     disabled: bool,
-    /// Edge-triggered: what was last reported (readiness, readable bytes, pending accepts).
-    last: (i16, usize, usize),
+    /// Edge-triggered: what was last reported (readiness, bytes ever received or
+    /// connections ever queued, transmit credit ever granted).
+    last: (i16, u64, u64),
 }
 
 #[derive(Debug, Default)]
@@ -1517,13 +1519,10 @@ fn epoll_scan(epfd: c_int, proc: &Proc, out: &mut [libc::epoll_event]) -> usize 
                 continue;
             }
             if it.events & libc::EPOLLET as u32 != 0 {
-                // Edge-triggered: report when something changed since the last report
-                // (new readiness, more bytes, more connections).
-                let grew = sig.0 != it.last.0 || sig.1 > it.last.1 || sig.2 > it.last.2;
-                if !grew {
-                    if sig.1 < it.last.1 || sig.2 < it.last.2 {
-                        updates.push((fd, sig, false));
-                    }
+                // Edge-triggered: report when something happened since the last report
+                // (other readiness, new bytes, new connections, acknowledged space), as
+                // Linux reports on every arrival.
+                if sig == it.last {
                     continue;
                 }
             }
