@@ -513,6 +513,31 @@ static void t_threads(void) {
     close(s);
 }
 
+#include <sys/wait.h>
+/* fork: the child closes the inherited socket and makes its own connection; the parent's
+ * connection is unaffected. */
+static void t_fork(void) {
+    int fd = dial(); char buf[8];
+    put(fd, "ECHO\n");
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fd);
+        int c = dial();
+        put(c, "ECHO\nchild");
+        int ok = recv(c, buf, 5, MSG_WAITALL) == 5 && !memcmp(buf, "child", 5);
+        close(c);
+        _exit(ok ? 0 : 1);
+    }
+    int st = -1;
+    waitpid(pid, &st, 0);
+    CHECK("fork.child_ok", WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK("fork.parent_write", write(fd, "parent", 6));
+    CHECK("fork.parent_read", recv(fd, buf, 6, MSG_WAITALL));
+    CHECK("fork.parent_data_ok", memcmp(buf, "parent", 6) == 0);
+    close(fd);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "peer")) return run_peer(atoi(argv[2]));
     if (argc != 6 || strcmp(argv[1], "run")) {
@@ -528,7 +553,7 @@ int main(int argc, char **argv) {
 #define RUN(f) if (!only || strstr(#f, only)) f()
     RUN(t_basics); RUN(t_nb_connect); RUN(t_echo); RUN(t_nonblocking); RUN(t_peek_waitall);
     RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_dup);
-    RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads);
+    RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_fork);
     printf("done\n");
     return 0;
 }

@@ -46,7 +46,7 @@ fn shim_env(bed: &Bed) -> Vec<(&'static str, PathBuf)> {
     ]
 }
 
-fn env_refs(env: &[(&'static str, PathBuf)]) -> Vec<(&'static str, &Path)> {
+fn env_refs<'a>(env: &'a [(&'static str, PathBuf)]) -> Vec<(&'static str, &'a Path)> {
     env.iter().map(|(k, v)| (*k, v.as_path())).collect()
 }
 

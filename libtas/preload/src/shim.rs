@@ -1645,3 +1645,51 @@ pub fn epoll_any() -> bool {
 pub fn any_stack_fd() -> bool {
     ANY_STACK.load(Ordering::Relaxed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trip_and_malformed_input() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 2), 9000);
+        assert_eq!(parse_v4(&addr_bytes(a)), Ok(a));
+        assert_eq!(parse_v4(&addr_bytes(a)[..8]), Err(Errno(libc::EINVAL)));
+        let mut v6 = addr_bytes(a);
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        assert_eq!(parse_v4(&v6), Err(Errno(libc::EAFNOSUPPORT)));
+        let sa = encode_v4(a);
+        assert_eq!(u16::from_be(sa.sin_port), 9000);
+        assert_eq!(u32::from_be(sa.sin_addr.s_addr), u32::from(*a.ip()));
+    }
+
+    #[test]
+    fn options_are_recorded_and_replaced() {
+        let mut o = Opts::default();
+        o.set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, &1i32.to_ne_bytes());
+        o.set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, &0i32.to_ne_bytes());
+        assert_eq!(o.int(libc::SOL_SOCKET, libc::SO_KEEPALIVE), Some(0));
+        assert_eq!(o.int(libc::IPPROTO_TCP, libc::TCP_NODELAY), None);
+        assert!(is_bool_opt(libc::IPPROTO_TCP, libc::TCP_NODELAY));
+        assert!(!is_bool_opt(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE));
+    }
+
+    #[test]
+    fn fd_bitmap_tracks_only_registered_descriptors() {
+        assert!(!is_stack(-1));
+        assert!(!is_stack(MAX_FD as c_int));
+        set_bit(4000, true);
+        assert!(is_stack(4000) && !is_stack(4001));
+        set_bit(4000, false);
+        assert!(!is_stack(4000));
+    }
+
+    #[test]
+    fn errno_mapping_follows_linux() {
+        assert_eq!(errno_of(Error::Refused), Errno(libc::ECONNREFUSED));
+        assert_eq!(errno_of(Error::Reset), Errno(libc::ECONNRESET));
+        assert_eq!(errno_of(Error::WouldBlock), Errno(libc::EAGAIN));
+        assert_eq!(errno_of(Error::Shutdown), Errno(libc::EPIPE));
+        assert_eq!(errno_of(Error::AddrInUse), Errno(libc::EADDRINUSE));
+    }
+}
