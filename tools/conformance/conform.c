@@ -294,6 +294,11 @@ static void t_options(void) {
     memset(&lg, 0, sizeof lg); l = sizeof lg;
     CHECK("getsockopt.so_linger", (getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &l), lg.l_onoff * 100 + lg.l_linger));
     l = sizeof v; CHECK("getsockopt.so_error", (getsockopt(fd, SOL_SOCKET, SO_ERROR, &v, &l), v));
+    struct timeval tmo = {0, 100000};
+    CHECK("setsockopt.so_rcvtimeo", setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tmo, sizeof tmo));
+    CHECK("so_rcvtimeo.recv", recv(fd, &v, 1, 0));
+    memset(&tmo, 0, sizeof tmo); l = sizeof tmo;
+    CHECK("getsockopt.so_rcvtimeo", (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tmo, &l), tmo.tv_sec * 1000000 + tmo.tv_usec));
     struct tcp_info ti; l = sizeof ti; memset(&ti, 0, sizeof ti);
     CHECK("tcp_info", getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l));
     CHECK("tcp_info.state", ti.tcpi_state);

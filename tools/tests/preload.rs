@@ -230,6 +230,44 @@ fn redis_server_under_the_shim() {
     assert_eq!(redis_cli(&bed, port, &["GET", "key499"]), format!("value-499-{}", 499 * 7919));
     assert_eq!(redis_cli(&bed, port, &["GET", "counter:__rand_int__"]), "20000", "INCR of the benchmark lost requests");
     assert!(bed.exited(pid).is_none(), "redis-server died");
+
+    // A crash: SIGKILL redis-server while a client in B waits on an open connection; tasd
+    // must end that connection (the client sees EOF or a reset), not leave it hanging.
+    let waiter = format!(
+        r#"
+import socket, sys, time
+s = socket.create_connection(("{IP_A}", {port}), timeout=20)
+s.sendall(b"PING\r\n")
+assert s.recv(64) == b"+PONG\r\n"
+print("connected", flush=True)
+t = time.time()
+try:
+    r = s.recv(64)
+    print("closed eof" if r == b"" else "data", r, flush=True)
+except ConnectionResetError:
+    print("closed reset", flush=True)
+except socket.timeout:
+    print("hung", flush=True)
+print("after", round(time.time() - t, 3), flush=True)
+"#
+    );
+    let w = bed.spawn(&bed.ns_b, "crash-waiter", &["python3", "-c", &waiter], &[]);
+    let out_path = bed.run_dir.join("crash-waiter.out");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fs::read_to_string(&out_path).unwrap_or_default().contains("connected") {
+        assert!(Instant::now() < deadline && bed.exited(w).is_none(), "the waiting client did not connect");
+        sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill has no memory preconditions; pid is the redis-server this test started.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bed.exited(w).is_none() {
+        assert!(Instant::now() < deadline, "the client still waits 30 s after redis-server was killed");
+        sleep(Duration::from_millis(50));
+    }
+    let text = fs::read_to_string(&out_path).unwrap_or_default();
+    eprintln!("after SIGKILL of redis-server: {text}");
+    assert!(text.contains("closed"), "the connection of a killed program was not ended: {text}");
 }
 
 /// iperf3 server under the shim, client on the kernel in B; then the reverse (client under
@@ -284,9 +322,9 @@ fn curl_client_under_the_shim() {
     fs::create_dir_all(&www).unwrap();
     let file = random_file(&bed, "www/data.bin", 8);
     let w = www.to_str().unwrap().to_string();
+    fs::write(www.join("ready"), "ready\n").unwrap();
     let pid = bed.spawn(&bed.ns_b, "http-b", &["python3", "-m", "http.server", "8080", "--bind", IP_B, "--directory", &w], &[]);
-    sleep(Duration::from_millis(800));
-    assert!(bed.exited(pid).is_none(), "python http.server exited");
+    wait_until(&bed, &bed.ns_b, &["curl", "-sS", &format!("http://{IP_B}:8080/ready")], "ready", pid, "python http.server");
     let env = shim_env(&bed);
     let got = bed.run_dir.join("got.bin");
     let g = got.to_str().unwrap().to_string();

@@ -224,7 +224,17 @@ impl Proc {
 
     /// Run `f` under the context lock until it gives a result (blocking with the adaptive
     /// spin-then-sleep protocol), or return EAGAIN at once if `nonblock`.
-    fn block<T>(&self, nonblock: bool, mut f: impl FnMut(&mut Context) -> Option<SysResult<T>>) -> SysResult<T> {
+    fn block<T>(&self, nonblock: bool, f: impl FnMut(&mut Context) -> Option<SysResult<T>>) -> SysResult<T> {
+        self.block_until(nonblock, None, f)
+    }
+
+    /// [`Proc::block`] with a time limit (SO_RCVTIMEO/SO_SNDTIMEO): EAGAIN when it passes.
+    fn block_until<T>(
+        &self,
+        nonblock: bool,
+        deadline: Option<Instant>,
+        mut f: impl FnMut(&mut Context) -> Option<SysResult<T>>,
+    ) -> SysResult<T> {
         let start = Instant::now();
         let spin = spin_time();
         loop {
@@ -247,8 +257,11 @@ impl Proc {
                 self.lock().ctx.poll();
                 continue;
             }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(e(libc::EAGAIN));
+            }
             let mut v = Vec::new();
-            if let Slept::Interrupted = self.sleep(&mut v, -1) {
+            if let Slept::Interrupted = self.sleep(&mut v, ms_left(deadline)) {
                 // Restart (SA_RESTART semantics) unless the context broke.
                 if self.lock().ctx.health().is_err() {
                     return Err(e(libc::ENETDOWN));
@@ -428,6 +441,19 @@ impl Sock {
     }
 }
 
+/// The deadline of a blocking call from SO_RCVTIMEO/SO_SNDTIMEO (a struct timeval; zero:
+/// no limit).
+fn timeo(st: &SockState, name: c_int) -> Option<Instant> {
+    let v = st.opts.get(libc::SOL_SOCKET, name)?;
+    let sec = i64::from_ne_bytes(v.get(..8)?.try_into().ok()?);
+    let usec = i64::from_ne_bytes(v.get(8..16)?.try_into().ok()?);
+    if sec <= 0 && usec <= 0 {
+        return None;
+    }
+    let d = Duration::from_secs(sec.max(0) as u64) + Duration::from_micros(usec.clamp(0, 999_999) as u64);
+    Some(Instant::now() + d)
+}
+
 /// Move a connecting socket on once its open finished (under both locks).
 fn settle(st: &mut SockState, ctx: &mut Context) {
     if let Kind::Connecting(c) = st.kind {
@@ -602,14 +628,14 @@ fn addr_bytes(a: SocketAddrV4) -> Vec<u8> {
 /// accept4; returns the new descriptor and the peer.
 pub fn accept(fd: c_int, flags: c_int) -> SysResult<(c_int, SocketAddrV4)> {
     let s = sock(fd)?;
-    let (l, nonblock) = {
+    let (l, nonblock, deadline) = {
         let st = s.state()?;
         match st.kind {
-            Kind::Listening(l) => (l, st.nonblock),
+            Kind::Listening(l) => (l, st.nonblock, timeo(&st, libc::SO_RCVTIMEO)),
             _ => return Err(e(libc::EINVAL)),
         }
     };
-    let c = s.proc.block(nonblock, |ctx| match ctx.accept(l) {
+    let c = s.proc.block_until(nonblock, deadline, |ctx| match ctx.accept(l) {
         Ok(Some(c)) => Some(Ok(c)),
         Ok(None) => None,
         Err(err) => Some(Err(if err == Error::InvalidHandle { e(libc::EINVAL) } else { errno_of(err) })),
@@ -671,11 +697,17 @@ pub fn connect(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
         st.nb_connect = true;
         return Err(e(libc::EINPROGRESS));
     }
+    let deadline = timeo(&st, libc::SO_SNDTIMEO);
     drop(st);
-    let r = s.proc.block(false, |ctx| match ctx.state(c) {
+    let r = s.proc.block_until(false, deadline, |ctx| match ctx.state(c) {
         ConnState::Connecting => None,
         _ => Some(Ok(())),
     });
+    if r == Err(e(libc::EAGAIN)) {
+        // SO_SNDTIMEO passed: the open goes on, as Linux does.
+        s.state()?.nb_connect = true;
+        return Err(e(libc::EINPROGRESS));
+    }
     r?;
     let mut st = s.state()?;
     let mut g = s.proc.lock();
@@ -730,11 +762,12 @@ pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> SysResult<usize> {
         return Ok(0);
     }
     let nonblock = nonblock || flags & libc::MSG_DONTWAIT != 0;
+    let deadline = timeo(&*s.state()?, libc::SO_RCVTIMEO);
     let peek = flags & libc::MSG_PEEK != 0;
     let waitall = flags & libc::MSG_WAITALL != 0 && !peek;
     let mut got = 0usize;
     loop {
-        let r = s.proc.block(nonblock, |ctx| {
+        let r = s.proc.block_until(nonblock, deadline, |ctx| {
             if peek {
                 return match ctx.recv_view(c) {
                     Ok(v) => Some(Ok(v.copy_to(buf))),
@@ -810,9 +843,10 @@ fn send_inner(s: &Sock, data: &[u8], flags: c_int) -> SysResult<usize> {
         return Ok(0);
     }
     let nonblock = nonblock || flags & libc::MSG_DONTWAIT != 0;
+    let deadline = timeo(&*s.state()?, libc::SO_SNDTIMEO);
     let mut sent = 0usize;
     loop {
-        let r = s.proc.block(nonblock, |ctx| match ctx.send(c, &data[sent..]) {
+        let r = s.proc.block_until(nonblock, deadline, |ctx| match ctx.send(c, &data[sent..]) {
             Ok(n) => Some(Ok(n)),
             Err(Error::WouldBlock) => None,
             Err(err) => Some(Err(errno_of(err))),
