@@ -1156,13 +1156,24 @@ impl Context {
     /// established, not yet accepted connections. The result comes as
     /// [`Event::Listening`] or from [`Context::listen_result`].
     pub fn listen_start(&mut self, port: u16, backlog: u32) -> Result<Token> {
+        self.listen_request(port, backlog, false)
+    }
+
+    /// [`Context::listen_start`] for a port that other applications of the same user may
+    /// listen on too, each asking for sharing (a reuse-port group, e.g. the forked workers
+    /// of one server): the service spreads new connections over the members that accept.
+    pub fn listen_start_shared(&mut self, port: u16, backlog: u32) -> Result<Token> {
+        self.listen_request(port, backlog, true)
+    }
+
+    fn listen_request(&mut self, port: u16, backlog: u32, shared: bool) -> Result<Token> {
         self.health()?;
         if port == 0 {
             return Err(Error::InvalidArgument);
         }
         let token = self.next_token();
         self.pending_listens.insert(token, PendingListen { port, result: None });
-        self.request(ControlRequest::Listen { token, port, backlog });
+        self.request(ControlRequest::Listen { token, port, backlog, shared });
         self.publish();
         Ok(Token(token))
     }

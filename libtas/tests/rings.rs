@@ -15,7 +15,7 @@ fn accepted(svc: &mut FakeService, ctx: &mut Context, handle: ConnHandle) -> (Li
     let tok = ctx.listen_start(7, 16).unwrap();
     let reqs = svc.requests();
     let token = match reqs[..] {
-        [ControlRequest::Listen { token, port: 7, backlog: 16 }] => token,
+        [ControlRequest::Listen { token, port: 7, backlog: 16, shared: false }] => token,
         ref r => panic!("unexpected requests {r:?}"),
     };
     assert_eq!(token, tok.get());

@@ -407,6 +407,10 @@ pub enum ControlRequest {
         port: u16,
         /// Maximum of established, not yet accepted connections.
         backlog: u32,
+        /// Share the port with listeners of other applications of the same user that asked
+        /// for sharing too (a reuse-port group: forked workers of one server). Encoded as
+        /// bit 0 of `flags`.
+        shared: bool,
     },
     /// Start an active open to `ip:port` (host order).
     Connect {
@@ -440,9 +444,14 @@ impl ControlRequest {
     /// Encode.
     pub fn encode(&self) -> Desc {
         match *self {
-            ControlRequest::Listen { token, port, backlog } => {
-                Desc { kind: KIND_REQ_LISTEN, local_port: port, len: backlog, aux: token, ..Desc::default() }
-            }
+            ControlRequest::Listen { token, port, backlog, shared } => Desc {
+                kind: KIND_REQ_LISTEN,
+                flags: u16::from(shared),
+                local_port: port,
+                len: backlog,
+                aux: token,
+                ..Desc::default()
+            },
             ControlRequest::Connect { token, ip, port } => {
                 Desc { kind: KIND_REQ_CONNECT, ip, remote_port: port, aux: token, ..Desc::default() }
             }
@@ -458,7 +467,9 @@ impl ControlRequest {
     /// Decode (the service calls this on untrusted input).
     pub fn decode(d: &Desc) -> Result<Self, BadDesc> {
         Ok(match d.kind {
-            KIND_REQ_LISTEN => ControlRequest::Listen { token: d.aux, port: d.local_port, backlog: d.len },
+            KIND_REQ_LISTEN => {
+                ControlRequest::Listen { token: d.aux, port: d.local_port, backlog: d.len, shared: d.flags & 1 != 0 }
+            }
             KIND_REQ_CONNECT => ControlRequest::Connect { token: d.aux, ip: d.ip, port: d.remote_port },
             KIND_REQ_ACCEPTED => ControlRequest::Accepted {
                 listener: d.len,
@@ -813,7 +824,8 @@ mod tests {
             assert_eq!(Doorbell::decode(&d.encode()), Ok(d));
         }
         for r in [
-            ControlRequest::Listen { token: 9, port: 80, backlog: 128 },
+            ControlRequest::Listen { token: 9, port: 80, backlog: 128, shared: false },
+            ControlRequest::Listen { token: 9, port: 80, backlog: 128, shared: true },
             ControlRequest::Connect { token: 10, ip: 0x0a000001, port: 7 },
             ControlRequest::Accepted { listener: 1, count: 3 },
             ControlRequest::Abort { conn: 4 },

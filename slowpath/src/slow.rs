@@ -198,6 +198,14 @@ struct Listener {
     syn_rcvd: u32,
     /// Established, announced to the app, not yet accepted.
     unaccepted: u32,
+    /// May share its port with other applications' shared listeners (same uid).
+    shared: bool,
+    /// The application accepted from it at least once (it is not just holding it).
+    accepting: bool,
+    /// It joined an existing port (a forked worker), rather than founding it.
+    joined: bool,
+    /// A connection was handed to it at least once.
+    assigned: bool,
 }
 
 /// Options a peer offered in its SYN (or SYN-ACK).
@@ -354,6 +362,11 @@ pub struct SlowPath {
     app_slots: Vec<bool>,
     listeners: HashMap<u32, Listener>,
     listener_by_port: HashMap<u16, u32>,
+    /// Ports shared by several listeners (a reuse-port group, oldest first); the port's
+    /// entry in `listener_by_port` is one of them.
+    port_groups: HashMap<u16, Vec<u32>>,
+    /// Round-robin position for port groups.
+    group_rr: usize,
     port_refs: HashMap<u16, u32>,
     conns: HashMap<FlowKey, Conn>,
     by_slot: HashMap<(u32, u32), FlowKey>,
@@ -402,6 +415,8 @@ impl SlowPath {
             app_slots: vec![false; MAX_APPS],
             listeners: HashMap::new(),
             listener_by_port: HashMap::new(),
+            port_groups: HashMap::new(),
+            group_rr: 0,
             port_refs: HashMap::new(),
             conns: HashMap::new(),
             by_slot: HashMap::new(),
@@ -730,8 +745,8 @@ impl SlowPath {
 
     fn on_request(&mut self, app: u32, r: ControlRequest) {
         match r {
-            ControlRequest::Listen { token, port, backlog } => {
-                let ev = match self.listen(app, port, backlog) {
+            ControlRequest::Listen { token, port, backlog, shared } => {
+                let ev = match self.listen(app, port, backlog, shared) {
                     Ok(listener) => SpEvent::ListenOk { token, listener },
                     Err(error) => SpEvent::ListenFailed { token, error },
                 };
@@ -747,6 +762,7 @@ impl SlowPath {
                 if let Some(l) = self.listeners.get_mut(&listener) {
                     if l.app == app {
                         l.unaccepted = l.unaccepted.saturating_sub(count);
+                        l.accepting = true;
                     }
                 }
             }
@@ -768,11 +784,43 @@ impl SlowPath {
         }
     }
 
-    fn listen(&mut self, app: u32, port: u16, backlog: u32) -> Result<u32, ErrorCode> {
+    fn listen(&mut self, app: u32, port: u16, backlog: u32, shared: bool) -> Result<u32, ErrorCode> {
         if port == 0 {
             return Err(ErrorCode::Invalid);
         }
-        if self.listener_by_port.contains_key(&port) || self.port_refs.contains_key(&port) {
+        if let Some(&rep) = self.listener_by_port.get(&port) {
+            // Join a reuse-port group: both sides asked for sharing, another application
+            // (one application never needs two listeners on a port), the same user.
+            let uid = |a: u32| self.apps.get(&a).map(|x| x.uid);
+            let joinable = shared
+                && self.port_groups.get(&port).map_or(vec![rep], |g| g.clone()).iter().all(|m| {
+                    self.listeners.get(m).is_some_and(|l| l.shared && l.app != app && uid(l.app) == uid(app))
+                });
+            if !joinable {
+                return Err(ErrorCode::AddrInUse);
+            }
+            let id = self.next_listener;
+            self.next_listener += 1;
+            let backlog = backlog.clamp(1, self.cfg.max_backlog);
+            self.listeners.insert(id, Listener {
+                port,
+                app,
+                backlog,
+                syn_rcvd: 0,
+                unaccepted: 0,
+                shared,
+                accepting: false,
+                joined: true,
+                assigned: false,
+            });
+            self.port_groups.entry(port).or_insert_with(|| vec![rep]).push(id);
+            if let Some(a) = self.apps.get_mut(&app) {
+                a.listeners.push(id);
+            }
+            tracing::debug!(app, port, backlog, listener = id, "joined a shared port");
+            return Ok(id);
+        }
+        if self.port_refs.contains_key(&port) {
             return Err(ErrorCode::AddrInUse);
         }
         self.filter.own(port).map_err(|e| {
@@ -782,7 +830,17 @@ impl SlowPath {
         let id = self.next_listener;
         self.next_listener += 1;
         let backlog = backlog.clamp(1, self.cfg.max_backlog);
-        self.listeners.insert(id, Listener { port, app, backlog, syn_rcvd: 0, unaccepted: 0 });
+        self.listeners.insert(id, Listener {
+            port,
+            app,
+            backlog,
+            syn_rcvd: 0,
+            unaccepted: 0,
+            shared,
+            accepting: false,
+            joined: false,
+            assigned: false,
+        });
         self.listener_by_port.insert(port, id);
         if let Some(a) = self.apps.get_mut(&app) {
             a.listeners.push(id);
@@ -791,10 +849,62 @@ impl SlowPath {
         Ok(id)
     }
 
+    /// The listener a new connection to `port` goes to. In a reuse-port group: round
+    /// robin over the members that have accepted, and the joined members (forked
+    /// workers) that were not given a connection yet. The founder (the parent that
+    /// listened before forking, like nginx's master) gets connections only once it has
+    /// accepted one, or when no other member is eligible: each member's application
+    /// has its own accept queue, so a connection given to a member that never accepts
+    /// would wait forever.
+    fn pick_listener(&mut self, port: u16) -> Option<u32> {
+        let rep = *self.listener_by_port.get(&port)?;
+        let Some(group) = self.port_groups.get(&port) else { return Some(rep) };
+        let mut eligible: Vec<u32> = group
+            .iter()
+            .copied()
+            .filter(|m| self.listeners.get(m).is_some_and(|l| l.accepting || (l.joined && !l.assigned)))
+            .collect();
+        if eligible.is_empty() {
+            // Every worker got a connection and none has accepted yet (a burst at start):
+            // keep to the workers.
+            eligible = group.iter().copied().filter(|m| self.listeners.get(m).is_some_and(|l| l.joined)).collect();
+        }
+        let pick = if eligible.is_empty() {
+            rep
+        } else {
+            self.group_rr = self.group_rr.wrapping_add(1);
+            eligible[self.group_rr % eligible.len()]
+        };
+        if let Some(l) = self.listeners.get_mut(&pick) {
+            l.assigned = true;
+        }
+        Some(pick)
+    }
+
     fn close_listener(&mut self, id: u32) {
         let Some(l) = self.listeners.remove(&id) else { return };
+        if let Some(group) = self.port_groups.get_mut(&l.port) {
+            group.retain(|&m| m != id);
+            let next = group.first().copied();
+            if group.len() <= 1 {
+                self.port_groups.remove(&l.port);
+            }
+            if let Some(next) = next {
+                // Others still listen on the port: keep it, hand the port entry on.
+                self.listener_by_port.insert(l.port, next);
+                self.drop_handshakes_of(id);
+                return;
+            }
+        }
         self.listener_by_port.remove(&l.port);
-        // Handshakes in progress on it die with it.
+        self.drop_handshakes_of(id);
+        if !self.port_refs.contains_key(&l.port) {
+            self.filter.release(l.port);
+        }
+    }
+
+    /// Handshakes in progress on a closed listener die with it.
+    fn drop_handshakes_of(&mut self, id: u32) {
         let pending: Vec<FlowKey> = self
             .conns
             .values()
@@ -803,9 +913,6 @@ impl SlowPath {
             .collect();
         for k in pending {
             self.conns.remove(&k);
-        }
-        if !self.port_refs.contains_key(&l.port) {
-            self.filter.release(l.port);
         }
     }
 
@@ -1249,14 +1356,14 @@ impl SlowPath {
         let key = FlowKey::new(u32::from(src), seg.src_port, seg.dst_port);
         let Some(c) = self.conns.get(&key) else {
             if seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::ACK) {
-                if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
+                if let Some(lid) = self.pick_listener(seg.dst_port) {
                     self.passive_open(core, lid, key, mac, src, seg);
                     return;
                 }
             }
             // The final ACK of a handshake answered with a SYN cookie.
             if seg.flags.contains(TcpFlags::ACK) && !seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::RST) {
-                if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
+                if let Some(lid) = self.pick_listener(seg.dst_port) {
                     if self.cookie_ack(core, lid, key, mac, seg, frame) {
                         return;
                     }
@@ -1342,7 +1449,7 @@ impl SlowPath {
                         _ => false,
                     };
                     let newer_seq = (seg.seq_number.wrapping_sub(rcv_nxt) as i32) > 0;
-                    if let Some(&lid) = self.listener_by_port.get(&seg.dst_port) {
+                    if let Some(lid) = self.pick_listener(seg.dst_port) {
                         if newer_ts || (ts.is_none() && newer_seq) {
                             self.counters.time_wait_reused += 1;
                             self.drop_conn(key);

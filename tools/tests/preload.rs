@@ -339,7 +339,7 @@ fn nginx_conf(bed: &Bed, root: &Path, port: u16, workers: &str, master: &str) ->
     fs::write(
         &conf,
         format!(
-            "daemon off;\nmaster_process {master};\nworker_processes {workers};\nerror_log {rd}/nginx-error.log info;\npid {rd}/nginx.pid;\n\
+            "user root;\ndaemon off;\nmaster_process {master};\nworker_processes {workers};\nerror_log {rd}/nginx-error.log info;\npid {rd}/nginx.pid;\n\
              events {{ worker_connections 256; }}\n\
              http {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {rd}/cb; proxy_temp_path {rd}/px; fastcgi_temp_path {rd}/fc; uwsgi_temp_path {rd}/uw; scgi_temp_path {rd}/sc;\n\
              server {{ listen {port}; root {}; }} }}\n",
@@ -423,4 +423,48 @@ print("memcached-ok", ok)
     out.assert_success();
     assert!(out.stdout.contains("memcached-ok 200"), "{}", out.stdout);
     assert!(bed.exited(pid).is_none(), "memcached died");
+}
+
+/// nginx with a master and two workers (fork): the workers accept on the listener the
+/// master made, through a reuse-port group in tasd. Files by sha256; both workers serve.
+#[test]
+#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+fn nginx_workers_under_the_shim() {
+    let bed = Bed::up("preload-nginx-workers");
+    let nginx = need("nginx");
+    need("curl");
+    bed.start_tasd();
+    let www = bed.run_dir.join("www");
+    fs::create_dir_all(&www).unwrap();
+    let big = random_file(&bed, "www/big.bin", 4);
+    fs::write(www.join("index.html"), "hello from nginx workers\n").unwrap();
+    let conf = nginx_conf(&bed, &www, 8084, "2", "on");
+    // Log the worker's pid per request, to see that both workers serve.
+    let access = bed.run_dir.join("access.log");
+    let text = fs::read_to_string(&conf).unwrap().replace(
+        "access_log off;",
+        &format!("log_format w '$pid $status $body_bytes_sent'; access_log {} w;", access.display()),
+    );
+    fs::write(&conf, text).unwrap();
+    let env = shim_env(&bed);
+    let pid = bed.spawn(&bed.ns_a, "nginx", &[&nginx, "-c", conf.to_str().unwrap()], &env_refs(&env));
+    let url = format!("http://{IP_A}:8084/index.html");
+    wait_until(&bed, &bed.ns_b, &["curl", "-sS", "-m", "5", &url], "hello from nginx workers", pid, "nginx");
+    let got = bed.run_dir.join("big.got");
+    for i in 0..4 {
+        let out = bed.run(&bed.ns_b, "curl-big", &["curl", "-sS", "-m", "60", "-o", got.to_str().unwrap(), &format!("http://{IP_A}:8084/big.bin")], Duration::from_secs(90));
+        out.assert_success();
+        assert_eq!(sha256(&got), sha256(&big), "download {i} of big.bin differs");
+    }
+    let out = bed.run(&bed.ns_b, "wrk", &["wrk", "-t1", "-c8", "-d3s", &url], Duration::from_secs(60));
+    out.assert_success();
+    eprintln!("wrk against nginx with 2 workers through the shim:\n{}", out.stdout);
+    assert!(!out.stdout.contains("Non-2xx") && !out.stdout.contains("Socket errors"), "{}", out.stdout);
+    let log = fs::read_to_string(&access).unwrap_or_default();
+    let mut pids: Vec<&str> = log.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    pids.sort();
+    pids.dedup();
+    assert!(log.lines().count() > 10, "too few requests logged:\n{log}");
+    assert!(pids.len() >= 2, "one worker served everything (pids {pids:?})");
+    assert!(bed.exited(pid).is_none(), "nginx died");
 }

@@ -48,6 +48,8 @@ pub fn errno_of(err: Error) -> Errno {
         Error::NotFound => libc::ENOENT,
         Error::InvalidArgument => libc::EINVAL,
         Error::InvalidHandle => libc::EBADF,
+        Error::ServiceUnavailable { kind: std::io::ErrorKind::PermissionDenied, .. } => libc::EACCES,
+        Error::ServiceUnavailable { .. } => libc::ECONNREFUSED,
         _ => libc::ENETDOWN,
     })
 }
@@ -108,7 +110,22 @@ fn proc_ctx() -> SysResult<Arc<Proc>> {
             std::mem::forget(old);
         }
     }
-    let ctx = Context::attach().map_err(errno_of)?;
+    // The service's path is read once: forked workers of some servers (nginx) get a
+    // cleared environment, and must still find the service their parent used.
+    static SERVICE: Mutex<Option<(std::path::PathBuf, String)>> = Mutex::new(None);
+    let (path, name) = lock(&SERVICE)
+        .get_or_insert_with(|| {
+            let path = std::env::var_os(libtas::tas_proto::attach::SOCKET_ENV)
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| libtas::tas_proto::attach::DEFAULT_APP_SOCKET.into());
+            let name = std::env::args_os()
+                .next()
+                .and_then(|a| std::path::Path::new(&a).file_name().map(|s| s.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "app".to_owned());
+            (path, name)
+        })
+        .clone();
+    let ctx = Context::attach_to(&path, &name).map_err(errno_of)?;
     let Some(efd) = ctx.sleep_fd().map(|f| f.as_raw_fd()) else { return Err(e(libc::ENETDOWN)) };
     let p = Arc::new(Proc { gen, inner: Mutex::new(Inner { ctx, sleepers: 0 }), efd });
     *slot = Some(p.clone());
@@ -390,7 +407,46 @@ fn remove(fd: c_int) -> Option<Arc<Sock>> {
 }
 
 fn sock(fd: c_int) -> SysResult<Arc<Sock>> {
-    lookup(fd).ok_or(e(libc::EBADF))
+    let s = lookup(fd).ok_or(e(libc::EBADF))?;
+    adopt(fd, s)
+}
+
+/// In a forked child, a listening socket inherited from the parent becomes a listener of
+/// the child's own context on the same port (joining the parent's reuse-port group in
+/// tasd), on the same descriptor. Other inherited stack sockets stay stale (EBADF).
+fn adopt(fd: c_int, s: Arc<Sock>) -> SysResult<Arc<Sock>> {
+    let gen = FORK_GEN.load(Ordering::SeqCst);
+    let stale = {
+        let st = lock(&s.st);
+        match st.kind {
+            Kind::Listening(_) if st.gen != gen && st.port != 0 => Some((st.port, st.nonblock, st.opts.clone())),
+            _ => None,
+        }
+    };
+    let Some((port, nonblock, opts)) = stale else { return Ok(s) };
+    let p = proc_ctx()?;
+    let token = p.lock().ctx.listen_start_shared(port, 511).map_err(errno_of)?;
+    let l = p.block(false, |ctx| ctx.listen_result(token).map_err(errno_of).transpose())?;
+    let ns = Arc::new(Sock {
+        st: Mutex::new(SockState {
+            gen: p.gen,
+            kind: Kind::Listening(l),
+            nonblock,
+            nfds: 1,
+            port,
+            auto_port: false,
+            opts,
+            rd_shut: false,
+            so_error: 0,
+            peer: None,
+            local: Some(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)),
+            nb_connect: false,
+            reset_reported: false,
+        }),
+        proc: p,
+    });
+    insert(fd, ns.clone())?;
+    Ok(ns)
 }
 
 /// Processes ports bound by this process's stack sockets (the service only learns of a
@@ -594,7 +650,8 @@ pub fn listen(fd: c_int, backlog: c_int) -> SysResult<c_int> {
     let mut tries = 0;
     loop {
         let port = st.port;
-        let token = s.proc.lock().ctx.listen_start(port, backlog).map_err(errno_of)?;
+        // Shared, so that a forked child can listen on the inherited port too (decisions §14).
+        let token = s.proc.lock().ctx.listen_start_shared(port, backlog).map_err(errno_of)?;
         let r = s.proc.block(false, |ctx| ctx.listen_result(token).map_err(errno_of).transpose());
         match r {
             Ok(l) => {
@@ -1320,8 +1377,14 @@ fn readiness_state(st: &SockState, ctx: &mut Context) -> i16 {
 type Socks = Vec<Option<Arc<Sock>>>;
 
 fn any_proc(fds: &[c_int]) -> Option<(Arc<Proc>, Socks)> {
-    let socks: Vec<Option<Arc<Sock>>> = fds.iter().map(|&fd| lookup(fd)).collect();
-    let p = socks.iter().flatten().next()?.proc.clone();
+    let socks: Vec<Option<Arc<Sock>>> = fds.iter().map(|&fd| lookup(fd).map(|s| adopt(fd, s.clone()).unwrap_or(s))).collect();
+    socks.iter().flatten().next()?;
+    // Never the parent's context in a forked child: stale sockets read as POLLNVAL.
+    let gen = FORK_GEN.load(Ordering::SeqCst);
+    let p = match socks.iter().flatten().find(|s| s.proc.gen == gen) {
+        Some(s) => s.proc.clone(),
+        None => proc_ctx().ok()?,
+    };
     Some((p, socks))
 }
 
@@ -1463,6 +1526,7 @@ pub fn epoll_has_shadow(epfd: c_int) -> bool {
 /// epoll_ctl for a stack socket `fd`.
 pub fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: Option<libc::epoll_event>) -> SysResult<c_int> {
     let s = sock(fd)?;
+    drop(s.state()?);
     // epfd must be an epoll descriptor: checked by a harmless DEL of a descriptor that is
     // never registered (the placeholder), which fails with ENOENT on an epoll set.
     match sys::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, None) {
