@@ -386,7 +386,7 @@ fn shared_port_spreads_connections_over_accepting_workers() {
     let mut w2 = context(&mut w.a, IP_A, "worker2");
     let mut other = context(&mut w.a, IP_A, "other");
     let mut client = context(&mut w.b, IP_B, "client");
-    let mut listen = |w: &mut World, ctx: &mut Context, shared: bool, cl: &mut Context| {
+    let listen = |w: &mut World, ctx: &mut libtas::Context, shared: bool, cl: &mut libtas::Context| {
         let tok = if shared { ctx.listen_start_shared(8080, 16) } else { ctx.listen_start(8080, 16) }.unwrap();
         loop {
             w.step(&mut [&mut *ctx, &mut *cl]);
