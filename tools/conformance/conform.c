@@ -543,6 +543,25 @@ static void t_fork(void) {
     close(fd);
 }
 
+/* exec: a socket with close-on-exec is gone in the new program, one without it is there. */
+static int fd_survives_exec(int fd) {
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "[ -e /proc/self/fd/%d ]", fd);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) { execl("/bin/sh", "sh", "-c", cmd, (char *)0); _exit(127); }
+    int st = -1;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) == 0 : -1;
+}
+static void t_exec(void) {
+    int a = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int b = tcp();
+    CHECK("exec.cloexec_socket_survives", fd_survives_exec(a));
+    CHECK("exec.plain_socket_survives", fd_survives_exec(b));
+    close(a); close(b);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "peer")) return run_peer(atoi(argv[2]));
     if (argc != 6 || strcmp(argv[1], "run")) {
@@ -558,7 +577,7 @@ int main(int argc, char **argv) {
 #define RUN(f) if (!only || strstr(#f, only)) f()
     RUN(t_basics); RUN(t_nb_connect); RUN(t_echo); RUN(t_nonblocking); RUN(t_peek_waitall);
     RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_dup);
-    RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_fork);
+    RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_fork); RUN(t_exec);
     printf("done\n");
     return 0;
 }

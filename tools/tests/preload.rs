@@ -468,3 +468,33 @@ fn nginx_workers_under_the_shim() {
     assert!(pids.len() >= 2, "one worker served everything (pids {pids:?})");
     assert!(bed.exited(pid).is_none(), "nginx died");
 }
+
+/// sockperf's TCP ping-pong (it checks every reply's sequence number) against a sockperf
+/// server under the shim.
+#[test]
+#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+fn sockperf_server_under_the_shim() {
+    let bed = Bed::up("preload-sockperf");
+    let sockperf = need("sockperf");
+    bed.start_tasd();
+    let env = shim_env(&bed);
+    let pid = bed.spawn(&bed.ns_a, "sockperf-server", &[&sockperf, "server", "-i", "0.0.0.0", "-p", "11111", "--tcp"], &env_refs(&env));
+    sleep(Duration::from_millis(800));
+    assert!(bed.exited(pid).is_none(), "sockperf server exited at start");
+    let ss = bed.capture_ok(&["ip", "netns", "exec", &bed.ns_a, "ss", "-Htln", "sport = :11111"]);
+    assert!(ss.trim().is_empty(), "sockperf listens on a kernel socket:\n{ss}");
+    let out = bed.run(&bed.ns_b, "sockperf-client", &[&sockperf, "ping-pong", "-i", IP_A, "-p", "11111", "--tcp", "-t", "3"], Duration::from_secs(60));
+    out.assert_success();
+    let text = out.stdout.clone() + &out.stderr;
+    eprintln!("{}", text.lines().filter(|l| l.contains("avg-latency") || l.contains("percentile 50.000") || l.contains("percentile 99.000") || l.contains("observations")).collect::<Vec<_>>().join("\n"));
+    let obs: u64 = text
+        .lines()
+        .find_map(|l| l.split("Total ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no observation count in sockperf's output:\n{text}"));
+    assert!(obs > 100, "only {obs} round trips in 3 s:\n{text}");
+    assert!(!text.contains("ERROR"), "{text}");
+    for counter in ["dropped messages = 0", "duplicated messages = 0", "out-of-order messages = 0"] {
+        assert!(text.contains(counter), "sockperf did not report `{counter}`:\n{text}");
+    }
+    assert!(bed.exited(pid).is_none(), "sockperf server died");
+}
