@@ -71,12 +71,16 @@ impl ConnId {
 pub struct ListenOptions {
     /// Share the port with other listeners that set this too (`SO_REUSEPORT`).
     pub reuse_port: bool,
+    /// With `reuse_port`: take no connections until this context has accepted one, while
+    /// other members can take them (for a listener that may only be held, like the one a
+    /// pre-forking server's parent opens).
+    pub accept_on_demand: bool,
 }
 
 impl ListenOptions {
     /// Options with `reuse_port` set.
     pub fn reuse_port() -> Self {
-        ListenOptions { reuse_port: true }
+        ListenOptions { reuse_port: true, accept_on_demand: false }
     }
 }
 
@@ -218,6 +222,8 @@ struct Listener {
     service_id: u32,
     port: u16,
     queue: VecDeque<u32>,
+    /// Connections ever queued on this listener (for edge-triggered readiness).
+    arrived: u64,
     ev: bool,
     queued: bool,
 }
@@ -850,6 +856,7 @@ impl Context {
                             service_id: 0,
                             port: 0,
                             queue: VecDeque::new(),
+                            arrived: 0,
                             ev: false,
                             queued: false,
                         });
@@ -922,6 +929,7 @@ impl Context {
                     Some(&lidx) => {
                         c.hidden = true;
                         self.listeners[lidx as usize].queue.push_back(idx as u32);
+                        self.listeners[lidx as usize].arrived += 1;
                         self.adopt(idx, handle);
                         self.mark_listener(lidx as usize);
                     }
@@ -1059,6 +1067,94 @@ impl Context {
         self.poll();
     }
 
+    /// The eventfd this context sleeps on (None for an in-process context built without
+    /// one). For callers that sleep in their own `poll`/`epoll_wait` together with other
+    /// descriptors (the sockets shim): bracket the sleep with [`Context::announce_sleep`]
+    /// and [`Context::end_sleep`].
+    pub fn sleep_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.app_eventfd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The first half of [`Context::wait`]'s sleep protocol, for callers that sleep
+    /// elsewhere: poll once, then announce sleep on every queue this context consumes.
+    /// Returns false (announcing nothing) if descriptors arrived or the context broke:
+    /// then do not sleep, look again. After true, the service writes [`Context::sleep_fd`]
+    /// when it posts anything, so a sleep on it loses no wake-up. Several threads may
+    /// announce (each under the caller's lock); the flags are cleared only by
+    /// [`Context::end_sleep`], which the caller calls once the last sleeper woke.
+    pub fn announce_sleep(&mut self) -> bool {
+        if self.poll() > 0 || self.broken.is_some() || self.app_eventfd.is_none() {
+            return false;
+        }
+        for i in 0..self.fp.len() {
+            if !self.fp[i].to_app.prepare_sleep() {
+                for j in 0..i {
+                    self.fp[j].to_app.woke();
+                }
+                return false;
+            }
+        }
+        if !self.sp_events.prepare_sleep() {
+            for q in &mut self.fp {
+                q.to_app.woke();
+            }
+            return false;
+        }
+        true
+    }
+
+    /// The second half of the protocol: clear the sleep flags, drain the eventfd and poll.
+    /// Call it when no thread sleeps on [`Context::sleep_fd`] any more.
+    pub fn end_sleep(&mut self) {
+        for q in &mut self.fp {
+            q.to_app.woke();
+        }
+        self.sp_events.woke();
+        if let Some(fd) = &self.app_eventfd {
+            sys::eventfd_drain(fd.as_fd());
+        }
+        self.poll();
+    }
+
+    /// Wake whoever sleeps on [`Context::sleep_fd`] (after a local change another thread
+    /// may wait for, such as a close).
+    pub fn kick(&self) {
+        if let Some(fd) = &self.app_eventfd {
+            sys::eventfd_signal(fd.as_fd());
+        }
+    }
+
+    /// Connections ever queued on the listener: grows by one per arrival, so a caller that
+    /// remembers it can tell "a new connection came" from "the same one is still waiting".
+    pub fn arrivals(&self, l: ListenerId) -> u64 {
+        self.listener_idx(l).map_or(0, |i| self.listeners[i].arrived)
+    }
+
+    /// Bytes that ever arrived on the connection (read or readable): grows with every
+    /// arrival, for edge-triggered readiness.
+    pub fn rx_total(&self, c: ConnId) -> u64 {
+        self.conn_idx(c).map_or(0, |i| self.conns[i].rx_read + self.conns[i].rx_avail as u64)
+    }
+
+    /// Transmit credit ever granted (bytes written plus space free now): grows whenever
+    /// the peer acknowledges data, for edge-triggered writability.
+    pub fn tx_total(&self, c: ConnId) -> u64 {
+        self.conn_idx(c).map_or(0, |i| self.conns[i].tx_write + self.conns[i].tx_free as u64)
+    }
+
+    /// Connections waiting on the listener to be accepted.
+    pub fn pending_accepts(&self, l: ListenerId) -> usize {
+        self.listener_idx(l).map_or(0, |i| self.listeners[i].queue.len())
+    }
+
+    /// True if the service went away (the lifeline hung up); marks the context broken.
+    pub fn check_service(&mut self) -> bool {
+        if self.lifeline.as_ref().is_some_and(|s| s.peer_gone()) {
+            self.fail(Error::ServiceGone);
+        }
+        self.broken.is_none()
+    }
+
     fn deadline_left(deadline: Option<Instant>) -> Result<Option<Duration>> {
         match deadline {
             None => Ok(None),
@@ -1082,11 +1178,19 @@ impl Context {
         self.listen_start_with(port, backlog, ListenOptions::default())
     }
 
-    /// [`Context::listen_start`] with options: with [`ListenOptions::reuse_port`], several
-    /// listeners (in this context, other contexts of this application, or other
-    /// applications of the same user) share the port, and the service spreads new
-    /// connections over them by a hash of the 4-tuple, as Linux does for `SO_REUSEPORT`.
-    /// Every listener of the port must ask for it; otherwise the port is in use.
+    /// [`Context::listen_start`] for a port that other applications of the same user may
+    /// listen on too, each asking for sharing (a reuse-port group, e.g. the forked workers
+    /// of one server): the service spreads new connections over the members that accept.
+    /// A founder that may never accept itself is given connections only once it has.
+    pub fn listen_start_shared(&mut self, port: u16, backlog: u32) -> Result<Token> {
+        self.listen_start_with(port, backlog, ListenOptions { reuse_port: true, accept_on_demand: true })
+    }
+
+    /// [`Context::listen_start`] with options: with [`ListenOptions::reuse_port`], other
+    /// contexts (of this application or other applications of the same user) may listen on
+    /// the port too, and the service spreads new connections over the group round-robin,
+    /// as Linux does for `SO_REUSEPORT`. Every listener of the port must ask for it;
+    /// otherwise the port is in use.
     pub fn listen_start_with(&mut self, port: u16, backlog: u32, opts: ListenOptions) -> Result<Token> {
         self.health()?;
         if port == 0 {
@@ -1094,7 +1198,13 @@ impl Context {
         }
         let token = self.next_token();
         self.pending_listens.insert(token, PendingListen { port, result: None });
-        let flags = if opts.reuse_port { tas_proto::shm::LISTEN_REUSEPORT } else { 0 };
+        let mut flags = 0;
+        if opts.reuse_port {
+            flags |= tas_proto::shm::LISTEN_REUSEPORT;
+        }
+        if opts.accept_on_demand {
+            flags |= tas_proto::shm::LISTEN_ACCEPT_ON_DEMAND;
+        }
         self.request(ControlRequest::Listen { token, port, backlog, flags });
         self.publish();
         Ok(Token(token))

@@ -193,11 +193,16 @@ pub const KIND_CLOSED: u8 = 35;
 
 /// Control request: listen on `local_port` with backlog `len`; reply tagged with `aux`.
 pub const KIND_REQ_LISTEN: u8 = 48;
-/// Listen flag: share the port with other listeners that set it too (`SO_REUSEPORT`):
-/// the service spreads new connections over the group by a hash of the 4-tuple.
+/// Listen flag: share the port with other listeners that set it too and belong to the same
+/// user (`SO_REUSEPORT`; also how forked workers of one server share a listener): the
+/// service spreads new connections over the group's members.
 pub const LISTEN_REUSEPORT: u16 = 1 << 0;
+/// Listen flag, with [`LISTEN_REUSEPORT`]: while other members can take connections, give
+/// this listener none until it has accepted one. The LD_PRELOAD shim sets it, because a
+/// server that listens and then forks workers (nginx's master) may never accept itself.
+pub const LISTEN_ACCEPT_ON_DEMAND: u16 = 1 << 1;
 /// Every listen flag this ABI version knows; a request with any other bit is malformed.
-pub const LISTEN_FLAGS_KNOWN: u16 = LISTEN_REUSEPORT;
+pub const LISTEN_FLAGS_KNOWN: u16 = LISTEN_REUSEPORT | LISTEN_ACCEPT_ON_DEMAND;
 /// Control request: connect to `ip:remote_port`; reply tagged with `aux`.
 pub const KIND_REQ_CONNECT: u8 = 49;
 /// Control request: `aux` connections were taken from listener `len`'s accept queue.

@@ -198,12 +198,19 @@ struct Listener {
     port: u16,
     app: u32,
     backlog: u32,
-    /// Shares the port with other `reuse_port` listeners of the same user.
-    reuse_port: bool,
     /// Handshakes in progress.
     syn_rcvd: u32,
     /// Established, announced to the app, not yet accepted.
     unaccepted: u32,
+    /// May share its port with other applications' shared listeners (same uid).
+    shared: bool,
+    /// It takes connections: it accepted at least once, or it did not ask to wait for
+    /// that (`LISTEN_ACCEPT_ON_DEMAND`; a founder that may only hold the port).
+    accepting: bool,
+    /// It joined an existing port (a forked worker), rather than founding it.
+    joined: bool,
+    /// A connection was handed to it at least once.
+    assigned: bool,
 }
 
 /// Options a peer offered in its SYN (or SYN-ACK).
@@ -373,8 +380,12 @@ pub struct SlowPath {
     apps: HashMap<u32, App>,
     app_slots: Vec<bool>,
     listeners: HashMap<u32, Listener>,
-    /// The listeners of each port: one, or a `SO_REUSEPORT` group (all with `reuse_port`).
-    listener_by_port: HashMap<u16, Vec<u32>>,
+    listener_by_port: HashMap<u16, u32>,
+    /// Ports shared by several listeners (a reuse-port group, oldest first); the port's
+    /// entry in `listener_by_port` is one of them.
+    port_groups: HashMap<u16, Vec<u32>>,
+    /// Round-robin position for port groups.
+    group_rr: usize,
     port_refs: HashMap<u16, u32>,
     conns: HashMap<FlowKey, Conn>,
     by_slot: HashMap<(u32, u32), FlowKey>,
@@ -423,6 +434,8 @@ impl SlowPath {
             app_slots: vec![false; MAX_APPS],
             listeners: HashMap::new(),
             listener_by_port: HashMap::new(),
+            port_groups: HashMap::new(),
+            group_rr: 0,
             port_refs: HashMap::new(),
             conns: HashMap::new(),
             by_slot: HashMap::new(),
@@ -830,8 +843,9 @@ impl SlowPath {
     fn on_request(&mut self, app: u32, r: ControlRequest) {
         match r {
             ControlRequest::Listen { token, port, backlog, flags } => {
-                let reuse_port = flags & tas_proto::shm::LISTEN_REUSEPORT != 0;
-                let ev = match self.listen(app, port, backlog, reuse_port) {
+                let shared = flags & tas_proto::shm::LISTEN_REUSEPORT != 0;
+                let on_demand = flags & tas_proto::shm::LISTEN_ACCEPT_ON_DEMAND != 0;
+                let ev = match self.listen(app, port, backlog, shared, on_demand) {
                     Ok(listener) => SpEvent::ListenOk { token, listener },
                     Err(error) => SpEvent::ListenFailed { token, error },
                 };
@@ -847,6 +861,7 @@ impl SlowPath {
                 if let Some(l) = self.listeners.get_mut(&listener) {
                     if l.app == app {
                         l.unaccepted = l.unaccepted.saturating_sub(count);
+                        l.accepting = true;
                     }
                 }
             }
@@ -868,68 +883,128 @@ impl SlowPath {
         }
     }
 
-    fn listen(&mut self, app: u32, port: u16, backlog: u32, reuse_port: bool) -> Result<u32, ErrorCode> {
+    fn listen(&mut self, app: u32, port: u16, backlog: u32, shared: bool, on_demand: bool) -> Result<u32, ErrorCode> {
         if port == 0 {
             return Err(ErrorCode::Invalid);
         }
-        if self.port_refs.contains_key(&port) {
-            return Err(ErrorCode::AddrInUse);
-        }
-        let uid = self.apps.get(&app).map(|a| a.uid);
-        if let Some(group) = self.listener_by_port.get(&port) {
-            // Linux's SO_REUSEPORT rule: every socket of the group asked for it, and all
-            // belong to one user (so no other user can steal a share of the connections).
-            let joinable = reuse_port
-                && group.iter().all(|id| {
-                    let l = &self.listeners[id];
-                    l.reuse_port && self.apps.get(&l.app).map(|a| a.uid) == uid
+        if let Some(&rep) = self.listener_by_port.get(&port) {
+            // Join a reuse-port group: both sides asked for sharing, another application
+            // (one application never needs two listeners on a port), the same user.
+            let uid = |a: u32| self.apps.get(&a).map(|x| x.uid);
+            let joinable = shared
+                && self.port_groups.get(&port).map_or(vec![rep], |g| g.clone()).iter().all(|m| {
+                    self.listeners.get(m).is_some_and(|l| l.shared && l.app != app && uid(l.app) == uid(app))
                 });
             if !joinable {
                 return Err(ErrorCode::AddrInUse);
             }
-        } else {
-            self.filter.own(port).map_err(|e| {
-                tracing::error!(port, error = %e, "cannot claim port in the XDP map");
-                ErrorCode::NoResources
-            })?;
+            let id = self.next_listener;
+            self.next_listener += 1;
+            let backlog = backlog.clamp(1, self.cfg.max_backlog);
+            self.listeners.insert(id, Listener {
+                port,
+                app,
+                backlog,
+                syn_rcvd: 0,
+                unaccepted: 0,
+                shared,
+                accepting: !on_demand,
+                joined: true,
+                assigned: false,
+            });
+            self.port_groups.entry(port).or_insert_with(|| vec![rep]).push(id);
+            if let Some(a) = self.apps.get_mut(&app) {
+                a.listeners.push(id);
+            }
+            tracing::debug!(app, port, backlog, listener = id, "joined a shared port");
+            return Ok(id);
         }
+        if self.port_refs.contains_key(&port) {
+            return Err(ErrorCode::AddrInUse);
+        }
+        self.filter.own(port).map_err(|e| {
+            tracing::error!(port, error = %e, "cannot claim port in the XDP map");
+            ErrorCode::NoResources
+        })?;
         let id = self.next_listener;
         self.next_listener += 1;
         let backlog = backlog.clamp(1, self.cfg.max_backlog);
-        self.listeners.insert(id, Listener { port, app, backlog, reuse_port, syn_rcvd: 0, unaccepted: 0 });
-        self.listener_by_port.entry(port).or_default().push(id);
+        self.listeners.insert(id, Listener {
+            port,
+            app,
+            backlog,
+            syn_rcvd: 0,
+            unaccepted: 0,
+            shared,
+            accepting: !on_demand,
+            joined: false,
+            assigned: false,
+        });
+        self.listener_by_port.insert(port, id);
         if let Some(a) = self.apps.get_mut(&app) {
             a.listeners.push(id);
         }
-        tracing::debug!(app, port, backlog, reuse_port, listener = id, "listening");
+        tracing::debug!(app, port, backlog, shared, listener = id, "listening");
         Ok(id)
     }
 
-    /// The listener a new connection `key` to `port` goes to: the only one, or for a
-    /// `SO_REUSEPORT` group the one a hash of the 4-tuple picks, so that a SYN's
-    /// retransmissions and a SYN cookie's final ACK reach the same listener as long as the
-    /// group does not change.
-    fn listener_for(&self, port: u16, key: FlowKey) -> Option<u32> {
-        let group = self.listener_by_port.get(&port)?;
-        match group.len() {
-            0 => None,
-            1 => Some(group[0]),
-            n => {
-                let h = self.isn_key.hash_one(("reuseport", key.0)) as usize;
-                Some(group[h % n])
-            }
+    /// The listener a new connection to `port` goes to. In a reuse-port group: round
+    /// robin over the members that take connections (`accepting`), and the joined members
+    /// (forked workers) that were not given a connection yet. A member that listened with
+    /// `LISTEN_ACCEPT_ON_DEMAND` (the shim's founder: a parent that listened before
+    /// forking, like nginx's master) gets connections only once it has accepted one, or
+    /// when no other member is eligible: each member's application
+    /// has its own accept queue, so a connection given to a member that never accepts
+    /// would wait forever.
+    fn pick_listener(&mut self, port: u16) -> Option<u32> {
+        let rep = *self.listener_by_port.get(&port)?;
+        let Some(group) = self.port_groups.get(&port) else { return Some(rep) };
+        let mut eligible: Vec<u32> = group
+            .iter()
+            .copied()
+            .filter(|m| self.listeners.get(m).is_some_and(|l| l.accepting || (l.joined && !l.assigned)))
+            .collect();
+        if eligible.is_empty() {
+            // Every worker got a connection and none has accepted yet (a burst at start):
+            // keep to the workers.
+            eligible = group.iter().copied().filter(|m| self.listeners.get(m).is_some_and(|l| l.joined)).collect();
         }
+        let pick = if eligible.is_empty() {
+            rep
+        } else {
+            self.group_rr = self.group_rr.wrapping_add(1);
+            eligible[self.group_rr % eligible.len()]
+        };
+        if let Some(l) = self.listeners.get_mut(&pick) {
+            l.assigned = true;
+        }
+        Some(pick)
     }
 
     fn close_listener(&mut self, id: u32) {
         let Some(l) = self.listeners.remove(&id) else { return };
-        if let Some(group) = self.listener_by_port.get_mut(&l.port) {
-            group.retain(|&x| x != id);
-            if group.is_empty() {
-                self.listener_by_port.remove(&l.port);
+        if let Some(group) = self.port_groups.get_mut(&l.port) {
+            group.retain(|&m| m != id);
+            let next = group.first().copied();
+            if group.len() <= 1 {
+                self.port_groups.remove(&l.port);
+            }
+            if let Some(next) = next {
+                // Others still listen on the port: keep it, hand the port entry on.
+                self.listener_by_port.insert(l.port, next);
+                self.drop_handshakes_of(id);
+                return;
             }
         }
-        // Handshakes in progress on it die with it.
+        self.listener_by_port.remove(&l.port);
+        self.drop_handshakes_of(id);
+        if !self.port_refs.contains_key(&l.port) {
+            self.filter.release(l.port);
+        }
+    }
+
+    /// Handshakes in progress on a closed listener die with it.
+    fn drop_handshakes_of(&mut self, id: u32) {
         let pending: Vec<FlowKey> = self
             .conns
             .values()
@@ -938,9 +1013,6 @@ impl SlowPath {
             .collect();
         for k in pending {
             self.conns.remove(&k);
-        }
-        if !self.port_refs.contains_key(&l.port) && !self.listener_by_port.contains_key(&l.port) {
-            self.filter.release(l.port);
         }
     }
 
@@ -1395,14 +1467,14 @@ impl SlowPath {
         let key = FlowKey::new(u32::from(src), seg.src_port, seg.dst_port);
         let Some(c) = self.conns.get(&key) else {
             if seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::ACK) {
-                if let Some(lid) = self.listener_for(seg.dst_port, key) {
+                if let Some(lid) = self.pick_listener(seg.dst_port) {
                     self.passive_open(core, lid, key, mac, src, seg);
                     return;
                 }
             }
             // The final ACK of a handshake answered with a SYN cookie.
             if seg.flags.contains(TcpFlags::ACK) && !seg.flags.contains(TcpFlags::SYN) && !seg.flags.contains(TcpFlags::RST) {
-                if let Some(lid) = self.listener_for(seg.dst_port, key) {
+                if let Some(lid) = self.pick_listener(seg.dst_port) {
                     if self.cookie_ack(core, lid, key, mac, seg, frame) {
                         return;
                     }
@@ -1488,7 +1560,7 @@ impl SlowPath {
                         _ => false,
                     };
                     let newer_seq = (seg.seq_number.wrapping_sub(rcv_nxt) as i32) > 0;
-                    if let Some(lid) = self.listener_for(seg.dst_port, key) {
+                    if let Some(lid) = self.pick_listener(seg.dst_port) {
                         if newer_ts || (ts.is_none() && newer_seq) {
                             self.counters.time_wait_reused += 1;
                             self.drop_conn(key);

@@ -454,3 +454,63 @@ fn reuseport_group_spreads_connections_and_refuses_strangers() {
     let (a, b) = round(&mut w, &mut s1, &mut s2, &mut client, N / 2);
     assert_eq!((a, b), (0, N / 2));
 }
+
+/// A reuse-port group: the founder (like nginx's master) listens with sharing and never
+/// accepts; two "forked workers" join the port. Every connection must reach a worker.
+#[test]
+fn shared_port_spreads_connections_over_accepting_workers() {
+    let mut w = World::new(Impairments::default(), 11);
+    let mut master = context(&mut w.a, IP_A, "master");
+    let mut w1 = context(&mut w.a, IP_A, "worker1");
+    let mut w2 = context(&mut w.a, IP_A, "worker2");
+    let mut other = context(&mut w.a, IP_A, "other");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let listen = |w: &mut World, ctx: &mut libtas::Context, shared: bool, cl: &mut libtas::Context| {
+        let tok = if shared { ctx.listen_start_shared(8080, 16) } else { ctx.listen_start(8080, 16) }.unwrap();
+        loop {
+            w.step(&mut [&mut *ctx, &mut *cl]);
+            if let Some(r) = ctx.listen_result(tok).transpose() {
+                return r;
+            }
+        }
+    };
+    let lm = listen(&mut w, &mut master, true, &mut client).expect("founder listens");
+    let l1 = listen(&mut w, &mut w1, true, &mut client).expect("worker 1 joins");
+    let l2 = listen(&mut w, &mut w2, true, &mut client).expect("worker 2 joins");
+    assert_eq!(listen(&mut w, &mut other, false, &mut client), Err(Error::AddrInUse), "a non-shared listen must not join");
+    assert_eq!(listen(&mut w, &mut w1, true, &mut client), Err(Error::AddrInUse), "one application, one listener per port");
+    let mut got = [0usize; 2];
+    for _ in 0..8 {
+        let c = client.connect_start(SocketAddrV4::new(IP_A, 8080)).unwrap();
+        for _ in 0..100_000 {
+            w.step(&mut [&mut master, &mut w1, &mut w2, &mut client]);
+            if let Some(a) = w1.accept(l1).unwrap() {
+                got[0] += 1;
+                w1.close(a).unwrap();
+                break;
+            }
+            if let Some(a) = w2.accept(l2).unwrap() {
+                got[1] += 1;
+                w2.close(a).unwrap();
+                break;
+            }
+        }
+        assert_eq!(client.state(c), ConnState::Established, "connection not established");
+        client.close(c).unwrap();
+    }
+    assert_eq!(got[0] + got[1], 8, "every connection reached a worker: {got:?}");
+    assert!(got[0] > 0 && got[1] > 0, "both workers get connections: {got:?}");
+    assert_eq!(master.pending_accepts(lm), 0, "the founder never accepts, so it must get nothing");
+    // A worker leaves: the port stays with the others.
+    w1.unlisten(l1).unwrap();
+    let c = client.connect_start(SocketAddrV4::new(IP_A, 8080)).unwrap();
+    let mut accepted = false;
+    for _ in 0..100_000 {
+        w.step(&mut [&mut master, &mut w1, &mut w2, &mut client]);
+        if w2.accept(l2).unwrap().is_some() {
+            accepted = true;
+            break;
+        }
+    }
+    assert!(accepted && client.state(c) == ConnState::Established);
+}

@@ -1,0 +1,1793 @@
+//! The sockets emulation over the native API, in safe code. Every function takes plain
+//! values and slices (the interposer converts the C arguments) and returns the C result
+//! or an errno.
+//!
+//! Model (docs/decisions.md, "The LD_PRELOAD shim"):
+//! - every stack socket is backed by a real kernel **placeholder** descriptor (an eventfd
+//!   from libc), so its number can never collide with a kernel descriptor, `dup`/`fork`/
+//!   close-on-exec act on a real descriptor, and the fd table below only maps numbers to
+//!   socket state;
+//! - one libtas [`Context`] per process, behind one mutex; sleeping happens outside it on
+//!   the context's eventfd (announce, then sleep; the last sleeper out clears the flags);
+//! - poll/select/epoll on sets that mix stack sockets and kernel descriptors compute the
+//!   stack sockets' readiness in user space and sleep in the kernel on the kernel
+//!   descriptors plus the context's eventfd.
+
+use std::collections::HashMap;
+use std::ffi::c_int;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use libtas::{ConnId, ConnState, Context, Error, ListenerId};
+
+use crate::sys::{self, Errno, SysResult};
+
+// ---- errno helpers ------------------------------------------------------------------------
+
+fn e(code: c_int) -> Errno {
+    Errno(code)
+}
+
+/// The errno Linux reports for a native-API error.
+pub fn errno_of(err: Error) -> Errno {
+    e(match err {
+        Error::WouldBlock => libc::EAGAIN,
+        Error::Refused => libc::ECONNREFUSED,
+        Error::Reset => libc::ECONNRESET,
+        Error::TimedOut => libc::ETIMEDOUT,
+        Error::Closed | Error::Shutdown => libc::EPIPE,
+        Error::NotConnected => libc::ENOTCONN,
+        Error::AddrInUse => libc::EADDRINUSE,
+        Error::NoResources => libc::ENOBUFS,
+        Error::Unreachable => libc::EHOSTUNREACH,
+        Error::Aborted => libc::ECONNRESET,
+        Error::PermissionDenied => libc::EACCES,
+        Error::NotFound => libc::ENOENT,
+        Error::InvalidArgument => libc::EINVAL,
+        Error::InvalidHandle => libc::EBADF,
+        Error::ServiceUnavailable { kind: std::io::ErrorKind::PermissionDenied, .. } => libc::EACCES,
+        Error::ServiceUnavailable { .. } => libc::ECONNREFUSED,
+        _ => libc::ENETDOWN,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ---- the process context ------------------------------------------------------------------
+
+/// Bumped in the child by the fork handler: state made before is the parent's.
+static FORK_GEN: AtomicU64 = AtomicU64::new(1);
+
+extern "C" fn after_fork_child() {
+    FORK_GEN.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Not decided yet / the service is used / kernel sockets (the service was not reachable).
+const MODE_UNKNOWN: u8 = 0;
+const MODE_STACK: u8 = 1;
+const MODE_KERNEL: u8 = 2;
+static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
+/// Which fork generation MODE was decided in.
+static MODE_GEN: AtomicU64 = AtomicU64::new(0);
+
+/// The context and the number of threads sleeping on its eventfd.
+pub struct Inner {
+    pub ctx: Context,
+    sleepers: u32,
+}
+
+/// One per process (per fork generation).
+pub struct Proc {
+    gen: u64,
+    inner: Mutex<Inner>,
+    efd: c_int,
+}
+
+impl Proc {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+}
+
+static PROC: Mutex<Option<Arc<Proc>>> = Mutex::new(None);
+
+/// The process's context, attaching on first use (and again in a forked child).
+fn proc_ctx() -> SysResult<Arc<Proc>> {
+    let gen = FORK_GEN.load(Ordering::SeqCst);
+    let mut slot = lock(&PROC);
+    if let Some(p) = slot.as_ref() {
+        if p.gen == gen {
+            return Ok(p.clone());
+        }
+        // The parent's context: its queues are the parent's. Never touch or drop it here
+        // (dropping would post requests on the parent's queues).
+        if let Some(old) = slot.take() {
+            std::mem::forget(old);
+        }
+    }
+    // The service's path is read once: forked workers of some servers (nginx) get a
+    // cleared environment, and must still find the service their parent used.
+    static SERVICE: Mutex<Option<(std::path::PathBuf, String)>> = Mutex::new(None);
+    let (path, name) = lock(&SERVICE)
+        .get_or_insert_with(|| {
+            let path = std::env::var_os(libtas::tas_proto::attach::SOCKET_ENV)
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| libtas::tas_proto::attach::DEFAULT_APP_SOCKET.into());
+            let name = std::env::args_os()
+                .next()
+                .and_then(|a| std::path::Path::new(&a).file_name().map(|s| s.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "app".to_owned());
+            (path, name)
+        })
+        .clone();
+    let ctx = Context::attach_to(&path, &name).map_err(errno_of)?;
+    let Some(efd) = ctx.sleep_fd().map(|f| f.as_raw_fd()) else { return Err(e(libc::ENETDOWN)) };
+    let p = Arc::new(Proc { gen, inner: Mutex::new(Inner { ctx, sleepers: 0 }), efd });
+    *slot = Some(p.clone());
+    Ok(p)
+}
+
+/// Decide (once per process) whether AF_INET stream sockets go to the stack. Returns
+/// Ok(true) for the stack, Ok(false) for the kernel, Err when the service is not
+/// reachable and `TAS_PRELOAD_FALLBACK=fail`.
+pub fn use_stack() -> SysResult<bool> {
+    let gen = FORK_GEN.load(Ordering::SeqCst);
+    if MODE_GEN.load(Ordering::Acquire) == gen {
+        match MODE.load(Ordering::Acquire) {
+            MODE_STACK => return Ok(true),
+            MODE_KERNEL => return Ok(false),
+            _ => {}
+        }
+    }
+    static ATFORK: AtomicBool = AtomicBool::new(false);
+    if !ATFORK.swap(true, Ordering::SeqCst) {
+        sys::register_atfork(after_fork_child);
+    }
+    if std::env::var_os("TAS_PRELOAD_DISABLE").is_some() {
+        MODE.store(MODE_KERNEL, Ordering::Release);
+        MODE_GEN.store(gen, Ordering::Release);
+        return Ok(false);
+    }
+    match proc_ctx() {
+        Ok(_) => {
+            MODE.store(MODE_STACK, Ordering::Release);
+            MODE_GEN.store(gen, Ordering::Release);
+            Ok(true)
+        }
+        Err(err) => {
+            let fail = std::env::var("TAS_PRELOAD_FALLBACK").is_ok_and(|v| v == "fail");
+            if fail {
+                sys::warn("libtas_preload: tasd is not reachable (TAS_SOCKET); TAS_PRELOAD_FALLBACK=fail: socket() fails\n");
+                return Err(err);
+            }
+            if MODE.swap(MODE_KERNEL, Ordering::AcqRel) != MODE_KERNEL {
+                sys::warn("libtas_preload: tasd is not reachable (is it running? is TAS_SOCKET set?): using kernel sockets\n");
+            }
+            MODE_GEN.store(gen, Ordering::Release);
+            Ok(false)
+        }
+    }
+}
+
+fn spin_time() -> Duration {
+    static SPIN: AtomicU64 = AtomicU64::new(u64::MAX);
+    let mut v = SPIN.load(Ordering::Relaxed);
+    if v == u64::MAX {
+        v = std::env::var(libtas::SPIN_ENV).ok().and_then(|s| s.parse().ok()).unwrap_or(50);
+        SPIN.store(v, Ordering::Relaxed);
+    }
+    Duration::from_micros(v)
+}
+
+/// Longest single sleep: a safety net for wake-ups that depend on another thread's local
+/// action (nothing in the protocol should need it).
+const MAX_SLEEP_MS: c_int = 200;
+
+/// Outcome of one sleep.
+enum Slept {
+    /// Woken (or timed out of the slice): look again.
+    Again,
+    /// A kernel descriptor in `extra` is ready (count).
+    Kernel,
+    /// A signal interrupted the sleep.
+    Interrupted,
+}
+
+impl Proc {
+    /// Sleep until the service posts, a descriptor of `extra` is ready, or `ms` passes.
+    /// `extra` gets the context's eventfd appended and removed again.
+    fn sleep(&self, extra: &mut Vec<libc::pollfd>, ms: c_int) -> Slept {
+        {
+            let mut g = self.lock();
+            if !g.ctx.announce_sleep() {
+                if !g.ctx.check_service() {
+                    return Slept::Interrupted;
+                }
+                return Slept::Again;
+            }
+            g.sleepers += 1;
+        }
+        extra.push(libc::pollfd { fd: self.efd, events: libc::POLLIN, revents: 0 });
+        let cap = if CONTENDED.swap(false, Ordering::Relaxed) { 1 } else { MAX_SLEEP_MS };
+        let ms = if ms < 0 { cap } else { ms.min(cap) };
+        let r = sys::poll(extra, ms);
+        extra.pop();
+        {
+            let mut g = self.lock();
+            g.sleepers -= 1;
+            if g.sleepers == 0 {
+                g.ctx.end_sleep();
+            }
+            g.ctx.check_service();
+        }
+        match r {
+            Err(Errno(libc::EINTR)) => Slept::Interrupted,
+            Ok(_) => {
+                let n = extra.iter().filter(|p| p.revents != 0).count() as c_int;
+                if n > 0 {
+                    Slept::Kernel
+                } else {
+                    Slept::Again
+                }
+            }
+            Err(_) => Slept::Again,
+        }
+    }
+
+    /// Run `f` under the context lock until it gives a result (blocking with the adaptive
+    /// spin-then-sleep protocol), or return EAGAIN at once if `nonblock`.
+    fn block<T>(&self, nonblock: bool, f: impl FnMut(&mut Context) -> Option<SysResult<T>>) -> SysResult<T> {
+        self.block_until(nonblock, None, f)
+    }
+
+    /// [`Proc::block`] with a time limit (SO_RCVTIMEO/SO_SNDTIMEO): EAGAIN when it passes.
+    fn block_until<T>(
+        &self,
+        nonblock: bool,
+        deadline: Option<Instant>,
+        mut f: impl FnMut(&mut Context) -> Option<SysResult<T>>,
+    ) -> SysResult<T> {
+        let start = Instant::now();
+        let spin = spin_time();
+        loop {
+            {
+                let mut g = self.lock();
+                if let Some(r) = f(&mut g.ctx) {
+                    return r;
+                }
+                if g.ctx.health().is_err() {
+                    return Err(e(libc::ENETDOWN));
+                }
+            }
+            if nonblock {
+                return Err(e(libc::EAGAIN));
+            }
+            if start.elapsed() < spin {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+                self.lock().ctx.poll();
+                continue;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(e(libc::EAGAIN));
+            }
+            let mut v = Vec::new();
+            if let Slept::Interrupted = self.sleep(&mut v, ms_left(deadline)) {
+                // Restart (SA_RESTART semantics) unless the context broke.
+                if self.lock().ctx.health().is_err() {
+                    return Err(e(libc::ENETDOWN));
+                }
+            }
+        }
+    }
+}
+
+// ---- sockets and the fd table ---------------------------------------------------------------
+
+/// What a stack socket is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// Created (maybe bound), neither listening nor connected.
+    Fresh,
+    Listening(ListenerId),
+    Connecting(ConnId),
+    Conn(ConnId),
+    /// Made in the parent before a fork: unusable here.
+    Stale,
+}
+
+/// Socket options recorded for getsockopt (and replayed if the socket becomes a kernel one).
+#[derive(Debug, Default, Clone)]
+struct Opts(Vec<(c_int, c_int, Vec<u8>)>);
+
+impl Opts {
+    fn set(&mut self, level: c_int, name: c_int, v: &[u8]) {
+        if let Some(o) = self.0.iter_mut().find(|o| o.0 == level && o.1 == name) {
+            o.2 = v.to_vec();
+        } else {
+            self.0.push((level, name, v.to_vec()));
+        }
+    }
+    fn get(&self, level: c_int, name: c_int) -> Option<&[u8]> {
+        self.0.iter().find(|o| o.0 == level && o.1 == name).map(|o| o.2.as_slice())
+    }
+    fn int(&self, level: c_int, name: c_int) -> Option<i32> {
+        self.get(level, name).and_then(|v| v.get(..4)).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+#[derive(Debug)]
+struct SockState {
+    gen: u64,
+    kind: Kind,
+    nonblock: bool,
+    nfds: u32,
+    /// Bound port (0: none).
+    port: u16,
+    /// The port was chosen by us (bind to port 0): another may be tried at listen.
+    auto_port: bool,
+    opts: Opts,
+    rd_shut: bool,
+    /// Pending error for SO_ERROR (a failed non-blocking connect).
+    so_error: c_int,
+    /// Peer address of a connection (kept after close for getpeername).
+    peer: Option<SocketAddrV4>,
+    local: Option<SocketAddrV4>,
+    /// A non-blocking connect was started: the first connect() after it finished returns
+    /// 0 (as Linux), later ones EISCONN.
+    nb_connect: bool,
+    /// ECONNRESET was reported once: later reads see EOF, sends EPIPE (as Linux).
+    reset_reported: bool,
+}
+
+/// A stack socket, shared by every descriptor that refers to it (dup, fork).
+#[derive(Debug)]
+pub struct Sock {
+    st: Mutex<SockState>,
+    proc: Arc<Proc>,
+}
+
+impl std::fmt::Debug for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proc").field("gen", &self.gen).finish_non_exhaustive()
+    }
+}
+
+/// Descriptors below this are tracked; a placeholder above it is refused with EMFILE.
+const MAX_FD: usize = 1 << 16;
+static BITS: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
+static TABLE: RwLock<Option<HashMap<c_int, Arc<Sock>>>> = RwLock::new(None);
+
+/// True if `fd` is a stack socket (one atomic load for every other descriptor).
+pub fn is_stack(fd: c_int) -> bool {
+    if fd < 0 || fd as usize >= MAX_FD {
+        return false;
+    }
+    BITS[fd as usize / 64].load(Ordering::Acquire) & (1 << (fd as usize % 64)) != 0
+}
+
+fn set_bit(fd: c_int, on: bool) {
+    let (w, b) = (fd as usize / 64, 1u64 << (fd as usize % 64));
+    if on {
+        BITS[w].fetch_or(b, Ordering::AcqRel);
+    } else {
+        BITS[w].fetch_and(!b, Ordering::AcqRel);
+    }
+}
+
+fn lookup(fd: c_int) -> Option<Arc<Sock>> {
+    if !is_stack(fd) {
+        return None;
+    }
+    TABLE.read().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|t| t.get(&fd).cloned())
+}
+
+fn insert(fd: c_int, s: Arc<Sock>) -> SysResult<()> {
+    if fd < 0 || fd as usize >= MAX_FD {
+        return Err(e(libc::EMFILE));
+    }
+    TABLE.write().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(fd, s);
+    ANY_STACK.store(true, Ordering::Relaxed);
+    set_bit(fd, true);
+    Ok(())
+}
+
+fn remove(fd: c_int) -> Option<Arc<Sock>> {
+    if !is_stack(fd) {
+        return None;
+    }
+    set_bit(fd, false);
+    TABLE.write().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|t| t.remove(&fd))
+}
+
+fn sock(fd: c_int) -> SysResult<Arc<Sock>> {
+    let s = lookup(fd).ok_or(e(libc::EBADF))?;
+    adopt(fd, s)
+}
+
+/// In a forked child, a listening socket inherited from the parent becomes a listener of
+/// the child's own context on the same port (joining the parent's reuse-port group in
+/// tasd), on the same descriptor. Other inherited stack sockets stay stale (EBADF).
+fn adopt(fd: c_int, s: Arc<Sock>) -> SysResult<Arc<Sock>> {
+    let gen = FORK_GEN.load(Ordering::SeqCst);
+    let stale = {
+        let st = lock(&s.st);
+        match st.kind {
+            Kind::Listening(_) if st.gen != gen && st.port != 0 => Some((st.port, st.nonblock, st.opts.clone())),
+            _ => None,
+        }
+    };
+    let Some((port, nonblock, opts)) = stale else { return Ok(s) };
+    let p = proc_ctx()?;
+    let token = p.lock().ctx.listen_start_shared(port, 511).map_err(errno_of)?;
+    let l = p.block(false, |ctx| ctx.listen_result(token).map_err(errno_of).transpose())?;
+    let ns = Arc::new(Sock {
+        st: Mutex::new(SockState {
+            gen: p.gen,
+            kind: Kind::Listening(l),
+            nonblock,
+            nfds: 1,
+            port,
+            auto_port: false,
+            opts,
+            rd_shut: false,
+            so_error: 0,
+            peer: None,
+            local: Some(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)),
+            nb_connect: false,
+            reset_reported: false,
+        }),
+        proc: p,
+    });
+    insert(fd, ns.clone())?;
+    Ok(ns)
+}
+
+/// Processes ports bound by this process's stack sockets (the service only learns of a
+/// port at listen, Linux refuses a second bind at once).
+static BOUND: Mutex<Vec<(u16, bool)>> = Mutex::new(Vec::new());
+
+fn new_sock(proc: Arc<Proc>, kind: Kind, nonblock: bool, cloexec: bool) -> SysResult<(c_int, Arc<Sock>)> {
+    let fd = sys::eventfd(libc::EFD_NONBLOCK | if cloexec { libc::EFD_CLOEXEC } else { 0 })?;
+    let s = Arc::new(Sock {
+        st: Mutex::new(SockState {
+            gen: proc.gen,
+            kind,
+            nonblock,
+            nfds: 1,
+            port: 0,
+            auto_port: false,
+            opts: Opts::default(),
+            rd_shut: false,
+            so_error: 0,
+            peer: None,
+            local: None,
+            nb_connect: false,
+            reset_reported: false,
+        }),
+        proc,
+    });
+    if let Err(err) = insert(fd, s.clone()) {
+        let _ = sys::close(fd);
+        return Err(err);
+    }
+    Ok((fd, s))
+}
+
+/// socket(AF_INET, SOCK_STREAM[|flags], 0|IPPROTO_TCP) on the stack.
+pub fn socket(ty: c_int) -> SysResult<c_int> {
+    let p = proc_ctx()?;
+    let (fd, _) = new_sock(p, Kind::Fresh, ty & libc::SOCK_NONBLOCK != 0, ty & libc::SOCK_CLOEXEC != 0)?;
+    Ok(fd)
+}
+
+impl Sock {
+    fn state(&self) -> SysResult<MutexGuard<'_, SockState>> {
+        let st = lock(&self.st);
+        if st.gen != FORK_GEN.load(Ordering::Relaxed) || st.kind == Kind::Stale {
+            return Err(e(libc::EBADF));
+        }
+        Ok(st)
+    }
+}
+
+/// The deadline of a blocking call from SO_RCVTIMEO/SO_SNDTIMEO (a struct timeval; zero:
+/// no limit).
+fn timeo(st: &SockState, name: c_int) -> Option<Instant> {
+    let v = st.opts.get(libc::SOL_SOCKET, name)?;
+    let sec = i64::from_ne_bytes(v.get(..8)?.try_into().ok()?);
+    let usec = i64::from_ne_bytes(v.get(8..16)?.try_into().ok()?);
+    if sec <= 0 && usec <= 0 {
+        return None;
+    }
+    let d = Duration::from_secs(sec.max(0) as u64) + Duration::from_micros(usec.clamp(0, 999_999) as u64);
+    Some(Instant::now() + d)
+}
+
+/// Move a connecting socket on once its open finished (under both locks).
+fn settle(st: &mut SockState, ctx: &mut Context) {
+    if let Kind::Connecting(c) = st.kind {
+        match ctx.state(c) {
+            ConnState::Connecting => {}
+            ConnState::Failed(err) => {
+                let _ = ctx.close(c);
+                st.so_error = errno_of(err).0;
+                st.kind = Kind::Fresh;
+            }
+            ConnState::Invalid => st.kind = Kind::Fresh,
+            _ => {
+                st.local = ctx.local_addr(c);
+                st.kind = Kind::Conn(c);
+            }
+        }
+    }
+}
+
+fn is_loopback(ip: Ipv4Addr) -> bool {
+    ip.is_loopback()
+}
+
+/// Turn a fresh stack socket into a kernel socket on the same descriptor (for loopback
+/// addresses, which the service does not serve).
+fn to_kernel(fd: c_int, st: &SockState) -> SysResult<()> {
+    let k = sys::socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
+    for (level, name, v) in &st.opts.0 {
+        let _ = sys::setsockopt(k, *level, *name, v);
+    }
+    if st.nonblock {
+        let _ = sys::fcntl(k, libc::F_SETFL, libc::O_NONBLOCK as usize);
+    }
+    let cloexec = sys::fcntl(fd, libc::F_GETFD, 0).map(|f| f & libc::FD_CLOEXEC != 0).unwrap_or(false);
+    remove(fd);
+    let r = sys::dup3(k, fd, if cloexec { libc::O_CLOEXEC } else { 0 });
+    let _ = sys::close(k);
+    r.map(|_| ())
+}
+
+/// What `bind` and `connect` got, decoded.
+pub fn parse_v4(addr: &[u8]) -> SysResult<SocketAddrV4> {
+    if addr.len() < size_of::<libc::sockaddr_in>() {
+        return Err(e(libc::EINVAL));
+    }
+    let family = u16::from_ne_bytes([addr[0], addr[1]]);
+    if family != libc::AF_INET as u16 {
+        return Err(e(libc::EAFNOSUPPORT));
+    }
+    let port = u16::from_be_bytes([addr[2], addr[3]]);
+    let ip = Ipv4Addr::new(addr[4], addr[5], addr[6], addr[7]);
+    Ok(SocketAddrV4::new(ip, port))
+}
+
+/// Encode an address for getsockname/accept.
+pub fn encode_v4(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Result of bind/connect: done on the stack, or the descriptor became a kernel socket and
+/// the call must be repeated on libc.
+pub enum Routed {
+    Done(c_int),
+    Kernel,
+}
+
+pub fn bind(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
+    let s = sock(fd)?;
+    let mut st = s.state()?;
+    let a = parse_v4(addr)?;
+    if is_loopback(*a.ip()) && st.kind == Kind::Fresh && st.port == 0 {
+        to_kernel(fd, &st)?;
+        return Ok(Routed::Kernel);
+    }
+    if st.kind != Kind::Fresh || st.port != 0 {
+        return Err(e(libc::EINVAL));
+    }
+    let local = s.proc.lock().ctx.local_ip();
+    if !a.ip().is_unspecified() && *a.ip() != local {
+        return Err(e(libc::EADDRNOTAVAIL));
+    }
+    let reuse = st.opts.int(libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0) != 0
+        || st.opts.int(libc::SOL_SOCKET, libc::SO_REUSEPORT).unwrap_or(0) != 0;
+    let mut bound = lock(&BOUND);
+    let port = if a.port() == 0 {
+        let seed = (std::process::id() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ Instant::now().elapsed().as_nanos() as u64 ^ fd as u64;
+        let mut port = 0;
+        for i in 0..20_000u64 {
+            let cand = 40_000 + ((seed.wrapping_add(i.wrapping_mul(7919))) % 21_000) as u16;
+            if !bound.iter().any(|b| b.0 == cand) {
+                port = cand;
+                break;
+            }
+        }
+        if port == 0 {
+            return Err(e(libc::EADDRINUSE));
+        }
+        st.auto_port = true;
+        port
+    } else {
+        if bound.iter().any(|b| b.0 == a.port() && !(b.1 && reuse)) {
+            return Err(e(libc::EADDRINUSE));
+        }
+        a.port()
+    };
+    bound.push((port, reuse));
+    st.port = port;
+    st.local = Some(SocketAddrV4::new(*a.ip(), port));
+    Ok(Routed::Done(0))
+}
+
+fn unbind(port: u16) {
+    let mut b = lock(&BOUND);
+    if let Some(i) = b.iter().position(|x| x.0 == port) {
+        b.swap_remove(i);
+    }
+}
+
+pub fn listen(fd: c_int, backlog: c_int) -> SysResult<c_int> {
+    let s = sock(fd)?;
+    let mut st = s.state()?;
+    match st.kind {
+        Kind::Listening(_) => return Ok(0),
+        Kind::Fresh => {}
+        _ => return Err(e(libc::EINVAL)),
+    }
+    if st.port == 0 {
+        drop(st);
+        bind(fd, &addr_bytes(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))?;
+        st = s.state()?;
+    }
+    let backlog = backlog.clamp(1, 4096) as u32;
+    let mut tries = 0;
+    loop {
+        let port = st.port;
+        // Shared, so that a forked child can listen on the inherited port too (decisions §17).
+        let token = s.proc.lock().ctx.listen_start_shared(port, backlog).map_err(errno_of)?;
+        let r = s.proc.block(false, |ctx| ctx.listen_result(token).map_err(errno_of).transpose());
+        match r {
+            Ok(l) => {
+                st.kind = Kind::Listening(l);
+                return Ok(0);
+            }
+            Err(Errno(libc::EADDRINUSE)) if st.auto_port && tries < 50 => {
+                tries += 1;
+                unbind(port);
+                st.port = 0;
+                st.auto_port = false;
+                drop(st);
+                bind(fd, &addr_bytes(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))?;
+                st = s.state()?;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+fn addr_bytes(a: SocketAddrV4) -> Vec<u8> {
+    let sa = encode_v4(a);
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&sa.sin_family.to_ne_bytes());
+    v.extend_from_slice(&sa.sin_port.to_ne_bytes());
+    v.extend_from_slice(&sa.sin_addr.s_addr.to_ne_bytes());
+    v.extend_from_slice(&[0; 8]);
+    v
+}
+
+/// accept4; returns the new descriptor and the peer.
+pub fn accept(fd: c_int, flags: c_int) -> SysResult<(c_int, SocketAddrV4)> {
+    let s = sock(fd)?;
+    let (l, nonblock, deadline) = {
+        let st = s.state()?;
+        match st.kind {
+            Kind::Listening(l) => (l, st.nonblock, timeo(&st, libc::SO_RCVTIMEO)),
+            _ => return Err(e(libc::EINVAL)),
+        }
+    };
+    let c = s.proc.block_until(nonblock, deadline, |ctx| match ctx.accept(l) {
+        Ok(Some(c)) => Some(Ok(c)),
+        Ok(None) => None,
+        Err(err) => Some(Err(if err == Error::InvalidHandle { e(libc::EINVAL) } else { errno_of(err) })),
+    })?;
+    let (peer, local) = {
+        let g = s.proc.lock();
+        (g.ctx.peer_addr(c).unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)), g.ctx.local_addr(c))
+    };
+    match new_sock(s.proc.clone(), Kind::Conn(c), flags & libc::SOCK_NONBLOCK != 0, flags & libc::SOCK_CLOEXEC != 0) {
+        Ok((nfd, ns)) => {
+            let mut st = lock(&ns.st);
+            st.peer = Some(peer);
+            st.local = local;
+            Ok((nfd, peer))
+        }
+        Err(err) => {
+            let _ = s.proc.lock().ctx.abort(c);
+            Err(err)
+        }
+    }
+}
+
+pub fn connect(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
+    let s = sock(fd)?;
+    let mut st = s.state()?;
+    {
+        let mut g = s.proc.lock();
+        settle(&mut st, &mut g.ctx);
+    }
+    let kind = st.kind;
+    match kind {
+        Kind::Connecting(_) => return Err(e(libc::EALREADY)),
+        Kind::Conn(_) if std::mem::take(&mut st.nb_connect) => return Ok(Routed::Done(0)),
+        Kind::Conn(_) => return Err(e(libc::EISCONN)),
+        Kind::Listening(_) => return Err(e(libc::EISCONN)),
+        _ => {}
+    }
+    if st.so_error != 0 {
+        // A failed non-blocking connect reports its error once more on connect().
+        let err = std::mem::take(&mut st.so_error);
+        return Err(e(err));
+    }
+    let a = parse_v4(addr)?;
+    if is_loopback(*a.ip()) && st.port == 0 {
+        to_kernel(fd, &st)?;
+        return Ok(Routed::Kernel);
+    }
+    if a.port() == 0 || a.ip().is_unspecified() {
+        return Err(e(libc::ECONNREFUSED));
+    }
+    let c = s.proc.lock().ctx.connect_start(a).map_err(errno_of)?;
+    st.kind = Kind::Connecting(c);
+    st.peer = Some(a);
+    if st.port != 0 {
+        unbind(st.port);
+        st.port = 0;
+    }
+    if st.nonblock {
+        st.nb_connect = true;
+        return Err(e(libc::EINPROGRESS));
+    }
+    let deadline = timeo(&st, libc::SO_SNDTIMEO);
+    drop(st);
+    let r = s.proc.block_until(false, deadline, |ctx| match ctx.state(c) {
+        ConnState::Connecting => None,
+        _ => Some(Ok(())),
+    });
+    if r == Err(e(libc::EAGAIN)) {
+        // SO_SNDTIMEO passed: the open goes on, as Linux does.
+        s.state()?.nb_connect = true;
+        return Err(e(libc::EINPROGRESS));
+    }
+    r?;
+    let mut st = s.state()?;
+    let mut g = s.proc.lock();
+    settle(&mut st, &mut g.ctx);
+    match st.kind {
+        Kind::Conn(_) => Ok(Routed::Done(0)),
+        _ => {
+            let err = std::mem::take(&mut st.so_error);
+            Err(e(if err == 0 { libc::ECONNREFUSED } else { err }))
+        }
+    }
+}
+
+/// The connection of a socket for data calls, with its blocking mode.
+fn conn_of(s: &Sock, data_err: c_int) -> SysResult<(ConnId, bool, bool)> {
+    let mut st = s.state()?;
+    let mut g = s.proc.lock();
+    settle(&mut st, &mut g.ctx);
+    match st.kind {
+        Kind::Conn(c) => Ok((c, st.nonblock, st.rd_shut)),
+        Kind::Connecting(_) => Err(e(libc::EAGAIN)),
+        _ => Err(e(data_err)),
+    }
+}
+
+/// recv flags handled.
+pub const MSG_PEEK: c_int = libc::MSG_PEEK;
+
+/// recv/read on a stack socket into `buf`.
+pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> SysResult<usize> {
+    let s = sock(fd)?;
+    let (c, nonblock, rd_shut) = match conn_of(&s, libc::ENOTCONN) {
+        Err(Errno(libc::EAGAIN)) => {
+            // Still connecting: a blocking read waits for the open first.
+            let st = s.state()?;
+            if st.nonblock || flags & libc::MSG_DONTWAIT != 0 {
+                return Err(e(libc::EAGAIN));
+            }
+            let pending = match st.kind {
+                Kind::Connecting(c) => Some(c),
+                _ => None,
+            };
+            drop(st);
+            if let Some(c) = pending {
+                s.proc.block(false, |ctx| (ctx.state(c) != ConnState::Connecting).then_some(Ok(())))?;
+            }
+            conn_of(&s, libc::ENOTCONN)?
+        }
+        r => r?,
+    };
+    if rd_shut || buf.is_empty() || lock(&s.st).reset_reported {
+        return Ok(0);
+    }
+    let nonblock = nonblock || flags & libc::MSG_DONTWAIT != 0;
+    let deadline = timeo(&*s.state()?, libc::SO_RCVTIMEO);
+    let peek = flags & libc::MSG_PEEK != 0;
+    let waitall = flags & libc::MSG_WAITALL != 0 && !peek;
+    let mut got = 0usize;
+    loop {
+        let r = s.proc.block_until(nonblock, deadline, |ctx| {
+            if peek {
+                return match ctx.recv_view(c) {
+                    Ok(v) => Some(Ok(v.copy_to(buf))),
+                    Err(Error::WouldBlock) => None,
+                    Err(err) => Some(Err(errno_of(err))),
+                };
+            }
+            match ctx.recv(c, &mut buf[got..]) {
+                Ok(n) => Some(Ok(n)),
+                Err(Error::WouldBlock) => None,
+                Err(err) => Some(Err(errno_of(err))),
+            }
+        });
+        match r {
+            Ok(0) => return Ok(got),
+            Ok(n) => {
+                got += n;
+                if !waitall || got == buf.len() || peek {
+                    return Ok(got);
+                }
+            }
+            Err(err) if got > 0 => {
+                let _ = err;
+                return Ok(got);
+            }
+            Err(err) => {
+                if err == e(libc::ECONNRESET) {
+                    lock(&s.st).reset_reported = true;
+                }
+                return Err(err);
+            }
+        }
+    }
+}
+
+/// send/write on a stack socket. `nosignal`: no SIGPIPE on EPIPE.
+pub fn send(fd: c_int, data: &[u8], flags: c_int) -> SysResult<usize> {
+    let s = sock(fd)?;
+    let r = send_inner(&s, data, flags);
+    if r == Err(e(libc::EPIPE)) && flags & libc::MSG_NOSIGNAL == 0 {
+        sys::raise_sigpipe();
+    }
+    r
+}
+
+fn send_inner(s: &Sock, data: &[u8], flags: c_int) -> SysResult<usize> {
+    let (c, nonblock, _) = match conn_of(s, libc::EPIPE) {
+        Err(Errno(libc::EAGAIN)) => {
+            let st = s.state()?;
+            if st.nonblock || flags & libc::MSG_DONTWAIT != 0 {
+                return Err(e(libc::EAGAIN));
+            }
+            let pending = match st.kind {
+                Kind::Connecting(c) => Some(c),
+                _ => None,
+            };
+            drop(st);
+            if let Some(c) = pending {
+                s.proc.block(false, |ctx| (ctx.state(c) != ConnState::Connecting).then_some(Ok(())))?;
+            }
+            conn_of(s, libc::EPIPE)?
+        }
+        Err(Errno(libc::EPIPE)) => {
+            // Linux: ENOTCONN... for a socket that never connected it is EPIPE as well.
+            return Err(e(libc::EPIPE));
+        }
+        r => r?,
+    };
+    if lock(&s.st).reset_reported {
+        return Err(e(libc::EPIPE));
+    }
+    if data.is_empty() {
+        return Ok(0);
+    }
+    let nonblock = nonblock || flags & libc::MSG_DONTWAIT != 0;
+    let deadline = timeo(&*s.state()?, libc::SO_SNDTIMEO);
+    let mut sent = 0usize;
+    loop {
+        let r = s.proc.block_until(nonblock, deadline, |ctx| match ctx.send(c, &data[sent..]) {
+            Ok(n) => Some(Ok(n)),
+            Err(Error::WouldBlock) => None,
+            Err(err) => Some(Err(errno_of(err))),
+        });
+        match r {
+            Ok(n) => {
+                sent += n;
+                if nonblock || sent == data.len() {
+                    return Ok(sent);
+                }
+            }
+            Err(_) if sent > 0 => return Ok(sent),
+            Err(err) => {
+                if err == e(libc::ECONNRESET) {
+                    lock(&s.st).reset_reported = true;
+                }
+                return Err(err);
+            }
+        }
+    }
+}
+
+/// sendfile from a kernel file to a stack socket.
+pub fn sendfile(out: c_int, inp: c_int, off: Option<&mut i64>, count: usize) -> SysResult<usize> {
+    let mut buf = vec![0u8; count.min(256 * 1024)];
+    let n = match &off {
+        Some(o) => sys::pread(inp, &mut buf, **o)?,
+        None => sys::read(inp, &mut buf)?,
+    };
+    if n == 0 {
+        return Ok(0);
+    }
+    let sent = match send(out, &buf[..n], 0) {
+        Ok(k) => k,
+        Err(err) => {
+            if off.is_none() {
+                let _ = sys::lseek(inp, -(n as i64), libc::SEEK_CUR);
+            }
+            return Err(err);
+        }
+    };
+    match off {
+        Some(o) => *o += sent as i64,
+        None if sent < n => {
+            let _ = sys::lseek(inp, -((n - sent) as i64), libc::SEEK_CUR);
+        }
+        None => {}
+    }
+    Ok(sent)
+}
+
+pub fn shutdown(fd: c_int, how: c_int) -> SysResult<c_int> {
+    let s = sock(fd)?;
+    let mut st = s.state()?;
+    if !(0..=2).contains(&how) {
+        return Err(e(libc::EINVAL));
+    }
+    let mut g = s.proc.lock();
+    settle(&mut st, &mut g.ctx);
+    match st.kind {
+        Kind::Conn(c) => {
+            if how == libc::SHUT_RD || how == libc::SHUT_RDWR {
+                st.rd_shut = true;
+            }
+            if how == libc::SHUT_WR || how == libc::SHUT_RDWR {
+                g.ctx.shutdown(c).map_err(errno_of)?;
+            }
+            g.ctx.kick();
+            Ok(0)
+        }
+        Kind::Listening(_) => Ok(0),
+        _ => Err(e(libc::ENOTCONN)),
+    }
+}
+
+/// close() of a stack socket's descriptor. The connection is closed with the last one.
+pub fn close(fd: c_int) -> SysResult<c_int> {
+    let Some(s) = remove(fd) else { return sys::close(fd) };
+    epoll_forget(fd);
+    let r = sys::close(fd);
+    let mut st = lock(&s.st);
+    st.nfds = st.nfds.saturating_sub(1);
+    if st.nfds > 0 || st.gen != FORK_GEN.load(Ordering::Relaxed) {
+        return r;
+    }
+    let linger0 = st
+        .opts
+        .get(libc::SOL_SOCKET, libc::SO_LINGER)
+        .is_some_and(|v| v.len() >= 8 && v[..4] != [0; 4] && v[4..8] == [0; 4]);
+    let mut g = s.proc.lock();
+    match st.kind {
+        Kind::Listening(l) => {
+            let _ = g.ctx.unlisten(l);
+        }
+        Kind::Conn(c) | Kind::Connecting(c) => {
+            let _ = if linger0 { g.ctx.abort(c) } else { g.ctx.close(c) };
+        }
+        _ => {}
+    }
+    if st.port != 0 {
+        unbind(st.port);
+    }
+    st.kind = Kind::Stale;
+    g.ctx.kick();
+    r
+}
+
+/// dup/dup2/dup3/F_DUPFD of a stack socket: `newfd` is the kernel's result.
+pub fn dup_register(old: c_int, newfd: c_int) -> SysResult<c_int> {
+    let s = sock(old)?;
+    lock(&s.st).nfds += 1;
+    if let Err(err) = insert(newfd, s.clone()) {
+        lock(&s.st).nfds -= 1;
+        let _ = sys::close(newfd);
+        return Err(err);
+    }
+    Ok(newfd)
+}
+
+/// dup2/dup3 over a descriptor: if `new` is a stack socket, close it our way first.
+pub fn dup_over(old: c_int, new: c_int, flags: c_int) -> SysResult<c_int> {
+    if old == new {
+        if flags != 0 {
+            return Err(e(libc::EINVAL));
+        }
+        sys::fcntl(old, libc::F_GETFD, 0)?;
+        return Ok(new);
+    }
+    if !is_stack(old) {
+        sys::fcntl(old, libc::F_GETFD, 0)?;
+    }
+    if is_stack(new) {
+        // Emulates the implicit close of dup2 (the close happens first here).
+        let _ = close(new);
+    }
+    let r = sys::dup3(old, new, flags)?;
+    if is_stack(old) {
+        dup_register(old, r)
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn dup(old: c_int) -> SysResult<c_int> {
+    let n = sys::dup(old)?;
+    dup_register(old, n)
+}
+
+/// fcntl on a stack socket.
+pub fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> SysResult<c_int> {
+    let s = sock(fd)?;
+    match cmd {
+        libc::F_GETFL => {
+            let st = s.state()?;
+            Ok(libc::O_RDWR | if st.nonblock { libc::O_NONBLOCK } else { 0 })
+        }
+        libc::F_SETFL => {
+            let mut st = s.state()?;
+            st.nonblock = arg as c_int & libc::O_NONBLOCK != 0;
+            Ok(0)
+        }
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            let n = sys::fcntl(fd, cmd, arg)?;
+            dup_register(fd, n)
+        }
+        libc::F_GETFD | libc::F_SETFD => sys::fcntl(fd, cmd, arg),
+        _ => Err(e(libc::EINVAL)),
+    }
+}
+
+/// ioctl FIONREAD / FIONBIO on a stack socket (`val` is the int argument).
+pub fn ioctl(fd: c_int, req: u64, val: &mut c_int) -> SysResult<c_int> {
+    let s = sock(fd)?;
+    match req {
+        r if r == libc::FIONBIO => {
+            s.state()?.nonblock = *val != 0;
+            Ok(0)
+        }
+        r if r == libc::FIONREAD => {
+            let mut st = s.state()?;
+            let mut g = s.proc.lock();
+            settle(&mut st, &mut g.ctx);
+            g.ctx.poll();
+            match st.kind {
+                Kind::Conn(c) => {
+                    *val = g.ctx.readable(c).min(i32::MAX as usize) as c_int;
+                    Ok(0)
+                }
+                Kind::Listening(_) => Err(e(libc::EINVAL)),
+                _ => {
+                    *val = 0;
+                    Ok(0)
+                }
+            }
+        }
+        _ => Err(e(libc::ENOTTY)),
+    }
+}
+
+pub fn sockname(fd: c_int, peer: bool) -> SysResult<SocketAddrV4> {
+    let s = sock(fd)?;
+    let mut st = s.state()?;
+    let mut g = s.proc.lock();
+    settle(&mut st, &mut g.ctx);
+    if peer {
+        return match st.kind {
+            Kind::Conn(_) => st.peer.ok_or(e(libc::ENOTCONN)),
+            _ => Err(e(libc::ENOTCONN)),
+        };
+    }
+    match st.kind {
+        Kind::Conn(c) => Ok(g.ctx.local_addr(c).or(st.local).unwrap_or(SocketAddrV4::new(g.ctx.local_ip(), 0))),
+        Kind::Connecting(_) => Ok(SocketAddrV4::new(g.ctx.local_ip(), 0)),
+        _ => Ok(st.local.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))),
+    }
+}
+
+/// setsockopt on a stack socket: validated and recorded.
+pub fn setsockopt(fd: c_int, level: c_int, name: c_int, v: &[u8]) -> SysResult<c_int> {
+    let s = sock(fd)?;
+    let mut st = s.state()?;
+    let known = match level {
+        libc::SOL_SOCKET => matches!(
+            name,
+            libc::SO_REUSEADDR
+                | libc::SO_REUSEPORT
+                | libc::SO_KEEPALIVE
+                | libc::SO_LINGER
+                | libc::SO_RCVBUF
+                | libc::SO_SNDBUF
+                | libc::SO_RCVLOWAT
+                | libc::SO_SNDLOWAT
+                | libc::SO_RCVTIMEO
+                | libc::SO_SNDTIMEO
+                | libc::SO_OOBINLINE
+                | libc::SO_BROADCAST
+                | libc::SO_PRIORITY
+        ),
+        libc::IPPROTO_TCP => matches!(
+            name,
+            libc::TCP_NODELAY
+                | libc::TCP_KEEPIDLE
+                | libc::TCP_KEEPINTVL
+                | libc::TCP_KEEPCNT
+                | libc::TCP_CORK
+                | libc::TCP_QUICKACK
+                | libc::TCP_DEFER_ACCEPT
+                | libc::TCP_USER_TIMEOUT
+                | libc::TCP_FASTOPEN
+                | libc::TCP_NOTSENT_LOWAT
+        ),
+        libc::IPPROTO_IP => matches!(name, libc::IP_TOS | libc::IP_TTL),
+        _ => false,
+    };
+    if !known {
+        return Err(e(libc::ENOPROTOOPT));
+    }
+    let need = if name == libc::SO_LINGER && level == libc::SOL_SOCKET {
+        8
+    } else if level == libc::SOL_SOCKET && (name == libc::SO_RCVTIMEO || name == libc::SO_SNDTIMEO) {
+        16
+    } else {
+        4
+    };
+    if v.len() < need {
+        return Err(e(libc::EINVAL));
+    }
+    let mut val = v[..need].to_vec();
+    if level == libc::SOL_SOCKET && (name == libc::SO_RCVBUF || name == libc::SO_SNDBUF) {
+        // Linux doubles the value (bookkeeping overhead) and reports the doubled one.
+        let x = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]).max(0).saturating_mul(2).max(if name == libc::SO_RCVBUF { 2304 } else { 4608 });
+        val = x.to_ne_bytes().to_vec();
+    } else if is_bool_opt(level, name) {
+        // Boolean options read back as 0/1.
+        let x = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+        val = i32::from(x != 0).to_ne_bytes().to_vec();
+    }
+    if level == libc::IPPROTO_TCP && matches!(name, libc::TCP_KEEPIDLE | libc::TCP_KEEPINTVL | libc::TCP_KEEPCNT) {
+        let x = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
+        if x < 1 {
+            return Err(e(libc::EINVAL));
+        }
+    }
+    st.opts.set(level, name, &val);
+    Ok(0)
+}
+
+fn is_bool_opt(level: c_int, name: c_int) -> bool {
+    match level {
+        libc::SOL_SOCKET => matches!(name, libc::SO_REUSEADDR | libc::SO_REUSEPORT | libc::SO_KEEPALIVE | libc::SO_OOBINLINE | libc::SO_BROADCAST),
+        libc::IPPROTO_TCP => matches!(name, libc::TCP_NODELAY | libc::TCP_CORK | libc::TCP_QUICKACK),
+        _ => false,
+    }
+}
+
+fn tcp_state_number(st: &SockState, ctx: &Context) -> u8 {
+    // Linux's TCP_* state numbers (include/net/tcp_states.h).
+    match st.kind {
+        Kind::Fresh | Kind::Stale => 7, // TCP_CLOSE
+        Kind::Listening(_) => 10,
+        Kind::Connecting(_) => 2,
+        Kind::Conn(c) => match ctx.state(c) {
+            ConnState::Established => 1,
+            ConnState::PeerClosed => 8,  // CLOSE_WAIT
+            ConnState::LocalClosed => 4, // FIN_WAIT1
+            ConnState::Closing => 9,     // LAST_ACK
+            _ => 7,
+        },
+    }
+}
+
+/// getsockopt on a stack socket: writes the value into `out`, returns its length.
+pub fn getsockopt(fd: c_int, level: c_int, name: c_int, out: &mut [u8]) -> SysResult<usize> {
+    let s = sock(fd)?;
+    let mut st = s.state()?;
+    let mut g = s.proc.lock();
+    settle(&mut st, &mut g.ctx);
+    let int = |v: i32, out: &mut [u8]| -> SysResult<usize> {
+        let b = v.to_ne_bytes();
+        let n = out.len().min(4);
+        out[..n].copy_from_slice(&b[..n]);
+        Ok(n)
+    };
+    match (level, name) {
+        (libc::SOL_SOCKET, libc::SO_ERROR) => {
+            let err = std::mem::take(&mut st.so_error);
+            int(err, out)
+        }
+        (libc::SOL_SOCKET, libc::SO_TYPE) => int(libc::SOCK_STREAM, out),
+        (libc::SOL_SOCKET, libc::SO_DOMAIN) => int(libc::AF_INET, out),
+        (libc::SOL_SOCKET, libc::SO_PROTOCOL) => int(libc::IPPROTO_TCP, out),
+        (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => int(i32::from(matches!(st.kind, Kind::Listening(_))), out),
+        (libc::IPPROTO_TCP, libc::TCP_INFO) => {
+            // struct tcp_info: tcpi_state is byte 0; tcpi_snd_mss/rcv_mss at 16/20. Only
+            // what the stack knows is filled in; the rest stays zero.
+            let n = out.len().min(104);
+            out[..n].fill(0);
+            if n > 0 {
+                out[0] = tcp_state_number(&st, &g.ctx);
+            }
+            if n >= 24 && matches!(st.kind, Kind::Conn(_)) {
+                out[16..20].copy_from_slice(&1460u32.to_ne_bytes());
+                out[20..24].copy_from_slice(&1460u32.to_ne_bytes());
+            }
+            Ok(n)
+        }
+        (libc::SOL_SOCKET, libc::SO_RCVBUF) => {
+            let d = g.ctx.layout().rx_buf_size as i32;
+            int(st.opts.int(level, name).unwrap_or(d), out)
+        }
+        (libc::SOL_SOCKET, libc::SO_SNDBUF) => {
+            let d = g.ctx.layout().tx_buf_size as i32;
+            int(st.opts.int(level, name).unwrap_or(d), out)
+        }
+        (libc::SOL_SOCKET, libc::SO_LINGER) | (libc::SOL_SOCKET, libc::SO_RCVTIMEO) | (libc::SOL_SOCKET, libc::SO_SNDTIMEO) => {
+            let len = if name == libc::SO_LINGER { 8 } else { 16 };
+            let v = st.opts.get(level, name).map(|v| v.to_vec()).unwrap_or(vec![0; len]);
+            let n = out.len().min(v.len());
+            out[..n].copy_from_slice(&v[..n]);
+            Ok(n)
+        }
+        (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => int(1460, out),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) => int(st.opts.int(level, name).unwrap_or(7200), out),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) => int(st.opts.int(level, name).unwrap_or(75), out),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT) => int(st.opts.int(level, name).unwrap_or(9), out),
+        (libc::SOL_SOCKET, libc::SO_RCVLOWAT) | (libc::SOL_SOCKET, libc::SO_SNDLOWAT) => int(st.opts.int(level, name).unwrap_or(1), out),
+        (libc::SOL_SOCKET, _) | (libc::IPPROTO_TCP, _) | (libc::IPPROTO_IP, _) => match st.opts.int(level, name) {
+            Some(v) => int(v, out),
+            None => {
+                if setsockopt_known(level, name) {
+                    int(0, out)
+                } else {
+                    Err(e(libc::ENOPROTOOPT))
+                }
+            }
+        },
+        _ => Err(e(libc::ENOPROTOOPT)),
+    }
+}
+
+fn setsockopt_known(level: c_int, name: c_int) -> bool {
+    match level {
+        libc::SOL_SOCKET => matches!(name, libc::SO_REUSEADDR | libc::SO_REUSEPORT | libc::SO_KEEPALIVE | libc::SO_OOBINLINE | libc::SO_BROADCAST | libc::SO_PRIORITY),
+        libc::IPPROTO_TCP => matches!(name, libc::TCP_NODELAY | libc::TCP_CORK | libc::TCP_QUICKACK | libc::TCP_DEFER_ACCEPT | libc::TCP_USER_TIMEOUT | libc::TCP_FASTOPEN | libc::TCP_NOTSENT_LOWAT),
+        libc::IPPROTO_IP => matches!(name, libc::IP_TOS | libc::IP_TTL),
+        _ => false,
+    }
+}
+
+// ---- readiness, poll, select --------------------------------------------------------------
+
+/// POLL* bits of a stack socket now (the context is locked and polled by the caller).
+fn readiness(s: &Sock, ctx: &mut Context) -> i16 {
+    readiness_counts(s, ctx).0
+}
+
+/// Readiness, readable bytes and waiting connections. The caller holds the context lock,
+/// and the lock order elsewhere is socket, then context: so the socket is only tried; if
+/// another thread holds it, the socket counts as not ready this round (the caller looks
+/// again within a millisecond).
+fn readiness_counts(s: &Sock, ctx: &mut Context) -> (i16, u64, u64) {
+    let mut st = match s.st.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            CONTENDED.store(true, Ordering::Relaxed);
+            return (0, 0, 0);
+        }
+    };
+    if st.gen != FORK_GEN.load(Ordering::Relaxed) || st.kind == Kind::Stale {
+        return (libc::POLLNVAL, 0, 0);
+    }
+    settle(&mut st, ctx);
+    // Monotonic counters: any arrival (bytes, acknowledged space, connections) changes them.
+    let counts = match st.kind {
+        Kind::Conn(c) => (ctx.rx_total(c), ctx.tx_total(c)),
+        Kind::Listening(l) => (ctx.arrivals(l), 0),
+        _ => (0, 0),
+    };
+    let bits = readiness_state(&st, ctx);
+    (bits, counts.0, counts.1)
+}
+
+/// A poll saw a socket locked by another thread: sleep briefly, not long.
+static CONTENDED: AtomicBool = AtomicBool::new(false);
+
+fn readiness_state(st: &SockState, ctx: &mut Context) -> i16 {
+    match st.kind {
+        Kind::Fresh => {
+            if st.so_error != 0 {
+                libc::POLLOUT | libc::POLLERR | libc::POLLHUP
+            } else {
+                libc::POLLOUT | libc::POLLHUP
+            }
+        }
+        Kind::Listening(l) => {
+            if ctx.pending_accepts(l) > 0 {
+                libc::POLLIN | libc::POLLRDNORM
+            } else {
+                0
+            }
+        }
+        Kind::Connecting(_) => 0,
+        Kind::Conn(c) => {
+            let mut r = 0;
+            let rd = ctx.readable(c) > 0;
+            let st_c = ctx.state(c);
+            if rd || st.rd_shut {
+                r |= libc::POLLIN | libc::POLLRDNORM;
+            }
+            match st_c {
+                ConnState::Established => {}
+                ConnState::PeerClosed | ConnState::Closing => r |= libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP,
+                ConnState::LocalClosed => {}
+                ConnState::Closed => r |= libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP | libc::POLLHUP,
+                ConnState::Failed(_) => r |= libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLOUT,
+                _ => r |= libc::POLLHUP,
+            }
+            if ctx.writable(c) > 0 || matches!(st_c, ConnState::LocalClosed | ConnState::Closing | ConnState::Closed) {
+                r |= libc::POLLOUT | libc::POLLWRNORM;
+            }
+            if st.rd_shut && matches!(st_c, ConnState::LocalClosed | ConnState::Closing) {
+                r |= libc::POLLHUP;
+            }
+            r
+        }
+        Kind::Stale => libc::POLLNVAL,
+    }
+}
+
+type Socks = Vec<Option<Arc<Sock>>>;
+
+fn any_proc(fds: &[c_int]) -> Option<(Arc<Proc>, Socks)> {
+    let socks: Vec<Option<Arc<Sock>>> = fds.iter().map(|&fd| lookup(fd).map(|s| adopt(fd, s.clone()).unwrap_or(s))).collect();
+    socks.iter().flatten().next()?;
+    // Never the parent's context in a forked child: stale sockets read as POLLNVAL.
+    let gen = FORK_GEN.load(Ordering::SeqCst);
+    let p = match socks.iter().flatten().find(|s| s.proc.gen == gen) {
+        Some(s) => s.proc.clone(),
+        None => proc_ctx().ok()?,
+    };
+    Some((p, socks))
+}
+
+fn ms_left(deadline: Option<Instant>) -> c_int {
+    match deadline {
+        None => -1,
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            left.as_millis().min(i32::MAX as u128) as c_int + i32::from(left.as_micros() % 1000 != 0)
+        }
+    }
+}
+
+/// poll over a set with at least one stack socket. `timeout_ms` < 0: no limit.
+/// Returns None if no descriptor is a stack socket (the caller uses libc).
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> Option<SysResult<c_int>> {
+    let nums: Vec<c_int> = fds.iter().map(|p| p.fd).collect();
+    let (proc, socks) = any_proc(&nums)?;
+    let deadline = (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
+    let start = Instant::now();
+    let spin = spin_time();
+    let mut kernel: Vec<libc::pollfd> =
+        fds.iter().zip(&socks).map(|(p, s)| if s.is_some() { libc::pollfd { fd: -1, events: 0, revents: 0 } } else { *p }).collect();
+    let has_kernel = socks.iter().any(|s| s.is_none());
+    loop {
+        let mut n = 0;
+        {
+            let mut g = proc.lock();
+            g.ctx.poll();
+            for (i, s) in socks.iter().enumerate() {
+                if let Some(s) = s {
+                    let r = readiness(s, &mut g.ctx);
+                    let ev = r & (fds[i].events | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL);
+                    fds[i].revents = ev;
+                    if ev != 0 {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        let waited_long = start.elapsed() >= spin;
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        if n > 0 || expired || waited_long || !has_kernel {
+            if has_kernel && (n > 0 || expired || !waited_long) {
+                match sys::poll(&mut kernel, 0) {
+                    Ok(_) => {}
+                    Err(err) => return Some(Err(err)),
+                }
+                for (i, k) in kernel.iter().enumerate() {
+                    if socks[i].is_none() {
+                        fds[i].revents = k.revents;
+                        if k.revents != 0 {
+                            n += 1;
+                        }
+                    }
+                }
+            }
+            if n > 0 || expired {
+                return Some(Ok(n));
+            }
+        }
+        if !waited_long {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            continue;
+        }
+        match proc.sleep(&mut kernel, ms_left(deadline)) {
+            Slept::Interrupted => return Some(Err(e(libc::EINTR))),
+            Slept::Kernel => {
+                for (i, k) in kernel.iter().enumerate() {
+                    if socks[i].is_none() {
+                        fds[i].revents = k.revents;
+                    }
+                }
+                let mut g = proc.lock();
+                let mut n = 0;
+                for (i, s) in socks.iter().enumerate() {
+                    if let Some(s) = s {
+                        let r = readiness(s, &mut g.ctx);
+                        fds[i].revents = r & (fds[i].events | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL);
+                    }
+                    if fds[i].revents != 0 {
+                        n += 1;
+                    }
+                }
+                return Some(Ok(n));
+            }
+            Slept::Again => {}
+        }
+    }
+}
+
+// ---- epoll ----------------------------------------------------------------------------------
+
+/// The `data` the context's eventfd is registered with in an epoll set.
+const EFD_COOKIE: u64 = 0x007a_5000_07a5_0000;
+
+#[derive(Debug, Clone, Copy)]
+struct EpItem {
+    events: u32,
+    data: u64,
+    disabled: bool,
+    /// Edge-triggered: what was last reported (readiness, bytes ever received or
+    /// connections ever queued, transmit credit ever granted).
+    last: (i16, u64, u64),
+}
+
+#[derive(Debug, Default)]
+struct EpShadow {
+    items: HashMap<c_int, EpItem>,
+    efd_added: bool,
+}
+
+static EPOLLS: Mutex<Option<HashMap<c_int, EpShadow>>> = Mutex::new(None);
+
+fn epoll_forget(fd: c_int) {
+    let mut g = lock(&EPOLLS);
+    if let Some(m) = g.as_mut() {
+        for sh in m.values_mut() {
+            sh.items.remove(&fd);
+        }
+    }
+}
+
+/// close() of an epoll descriptor.
+pub fn epoll_closed(epfd: c_int) {
+    let mut g = lock(&EPOLLS);
+    if let Some(m) = g.as_mut() {
+        m.remove(&epfd);
+    }
+}
+
+/// True if `epfd` has stack sockets registered (then epoll_wait goes through us).
+pub fn epoll_has_shadow(epfd: c_int) -> bool {
+    lock(&EPOLLS).as_ref().is_some_and(|m| m.contains_key(&epfd))
+}
+
+/// epoll_ctl for a stack socket `fd`.
+pub fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: Option<libc::epoll_event>) -> SysResult<c_int> {
+    let s = sock(fd)?;
+    drop(s.state()?);
+    // epfd must be an epoll descriptor: checked by a harmless DEL of a descriptor that is
+    // never registered (the placeholder), which fails with ENOENT on an epoll set.
+    match sys::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, None) {
+        Err(Errno(libc::ENOENT)) => {}
+        Err(err) => return Err(err),
+        Ok(_) => {}
+    }
+    let mut g = lock(&EPOLLS);
+    EPOLL_ANY.store(true, Ordering::Relaxed);
+    let sh = g.get_or_insert_with(HashMap::new).entry(epfd).or_default();
+    match op {
+        libc::EPOLL_CTL_ADD => {
+            let ev = ev.ok_or(e(libc::EFAULT))?;
+            if sh.items.contains_key(&fd) {
+                return Err(e(libc::EEXIST));
+            }
+            if !sh.efd_added {
+                let mut cev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: EFD_COOKIE };
+                match sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, s.proc.efd, Some(&mut cev)) {
+                    Ok(_) | Err(Errno(libc::EEXIST)) => sh.efd_added = true,
+                    Err(err) => return Err(err),
+                }
+            }
+            sh.items.insert(fd, EpItem { events: ev.events, data: ev.u64, disabled: false, last: (0, 0, 0) });
+            Ok(0)
+        }
+        libc::EPOLL_CTL_MOD => {
+            let ev = ev.ok_or(e(libc::EFAULT))?;
+            let it = sh.items.get_mut(&fd).ok_or(e(libc::ENOENT))?;
+            *it = EpItem { events: ev.events, data: ev.u64, disabled: false, last: (0, 0, 0) };
+            Ok(0)
+        }
+        libc::EPOLL_CTL_DEL => {
+            sh.items.remove(&fd).ok_or(e(libc::ENOENT))?;
+            Ok(0)
+        }
+        _ => Err(e(libc::EINVAL)),
+    }
+}
+
+fn to_epoll(r: i16) -> u32 {
+    let mut ev = 0u32;
+    if r & libc::POLLIN != 0 {
+        ev |= libc::EPOLLIN as u32 | libc::EPOLLRDNORM as u32;
+    }
+    if r & libc::POLLOUT != 0 {
+        ev |= libc::EPOLLOUT as u32 | libc::EPOLLWRNORM as u32;
+    }
+    if r & libc::POLLERR != 0 {
+        ev |= libc::EPOLLERR as u32;
+    }
+    if r & libc::POLLHUP != 0 {
+        ev |= libc::EPOLLHUP as u32;
+    }
+    if r & libc::POLLRDHUP != 0 {
+        ev |= libc::EPOLLRDHUP as u32;
+    }
+    ev
+}
+
+/// Collect ready stack sockets of `epfd` into `out` (up to its length).
+fn epoll_scan(epfd: c_int, proc: &Proc, out: &mut [libc::epoll_event]) -> usize {
+    let items: Vec<(c_int, EpItem)> = match lock(&EPOLLS).as_ref().and_then(|m| m.get(&epfd)) {
+        Some(sh) => sh.items.iter().map(|(k, v)| (*k, *v)).collect(),
+        None => return 0,
+    };
+    let mut n = 0;
+    let mut updates = Vec::new();
+    {
+        let mut g = proc.lock();
+        g.ctx.poll();
+        for (fd, it) in items {
+            if n >= out.len() {
+                break;
+            }
+            if it.disabled {
+                continue;
+            }
+            let Some(s) = lookup(fd) else { continue };
+            let (r, rd, acc) = readiness_counts(&s, &mut g.ctx);
+            let wanted = it.events | libc::EPOLLERR as u32 | libc::EPOLLHUP as u32;
+            let ev = to_epoll(r) & wanted;
+            let sig = (ev as i16, rd, acc);
+            if ev == 0 {
+                if it.last != (0, 0, 0) {
+                    updates.push((fd, (0, 0, 0), false));
+                }
+                continue;
+            }
+            if it.events & libc::EPOLLET as u32 != 0 {
+                // Edge-triggered: report when something happened since the last report
+                // (other readiness, new bytes, new connections, acknowledged space), as
+                // Linux reports on every arrival.
+                if sig == it.last {
+                    continue;
+                }
+            }
+            out[n] = libc::epoll_event { events: ev, u64: it.data };
+            n += 1;
+            updates.push((fd, sig, it.events & libc::EPOLLONESHOT as u32 != 0));
+        }
+    }
+    if !updates.is_empty() {
+        let mut g = lock(&EPOLLS);
+        if let Some(sh) = g.as_mut().and_then(|m| m.get_mut(&epfd)) {
+            for (fd, sig, oneshot) in updates {
+                if let Some(it) = sh.items.get_mut(&fd) {
+                    it.last = sig;
+                    if oneshot {
+                        it.disabled = true;
+                    }
+                }
+            }
+        }
+    }
+    n
+}
+
+/// Remove the context eventfd's events from a kernel result, compacting it.
+fn strip_cookie(evs: &mut [libc::epoll_event], n: usize) -> usize {
+    let mut k = 0;
+    for i in 0..n {
+        let ev = evs[i];
+        if ev.u64 != EFD_COOKIE {
+            evs[k] = ev;
+            k += 1;
+        }
+    }
+    k
+}
+
+/// epoll_wait on a set with stack sockets. None: no stack socket in it (use libc).
+pub fn epoll_wait(epfd: c_int, out: &mut [libc::epoll_event], timeout_ms: c_int) -> Option<SysResult<c_int>> {
+    if !epoll_has_shadow(epfd) {
+        return None;
+    }
+    let proc = match lock(&PROC).clone() {
+        Some(p) if p.gen == FORK_GEN.load(Ordering::SeqCst) => p,
+        _ => return None,
+    };
+    if out.is_empty() {
+        return Some(Err(e(libc::EINVAL)));
+    }
+    let deadline = (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
+    let start = Instant::now();
+    let spin = spin_time();
+    let mut kernel_checked_at_start = false;
+    loop {
+        let n = epoll_scan(epfd, &proc, out);
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        if n > 0 || expired || !kernel_checked_at_start {
+            kernel_checked_at_start = true;
+            let k = match sys::epoll_wait(epfd, &mut out[n..], 0) {
+                Ok(k) => strip_cookie(&mut out[n..], k as usize),
+                Err(err) => return Some(Err(err)),
+            };
+            if n + k > 0 || expired {
+                return Some(Ok((n + k) as c_int));
+            }
+        }
+        if start.elapsed() < spin {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            continue;
+        }
+        // Sleep in the kernel's epoll_wait: the set holds the context's eventfd.
+        {
+            let mut g = proc.lock();
+            if !g.ctx.announce_sleep() {
+                if !g.ctx.check_service() {
+                    return Some(Err(e(libc::EINTR)));
+                }
+                continue;
+            }
+            g.sleepers += 1;
+        }
+        let left = ms_left(deadline);
+        let cap = if CONTENDED.swap(false, Ordering::Relaxed) { 1 } else { MAX_SLEEP_MS };
+        let ms = if left < 0 { cap } else { left.min(cap) };
+        let r = sys::epoll_wait(epfd, out, ms);
+        {
+            let mut g = proc.lock();
+            g.sleepers -= 1;
+            if g.sleepers == 0 {
+                g.ctx.end_sleep();
+            }
+            g.ctx.check_service();
+        }
+        match r {
+            Err(err) => return Some(Err(err)),
+            Ok(k) => {
+                let k = strip_cookie(out, k as usize);
+                if k > 0 {
+                    let m = epoll_scan(epfd, &proc, &mut out[k..]);
+                    return Some(Ok((k + m) as c_int));
+                }
+            }
+        }
+    }
+}
+
+/// True once any stack socket was ever registered with an epoll set.
+static EPOLL_ANY: AtomicBool = AtomicBool::new(false);
+/// True once any stack socket was created in this process.
+static ANY_STACK: AtomicBool = AtomicBool::new(false);
+
+/// Cheap test before looking at epoll shadows.
+pub fn epoll_any() -> bool {
+    EPOLL_ANY.load(Ordering::Relaxed)
+}
+
+/// Cheap test before scanning select's sets.
+pub fn any_stack_fd() -> bool {
+    ANY_STACK.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trip_and_malformed_input() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 2), 9000);
+        assert_eq!(parse_v4(&addr_bytes(a)), Ok(a));
+        assert_eq!(parse_v4(&addr_bytes(a)[..8]), Err(Errno(libc::EINVAL)));
+        let mut v6 = addr_bytes(a);
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        assert_eq!(parse_v4(&v6), Err(Errno(libc::EAFNOSUPPORT)));
+        let sa = encode_v4(a);
+        assert_eq!(u16::from_be(sa.sin_port), 9000);
+        assert_eq!(u32::from_be(sa.sin_addr.s_addr), u32::from(*a.ip()));
+    }
+
+    #[test]
+    fn options_are_recorded_and_replaced() {
+        let mut o = Opts::default();
+        o.set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, &1i32.to_ne_bytes());
+        o.set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, &0i32.to_ne_bytes());
+        assert_eq!(o.int(libc::SOL_SOCKET, libc::SO_KEEPALIVE), Some(0));
+        assert_eq!(o.int(libc::IPPROTO_TCP, libc::TCP_NODELAY), None);
+        assert!(is_bool_opt(libc::IPPROTO_TCP, libc::TCP_NODELAY));
+        assert!(!is_bool_opt(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE));
+    }
+
+    #[test]
+    fn fd_bitmap_tracks_only_registered_descriptors() {
+        assert!(!is_stack(-1));
+        assert!(!is_stack(MAX_FD as c_int));
+        set_bit(4000, true);
+        assert!(is_stack(4000) && !is_stack(4001));
+        set_bit(4000, false);
+        assert!(!is_stack(4000));
+    }
+
+    #[test]
+    fn errno_mapping_follows_linux() {
+        assert_eq!(errno_of(Error::Refused), Errno(libc::ECONNREFUSED));
+        assert_eq!(errno_of(Error::Reset), Errno(libc::ECONNRESET));
+        assert_eq!(errno_of(Error::WouldBlock), Errno(libc::EAGAIN));
+        assert_eq!(errno_of(Error::Shutdown), Errno(libc::EPIPE));
+        assert_eq!(errno_of(Error::AddrInUse), Errno(libc::EADDRINUSE));
+    }
+}

@@ -1,0 +1,583 @@
+/* Sockets conformance program for the LD_PRELOAD shim (docs/compatibility.md).
+ *
+ *   conform peer PORT                         kernel-side helper (namespace B)
+ *   conform run PEER_IP PEER_PORT CLOSED_PORT LISTEN_PORT
+ *
+ * `run` exercises the socket calls against the peer and prints one line per check:
+ * return values, errno names and hashes of the data. tools/tests/preload.rs runs it once
+ * on the kernel's sockets and once under libtas_preload.so against tasd, and compares
+ * the two outputs line by line. Only deterministic facts are printed (no timings). */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+static struct sockaddr_in peer_addr, closed_addr;
+static int listen_port;
+
+static void say(const char *name, long r) {
+    if (r < 0) printf("%s = -1 %s\n", name, strerrorname_np(errno) ? strerrorname_np(errno) : "?");
+    else printf("%s = %ld\n", name, r);
+    fflush(stdout);
+}
+#define CHECK(name, expr) do { errno = 0; long _r = (long)(expr); say(name, _r); } while (0)
+
+static uint64_t fnv(const void *p, size_t n, uint64_t h) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) { h ^= b[i]; h *= 1099511628211ULL; }
+    return h;
+}
+#define FNV0 1469598103934665603ULL
+static unsigned char pat(size_t i) { return (unsigned char)((i * 7 + 3) % 251); }
+
+static int tcp(void) { return socket(AF_INET, SOCK_STREAM, 0); }
+static int dial(void) {
+    int fd = tcp();
+    if (fd < 0 || connect(fd, (struct sockaddr *)&peer_addr, sizeof peer_addr) < 0) { perror("dial"); exit(2); }
+    return fd;
+}
+static void put(int fd, const char *s) {
+    size_t n = strlen(s), off = 0;
+    while (off < n) { ssize_t k = write(fd, s + off, n - off); if (k <= 0) { perror("put"); exit(2); } off += k; }
+}
+static int wait_fd(int fd, short ev, int ms) {
+    struct pollfd p = {fd, ev, 0};
+    int r = poll(&p, 1, ms);
+    return r <= 0 ? r : p.revents;
+}
+/* Read until EOF (or error); returns the count, hash in *h. */
+static long drain(int fd, uint64_t *h) {
+    char buf[65536]; long total = 0; *h = FNV0;
+    for (;;) {
+        ssize_t k = read(fd, buf, sizeof buf);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return k < 0 ? -1 : total;
+        *h = fnv(buf, k, *h); total += k;
+    }
+}
+
+/* ---------------------------------------------------------------- the peer (kernel) */
+
+static void *peer_conn(void *arg) {
+    int fd = (int)(intptr_t)arg;
+    char line[128]; size_t n = 0;
+    while (n < sizeof line - 1) { ssize_t k = read(fd, line + n, 1); if (k <= 0) { close(fd); return 0; } if (line[n++] == '\n') break; }
+    line[n] = 0;
+    char buf[65536];
+    if (!strncmp(line, "ECHO", 4)) {
+        for (;;) { ssize_t k = read(fd, buf, sizeof buf); if (k <= 0) break; size_t off = 0; while (off < (size_t)k) { ssize_t w = write(fd, buf + off, k - off); if (w <= 0) break; off += w; } }
+    } else if (!strncmp(line, "HOLD", 4)) {
+        while (read(fd, buf, sizeof buf) > 0) {}
+    } else if (!strncmp(line, "CHUNKS", 6)) {
+        size_t i = 0;
+        for (int c = 0; c < 3; c++) { for (int j = 0; j < 10000; j++) buf[j] = pat(i++); write(fd, buf, 10000); usleep(50000); }
+        while (read(fd, buf, sizeof buf) > 0) {}
+    } else if (!strncmp(line, "FIN", 3)) {
+        shutdown(fd, SHUT_WR);
+        while (read(fd, buf, sizeof buf) > 0) {}
+    } else if (!strncmp(line, "RST", 3)) {
+        struct linger l = {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    } else if (!strncmp(line, "CALL", 4)) {
+        int port = atoi(line + 5);
+        struct sockaddr_in a; socklen_t al = sizeof a;
+        getpeername(fd, (struct sockaddr *)&a, &al);
+        a.sin_port = htons(port);
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(c, (struct sockaddr *)&a, sizeof a) == 0) {
+            size_t i = 0;
+            for (int k = 0; k < 10; k++) { for (int j = 0; j < 10000; j++) buf[j] = pat(i++); write(c, buf, 10000); }
+            shutdown(c, SHUT_WR);
+            uint64_t h; long got = drain(c, &h);
+            dprintf(fd, "%ld\n", got);
+        } else {
+            dprintf(fd, "connect failed %d\n", errno);
+        }
+        close(c);
+    }
+    close(fd);
+    return 0;
+}
+
+static int run_peer(int port) {
+    signal(SIGPIPE, SIG_IGN);
+    int l = tcp(), one = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    if (bind(l, (struct sockaddr *)&a, sizeof a) || listen(l, 128)) { perror("peer"); return 1; }
+    printf("peer listening on %d\n", port); fflush(stdout);
+    for (;;) {
+        int c = accept(l, 0, 0);
+        if (c < 0) continue;
+        pthread_t t; pthread_create(&t, 0, peer_conn, (void *)(intptr_t)c); pthread_detach(t);
+    }
+}
+
+/* ---------------------------------------------------------------- the checks */
+
+static volatile int sigpipes;
+static void on_sigpipe(int s) { (void)s; sigpipes++; }
+
+static void t_basics(void) {
+    int fd = tcp(), v = -1; socklen_t l = sizeof v;
+    CHECK("socket.so_type", (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &l), v));
+    CHECK("unconnected.recv", recv(fd, &v, 1, 0));
+    CHECK("unconnected.send", send(fd, "x", 1, MSG_NOSIGNAL));
+    struct sockaddr_in a; socklen_t al = sizeof a;
+    CHECK("unconnected.getpeername", getpeername(fd, (struct sockaddr *)&a, &al));
+    CHECK("unconnected.shutdown", shutdown(fd, SHUT_WR));
+    CHECK("close", close(fd));
+    CHECK("closed.close", close(fd));
+    fd = tcp();
+    CHECK("connect.refused", connect(fd, (struct sockaddr *)&closed_addr, sizeof closed_addr));
+    close(fd);
+}
+
+static void t_nb_connect(void) {
+    int fd = tcp(), v; socklen_t l = sizeof v;
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    CHECK("nbconnect.refused.connect", connect(fd, (struct sockaddr *)&closed_addr, sizeof closed_addr));
+    CHECK("nbconnect.refused.poll", wait_fd(fd, POLLOUT, 5000) & (POLLOUT | POLLERR | POLLHUP));
+    CHECK("nbconnect.refused.so_error", (getsockopt(fd, SOL_SOCKET, SO_ERROR, &v, &l), v));
+    CHECK("nbconnect.refused.so_error_again", (getsockopt(fd, SOL_SOCKET, SO_ERROR, &v, &l), v));
+    close(fd);
+    fd = tcp();
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    CHECK("nbconnect.ok.connect", connect(fd, (struct sockaddr *)&peer_addr, sizeof peer_addr));
+    CHECK("nbconnect.ok.poll", wait_fd(fd, POLLOUT, 5000) & (POLLOUT | POLLERR | POLLHUP));
+    CHECK("nbconnect.ok.so_error", (getsockopt(fd, SOL_SOCKET, SO_ERROR, &v, &l), v));
+    CHECK("nbconnect.ok.connect_again", connect(fd, (struct sockaddr *)&peer_addr, sizeof peer_addr));
+    close(fd);
+}
+
+static void t_echo(void) {
+    int fd = dial();
+    put(fd, "ECHO\n");
+    static unsigned char buf[100000];
+    for (size_t i = 0; i < sizeof buf; i++) buf[i] = pat(i);
+    CHECK("echo.write", write(fd, buf, sizeof buf));
+    CHECK("echo.shutdown_wr", shutdown(fd, SHUT_WR));
+    uint64_t h; long n = drain(fd, &h);
+    CHECK("echo.bytes", n);
+    CHECK("echo.hash_ok", h == fnv(buf, sizeof buf, FNV0));
+    CHECK("echo.read_after_eof", read(fd, buf, 10));
+    close(fd);
+}
+
+static void t_nonblocking(void) {
+    int fd = dial(); char c;
+    put(fd, "HOLD\n");
+    CHECK("dontwait.recv", recv(fd, &c, 1, MSG_DONTWAIT));
+    CHECK("getfl.blocking", fcntl(fd, F_GETFL) & O_NONBLOCK);
+    CHECK("setfl.nonblock", fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK));
+    CHECK("getfl.nonblocking", (fcntl(fd, F_GETFL) & O_NONBLOCK) != 0);
+    CHECK("nonblock.read", read(fd, &c, 1));
+    int on = 0;
+    CHECK("fionbio.off", ioctl(fd, FIONBIO, &on));
+    CHECK("getfl.after_fionbio", fcntl(fd, F_GETFL) & O_NONBLOCK);
+    CHECK("fd_cloexec.default", fcntl(fd, F_GETFD) & FD_CLOEXEC);
+    CHECK("fd_cloexec.set", fcntl(fd, F_SETFD, FD_CLOEXEC));
+    CHECK("fd_cloexec.get", fcntl(fd, F_GETFD) & FD_CLOEXEC);
+    struct sockaddr_in a; socklen_t al = sizeof a;
+    CHECK("getpeername", getpeername(fd, (struct sockaddr *)&a, &al));
+    CHECK("getpeername.len", al);
+    CHECK("getpeername.matches", a.sin_addr.s_addr == peer_addr.sin_addr.s_addr && a.sin_port == peer_addr.sin_port);
+    al = sizeof a;
+    CHECK("getsockname", getsockname(fd, (struct sockaddr *)&a, &al));
+    CHECK("getsockname.port_nonzero", a.sin_port != 0);
+    close(fd);
+}
+
+static void t_peek_waitall(void) {
+    int fd = dial();
+    put(fd, "CHUNKS\n");
+    unsigned char buf[30000], want[30000];
+    for (int i = 0; i < 30000; i++) want[i] = pat(i);
+    CHECK("peek.poll", wait_fd(fd, POLLIN, 5000) & POLLIN);
+    CHECK("peek.recv", recv(fd, buf, 5, MSG_PEEK));
+    CHECK("peek.bytes_ok", memcmp(buf, want, 5) == 0);
+    int n = -1;
+    CHECK("fionread.positive", (ioctl(fd, FIONREAD, &n), n > 0));
+    CHECK("waitall.recv", recv(fd, buf, sizeof buf, MSG_WAITALL));
+    CHECK("waitall.bytes_ok", memcmp(buf, want, sizeof buf) == 0);
+    close(fd);
+}
+
+static void t_vectors(void) {
+    int fd = dial();
+    put(fd, "ECHO\n");
+    char a[1000], b[1500], c[500];
+    memset(a, 'a', sizeof a); memset(b, 'b', sizeof b); memset(c, 'c', sizeof c);
+    struct iovec w[3] = {{a, sizeof a}, {b, sizeof b}, {c, sizeof c}};
+    CHECK("writev", writev(fd, w, 3));
+    char r1[1200], r2[1800]; long got = 0; uint64_t h = FNV0;
+    while (got < 3000) {
+        struct iovec r[2] = {{r1, sizeof r1}, {r2, sizeof r2}};
+        ssize_t k = readv(fd, r, 2);
+        if (k <= 0) break;
+        h = fnv(r1, k < (ssize_t)sizeof r1 ? k : (ssize_t)sizeof r1, h);
+        if (k > (ssize_t)sizeof r1) h = fnv(r2, k - sizeof r1, h);
+        got += k;
+    }
+    CHECK("readv.total", got);
+    struct msghdr m = {0}; m.msg_iov = w; m.msg_iovlen = 3;
+    CHECK("sendmsg", sendmsg(fd, &m, MSG_NOSIGNAL));
+    got = 0;
+    while (got < 3000) {
+        struct iovec r[2] = {{r1, sizeof r1}, {r2, sizeof r2}};
+        struct msghdr rm = {0}; rm.msg_iov = r; rm.msg_iovlen = 2;
+        ssize_t k = recvmsg(fd, &rm, 0);
+        if (k <= 0) break;
+        got += k;
+    }
+    CHECK("recvmsg.total", got);
+    close(fd);
+}
+
+static void t_shutdown_pipe(void) {
+    int fd = dial(); char c;
+    put(fd, "FIN\n");
+    CHECK("peerfin.poll", wait_fd(fd, POLLIN | POLLRDHUP, 5000) & (POLLIN | POLLRDHUP | POLLHUP));
+    CHECK("peerfin.read", read(fd, &c, 1));
+    CHECK("peerfin.write_still_ok", write(fd, "x", 1));
+    CHECK("shut_wr", shutdown(fd, SHUT_WR));
+    CHECK("after_shut_wr.send_nosignal", send(fd, "x", 1, MSG_NOSIGNAL));
+    sigpipes = 0;
+    CHECK("after_shut_wr.write", write(fd, "x", 1));
+    CHECK("after_shut_wr.sigpipes", sigpipes);
+    close(fd);
+}
+
+static void t_reset(void) {
+    int fd = dial(); char c;
+    put(fd, "RST\n");
+    CHECK("reset.poll", (wait_fd(fd, POLLIN, 5000) & POLLIN) != 0);
+    CHECK("reset.read", read(fd, &c, 1));
+    CHECK("reset.read_again", read(fd, &c, 1));
+    CHECK("reset.send", send(fd, "x", 1, MSG_NOSIGNAL));
+    close(fd);
+}
+
+static void t_options(void) {
+    int fd = dial(), v; socklen_t l;
+    put(fd, "HOLD\n");
+#define OPT(name, lvl, opt, val) do { v = val; CHECK("setsockopt." name, setsockopt(fd, lvl, opt, &v, sizeof v)); \
+        v = -1; l = sizeof v; CHECK("getsockopt." name, (getsockopt(fd, lvl, opt, &v, &l), v)); } while (0)
+    OPT("tcp_nodelay", IPPROTO_TCP, TCP_NODELAY, 1);
+    OPT("so_keepalive", SOL_SOCKET, SO_KEEPALIVE, 5);
+    OPT("tcp_keepidle", IPPROTO_TCP, TCP_KEEPIDLE, 30);
+    OPT("tcp_keepintvl", IPPROTO_TCP, TCP_KEEPINTVL, 5);
+    OPT("tcp_keepcnt", IPPROTO_TCP, TCP_KEEPCNT, 4);
+    OPT("so_reuseaddr", SOL_SOCKET, SO_REUSEADDR, 1);
+    OPT("so_rcvbuf", SOL_SOCKET, SO_RCVBUF, 65536);
+    OPT("so_sndbuf", SOL_SOCKET, SO_SNDBUF, 65536);
+    OPT("tcp_cork_on", IPPROTO_TCP, TCP_CORK, 1);
+    OPT("tcp_cork_off", IPPROTO_TCP, TCP_CORK, 0);
+    v = 30; CHECK("setsockopt.keepidle_zero", (v = 0, setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, sizeof v)));
+    CHECK("setsockopt.short_len", setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, 1));
+    struct linger lg = {1, 5}; CHECK("setsockopt.so_linger", setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
+    memset(&lg, 0, sizeof lg); l = sizeof lg;
+    CHECK("getsockopt.so_linger", (getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &l), lg.l_onoff * 100 + lg.l_linger));
+    l = sizeof v; CHECK("getsockopt.so_error", (getsockopt(fd, SOL_SOCKET, SO_ERROR, &v, &l), v));
+    struct timeval tmo = {0, 100000};
+    CHECK("setsockopt.so_rcvtimeo", setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tmo, sizeof tmo));
+    CHECK("so_rcvtimeo.recv", recv(fd, &v, 1, 0));
+    memset(&tmo, 0, sizeof tmo); l = sizeof tmo;
+    CHECK("getsockopt.so_rcvtimeo", (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tmo, &l), tmo.tv_sec * 1000000 + tmo.tv_usec));
+    struct tcp_info ti; l = sizeof ti; memset(&ti, 0, sizeof ti);
+    CHECK("tcp_info", getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l));
+    CHECK("tcp_info.state", ti.tcpi_state);
+    CHECK("tcp_info.snd_mss_positive", ti.tcpi_snd_mss > 0);
+    close(fd);
+}
+
+static void t_dup(void) {
+    int fd = dial(); char buf[16];
+    put(fd, "ECHO\n");
+    int d = dup(fd);
+    CHECK("dup.ok", d > fd);
+    CHECK("dup.close_original", close(fd));
+    CHECK("dup.write", write(d, "abc", 3));
+    CHECK("dup.read", recv(d, buf, 3, MSG_WAITALL));
+    int d2 = fcntl(d, F_DUPFD_CLOEXEC, 200);
+    CHECK("f_dupfd.at_least_200", d2 >= 200);
+    CHECK("f_dupfd.cloexec", fcntl(d2, F_GETFD) & FD_CLOEXEC);
+    CHECK("dup2", dup2(d2, 150));
+    CHECK("dup3_cloexec", dup3(d2, 151, O_CLOEXEC));
+    CHECK("dup3.same_fd", dup3(d2, d2, 0));
+    close(d); close(d2); close(151);
+    CHECK("dup2.write", write(150, "defg", 4));
+    CHECK("dup2.read", recv(150, buf, 4, MSG_WAITALL));
+    CHECK("dup2.shutdown", shutdown(150, SHUT_WR));
+    CHECK("dup2.eof", read(150, buf, 4));
+    close(150);
+}
+
+struct acc { int l; int fd; struct sockaddr_in a; };
+static void *acceptor(void *arg) {
+    struct acc *x = arg; socklen_t al = sizeof x->a;
+    x->fd = accept(x->l, (struct sockaddr *)&x->a, &al);
+    return 0;
+}
+
+static void t_listen(void) {
+    int l = tcp(), one = 1; char line[64];
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(listen_port)};
+    CHECK("listen.bind", bind(l, (struct sockaddr *)&a, sizeof a));
+    CHECK("listen.bind_again", bind(l, (struct sockaddr *)&a, sizeof a));
+    CHECK("listen.listen", listen(l, 16));
+    CHECK("listen.so_acceptconn", ({ int v; socklen_t vl = sizeof v; getsockopt(l, SOL_SOCKET, SO_ACCEPTCONN, &v, &vl); v; }));
+    struct sockaddr_in g; socklen_t gl = sizeof g;
+    CHECK("listen.getsockname", getsockname(l, (struct sockaddr *)&g, &gl));
+    CHECK("listen.getsockname.port", ntohs(g.sin_port));
+    int other = tcp();
+    CHECK("listen.second_bind", bind(other, (struct sockaddr *)&a, sizeof a));
+    close(other);
+    fcntl(l, F_SETFL, O_NONBLOCK);
+    CHECK("listen.accept_nonblocking_empty", accept(l, 0, 0));
+    fcntl(l, F_SETFL, 0);
+    /* accept on another thread than the one that listens */
+    struct acc x = {l, -1};
+    pthread_t t; pthread_create(&t, 0, acceptor, &x);
+    int ctl = dial();
+    snprintf(line, sizeof line, "CALL %d\n", listen_port);
+    put(ctl, line);
+    pthread_join(t, 0);
+    CHECK("accept.thread", x.fd >= 0);
+    CHECK("accept.peer_ip_ok", x.a.sin_addr.s_addr == peer_addr.sin_addr.s_addr);
+    uint64_t h; long n = drain(x.fd, &h);
+    unsigned char want[100000]; for (int i = 0; i < 100000; i++) want[i] = pat(i);
+    CHECK("accept.bytes", n);
+    CHECK("accept.hash_ok", h == fnv(want, sizeof want, FNV0));
+    CHECK("accept.write", write(x.fd, "bye", 3));
+    close(x.fd);
+    n = read(ctl, line, sizeof line - 1); line[n > 0 ? n : 0] = 0;
+    CHECK("accept.peer_got", atol(line));
+    close(ctl);
+    /* accept4 with flags */
+    ctl = dial();
+    snprintf(line, sizeof line, "CALL %d\n", listen_port);
+    put(ctl, line);
+    CHECK("accept4.poll", wait_fd(l, POLLIN, 5000) & POLLIN);
+    int c = accept4(l, 0, 0, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    CHECK("accept4.ok", c >= 0);
+    CHECK("accept4.nonblock", (fcntl(c, F_GETFL) & O_NONBLOCK) != 0);
+    CHECK("accept4.cloexec", fcntl(c, F_GETFD) & FD_CLOEXEC);
+    fcntl(c, F_SETFL, 0);
+    n = drain(c, &h);
+    CHECK("accept4.bytes", n);
+    close(c); close(ctl);
+    close(l);
+    int p0 = tcp(); struct sockaddr_in z = {.sin_family = AF_INET};
+    CHECK("bind_port0", bind(p0, (struct sockaddr *)&z, sizeof z));
+    gl = sizeof g; getsockname(p0, (struct sockaddr *)&g, &gl);
+    CHECK("bind_port0.port_nonzero", g.sin_port != 0);
+    CHECK("bind_port0.listen", listen(p0, 4));
+    close(p0);
+}
+
+static int cmp_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+static int ep_tags(int ep, int ms, int *tags) {
+    struct epoll_event ev[8];
+    int n = epoll_wait(ep, ev, 8, ms);
+    for (int i = 0; i < n; i++) tags[i] = (int)ev[i].data.u64 * 1000 + (ev[i].events & (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLHUP | EPOLLERR));
+    if (n > 0) qsort(tags, n, sizeof *tags, cmp_int);
+    return n;
+}
+static void say_tags(const char *name, int ep, int ms) {
+    int tags[8]; char line[256]; int n = ep_tags(ep, ms, tags), off = 0;
+    off += snprintf(line, sizeof line, "%s = %d", name, n);
+    for (int i = 0; i < n; i++) off += snprintf(line + off, sizeof line - off, " %d", tags[i]);
+    printf("%s\n", line); fflush(stdout);
+}
+/* Wait (at most 5 s) until `fd` is readable, without reading. */
+static void settle_in(int fd) { wait_fd(fd, POLLIN, 5000); }
+
+static void t_epoll(void) {
+    int p[2]; pipe(p);
+    int s = dial(); put(s, "ECHO\n");
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 1};
+    CHECK("epoll.add_pipe", epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev));
+    ev.data.u64 = 2;
+    CHECK("epoll.add_socket", epoll_ctl(ep, EPOLL_CTL_ADD, s, &ev));
+    CHECK("epoll.add_again", epoll_ctl(ep, EPOLL_CTL_ADD, s, &ev));
+    say_tags("epoll.idle", ep, 50);
+    write(p[1], "p", 1);
+    say_tags("epoll.pipe_ready", ep, 1000);
+    write(s, "s", 1); settle_in(s);
+    say_tags("epoll.both_ready_lt", ep, 1000);
+    say_tags("epoll.both_ready_lt_again", ep, 1000);
+    char c; read(p[0], &c, 1); read(s, &c, 1);
+    say_tags("epoll.drained", ep, 50);
+    ev.events = EPOLLIN | EPOLLET; ev.data.u64 = 2;
+    CHECK("epoll.mod_et", epoll_ctl(ep, EPOLL_CTL_MOD, s, &ev));
+    write(s, "t", 1); settle_in(s);
+    say_tags("epoll.et_first", ep, 1000);
+    say_tags("epoll.et_second", ep, 50);
+    read(s, &c, 1);
+    ev.events = EPOLLIN | EPOLLONESHOT; ev.data.u64 = 2;
+    CHECK("epoll.mod_oneshot", epoll_ctl(ep, EPOLL_CTL_MOD, s, &ev));
+    write(s, "u", 1); settle_in(s);
+    say_tags("epoll.oneshot_first", ep, 1000);
+    say_tags("epoll.oneshot_second", ep, 50);
+    CHECK("epoll.rearm", epoll_ctl(ep, EPOLL_CTL_MOD, s, &ev));
+    say_tags("epoll.rearmed", ep, 1000);
+    read(s, &c, 1);
+    ev.events = EPOLLOUT; ev.data.u64 = 2;
+    CHECK("epoll.mod_out", epoll_ctl(ep, EPOLL_CTL_MOD, s, &ev));
+    say_tags("epoll.writable", ep, 1000);
+    CHECK("epoll.del", epoll_ctl(ep, EPOLL_CTL_DEL, s, 0));
+    CHECK("epoll.del_again", epoll_ctl(ep, EPOLL_CTL_DEL, s, 0));
+    int f = dial(); put(f, "FIN\n");
+    ev.events = EPOLLIN | EPOLLRDHUP; ev.data.u64 = 3;
+    CHECK("epoll.add_rdhup", epoll_ctl(ep, EPOLL_CTL_ADD, f, &ev));
+    settle_in(f);
+    say_tags("epoll.rdhup", ep, 1000);
+    close(f);
+    say_tags("epoll.after_close", ep, 50);
+    close(ep); close(s); close(p[0]); close(p[1]);
+}
+
+static void t_poll_select(void) {
+    int p[2]; pipe(p);
+    int s = dial(); put(s, "ECHO\n");
+    struct pollfd fds[2] = {{p[0], POLLIN, 0}, {s, POLLIN | POLLOUT, 0}};
+    CHECK("poll.mixed_writable", poll(fds, 2, 1000));
+    CHECK("poll.mixed_writable.pipe", fds[0].revents);
+    CHECK("poll.mixed_writable.sock", fds[1].revents);
+    fds[1].events = POLLIN;
+    CHECK("poll.idle", poll(fds, 2, 50));
+    write(s, "x", 1);
+    CHECK("poll.sock_readable", poll(fds, 2, 2000));
+    CHECK("poll.sock_readable.sock", fds[1].revents);
+    char c; read(s, &c, 1);
+    write(p[1], "y", 1);
+    CHECK("poll.pipe_readable", poll(fds, 2, 2000));
+    CHECK("poll.pipe_readable.pipe", fds[0].revents);
+    CHECK("poll.pipe_readable.sock", fds[1].revents);
+    read(p[0], &c, 1);
+    fd_set r; FD_ZERO(&r); FD_SET(p[0], &r); FD_SET(s, &r);
+    struct timeval tv = {0, 50000};
+    CHECK("select.idle", select((s > p[0] ? s : p[0]) + 1, &r, 0, 0, &tv));
+    write(s, "z", 1);
+    FD_ZERO(&r); FD_SET(p[0], &r); FD_SET(s, &r); tv.tv_sec = 2; tv.tv_usec = 0;
+    CHECK("select.sock_readable", select((s > p[0] ? s : p[0]) + 1, &r, 0, 0, &tv));
+    CHECK("select.sock_isset", FD_ISSET(s, &r) != 0);
+    CHECK("select.pipe_isset", FD_ISSET(p[0], &r) != 0);
+    read(s, &c, 1);
+    fd_set w; FD_ZERO(&w); FD_SET(s, &w); tv.tv_sec = 1;
+    CHECK("select.writable", select(s + 1, 0, &w, 0, &tv));
+    close(s); close(p[0]); close(p[1]);
+}
+
+struct rd { int fd; char buf[8]; long n; };
+static void *reader(void *arg) { struct rd *x = arg; x->n = recv(x->fd, x->buf, 5, MSG_WAITALL); return 0; }
+static void *writer(void *arg) {
+    int fd = (int)(intptr_t)arg; static unsigned char buf[1 << 16]; size_t i = 0;
+    for (int k = 0; k < 160; k++) { for (size_t j = 0; j < sizeof buf; j++) buf[j] = pat(i++); size_t off = 0; while (off < sizeof buf) { ssize_t w = write(fd, buf + off, sizeof buf - off); if (w <= 0) return 0; off += w; } }
+    shutdown(fd, SHUT_WR);
+    return 0;
+}
+
+static void t_threads(void) {
+    int s = dial(); put(s, "ECHO\n");
+    struct rd x = {s};
+    pthread_t t; pthread_create(&t, 0, reader, &x);
+    usleep(100000);
+    write(s, "hello", 5);
+    pthread_join(t, 0);
+    CHECK("threads.blocked_reader", x.n);
+    CHECK("threads.data_ok", memcmp(x.buf, "hello", 5) == 0);
+    close(s);
+    /* 10 MiB echo: a writer thread and a reading main thread on one socket */
+    s = dial(); put(s, "ECHO\n");
+    pthread_create(&t, 0, writer, (void *)(intptr_t)s);
+    uint64_t h; long n = drain(s, &h);
+    pthread_join(t, 0);
+    uint64_t want = FNV0; static unsigned char buf[1 << 16]; size_t i = 0;
+    for (int k = 0; k < 160; k++) { for (size_t j = 0; j < sizeof buf; j++) buf[j] = pat(i++); want = fnv(buf, sizeof buf, want); }
+    CHECK("threads.echo_10MiB.bytes", n);
+    CHECK("threads.echo_10MiB.hash_ok", h == want);
+    close(s);
+}
+
+#include <sys/wait.h>
+/* fork: the child closes the inherited socket and makes its own connection; the parent's
+ * connection is unaffected. */
+static void t_fork(void) {
+    int fd = dial(); char buf[8];
+    put(fd, "ECHO\n");
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fd);
+        int c = dial();
+        put(c, "ECHO\nchild");
+        int ok = recv(c, buf, 5, MSG_WAITALL) == 5 && !memcmp(buf, "child", 5);
+        close(c);
+        _exit(ok ? 0 : 1);
+    }
+    int st = -1;
+    waitpid(pid, &st, 0);
+    CHECK("fork.child_ok", WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK("fork.parent_write", write(fd, "parent", 6));
+    CHECK("fork.parent_read", recv(fd, buf, 6, MSG_WAITALL));
+    CHECK("fork.parent_data_ok", memcmp(buf, "parent", 6) == 0);
+    close(fd);
+}
+
+/* exec: a socket with close-on-exec is gone in the new program, one without it is there. */
+static int fd_survives_exec(int fd) {
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "[ -e /proc/self/fd/%d ]", fd);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) { execl("/bin/sh", "sh", "-c", cmd, (char *)0); _exit(127); }
+    int st = -1;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) == 0 : -1;
+}
+static void t_exec(void) {
+    int a = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int b = tcp();
+    CHECK("exec.cloexec_socket_survives", fd_survives_exec(a));
+    CHECK("exec.plain_socket_survives", fd_survives_exec(b));
+    close(a); close(b);
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "peer")) return run_peer(atoi(argv[2]));
+    if (argc != 6 || strcmp(argv[1], "run")) {
+        fprintf(stderr, "usage: conform peer PORT | conform run PEER_IP PEER_PORT CLOSED_PORT LISTEN_PORT\n");
+        return 2;
+    }
+    signal(SIGPIPE, on_sigpipe);
+    peer_addr = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
+    inet_pton(AF_INET, argv[2], &peer_addr.sin_addr);
+    closed_addr = peer_addr; closed_addr.sin_port = htons(atoi(argv[4]));
+    listen_port = atoi(argv[5]);
+    const char *only = getenv("CONFORM_ONLY");
+#define RUN(f) if (!only || strstr(#f, only)) f()
+    RUN(t_basics); RUN(t_nb_connect); RUN(t_echo); RUN(t_nonblocking); RUN(t_peek_waitall);
+    RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_dup);
+    RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_fork); RUN(t_exec);
+    printf("done\n");
+    return 0;
+}
