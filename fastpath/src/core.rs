@@ -191,6 +191,28 @@ pub struct CoreCounters {
     pub cycles: crate::cycles::CycleCounters,
 }
 
+/// SACK blocks an ACK of `f` carries (RFC 2018: at most three next to timestamps).
+#[inline]
+fn sack_block_count(f: &FlowState) -> usize {
+    if !f.has(F_SACK) || f.ooo_count == 0 {
+        return 0;
+    }
+    let max = if f.has(F_TS) { wire::SackBlocks::MAX_WITH_TIMESTAMPS } else { wire::SackBlocks::MAX };
+    (f.ooo_count as usize).min(max)
+}
+
+/// Largest payload of a segment of `f` sent now. `f.mss` leaves room for the timestamp
+/// option only; SACK blocks (4 + 8 per block) come out of the payload, as in Linux's
+/// `tcp_current_mss`. Without this a full-sized segment carrying SACK blocks is larger
+/// than the MTU, and a veth (or any NIC) drops it: a bidirectional transfer under loss
+/// then loses nearly every data segment.
+#[inline]
+fn seg_max(f: &FlowState) -> u32 {
+    let blocks = sack_block_count(f);
+    let opt = if blocks == 0 { 0 } else { 4 + 8 * blocks as u32 };
+    (f.mss as u32).saturating_sub(opt).max(1)
+}
+
 #[inline]
 fn bump(c: &AtomicU64, n: u64) {
     // Single writer: a plain load+store is enough and avoids a locked instruction.
@@ -824,8 +846,9 @@ impl<IO: PacketIo> FastPath<IO> {
         let end_off = start_off.saturating_add(len).min(f.tx_sent);
         let mut off = start_off;
         let mut n = 0;
+        let seg = seg_max(&f);
         while off < end_off {
-            let l = (end_off - off).min(f.mss as u32);
+            let l = (end_off - off).min(seg);
             let pos = f.tx_head.wrapping_add(off);
             if !self.emit(
                 idx,
@@ -901,7 +924,7 @@ impl<IO: PacketIo> FastPath<IO> {
             let f = *f;
             let cwnd = if f.cwnd == 0 { u32::MAX } else { f.cwnd };
             let room = f.snd_wnd.min(cwnd).saturating_sub(f.tx_sent);
-            let mut len = f.tx_avail.min(f.mss as u32).min(room);
+            let mut len = f.tx_avail.min(seg_max(&f)).min(room);
             // A zero-window probe goes out whatever the congestion window says.
             let probe = len == 0 && f.tx_avail > 0 && f.has(F_PROBE);
             if probe {
@@ -986,16 +1009,11 @@ impl<IO: PacketIo> FastPath<IO> {
             .and_then(|a| a.as_ref())
             .map(|a| &a.attach.mem);
         self.ident = self.ident.wrapping_add(1);
-        let sack = if f.has(F_SACK) && f.ooo_count > 0 {
-            let max = if f.has(F_TS) {
-                wire::SackBlocks::MAX_WITH_TIMESTAMPS
-            } else {
-                wire::SackBlocks::MAX
-            };
-            Some(self.ooo[idx as usize].sack_blocks(max))
-        } else {
-            None
-        };
+        // As many SACK blocks as fit beside `len` payload bytes within the MSS (callers
+        // size payloads with `seg_max`, so all fit unless the out-of-order set grew since).
+        let room = (f.mss as usize).saturating_sub(len);
+        let max = sack_block_count(&f).min(room.saturating_sub(4) / 8);
+        let sack = if max > 0 { Some(self.ooo[idx as usize].sack_blocks(max)) } else { None };
         let buf = self.io.tx_data(&t);
         match tx::build_segment(
             &f,

@@ -50,8 +50,11 @@ const KERNEL_PORT: u16 = 8;
 /// a 200 ms minimum RTO is slow under loss; a transfer that needs longer than this is a
 /// failure to report, not to wait for.
 const TASD_TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
-/// Bytes each way in the tasd tests.
-const TASD_BYTES: u64 = 200_000_000;
+/// Bytes each way in the tasd tests (the 200 MB; `TAS_IMPAIR_MB` overrides it for
+/// quicker local experiments).
+fn tasd_bytes() -> u64 {
+    std::env::var("TAS_IMPAIR_MB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(200_000_000, |mb| mb * 1_000_000)
+}
 /// How long `tasd` may take to create its app socket.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -283,7 +286,7 @@ fn tasd_tas_client_200mb_delay_5ms() {
     tasd_tas_client("delay 5ms", DELAY_5MS);
 }
 
-/// A kernel client in B streams [`TASD_BYTES`] through `tas-echo server` on tasd in A.
+/// A kernel client in B streams [`tasd_bytes`] through `tas-echo server` on tasd in A.
 /// These tests measure loss recovery, so tasd runs without congestion control
 /// (`unlimited`), as they did before it existed: with DCTCP, 1 % random loss drops a
 /// transfer to about 0.1 MB/s (docs/congestion.md, "Known limitations").
@@ -293,7 +296,7 @@ fn tasd_kernel_client(what: &str, impair: &[&str]) {
     bed.start_tasd_cc("unlimited");
     bed.start_tas_echo_server();
     let before = bed.kernel_tcp_counters_a();
-    let bytes = TASD_BYTES.to_string();
+    let bytes = tasd_bytes().to_string();
     let started = Instant::now();
     let out = bed.run_b_peer(
         "stream_client",
@@ -314,26 +317,27 @@ fn tasd_kernel_client(what: &str, impair: &[&str]) {
     );
     let elapsed = started.elapsed();
     let s = out.json_success();
-    assert_eq!(s["bytes_received"], TASD_BYTES, "{s}");
+    assert_eq!(s["bytes_received"], tasd_bytes(), "{s}");
     assert_eq!(s["sha256_sent"], s["sha256_received"], "{s}");
     bed.assert_kernel_a_did_no_tcp(&before);
     let fwd = bed.stop_forwarder();
     eprintln!(
-        "impair-result: tasd kernel-client->tas-echo-server 200MB {what}: {:.1} s ({:.1} MB/s each way)",
+        "impair-result: tasd kernel-client->tas-echo-server {} MB {what}: {:.1} s ({:.1} MB/s each way)",
+        tasd_bytes() / 1_000_000,
         elapsed.as_secs_f64(),
-        TASD_BYTES as f64 / elapsed.as_secs_f64() / 1e6
+        tasd_bytes() as f64 / elapsed.as_secs_f64() / 1e6
     );
     result(&format!("tasd kernel client, {what}"), &s, &fwd);
 }
 
-/// `tas-echo client` on tasd in A streams [`TASD_BYTES`] to a kernel echo server in B.
+/// `tas-echo client` on tasd in A streams [`tasd_bytes`] to a kernel echo server in B.
 fn tasd_tas_client(what: &str, impair: &[&str]) {
     let bed = Bed::up("tasd-tc");
     bed.start_forwarder(impair);
     bed.start_tasd_cc("unlimited");
     let server = bed.start_kernel_echo_server(&bed.ns_b.clone(), "kernel-echo-b", ECHO_PORT);
     let before = bed.kernel_tcp_counters_a();
-    let bytes = TASD_BYTES.to_string();
+    let bytes = tasd_bytes().to_string();
     let timeout = TASD_TRANSFER_TIMEOUT.as_secs().to_string();
     let started = Instant::now();
     let out = bed.run_a_tas_app(
@@ -355,7 +359,7 @@ fn tasd_tas_client(what: &str, impair: &[&str]) {
     out.assert_success();
     let closed = bed.wait_for_closed_connections(&server, 1, Duration::from_secs(30));
     assert_eq!(
-        closed[0]["bytes"], TASD_BYTES,
+        closed[0]["bytes"], tasd_bytes(),
         "kernel echo server saw: {closed:?}"
     );
     assert!(
@@ -371,9 +375,10 @@ fn tasd_tas_client(what: &str, impair: &[&str]) {
     bed.assert_kernel_a_did_no_tcp(&before);
     let fwd = bed.stop_forwarder();
     eprintln!(
-        "impair-result: tasd tas-echo-client->kernel-echo-server 200MB {what}: {:.1} s ({:.1} MB/s each way); {}",
+        "impair-result: tasd tas-echo-client->kernel-echo-server {} MB {what}: {:.1} s ({:.1} MB/s each way); {}",
+        tasd_bytes() / 1_000_000,
         elapsed.as_secs_f64(),
-        TASD_BYTES as f64 / elapsed.as_secs_f64() / 1e6,
+        tasd_bytes() as f64 / elapsed.as_secs_f64() / 1e6,
         out.stdout.trim()
     );
     result(&format!("tasd tas-echo client, {what}"), &Value::Null, &fwd);

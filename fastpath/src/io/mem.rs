@@ -78,6 +78,9 @@ pub struct DirStats {
     pub ce_marked: u64,
     /// Frames dropped because the bottleneck buffer was full.
     pub queue_drops: u64,
+    /// Frames dropped because they were longer than [`MAX_FRAME`] (a 1500-byte MTU), as a
+    /// veth or NIC drops them.
+    pub oversize: u64,
 }
 
 /// Bucket width of the bottleneck queue-length histogram, bytes.
@@ -407,11 +410,17 @@ impl PacketIo for MemPort {
         let now = self.clock.now();
         let mut sh = self.shared.lock().expect("link lock");
         let Shared { dirs, pool } = &mut *sh;
+        self.tx_free.push(f.addr as u32);
+        let dir = &mut dirs[1 - self.rx_dir];
+        if len > MAX_FRAME {
+            dir.stats.sent += 1;
+            dir.stats.oversize += 1;
+            return;
+        }
         let mut buf = pool.pop().unwrap_or_else(|| Vec::with_capacity(MAX_FRAME));
         buf.clear();
         buf.extend_from_slice(&self.tx_slots[f.addr as usize][..len]);
-        dirs[1 - self.rx_dir].enqueue(now, buf, pool);
-        self.tx_free.push(f.addr as u32);
+        dir.enqueue(now, buf, pool);
     }
 
     fn tx_abort(&mut self, f: TxFrame) {
