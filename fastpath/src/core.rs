@@ -924,11 +924,22 @@ impl<IO: PacketIo> FastPath<IO> {
             let f = *f;
             let cwnd = if f.cwnd == 0 { u32::MAX } else { f.cwnd };
             let room = f.snd_wnd.min(cwnd).saturating_sub(f.tx_sent);
-            let mut len = f.tx_avail.min(seg_max(&f)).min(room);
-            // A zero-window probe goes out whatever the congestion window says.
-            let probe = len == 0 && f.tx_avail > 0 && f.has(F_PROBE);
-            if probe {
-                len = 1;
+            let len = f.tx_avail.min(seg_max(&f)).min(room);
+            if len == 0 && f.tx_avail > 0 && f.has(F_PROBE) {
+                // Zero-window probe (persist timer), sent whatever the congestion window
+                // says. Like Linux (`tcp_xmit_probe_skb`) it carries no new data and
+                // SEG.SEQ = SND.UNA - 1: an unacceptable segment the peer must answer with
+                // an ACK showing its window. A probe byte of new data (RFC 9293 3.8.6.1
+                // allows one) would move SND.NXT beyond the closed window, and Linux 6.x
+                // drops a segment ending beyond its window while it holds unread data,
+                // ACK field and all (`tcp_sequence`): every later ACK of ours would then be
+                // dropped too, so a peer waiting for our ACKs to free its own send buffer
+                // (echo traffic) never reopens: a deadlock seen over veth.
+                if !self.emit(idx, TcpFlags::ACK, f.snd_una.wrapping_sub(1), f.tx_head, 0, false) {
+                    break Turn::NoFrames(n);
+                }
+                self.flows.get_mut(idx).expect("checked").flags &= !(F_ACK_PENDING | F_PROBE);
+                break Turn::Done(n + 1);
             }
             let fin_now = f.has(F_TX_FIN_PENDING) && !f.has(F_TX_FIN_SENT) && len == f.tx_avail;
             if len == 0 && !fin_now {
@@ -975,7 +986,7 @@ impl<IO: PacketIo> FastPath<IO> {
             bump(&self.counters.tx_segments, 1);
             bump(&self.counters.tx_payload_bytes, len as u64);
             n += 1;
-            if probe || fin_now {
+            if fin_now {
                 break Turn::Done(n);
             }
         };
@@ -1125,7 +1136,10 @@ impl<IO: PacketIo> FastPath<IO> {
                 }
                 continue;
             }
-            let gave_up = f.rto_backoff >= self.cfg.max_retries;
+            // A peer that answered the last zero-window probe is alive: probing goes on
+            // (at the backed-off interval) for as long as its window stays closed.
+            let answered = zero_window && f.heard_us.wrapping_sub(f.progress_us) as i32 >= 0;
+            let gave_up = f.rto_backoff >= self.cfg.max_retries && !answered;
             let fm = self.flows.get_mut(idx).expect("checked");
             fm.rto_backoff = fm.rto_backoff.saturating_add(1);
             fm.progress_us = self.now_us;

@@ -168,9 +168,10 @@ pub fn on_segment(
             }
         }
     }
-    if f.tx_sent == 0 && !f.has(F_TX_FIN_SENT) {
+    if f.tx_sent == 0 && !f.has(F_TX_FIN_SENT) && !(f.snd_wnd == 0 && f.tx_avail > 0) {
         // Nothing outstanding: the backoff counter counts keepalive probes, and the peer
-        // just answered.
+        // just answered. (While the peer's window is closed it counts zero-window probes,
+        // whose interval keeps doubling until the window opens, as in Linux.)
         f.rto_backoff = 0;
     }
 
@@ -283,6 +284,10 @@ pub fn on_segment(
         }
         if wnd > f.snd_wnd && f.tx_avail > 0 {
             v |= V_TX;
+        }
+        if f.snd_wnd == 0 && wnd > 0 && f.tx_sent == 0 {
+            // The window opened: zero-window probing is over.
+            f.rto_backoff = 0;
         }
         f.snd_wnd = wnd;
     }

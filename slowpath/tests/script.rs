@@ -519,10 +519,10 @@ fn zero_window_is_probed_and_sending_resumes_when_it_opens() {
     s.send(301.0, ". 1:1(0) ack 2001 win 0 <nop,nop,TS val 104 ecr *>");
     s.write(302.0, 500);
     // Closed again at 301 ms: the first probe when the zero window has lasted an RTO
-    // (RFC 9293 3.8.6.1), one byte of new data. The peer, its window still closed,
-    // does not take it.
+    // (RFC 9293 3.8.6.1). Like Linux's, it carries no new data and SEG.SEQ = SND.UNA - 1,
+    // so it never reaches beyond the closed window; the peer answers with an ACK.
     s.quiet_until(501.0);
-    s.expect(501.0, ". 2001:2002(1) ack 1 win 32768 <nop,nop,TS val * ecr *>");
+    s.expect(501.0, ". 2000:2000(0) ack 1 win 32768 <nop,nop,TS val * ecr *>");
     s.send(501.5, ". 1:1(0) ack 2001 win 0 <nop,nop,TS val 105 ecr *>");
     s.done(700.0);
 }
@@ -533,17 +533,39 @@ fn zero_window_probe_interval_doubles() {
     // Each probe's timer starts when the previous probe left, which the core's timer
     // scan (a given flow every 200 µs here) delays by up to 200 µs: 401.15 + 400, then
     // + 800 (the exact phase varies by a scan step).
-    for (probe, reply) in [(401.0, 401.5), (801.15, 801.5), (1601.25, 1601.8)] {
-        s.expect(probe, ". 1001:1002(1) ack 1 win 32768 <nop,nop,TS val * ecr *>");
+    for (probe, reply) in [(401.0, 401.5), (801.15, 801.5), (1601.15, 1601.8)] {
+        s.expect(probe, ". 1000:1000(0) ack 1 win 32768 <nop,nop,TS val * ecr *>");
         s.send(reply, ". 1:1(0) ack 1001 win 0 <nop,nop,TS val 103 ecr *>");
     }
     s.quiet_until(3000.0);
 }
 
+/// A peer that answers every probe but keeps its window closed for longer than the
+/// retransmission limit (15 timeouts: about 12 minutes with the 200 ms RTO doubling up
+/// to 120 s) is alive: the connection keeps probing and resumes when the window opens.
+/// Until 2026-11-22 the probe counted as an unacknowledged retransmission and the
+/// connection gave up.
 #[test]
-fn window_reopening_resends_the_discarded_probe_byte() {
+fn zero_window_probing_never_gives_up_on_a_peer_that_answers() {
     let mut s = zero_window();
-    s.expect(401.0, ". 1001:1002(1) ack 1 win 32768 <nop,nop,TS val * ecr *>");
+    let mut t = 401.0;
+    let mut n = 0;
+    while t < 1_000_000.0 {
+        let probe = s.expect_at_least(t, ". 1000:1000(0) ack 1 win 32768 <nop,nop,TS val * ecr *>");
+        s.send(probe + 0.5, ". 1:1(0) ack 1001 win 0 <nop,nop,TS val 103 ecr *>");
+        t = probe + 1.0;
+        n += 1;
+    }
+    assert!(n >= 16, "{n} probes in 1000 s");
+    assert_eq!(s.state(t), ConnState::Established);
+    s.send(t, ". 1:1(0) ack 1001 win 512 <nop,nop,TS val 104 ecr *>");
+    s.expect(t, "P. 1001:2001(1000) ack 1 win 32768 <nop,nop,TS val * ecr *>");
+}
+
+#[test]
+fn window_reopening_after_a_probe_sends_at_once() {
+    let mut s = zero_window();
+    s.expect(401.0, ". 1000:1000(0) ack 1 win 32768 <nop,nop,TS val * ecr *>");
     s.send(401.5, ". 1:1(0) ack 1001 win 0 <nop,nop,TS val 103 ecr *>");
     // The window opens, SND.UNA is still 1001: everything from there goes out now.
     s.send(500.0, ". 1:1(0) ack 1001 win 512 <nop,nop,TS val 104 ecr *>");

@@ -563,6 +563,26 @@ impl Script {
         }
     }
 
+    /// Expect the next segment from the stack no earlier than `at_ms` and within the
+    /// longest retransmission interval (120 s) after it; returns when it came, in ms.
+    /// For timer sequences whose exact times are another test's business.
+    #[track_caller]
+    pub fn expect_at_least(&mut self, at_ms: f64, seg: &str) -> f64 {
+        let spec = text::parse(seg);
+        let deadline = ms(at_ms) + Duration::from_secs(121);
+        let c = self.next_frame(deadline).unwrap_or_else(|| {
+            panic!("expected after {at_ms} ms: {seg}\nobserved: nothing within 121 s\n{}", self.transcript())
+        });
+        let Out::Tcp { repr, payload, .. } = &c.out else {
+            panic!("expected after {at_ms} ms: {seg}\nobserved at {} ms: {}\n{}", fmt_ms(c.at), self.describe(&c.out), self.transcript());
+        };
+        assert!(c.at >= ms(at_ms), "expected after {at_ms} ms: {seg}\nobserved earlier, at {} ms", fmt_ms(c.at));
+        if let Err(why) = self.check(&spec, repr, payload) {
+            panic!("expected after {at_ms} ms: {seg}\nobserved at {} ms: {}\nmismatch: {why}\n{}", fmt_ms(c.at), self.fmt_out(repr), self.transcript());
+        }
+        c.at.as_nanos() as f64 / 1e6
+    }
+
     fn check(&self, spec: &SegSpec, r: &TcpRepr, payload: &[u8]) -> Result<(), String> {
         if (r.src_port, r.dst_port) != (self.local_port, self.peer_port) {
             return Err(format!("ports {} > {}, expected {} > {}", r.src_port, r.dst_port, self.local_port, self.peer_port));
