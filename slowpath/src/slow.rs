@@ -30,7 +30,7 @@ use crate::cc::{Algorithm, CcInfo, CcParams, CcState, Limits};
 use crate::frames;
 
 mod ops;
-pub use ops::{AppDetail, CloseFlowError, ConnEvent, EventKind, ListenerInfo};
+pub use ops::{AppDetail, CloseFlowError, ConnEvent, CoreQueues, EventKind, ListenerInfo};
 
 /// Settings of the slow path.
 #[derive(Debug, Clone)]
@@ -176,8 +176,9 @@ struct App {
     pid: u32,
     uid: u32,
     slot: u16,
-    /// Keeps the region mapped while the slow path holds queue endpoints into it.
-    _mem: AppMem,
+    /// Keeps the region mapped while the slow path holds queue endpoints into it; also read
+    /// (never written) to report the fill of the fast path's queues in it.
+    mem: AppMem,
     sp_q: ShmQueue,
     req_q: ShmQueue,
     wake: Option<Arc<OwnedFd>>,
@@ -701,7 +702,7 @@ impl SlowPath {
                 pid,
                 uid,
                 slot: slot as u16,
-                _mem: mem,
+                mem,
                 sp_q,
                 req_q,
                 wake,
