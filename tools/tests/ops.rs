@@ -988,7 +988,11 @@ fn tasctl_apps_shows_exact_queue_fill() {
     assert_eq!(before["algorithm"], "dctcp-window", "{before}");
     let out = bed.tasctl(&["cc", "set", "timely"]).ok().stdout;
     assert_eq!(out.trim(), "congestion control: timely");
-    assert_eq!(bed.tasctl(&["cc", "get", "--json"]).json()["algorithm"], "timely");
+    let now = bed.tasctl(&["cc", "get", "--json"]).json();
+    assert_eq!(now["algorithm"], "timely");
+    // --json on a change too: the new configuration, as `cc get --json` prints it.
+    let set = bed.tasctl(&["cc", "set", "timely", "--json"]).json();
+    assert_eq!(set, now);
     for f in flows.as_array().unwrap() {
         let id = f["id"].to_string();
         let cc = bed.tasctl(&["cc", "get", "--flow", &id, "--json"]).json();
