@@ -11,6 +11,7 @@ use common::*;
 use libtas::{ConnState, Error};
 use tas_fastpath::flow::FlowKey;
 use tas_fastpath::io::mem::Impairments;
+use tas_proto::queue::Occupancy;
 use tas_slowpath::slow::{CloseFlowError, ConnEvent, EventKind};
 
 /// An echo server that, unlike `common::Echo`, takes an aborted connection in its stride
@@ -122,6 +123,40 @@ fn app_queue_fill_is_exact() {
     // ... and the service takes them.
     w.a.poll();
     assert_eq!(app(&w), (0, 0, 0, 0));
+}
+
+/// Queue indices an application scribbled are reported clamped to the capacity and flagged,
+/// never trusted, and reading them disturbs nothing: the service goes on and counts the
+/// corrupt doorbell queue when its core meets it.
+#[test]
+fn hostile_queue_indices_are_clamped_and_flagged() {
+    let mut w = World::new(Impairments::default(), 12);
+    let region = w.a.attach_local_as("hostile", 0);
+    let (l, mem) = (layout(), region.mem());
+    let cap = l.queue_entries;
+    // QueueHeader: head on the first cache line, tail on the second.
+    let (head, tail) = (0u64, 64u64);
+    // As the consumer of its event queues: a tail ahead of the head.
+    assert!(mem.write(l.to_app_offset(0) as u64 + tail, &5u32.to_ne_bytes()));
+    // (u32::MAX would be honest: one behind a head of 0, free-running counters wrap)
+    assert!(mem.write(l.sp_queue_offset() as u64 + tail, &(1u32 << 31).to_ne_bytes()));
+    // As the producer of its doorbell queue: a head more than a capacity ahead.
+    assert!(mem.write(l.to_fp_offset(0) as u64 + head, &(cap + 1).to_ne_bytes()));
+    let a = w.a.slow.app_details().remove(0);
+    let bad = Occupancy { used: cap, capacity: cap, corrupt: true };
+    assert_eq!((a.event_queue, a.core_queues[0].to_app, a.core_queues[0].to_fp), (bad, bad, bad));
+    assert_eq!(a.request_queue, Occupancy { used: 0, capacity: cap, corrupt: false });
+    let corrupt = |w: &World| {
+        w.a.slow.all_counters().into_iter().find(|(n, _, core)| n == "corrupt_queues" && *core == 0).map(|c| c.1)
+    };
+    assert_eq!(corrupt(&w), Some(0));
+    for _ in 0..100 {
+        w.step(&mut []);
+    }
+    assert_eq!(corrupt(&w), Some(1), "core 0 met the corrupt doorbell queue and counted it");
+    // Still reported the same way (the service wrote nothing to fix it up).
+    let a = w.a.slow.app_details().remove(0);
+    assert_eq!((a.event_queue, a.core_queues[0].to_app, a.core_queues[0].to_fp), (bad, bad, bad));
 }
 
 #[test]
