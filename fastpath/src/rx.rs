@@ -83,8 +83,10 @@ pub struct RxCounters {
 /// Duplicate ACKs that trigger a fast retransmit (RFC 5681).
 pub const DUPACK_THRESHOLD: u8 = 3;
 
+/// `a` comes before `b` in sequence space (RFC 9293 3.4: modulo 2^32, within half the
+/// space), for sequence numbers, acknowledgments and timestamps alike.
 #[inline]
-pub(crate) fn seq_lt(a: u32, b: u32) -> bool {
+pub fn seq_lt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 

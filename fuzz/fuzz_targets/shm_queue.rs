@@ -1,6 +1,7 @@
 //! The shared-memory descriptor queue against a peer that writes anything into the shared
 //! words: our endpoint never touches memory outside the queue (AddressSanitizer watches the
-//! allocation), never panics, and never claims more free entries than the capacity. While
+//! allocation), never panics, and never claims more free entries than the capacity, nor a
+//! fill above it (`occupancy`). While
 //! the peer behaves (pops in order and publishes its true tail; pushes and publishes its true
 //! head), descriptors cross in FIFO order, none lost, none invented.
 //!
@@ -15,7 +16,7 @@ use std::ptr::NonNull;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use tas_proto::queue::ShmQueue;
+use tas_proto::queue::{Occupancy, ShmQueue};
 use tas_proto::shm::{queue_bytes, Desc, QueueHeader};
 
 const ENTRIES: u32 = 16;
@@ -199,5 +200,21 @@ fuzz_target!(|actions: Vec<Action>| {
             }
         }
         assert!(producer.capacity() == ENTRIES && consumer.capacity() == ENTRIES);
+        // The exact fill, read from either endpoint: never above the capacity, whatever the
+        // peer wrote (an impossible pair reads as full and flagged); with an honest peer,
+        // `to_app` holds exactly what we published and the peer has not consumed.
+        for q in [&producer, &consumer] {
+            let o = q.occupancy();
+            assert!(o.used <= ENTRIES && o.capacity == ENTRIES, "{o:?}");
+            assert!(!o.corrupt || o.used == ENTRIES, "{o:?}");
+        }
+        if honest {
+            assert_eq!(
+                producer.occupancy(),
+                Occupancy { used: published as u32, capacity: ENTRIES, corrupt: false },
+                "to_app's fill vs. published and not consumed"
+            );
+            assert!(!consumer.occupancy().corrupt, "an honest peer's to_fp reads corrupt");
+        }
     }
 });

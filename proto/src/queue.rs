@@ -17,6 +17,33 @@ use crate::shm::{Desc, QueueHeader};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Corrupt;
 
+/// A queue's fill as both sides published it (see [`ShmQueue::occupancy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Descriptors published by the producer and not yet released by the consumer,
+    /// clamped to `capacity`.
+    pub used: u32,
+    /// Capacity in descriptors.
+    pub capacity: u32,
+    /// The published indices are impossible (`head - tail` beyond the capacity, e.g. a
+    /// tail ahead of the head): `used` shows `capacity` and the queue is not to be trusted.
+    pub corrupt: bool,
+}
+
+impl Occupancy {
+    /// The fill of a queue of `capacity` entries whose producer published `head` and whose
+    /// consumer published `tail` (free-running counters, so wrap-around is the normal case).
+    /// Never panics, whatever the values: an impossible pair is clamped and flagged.
+    pub fn from_indices(head: u32, tail: u32, capacity: u32) -> Occupancy {
+        let used = head.wrapping_sub(tail);
+        if used > capacity {
+            Occupancy { used: capacity, capacity, corrupt: true }
+        } else {
+            Occupancy { used, capacity, corrupt: false }
+        }
+    }
+}
+
 /// One endpoint (producer or consumer, by use) of a queue in a shared region.
 #[derive(Debug)]
 pub struct ShmQueue {
@@ -42,7 +69,9 @@ impl ShmQueue {
     /// `base` must point to `crate::shm::queue_bytes(entries)` bytes of readable and
     /// writable memory, 64-byte aligned, that stays mapped for the life of the returned
     /// value; `entries` must be a power of two. At most one producer and one consumer
-    /// endpoint may exist for one queue.
+    /// endpoint may exist for one queue; any number of further handles may exist if they
+    /// call nothing but [`ShmQueue::occupancy`] and [`ShmQueue::capacity`] (onlookers, such
+    /// as the slow path reporting the fast path's queues).
     pub unsafe fn from_raw(base: NonNull<u8>, entries: u32) -> Self {
         debug_assert!(entries.is_power_of_two());
         debug_assert_eq!(base.as_ptr() as usize % 64, 0);
@@ -86,6 +115,39 @@ impl ShmQueue {
     /// Capacity in descriptors.
     pub fn capacity(&self) -> u32 {
         self.mask + 1
+    }
+
+    /// The exact fill, from either side or from an onlooker: published head minus published
+    /// tail, both read from the shared header (Acquire loads, nothing written, so neither the
+    /// producer nor the consumer is disturbed and neither endpoint's cached view changes).
+    /// Entries pushed but not yet published are not counted; entries popped but not yet
+    /// released are (the consumer still owns their slots).
+    ///
+    /// The two indices move independently, so one pair of loads may straddle a change. The
+    /// tail is read before and after the head; when both reads agree, the pair was the
+    /// queue's state at the moment the head was read. A queue so busy that the tail never
+    /// holds still for five tries is reported from the last head and the *later* tail, which
+    /// can undercount by what moved meanwhile but is never flagged corrupt for it.
+    pub fn occupancy(&self) -> Occupancy {
+        let cap = self.capacity();
+        let mut tail = self.tail().load(Ordering::Acquire);
+        for _ in 0..4 {
+            let head = self.head().load(Ordering::Acquire);
+            let again = self.tail().load(Ordering::Acquire);
+            if again == tail {
+                return Occupancy::from_indices(head, tail, cap);
+            }
+            tail = again;
+        }
+        let head = self.head().load(Ordering::Acquire);
+        let later = self.tail().load(Ordering::Acquire);
+        if later == tail {
+            return Occupancy::from_indices(head, tail, cap);
+        }
+        // Moving: head(t1) - tail(t2) with t2 > t1 is at most the true fill at t1; if the
+        // tail overtook that head the consumer has taken everything we saw.
+        let used = head.wrapping_sub(later);
+        Occupancy { used: if used > cap { 0 } else { used }, capacity: cap, corrupt: false }
     }
 
     // ---- producer side ------------------------------------------------------------------
@@ -257,6 +319,72 @@ mod tests {
             assert!(p.push(Desc::default()));
         }
         assert_eq!(p.ensure_free(1), Ok(false));
+    }
+
+    #[test]
+    fn occupancy_from_indices_wraps_and_clamps() {
+        let o = |h, t| Occupancy::from_indices(h, t, 16);
+        assert_eq!(o(0, 0), Occupancy { used: 0, capacity: 16, corrupt: false });
+        assert_eq!(o(16, 0), Occupancy { used: 16, capacity: 16, corrupt: false });
+        assert_eq!(o(5, 2), Occupancy { used: 3, capacity: 16, corrupt: false });
+        // Free-running counters across 2^32: head wrapped, tail not yet.
+        assert_eq!(o(3, u32::MAX - 4), Occupancy { used: 8, capacity: 16, corrupt: false });
+        assert_eq!(o(u32::MAX, u32::MAX), Occupancy { used: 0, capacity: 16, corrupt: false });
+        // Hostile: a tail beyond the head, a head far beyond the tail.
+        assert_eq!(o(10, 11), Occupancy { used: 16, capacity: 16, corrupt: true });
+        assert_eq!(o(0, u32::MAX / 2), Occupancy { used: 16, capacity: 16, corrupt: true });
+        assert_eq!(o(17, 0), Occupancy { used: 16, capacity: 16, corrupt: true });
+        assert_eq!(o(u32::MAX, 0), Occupancy { used: 16, capacity: 16, corrupt: true });
+    }
+
+    #[test]
+    fn occupancy_is_exact_and_disturbs_nobody() {
+        let mut mem = Mem([0; 4096]);
+        let (mut p, mut c) = pair(&mut mem, 16);
+        let base = NonNull::new(mem.0.as_mut_ptr()).unwrap();
+        // SAFETY: the onlooker only calls occupancy() (from_raw's contract).
+        let look = unsafe { ShmQueue::from_raw(base, 16) };
+        let fill = |q: &ShmQueue| (q.occupancy().used, q.occupancy().corrupt);
+        // Start the counters near 2^32 so the test crosses the wrap.
+        p.head().store(u32::MAX - 6, Ordering::Relaxed);
+        p.tail().store(u32::MAX - 6, Ordering::Relaxed);
+        p.resume_as_producer();
+        c.local = u32::MAX - 6;
+        c.seen = u32::MAX - 6;
+        for i in 0..5 {
+            assert!(p.push(Desc { conn: i, ..Desc::default() }));
+        }
+        assert_eq!(fill(&look), (0, false), "unpublished entries are not counted");
+        p.publish();
+        assert_eq!(fill(&look), (5, false));
+        assert_eq!(fill(&p), (5, false));
+        assert_eq!(fill(&c), (5, false));
+        // Popped but not released: still the consumer's, still counted.
+        for _ in 0..3 {
+            c.pop().unwrap().unwrap();
+        }
+        assert_eq!(fill(&look), (5, false));
+        c.release();
+        assert_eq!(fill(&look), (2, false));
+        assert_eq!(fill(&p), (2, false));
+        // free() answers from the producer's cached tail (refreshed only when the queue looks
+        // full), which still counts the 3 released entries; occupancy() did not refresh it.
+        assert_eq!(p.free(), Ok(11));
+        for i in 0..12 {
+            assert!(p.push(Desc { conn: 10 + i, ..Desc::default() }));
+        }
+        p.publish();
+        assert_eq!(fill(&look), (14, false), "crossed 2^32 exactly");
+        while c.pop().unwrap().is_some() {}
+        c.release();
+        assert_eq!(fill(&look), (0, false));
+        assert_eq!(c.pop(), Ok(None));
+        assert!(p.push(Desc::default()), "producer still works after being looked at");
+        // A hostile consumer publishes a tail beyond the head: clamped and flagged.
+        p.tail().store(p.head().load(Ordering::Relaxed).wrapping_add(3), Ordering::Release);
+        assert_eq!(look.occupancy(), Occupancy { used: 16, capacity: 16, corrupt: true });
+        p.tail().store(p.head().load(Ordering::Relaxed).wrapping_sub(1000), Ordering::Release);
+        assert_eq!(look.occupancy(), Occupancy { used: 16, capacity: 16, corrupt: true });
     }
 
     #[test]

@@ -460,9 +460,24 @@ impl Control for ControlService {
                     connections: a.conns,
                     listeners: a.listen_ports.len() as u32,
                     contexts: a.contexts,
-                    event_queue_used: a.event_queue_used,
-                    event_queue_capacity: a.event_queue_capacity,
+                    event_queue_used: a.event_queue.used,
+                    event_queue_capacity: a.event_queue.capacity,
                     listen_ports: a.listen_ports.into_iter().map(u32::from).collect(),
+                    request_queue_used: a.request_queue.used,
+                    request_queue_capacity: a.request_queue.capacity,
+                    core_queues: a
+                        .core_queues
+                        .iter()
+                        .map(|q| CoreQueues {
+                            core: q.core,
+                            to_fp_used: q.to_fp.used,
+                            to_fp_capacity: q.to_fp.capacity,
+                            to_app_used: q.to_app.used,
+                            to_app_capacity: q.to_app.capacity,
+                            corrupt: q.to_fp.corrupt || q.to_app.corrupt,
+                        })
+                        .collect(),
+                    slow_queues_corrupt: a.event_queue.corrupt || a.request_queue.corrupt,
                 })
                 .collect(),
         }))

@@ -35,10 +35,8 @@ fn windows(srtt_us: u32) -> (u64, u64) {
     (reo_wnd, (2 * srtt_us as u64 + reo_wnd).max(MIN_REXMIT_US))
 }
 
-#[inline]
-fn lt(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) < 0
-}
+// Sequence-space "before": the fast path's comparison, so both sides agree.
+use tas_fastpath::rx::seq_lt as lt;
 
 /// A hole we know of: first seen as a loss candidate at `since`, last retransmitted at
 /// `sent` (if ever), `tries` times.

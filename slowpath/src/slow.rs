@@ -30,7 +30,7 @@ use crate::cc::{Algorithm, CcInfo, CcParams, CcState, Limits};
 use crate::frames;
 
 mod ops;
-pub use ops::{AppDetail, CloseFlowError, ConnEvent, EventKind, ListenerInfo};
+pub use ops::{AppDetail, CloseFlowError, ConnEvent, CoreQueues, EventKind, ListenerInfo};
 
 /// Settings of the slow path.
 #[derive(Debug, Clone)]
@@ -176,8 +176,9 @@ struct App {
     pid: u32,
     uid: u32,
     slot: u16,
-    /// Keeps the region mapped while the slow path holds queue endpoints into it.
-    _mem: AppMem,
+    /// Keeps the region mapped while the slow path holds queue endpoints into it; also read
+    /// (never written) to report the fill of the fast path's queues in it.
+    mem: AppMem,
     sp_q: ShmQueue,
     req_q: ShmQueue,
     wake: Option<Arc<OwnedFd>>,
@@ -701,7 +702,7 @@ impl SlowPath {
                 pid,
                 uid,
                 slot: slot as u16,
-                _mem: mem,
+                mem,
                 sp_q,
                 req_q,
                 wake,
@@ -898,25 +899,9 @@ impl SlowPath {
             if !joinable {
                 return Err(ErrorCode::AddrInUse);
             }
-            let id = self.next_listener;
-            self.next_listener += 1;
-            let backlog = backlog.clamp(1, self.cfg.max_backlog);
-            self.listeners.insert(id, Listener {
-                port,
-                app,
-                backlog,
-                syn_rcvd: 0,
-                unaccepted: 0,
-                shared,
-                accepting: !on_demand,
-                joined: true,
-                assigned: false,
-            });
+            let id = self.add_listener(app, port, backlog, shared, on_demand, true);
             self.port_groups.entry(port).or_insert_with(|| vec![rep]).push(id);
-            if let Some(a) = self.apps.get_mut(&app) {
-                a.listeners.push(id);
-            }
-            tracing::debug!(app, port, backlog, listener = id, "joined a shared port");
+            tracing::debug!(app, port, backlog = self.listeners[&id].backlog, listener = id, "joined a shared port");
             return Ok(id);
         }
         if self.port_refs.contains_key(&port) {
@@ -926,6 +911,16 @@ impl SlowPath {
             tracing::error!(port, error = %e, "cannot claim port in the XDP map");
             ErrorCode::NoResources
         })?;
+        let id = self.add_listener(app, port, backlog, shared, on_demand, false);
+        self.listener_by_port.insert(port, id);
+        tracing::debug!(app, port, backlog = self.listeners[&id].backlog, shared, listener = id, "listening");
+        Ok(id)
+    }
+
+    /// A new listener of `app` on `port` (a founder, or a member `joined` to a reuse-port
+    /// group), with the backlog clamped to the configured maximum; recorded in the
+    /// application's listeners. The caller records it under its port.
+    fn add_listener(&mut self, app: u32, port: u16, backlog: u32, shared: bool, on_demand: bool, joined: bool) -> u32 {
         let id = self.next_listener;
         self.next_listener += 1;
         let backlog = backlog.clamp(1, self.cfg.max_backlog);
@@ -937,15 +932,13 @@ impl SlowPath {
             unaccepted: 0,
             shared,
             accepting: !on_demand,
-            joined: false,
+            joined,
             assigned: false,
         });
-        self.listener_by_port.insert(port, id);
         if let Some(a) = self.apps.get_mut(&app) {
             a.listeners.push(id);
         }
-        tracing::debug!(app, port, backlog, shared, listener = id, "listening");
-        Ok(id)
+        id
     }
 
     /// The listener a new connection to `port` goes to. In a reuse-port group: round

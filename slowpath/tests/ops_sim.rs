@@ -11,6 +11,7 @@ use common::*;
 use libtas::{ConnState, Error};
 use tas_fastpath::flow::FlowKey;
 use tas_fastpath::io::mem::Impairments;
+use tas_proto::queue::Occupancy;
 use tas_slowpath::slow::{CloseFlowError, ConnEvent, EventKind};
 
 /// An echo server that, unlike `common::Echo`, takes an aborted connection in its stride
@@ -52,6 +53,110 @@ impl Echo {
 
 fn drain(rx: &crossbeam_channel::Receiver<ConnEvent>) -> Vec<ConnEvent> {
     rx.try_iter().collect()
+}
+
+/// The fill the control API reports for each of an application's queues is exact, in
+/// both directions: what one side published and the other has not taken yet, then 0.
+#[test]
+fn app_queue_fill_is_exact() {
+    let mut w = World::new(Impairments::default(), 11);
+    let mut server = context(&mut w.a, IP_A, "lazy");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let app = |w: &World| {
+        let mut apps = w.a.slow.app_details();
+        assert_eq!(apps.len(), 1);
+        let a = apps.remove(0);
+        assert_eq!(a.core_queues.len(), 1);
+        let q = a.core_queues[0];
+        assert!(!a.event_queue.corrupt && !a.request_queue.corrupt && !q.to_fp.corrupt && !q.to_app.corrupt);
+        let cap = layout().queue_entries;
+        assert_eq!([a.event_queue.capacity, a.request_queue.capacity, q.to_fp.capacity, q.to_app.capacity], [cap; 4]);
+        // (events to the app, requests from it, doorbells to core 0, events from core 0)
+        (a.event_queue.used, a.request_queue.used, q.to_fp.used, q.to_app.used)
+    };
+    assert_eq!(app(&w), (0, 0, 0, 0));
+
+    // A listen request the slow path has not taken yet.
+    let tok = server.listen_start(9, 16).unwrap();
+    assert_eq!(app(&w), (0, 1, 0, 0));
+    let l = loop {
+        w.step(&mut [&mut server, &mut client]);
+        if let Some(l) = server.listen_result(tok).unwrap() {
+            break l;
+        }
+    };
+    assert_eq!(app(&w), (0, 0, 0, 0));
+
+    // Three connections the server does not look at: three Accepted events wait.
+    let conns: Vec<_> = (0..3).map(|_| client.connect_start(SocketAddrV4::new(IP_A, 9)).unwrap()).collect();
+    let mut guard = 0;
+    while conns.iter().any(|&c| client.state(c) == ConnState::Connecting) {
+        w.step(&mut [&mut client]);
+        guard += 1;
+        assert!(guard < 100_000);
+    }
+    // (the client is established before the server has the last ACK of the handshake)
+    for _ in 0..50 {
+        w.step(&mut [&mut client]);
+    }
+    assert_eq!(app(&w), (3, 0, 0, 0));
+
+    // Five segments on one of them, each in its own fast-path batch: five data events wait.
+    for i in 0..5u8 {
+        assert_eq!(client.send(conns[0], &[i; 100]), Ok(100));
+        for _ in 0..50 {
+            w.step(&mut [&mut client]);
+        }
+    }
+    assert_eq!(app(&w), (3, 0, 0, 5));
+
+    // The server takes its events (one poll releases both queues) ...
+    server.poll();
+    assert_eq!(app(&w), (0, 0, 0, 0));
+    // ... accepts (one request: the backlog credit for the slow path), reads and answers
+    // (two doorbells: rx consumed, tx added, for core 0) ...
+    let c = server.accept(l).unwrap().expect("accepted");
+    let mut buf = [0u8; 1000];
+    assert_eq!(server.recv(c, &mut buf), Ok(500));
+    assert_eq!(server.send(c, b"ok"), Ok(2));
+    assert_eq!(app(&w), (0, 1, 2, 0));
+    // ... and the service takes them.
+    w.a.poll();
+    assert_eq!(app(&w), (0, 0, 0, 0));
+}
+
+/// Queue indices an application scribbled are reported clamped to the capacity and flagged,
+/// never trusted, and reading them disturbs nothing: the service goes on and counts the
+/// corrupt doorbell queue when its core meets it.
+#[test]
+fn hostile_queue_indices_are_clamped_and_flagged() {
+    let mut w = World::new(Impairments::default(), 12);
+    let region = w.a.attach_local_as("hostile", 0);
+    let (l, mem) = (layout(), region.mem());
+    let cap = l.queue_entries;
+    // QueueHeader: head on the first cache line, tail on the second.
+    let (head, tail) = (0u64, 64u64);
+    // As the consumer of its event queues: a tail ahead of the head.
+    assert!(mem.write(l.to_app_offset(0) as u64 + tail, &5u32.to_ne_bytes()));
+    // (u32::MAX would be honest: one behind a head of 0, free-running counters wrap)
+    assert!(mem.write(l.sp_queue_offset() as u64 + tail, &(1u32 << 31).to_ne_bytes()));
+    // As the producer of its doorbell queue: a head more than a capacity ahead.
+    assert!(mem.write(l.to_fp_offset(0) as u64 + head, &(cap + 1).to_ne_bytes()));
+    let a = w.a.slow.app_details().remove(0);
+    let bad = Occupancy { used: cap, capacity: cap, corrupt: true };
+    assert_eq!((a.event_queue, a.core_queues[0].to_app, a.core_queues[0].to_fp), (bad, bad, bad));
+    assert_eq!(a.request_queue, Occupancy { used: 0, capacity: cap, corrupt: false });
+    let corrupt = |w: &World| {
+        w.a.slow.all_counters().into_iter().find(|(n, _, core)| n == "corrupt_queues" && *core == 0).map(|c| c.1)
+    };
+    assert_eq!(corrupt(&w), Some(0));
+    for _ in 0..100 {
+        w.step(&mut []);
+    }
+    assert_eq!(corrupt(&w), Some(1), "core 0 met the corrupt doorbell queue and counted it");
+    // Still reported the same way (the service wrote nothing to fix it up).
+    let a = w.a.slow.app_details().remove(0);
+    assert_eq!((a.event_queue, a.core_queues[0].to_app, a.core_queues[0].to_fp), (bad, bad, bad));
 }
 
 #[test]
@@ -111,7 +216,8 @@ fn events_details_close_and_reset() {
     assert_eq!((ls[0].port, ls[0].app, ls[0].unaccepted, ls[0].syn_rcvd), (7, apps[0].id, 0, 0));
     assert_eq!(apps.len(), 1);
     assert_eq!((apps[0].conns, apps[0].listen_ports.clone(), apps[0].contexts), (2, vec![7], 1));
-    assert!(apps[0].event_queue_capacity >= 64 && apps[0].event_queue_used <= apps[0].event_queue_capacity);
+    assert_eq!((apps[0].event_queue.capacity, apps[0].event_queue.corrupt), (layout().queue_entries, false));
+    assert_eq!(apps[0].core_queues.len(), 1);
     assert_eq!(w.a.slow.conn_state(ids[0]), Some("ESTABLISHED"));
     assert_eq!(w.a.slow.connection_count(), 2);
 

@@ -11,6 +11,10 @@ connection then stays open until --until-file appears (the client closes it: FIN
 waits for the server's FIN), the server closes it ("eof"), or resets it ("reset"), or
 --hold seconds pass. The closing JSON line {"ok": .., "ends": {"PORT": "client_closed" |
 "eof" | "reset" | "timeout"}} reports how each ended; exit 0 if every byte was right.
+
+With --no-echo the server is not expected to answer: once every connection is open, each
+sends its --bytes in --writes writes (TCP_NODELAY, see peerlib.connect), --gap seconds apart (and --gap before
+the first), so that every write reaches the server as its own segment at its own time.
 """
 
 import argparse
@@ -44,10 +48,26 @@ def main():
     ap.add_argument("--ready-file")
     ap.add_argument("--until-file")
     ap.add_argument("--hold", type=float, default=120.0, help="seconds to hold at most")
+    ap.add_argument("--no-echo", action="store_true", help="send only; expect nothing back")
+    ap.add_argument("--writes", type=int, default=1, help="with --no-echo: writes per connection")
+    ap.add_argument("--gap", type=float, default=0.1, help="with --no-echo: seconds between writes")
     args = ap.parse_args()
 
     socks = {}
-    for i in range(args.conns):
+    if args.no_echo:
+        if args.writes < 1 or args.bytes < args.writes:
+            emit({"ok": False, "error": "--writes must be at least 1 and at most --bytes"})
+            return 1
+        conns = [connect(args.connect, 10.0) for _ in range(args.conns)]
+        data = [Stream(args.seed, i).next(args.bytes) for i in range(args.conns)]
+        cuts = [args.bytes * w // args.writes for w in range(args.writes + 1)]
+        for w in range(args.writes):
+            time.sleep(args.gap)
+            for s, d in zip(conns, data):
+                s.sendall(d[cuts[w]:cuts[w + 1]])
+        time.sleep(args.gap)
+        socks = {s.getsockname()[1]: s for s in conns}
+    for i in range(0 if args.no_echo else args.conns):
         s = connect(args.connect, 10.0)
         data = Stream(args.seed, i).next(args.bytes)
         s.sendall(data)

@@ -298,8 +298,42 @@ pub fn status_json(s: &Status) -> Value {
     })
 }
 
-/// Applications.
+/// A queue's fill as `used/capacity`, with `!` after it if the queue holds impossible
+/// indices (then `used` shows the capacity).
+fn fill(used: u32, capacity: u32, corrupt: bool) -> String {
+    format!("{used}/{capacity}{}", if corrupt { "!" } else { "" })
+}
+
+/// Applications: one table of the applications (with their slow-path queues), then, after
+/// a blank line, one of their queue pairs with each fast-path core.
 pub fn apps_table(apps: &[App]) -> String {
+    let mut out = apps_main_table(apps);
+    if apps.is_empty() {
+        return out;
+    }
+    use Align::*;
+    let mut t = Table::new(&[("APP", Right), ("CORE", Right), ("TO_FP", Right), ("TO_APP", Right)]);
+    let mut corrupt = false;
+    for a in apps {
+        for q in &a.core_queues {
+            corrupt |= q.corrupt;
+            t.row([
+                a.id.to_string(),
+                q.core.to_string(),
+                fill(q.to_fp_used, q.to_fp_capacity, q.corrupt),
+                fill(q.to_app_used, q.to_app_capacity, q.corrupt),
+            ]);
+        }
+    }
+    out.push('\n');
+    out.push_str(&t.render());
+    if corrupt || apps.iter().any(|a| a.slow_queues_corrupt) {
+        out.push_str("\n! the application wrote impossible queue indices (shown as full)\n");
+    }
+    out
+}
+
+fn apps_main_table(apps: &[App]) -> String {
     use Align::*;
     let mut t = Table::new(&[
         ("ID", Right),
@@ -310,6 +344,7 @@ pub fn apps_table(apps: &[App]) -> String {
         ("LISTEN", Left),
         ("CONTEXTS", Right),
         ("EVENTQ", Right),
+        ("REQQ", Right),
     ]);
     for a in apps {
         let ports: Vec<String> = a.listen_ports.iter().map(|p| p.to_string()).collect();
@@ -329,7 +364,8 @@ pub fn apps_table(apps: &[App]) -> String {
                 ports.join(",")
             },
             a.contexts.to_string(),
-            format!("{}/{}", a.event_queue_used, a.event_queue_capacity),
+            fill(a.event_queue_used, a.event_queue_capacity, a.slow_queues_corrupt),
+            fill(a.request_queue_used, a.request_queue_capacity, a.slow_queues_corrupt),
         ]);
     }
     t.render()
@@ -348,6 +384,17 @@ pub fn app_json(a: &App) -> Value {
         "contexts": a.contexts,
         "event_queue_used": a.event_queue_used,
         "event_queue_capacity": a.event_queue_capacity,
+        "request_queue_used": a.request_queue_used,
+        "request_queue_capacity": a.request_queue_capacity,
+        "slow_queues_corrupt": a.slow_queues_corrupt,
+        "core_queues": a.core_queues.iter().map(|q| json!({
+            "core": q.core,
+            "to_fp_used": q.to_fp_used,
+            "to_fp_capacity": q.to_fp_capacity,
+            "to_app_used": q.to_app_used,
+            "to_app_capacity": q.to_app_capacity,
+            "corrupt": q.corrupt,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -635,6 +682,64 @@ pub fn event_json(e: &Event) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apps_table_lists_every_queue_and_matches_json() {
+        let q = |core, fp, app, corrupt| CoreQueues {
+            core,
+            to_fp_used: fp,
+            to_fp_capacity: 256,
+            to_app_used: app,
+            to_app_capacity: 256,
+            corrupt,
+        };
+        let apps = [
+            App {
+                id: 3,
+                name: "kv".into(),
+                pid: 77,
+                connections: 2,
+                contexts: 2,
+                event_queue_used: 1,
+                event_queue_capacity: 256,
+                request_queue_used: 0,
+                request_queue_capacity: 256,
+                core_queues: vec![q(0, 0, 5, false), q(1, 2, 0, false)],
+                ..Default::default()
+            },
+            App {
+                id: 4,
+                pid: 78,
+                contexts: 2,
+                event_queue_capacity: 256,
+                request_queue_capacity: 256,
+                core_queues: vec![q(0, 256, 0, true), q(1, 0, 0, false)],
+                ..Default::default()
+            },
+        ];
+        let text = apps_table(&apps);
+        let (main, queues) = text.split_once("\n\n").expect("two tables");
+        let main = crate::table::parse(main);
+        assert_eq!(main[0], ["ID", "NAME", "PID", "UID", "CONNS", "LISTEN", "CONTEXTS", "EVENTQ", "REQQ"]);
+        assert_eq!(main[1], ["3", "kv", "77", "0", "2", "-", "2", "1/256", "0/256"]);
+        assert_eq!(main[2], ["4", "-", "78", "0", "0", "-", "2", "0/256", "0/256"]);
+        let queues = crate::table::parse(queues);
+        assert_eq!(queues[0], ["APP", "CORE", "TO_FP", "TO_APP"]);
+        assert_eq!(queues[1..5], [
+            ["3", "0", "0/256", "5/256"],
+            ["3", "1", "2/256", "0/256"],
+            ["4", "0", "256/256!", "0/256!"],
+            ["4", "1", "0/256", "0/256"],
+        ]);
+        assert!(text.ends_with("! the application wrote impossible queue indices (shown as full)\n"), "{text}");
+        let j = app_json(&apps[0]);
+        assert_eq!(j["core_queues"][0]["to_app_used"], 5);
+        assert_eq!(j["core_queues"][1]["to_fp_used"], 2);
+        assert_eq!(j["core_queues"][1]["core"], 1);
+        assert_eq!(j["request_queue_capacity"], 256);
+        assert_eq!(app_json(&apps[1])["core_queues"][0]["corrupt"], true);
+        assert_eq!(apps_table(&[]).lines().count(), 1, "no apps: the header only");
+    }
 
     fn flow(id: u64, state: &str, rx: u64) -> Flow {
         Flow {

@@ -27,22 +27,17 @@
 //! A test that cannot set up fails and says what to do. Binaries come from the release
 //! directory of this test's target directory, or `TAS_BIN_DIR`.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use common::{hex_digests, net_counter as counter, ECHO_PORT, IF_MA, IF_MB, IP_A, IP_B};
 use serde_json::Value;
 
-const IP_A: &str = "10.77.0.1";
-const IP_B: &str = "10.77.0.2";
-const IF_A: &str = "tas0";
-const IF_MA: &str = "fwd-a";
-const IF_MB: &str = "fwd-b";
-const ECHO_PORT: u16 = 7;
 /// A kernel echo server in A, for the kernel-to-kernel tests.
 const KERNEL_PORT: u16 = 8;
 
@@ -55,11 +50,6 @@ const TASD_TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 fn tasd_bytes() -> u64 {
     std::env::var("TAS_IMPAIR_MB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(200_000_000, |mb| mb * 1_000_000)
 }
-/// How long `tasd` may take to create its app socket.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 // ---------------------------------------------------------------------------------------------
 // The forwarder alone: kernel TCP at both ends
@@ -525,297 +515,37 @@ fn result(what: &str, summary: &Value, fwd: &Value) {
     );
 }
 
-fn hex_digests(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_ascii_hexdigit())
-        .filter(|w| w.len() == 64)
-        .map(|w| w.to_ascii_lowercase())
-        .collect()
-}
-
-/// `field` of `proto` from /proc/net/snmp or /proc/net/netstat's header/value line pairs.
-fn counter(table: &str, proto: &str, field: &str) -> Option<u64> {
-    let prefix = format!("{proto}:");
-    let mut lines = table.lines().filter(|l| l.starts_with(&prefix));
-    let (names, values) = (lines.next()?, lines.next()?);
-    let i = names.split_whitespace().position(|n| n == field)?;
-    values.split_whitespace().nth(i)?.parse().ok()
-}
-
 // ---------------------------------------------------------------------------------------------
-// The test bed: three namespaces, the forwarder, tasd, peers
+// The test bed: three namespaces (common::Bed), the forwarder, tasd, peers
 // ---------------------------------------------------------------------------------------------
 
-struct Paths {
-    tasd: PathBuf,
-    tas_echo: PathBuf,
-    tas_impair: PathBuf,
-    tasctl: PathBuf,
-    sandbox: PathBuf,
-    peers: PathBuf,
-}
-
-impl Paths {
-    fn find() -> Paths {
-        let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let repo = tools.parent().expect("tools/ has a parent").to_path_buf();
-        let bin_dir = match std::env::var_os("TAS_BIN_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => std::env::current_exe()
-                .expect("current_exe")
-                .ancestors()
-                .nth(3)
-                .expect("test binary lives in <target>/<profile>/deps")
-                .join("release"),
-        };
-        let paths = Paths {
-            tasd: bin_dir.join("tasd"),
-            tas_echo: bin_dir.join("tas-echo"),
-            tas_impair: bin_dir.join("tas-impair"),
-            tasctl: bin_dir.join("tasctl"),
-            sandbox: repo.join("deploy/sandbox.sh"),
-            peers: tools.join("peers"),
-        };
-        for bin in [&paths.tasd, &paths.tas_echo, &paths.tas_impair] {
-            assert!(
-                bin.is_file(),
-                "{} not found: build it first with `cargo build --release --workspace` \
-                 (bash deploy/test.sh does), or point TAS_BIN_DIR at the binaries",
-                bin.display()
-            );
-            eprintln!(
-                "using {} (modified {:?})",
-                bin.display(),
-                fs::metadata(bin).and_then(|m| m.modified()).ok()
-            );
-        }
-        paths
-    }
-}
-
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-struct Output {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Output {
-    fn assert_success(&self) {
-        assert!(
-            self.status.success(),
-            "{} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.what,
-            self.status,
-            self.stdout,
-            self.stderr
-        );
-    }
-
-    fn json_success(&self) -> Value {
-        self.assert_success();
-        let summary = self
-            .stdout
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str::<Value>(l).ok())
-            .unwrap_or_else(|| panic!("{} printed no JSON summary:\n{}", self.what, self.stdout));
-        assert_eq!(summary["ok"], true, "{}: {summary}", self.what);
-        summary
-    }
-}
-
-struct KernelTcp {
-    active_opens: u64,
-    passive_opens: u64,
-}
-
+/// The shared bed with a middle namespace, plus the forwarder running in it.
 struct Bed {
-    paths: Paths,
-    ns_a: String,
-    ns_b: String,
-    ns_m: String,
-    run_dir: PathBuf,
-    procs: Mutex<Vec<Proc>>,
+    bed: common::Bed,
     forwarder: Mutex<Option<u32>>,
-    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Bed {
+    type Target = common::Bed;
+    fn deref(&self) -> &common::Bed {
+        &self.bed
+    }
 }
 
 impl Bed {
     fn up(test: &str) -> Bed {
-        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-        require_root();
-        let paths = Paths::find();
-        let id = format!(
-            "{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let run_dir = std::env::temp_dir().join(format!("tas-impair-{test}-{id}"));
-        let _ = fs::remove_dir_all(&run_dir);
-        fs::create_dir_all(&run_dir).expect("create run dir");
-        let bed = Bed {
-            paths,
-            // deploy/test.sh removes tasv-PID-* sandboxes (a, b and m) whose PID is gone.
-            ns_a: format!("tasv-{id}-a"),
-            ns_b: format!("tasv-{id}-b"),
-            ns_m: format!("tasv-{id}-m"),
-            run_dir,
-            procs: Mutex::new(Vec::new()),
-            forwarder: Mutex::new(None),
-            _serial: serial,
-        };
-        let out = bed.sandbox("up");
+        let bed = common::Bed::up_with_middle(&format!("impair-{test}"));
         assert!(
-            out.status.success(),
-            "deploy/sandbox.sh up (with TAS_NS_M) failed ({}); check that iproute2 and ethtool are \
-             installed (deploy/install-deps.sh) and that veth works here:\n{}{}",
-            out.status,
-            out.stdout,
-            out.stderr
+            bed.paths.tas_impair.is_file(),
+            "{} not found: build it first with `cargo build --release --workspace` \
+             (bash deploy/test.sh does), or point TAS_BIN_DIR at the binaries",
+            bed.paths.tas_impair.display()
         );
-        bed
+        Bed { bed, forwarder: Mutex::new(None) }
     }
 
-    fn sandbox(&self, verb: &str) -> Output {
-        let out = Command::new("bash")
-            .arg(&self.paths.sandbox)
-            .arg(verb)
-            .env("TAS_NS_A", &self.ns_a)
-            .env("TAS_NS_B", &self.ns_b)
-            .env("TAS_NS_M", &self.ns_m)
-            .env("TAS_IP_A", IP_A)
-            .env("TAS_IP_B", IP_B)
-            .env("TAS_IF_A", IF_A)
-            .env("TAS_IF_MA", IF_MA)
-            .env("TAS_IF_MB", IF_MB)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run bash deploy/sandbox.sh");
-        Output {
-            what: format!("sandbox.sh {verb}"),
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn spawn(&self, ns: &str, name: &str, cmd: &[&str], env: &[(&str, &Path)]) -> u32 {
-        let stdout = self.run_dir.join(format!("{name}.out"));
-        let stderr = self.run_dir.join(format!("{name}.err"));
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]).args(cmd).stdin(Stdio::null());
-        c.env("NO_COLOR", "1").env("PYTHONUNBUFFERED", "1");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.stdout(fs::File::create(&stdout).expect("create log"));
-        c.stderr(fs::File::create(&stderr).expect("create log"));
-        let child = c
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?} in {ns}: {e}"));
-        let pid = child.id();
-        self.procs.lock().unwrap().push(Proc {
-            name: name.to_string(),
-            child,
-            stdout,
-            stderr,
-        });
-        pid
-    }
-
-    fn exited(&self, pid: u32) -> Option<ExitStatus> {
-        let mut procs = self.procs.lock().unwrap();
-        let p = procs
-            .iter_mut()
-            .find(|p| p.child.id() == pid)
-            .expect("known pid");
-        p.child.try_wait().expect("try_wait")
-    }
-
-    fn stop(&self, pid: u32, grace: Duration) -> Option<ExitStatus> {
-        let mut procs = self.procs.lock().unwrap();
-        let p = procs
-            .iter_mut()
-            .find(|p| p.child.id() == pid)
-            .expect("known pid");
-        stop_child(&mut p.child, grace)
-    }
-
-    fn run_env(
-        &self,
-        ns: &str,
-        name: &str,
-        cmd: &[&str],
-        env: &[(&str, &Path)],
-        timeout: Duration,
-    ) -> Output {
-        let name = format!("{name}-{}", SEQ.fetch_add(1, Ordering::Relaxed));
-        let pid = self.spawn(ns, &name, cmd, env);
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.exited(pid) {
-                break status;
-            }
-            if Instant::now() > deadline {
-                // How far it got: the kernel's view of the TCP connections at B.
-                let ss = Command::new("ip")
-                    .args(["netns", "exec", &self.ns_b, "ss", "-tni"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                self.stop(pid, Duration::from_secs(2));
-                panic!(
-                    "{cmd:?} in {ns} did not finish within {timeout:?}; its output is printed below. \
-                     TCP at B when it was stopped (ss -tni):\n{ss}"
-                );
-            }
-            sleep(Duration::from_millis(20));
-        };
-        let read = |suffix: &str| {
-            fs::read_to_string(self.run_dir.join(format!("{name}.{suffix}"))).unwrap_or_default()
-        };
-        Output {
-            what: format!("{cmd:?} in {ns}"),
-            status,
-            stdout: read("out"),
-            stderr: read("err"),
-        }
-    }
-
-    fn peer(&self, name: &str) -> String {
-        self.paths
-            .peers
-            .join(format!("{name}.py"))
-            .to_str()
-            .expect("utf-8 path")
-            .to_string()
-    }
-
-    fn run_b_peer(&self, peer: &str, args: &[&str], timeout: Duration) -> Output {
-        let script = self.peer(peer);
-        let mut cmd = vec!["python3", script.as_str()];
-        cmd.extend_from_slice(args);
-        self.run_env(&self.ns_b, peer, &cmd, &[], timeout)
-    }
-
-    fn run_a_tas_app(&self, name: &str, args: &[&str], timeout: Duration) -> Output {
-        let bin = self
-            .paths
-            .tas_echo
-            .to_str()
-            .expect("utf-8 path")
-            .to_string();
-        let mut cmd = vec![bin.as_str()];
-        cmd.extend_from_slice(args);
-        let socket = self.run_dir.join("tasd.sock");
-        self.run_env(&self.ns_a, name, &cmd, &[("TAS_SOCKET", &socket)], timeout)
+    fn ns_m(&self) -> &str {
+        self.ns_m.as_deref().expect("a bed with a middle namespace")
     }
 
     /// Start tas-impair in M between fwd-a and fwd-b; returns once it forwards.
@@ -824,7 +554,7 @@ impl Bed {
         // Periodic counters in its log: a failed test prints them, showing how traffic went.
         let mut cmd = vec![bin, "--a", IF_MA, "--b", IF_MB, "--stats-interval", "10s"];
         cmd.extend_from_slice(args);
-        let pid = self.spawn(&self.ns_m, "tas-impair", &cmd, &[]);
+        let pid = self.spawn(self.ns_m(), "tas-impair", &cmd, &[]);
         let err = self.run_dir.join("tas-impair.err");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -872,10 +602,6 @@ impl Bed {
             .unwrap_or_else(|| panic!("tas-impair printed no final counters on SIGTERM:\n{out}"))
     }
 
-    fn start_tasd(&self) -> u32 {
-        self.start_tasd_with(&[])
-    }
-
     /// `start_tasd` with congestion control `alg` (a configuration file with
     /// `cc_algorithm`).
     fn start_tasd_cc(&self, alg: &str) -> u32 {
@@ -884,119 +610,9 @@ impl Bed {
         self.start_tasd_with(&["--config", conf.to_str().expect("utf-8 path")])
     }
 
-    /// `start_tasd` with more flags.
-    fn start_tasd_with(&self, extra: &[&str]) -> u32 {
-        let run = self.run_dir.to_str().expect("utf-8 path");
-        let tasd = self.paths.tasd.to_str().expect("utf-8 path");
-        let app_socket = format!("{run}/tasd.sock");
-        let control_socket = format!("{run}/control.sock");
-        let ip = format!("{IP_A}/24");
-        let mut args = vec![
-            tasd,
-            "--interface",
-            IF_A,
-            "--ip",
-            &ip,
-            "--fp-cores",
-            "1",
-            "--app-socket",
-            &app_socket,
-            "--control-socket",
-            &control_socket,
-            "--log-level",
-            "info",
-        ];
-        args.extend_from_slice(extra);
-        let pid = self.spawn(&self.ns_a, "tasd", &args, &[]);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while !Path::new(&app_socket).exists() {
-            if let Some(status) = self.exited(pid) {
-                panic!("tasd exited ({status}) before it was ready; its log is printed below");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tasd did not create {app_socket} within {READY_TIMEOUT:?}"
-            );
-            sleep(Duration::from_millis(20));
-        }
-        pid
-    }
-
-    fn start_tas_echo_server(&self) {
-        let bin = self.paths.tas_echo.to_str().expect("utf-8 path");
-        let socket = self.run_dir.join("tasd.sock");
-        let port = ECHO_PORT.to_string();
-        let pid = self.spawn(
-            &self.ns_a,
-            "tas-echo-server",
-            &[bin, "server", "--port", &port],
-            &[("TAS_SOCKET", &socket)],
-        );
-        let probe = self.run_b_peer(
-            "tcp_probe",
-            &[
-                "--connect",
-                &format!("{IP_A}:{ECHO_PORT}"),
-                "--expect",
-                "open",
-                "--wait",
-                "30",
-            ],
-            Duration::from_secs(60),
-        );
-        if let Some(status) = self.exited(pid) {
-            panic!("tas-echo server exited ({status}) right after starting");
-        }
-        probe.json_success();
-        let listeners = self.capture_ok(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.ns_a,
-            "ss",
-            "-Htln",
-            &format!("sport = :{ECHO_PORT}"),
-        ]);
-        assert!(
-            listeners.trim().is_empty(),
-            "port {ECHO_PORT} in A is a kernel socket, not tasd's:\n{listeners}"
-        );
-    }
-
     fn start_kernel_echo_server_a(&self) {
         let ns = self.ns_a.clone();
         self.start_kernel_echo_server(&ns, "kernel-echo-a", KERNEL_PORT);
-    }
-
-    fn start_kernel_echo_server(&self, ns: &str, name: &str, port: u16) -> PathBuf {
-        let ready = self.run_dir.join(format!("{name}.ready"));
-        let script = self.peer("echo_server");
-        let port = port.to_string();
-        let pid = self.spawn(
-            ns,
-            name,
-            &[
-                "python3",
-                &script,
-                "--port",
-                &port,
-                "--ready-file",
-                ready.to_str().expect("utf-8 path"),
-            ],
-            &[],
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ready.exists() {
-            if let Some(status) = self.exited(pid) {
-                panic!("{name} exited ({status}) before listening");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not listen within 10 s"
-            );
-            sleep(Duration::from_millis(20));
-        }
-        self.run_dir.join(format!("{name}.out"))
     }
 
     /// stream_client in B against the kernel echo server in A; returns its summary.
@@ -1024,41 +640,6 @@ impl Bed {
         s
     }
 
-    fn wait_for_closed_connections(&self, log: &Path, n: usize, timeout: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let closed: Vec<Value> = fs::read_to_string(log)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|v| v["event"] == "closed")
-                .collect();
-            if closed.len() >= n || Instant::now() > deadline {
-                assert_eq!(
-                    closed.len(),
-                    n,
-                    "the kernel echo server reported these closed connections: {closed:?}"
-                );
-                return closed;
-            }
-            sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn capture_ok(&self, cmd: &[&str]) -> String {
-        let out = Command::new(cmd[0])
-            .args(&cmd[1..])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run command");
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// A counter of /proc/net/netstat (TcpExt, IpExt) or /proc/net/snmp inside `ns`.
     fn netstat(&self, ns: &str, proto: &str, field: &str) -> u64 {
         for file in ["/proc/net/netstat", "/proc/net/snmp"] {
@@ -1069,31 +650,14 @@ impl Bed {
         }
         panic!("no counter {proto} {field} in /proc/net/netstat or /proc/net/snmp of {ns}")
     }
-
-    fn kernel_tcp_counters_a(&self) -> KernelTcp {
-        KernelTcp {
-            active_opens: self.netstat(&self.ns_a, "Tcp", "ActiveOpens"),
-            passive_opens: self.netstat(&self.ns_a, "Tcp", "PassiveOpens"),
-        }
-    }
-
-    fn assert_kernel_a_did_no_tcp(&self, before: &KernelTcp) {
-        let now = self.kernel_tcp_counters_a();
-        assert_eq!(
-            (now.active_opens - before.active_opens, now.passive_opens - before.passive_opens),
-            (0, 0),
-            "the kernel of A opened TCP connections (active, passive): the traffic did not go through tasd"
-        );
-    }
 }
 
 impl Drop for Bed {
     fn drop(&mut self) {
-        let failed = std::thread::panicking();
         // The stack's own view of the run (retransmissions, RTOs, SACK ranges, drops),
-        // taken while tasd still runs: the forwarder's counters say what the network did,
-        // these say how the stack answered.
-        let control = self.run_dir.join("control.sock");
+        // taken while tasd still runs (common::Bed ends the processes after this): the
+        // forwarder's counters say what the network did, these say how the stack answered.
+        let control = self.control_socket();
         if control.exists() && self.paths.tasctl.is_file() {
             match Command::new(&self.paths.tasctl)
                 .arg("--socket")
@@ -1109,79 +673,7 @@ impl Drop for Bed {
                 Err(e) => eprintln!("---- tasctl stats: cannot run: {e}"),
             }
         }
-        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-        for p in procs.iter_mut().rev() {
-            stop_child(&mut p.child, Duration::from_secs(3));
-        }
-        if failed {
-            eprintln!(
-                "\n==== test failed; logs from {} ====",
-                self.run_dir.display()
-            );
-            for p in procs.iter() {
-                for (stream, path) in [("stdout", &p.stdout), ("stderr", &p.stderr)] {
-                    let text = fs::read_to_string(path).unwrap_or_default();
-                    if text.is_empty() {
-                        eprintln!("---- {} {stream}: empty ----", p.name);
-                        continue;
-                    }
-                    let lines: Vec<&str> = text.lines().collect();
-                    let tail = &lines[lines.len().saturating_sub(60)..];
-                    eprintln!(
-                        "---- {} {stream} (last {} of {} lines) ----",
-                        p.name,
-                        tail.len(),
-                        lines.len()
-                    );
-                    for l in tail {
-                        eprintln!("{l}");
-                    }
-                }
-            }
-            eprintln!("==== end of logs; the run directory is kept ====");
-        }
-        drop(procs);
-        let out = self.sandbox("down");
-        if !out.status.success() {
-            eprintln!(
-                "warning: sandbox.sh down failed: {}{}",
-                out.stdout, out.stderr
-            );
-        }
-        if !failed {
-            let _ = fs::remove_dir_all(&self.run_dir);
-        }
     }
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the impairment tests need root (network namespaces, veth, raw sockets, XDP): run `sudo bash deploy/test.sh`, \
-         or `sudo cargo test -p tas-tools --test impair -- --ignored` after `cargo build --release --workspace`"
-    );
-}
-
-fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
-    if let Ok(Some(status)) = child.try_wait() {
-        return Some(status);
-    }
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-    // SAFETY: kill() only sends a signal. `pid` is our own child, not yet reaped (try_wait
-    // above saw it running), so the PID cannot have been reused by another process.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
 }
 
 // Unprivileged checks of the helpers.

@@ -4,9 +4,8 @@
 //! on the Linux kernel's TCP: `redis-cli`, `redis-benchmark` (Debian's redis-tools) and
 //! redis-py from PyPI (installed by deploy/install-deps.sh into kvstore/.pydeps).
 //!
-//! The sandbox and process handling follow tools/tests/veth.rs (same `deploy/sandbox.sh`,
-//! same namespace naming, so deploy/test.sh cleans up after a killed run), kept in this
-//! file rather than shared so that neither file's tests change with the other's helpers.
+//! The sandbox and process handling are the shared bed of `common/mod.rs` (as in
+//! tools/tests/veth.rs); this file adds tas-kv, redis-server and the Redis clients.
 //!
 //! ```text
 //! bash deploy/install-deps.sh && cargo build --release --workspace
@@ -15,29 +14,23 @@
 //!
 //! A test that cannot set up fails and says what to do; it never passes without having run.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use common::{stop_child, IP_A, IP_B};
 use serde_json::Value;
 
-const IP_A: &str = "10.77.0.1";
-const IF_A: &str = "tas0";
-const IP_B: &str = "10.77.0.2";
 /// tas-kv on the stack.
 const PORT_TAS: u16 = 6379;
 /// tas-kv on the kernel's sockets (a port tasd does not own, so the kernel of A gets it).
 const PORT_KERNEL: u16 = 6380;
 /// Debian's redis-server, the reference.
 const PORT_REDIS: u16 = 6381;
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 // ---------------------------------------------------------------------------------------------
 // The tests
@@ -389,46 +382,49 @@ fn tas_kv_keeps_its_data_across_a_tasd_restart() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The test bed
+// The test bed: common::Bed, plus tas-kv, redis-server and the Redis clients
 // ---------------------------------------------------------------------------------------------
 
-struct Paths {
-    tasd: PathBuf,
+/// What these tests need beyond the shared bed's programs.
+struct KvPaths {
     tas_kv: PathBuf,
-    sandbox: PathBuf,
-    peers: PathBuf,
     workload: PathBuf,
     pydeps: PathBuf,
 }
 
-impl Paths {
-    fn find() -> Paths {
-        let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let repo = tools.parent().expect("tools/ has a parent").to_path_buf();
-        let bin_dir = match std::env::var_os("TAS_BIN_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => std::env::current_exe()
-                .expect("current_exe")
-                .ancestors()
-                .nth(3)
-                .expect("test binary lives in <target>/<profile>/deps")
-                .join("release"),
-        };
-        let p = Paths {
-            tasd: bin_dir.join("tasd"),
+/// The shared bed (two namespaces, tasd in A) and the Redis programs.
+struct Bed {
+    bed: common::Bed,
+    kv: KvPaths,
+}
+
+impl std::ops::Deref for Bed {
+    type Target = common::Bed;
+    fn deref(&self) -> &common::Bed {
+        &self.bed
+    }
+}
+
+impl KvPaths {
+    /// Beside the shared bed's binaries and peers; the Redis tools and redis-py must be
+    /// installed.
+    fn find(common: &common::Paths) -> KvPaths {
+        let bin_dir = common.tasd.parent().expect("tasd lives in a directory");
+        let repo = common
+            .sandbox
+            .ancestors()
+            .nth(2)
+            .expect("deploy/sandbox.sh is in the repository");
+        let p = KvPaths {
             tas_kv: bin_dir.join("tas-kv"),
-            sandbox: repo.join("deploy/sandbox.sh"),
-            peers: tools.join("peers"),
             workload: repo.join("kvstore/tests/peers/redis_py_workload.py"),
             pydeps: repo.join("kvstore/.pydeps"),
         };
-        for bin in [&p.tasd, &p.tas_kv] {
-            assert!(
-                bin.is_file(),
-                "{} not found: build it first with `cargo build --release --workspace`, or point TAS_BIN_DIR at it",
-                bin.display()
-            );
-        }
+        assert!(
+            p.tas_kv.is_file(),
+            "{} not found: build it first with `cargo build --release --workspace`, or point TAS_BIN_DIR at it",
+            p.tas_kv.display()
+        );
         for tool in ["redis-cli", "redis-benchmark", "redis-server"] {
             assert!(
                 Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success()),
@@ -450,215 +446,11 @@ impl Paths {
     }
 }
 
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-struct Output {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Output {
-    fn assert_success(&self) {
-        assert!(
-            self.status.success(),
-            "{} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.what,
-            self.status,
-            self.stdout,
-            self.stderr
-        );
-    }
-}
-
-struct KernelTcp {
-    active_opens: u64,
-    passive_opens: u64,
-}
-
-struct Bed {
-    paths: Paths,
-    ns_a: String,
-    ns_b: String,
-    run_dir: PathBuf,
-    procs: Mutex<Vec<Proc>>,
-    _serial: std::sync::MutexGuard<'static, ()>,
-}
-
 impl Bed {
     fn up(test: &str) -> Bed {
-        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-        require_root();
-        let paths = Paths::find();
-        let id = format!(
-            "{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let run_dir = std::env::temp_dir().join(format!("tas-{test}-{id}"));
-        let _ = fs::remove_dir_all(&run_dir);
-        fs::create_dir_all(&run_dir).expect("create run dir");
-        let bed = Bed {
-            paths,
-            // deploy/test.sh removes tasv-PID-* sandboxes whose PID is gone (a killed run).
-            ns_a: format!("tasv-{id}-a"),
-            ns_b: format!("tasv-{id}-b"),
-            run_dir,
-            procs: Mutex::new(Vec::new()),
-            _serial: serial,
-        };
-        let out = bed.sandbox("up");
-        assert!(
-            out.status.success(),
-            "deploy/sandbox.sh up failed ({}); check that iproute2 and ethtool are installed (deploy/install-deps.sh):\n{}{}",
-            out.status,
-            out.stdout,
-            out.stderr
-        );
-        bed
-    }
-
-    fn sandbox(&self, verb: &str) -> Output {
-        let out = Command::new("bash")
-            .arg(&self.paths.sandbox)
-            .arg(verb)
-            .env("TAS_NS_A", &self.ns_a)
-            .env("TAS_NS_B", &self.ns_b)
-            .env("TAS_IP_A", IP_A)
-            .env("TAS_IP_B", IP_B)
-            .env("TAS_IF_A", IF_A)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run bash deploy/sandbox.sh");
-        Output {
-            what: format!("sandbox.sh {verb}"),
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn app_socket(&self) -> PathBuf {
-        self.run_dir.join("tasd.sock")
-    }
-
-    fn spawn(&self, ns: &str, name: &str, cmd: &[&str], env: &[(&str, &Path)]) -> u32 {
-        let stdout = self.run_dir.join(format!("{name}.out"));
-        let stderr = self.run_dir.join(format!("{name}.err"));
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]).args(cmd).stdin(Stdio::null());
-        c.env("NO_COLOR", "1").env("PYTHONUNBUFFERED", "1");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.stdout(fs::File::create(&stdout).expect("create log"));
-        c.stderr(fs::File::create(&stderr).expect("create log"));
-        let child = c
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?} in {ns}: {e}"));
-        let pid = child.id();
-        self.procs.lock().unwrap().push(Proc {
-            name: name.to_string(),
-            child,
-            stdout,
-            stderr,
-        });
-        pid
-    }
-
-    fn exited(&self, pid: u32) -> Option<ExitStatus> {
-        let mut procs = self.procs.lock().unwrap();
-        let p = procs
-            .iter_mut()
-            .find(|p| p.child.id() == pid)
-            .expect("known pid");
-        p.child.try_wait().expect("try_wait")
-    }
-
-    fn run(&self, ns: &str, name: &str, cmd: &[&str], timeout: Duration) -> Output {
-        self.run_env(ns, name, cmd, &[], timeout)
-    }
-
-    fn run_env(
-        &self,
-        ns: &str,
-        name: &str,
-        cmd: &[&str],
-        env: &[(&str, &Path)],
-        timeout: Duration,
-    ) -> Output {
-        let name = format!("{name}-{}", SEQ.fetch_add(1, Ordering::Relaxed));
-        let pid = self.spawn(ns, &name, cmd, env);
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.exited(pid) {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let mut procs = self.procs.lock().unwrap();
-                if let Some(p) = procs.iter_mut().find(|p| p.child.id() == pid) {
-                    stop_child(&mut p.child, Duration::from_secs(2));
-                }
-                drop(procs);
-                panic!("{cmd:?} in {ns} did not finish within {timeout:?}; its output is printed below");
-            }
-            sleep(Duration::from_millis(10));
-        };
-        let read = |suffix: &str| {
-            fs::read_to_string(self.run_dir.join(format!("{name}.{suffix}"))).unwrap_or_default()
-        };
-        Output {
-            what: format!("{cmd:?} in {ns}"),
-            status,
-            stdout: read("out"),
-            stderr: read("err"),
-        }
-    }
-
-    /// Start tasd on IF_A in namespace A and wait until its app socket exists.
-    fn start_tasd(&self) {
-        let run = self.run_dir.to_str().expect("utf-8 path").to_string();
-        let tasd = self.paths.tasd.to_str().expect("utf-8 path");
-        let app_socket = format!("{run}/tasd.sock");
-        let control_socket = format!("{run}/control.sock");
-        let ip = format!("{IP_A}/24");
-        let pid = self.spawn(
-            &self.ns_a,
-            "tasd",
-            &[
-                tasd,
-                "--interface",
-                IF_A,
-                "--ip",
-                &ip,
-                "--fp-cores",
-                "1",
-                "--app-socket",
-                &app_socket,
-                "--control-socket",
-                &control_socket,
-                "--log-level",
-                "info",
-            ],
-            &[],
-        );
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while !self.app_socket().exists() {
-            if let Some(status) = self.exited(pid) {
-                panic!("tasd exited ({status}) before it was ready; its log is printed below");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tasd did not create {app_socket} within {READY_TIMEOUT:?}"
-            );
-            sleep(Duration::from_millis(20));
-        }
+        let bed = common::Bed::up(&format!("kv-{test}"));
+        let kv = KvPaths::find(&bed.paths);
+        Bed { bed, kv }
     }
 
     /// SIGTERM the running tasd and wait for it (and for its app socket to go).
@@ -675,7 +467,7 @@ impl Bed {
 
     /// Start `tas-kv --backend BACKEND --port PORT EXTRA` in A and wait until B reaches it.
     fn start_tas_kv(&self, backend: &str, port: u16, extra: &[&str]) {
-        let bin = self.paths.tas_kv.to_str().expect("utf-8 path");
+        let bin = self.kv.tas_kv.to_str().expect("utf-8 path");
         let port_s = port.to_string();
         let mut cmd = vec![bin, "--backend", backend, "--port", &port_s];
         cmd.extend_from_slice(extra);
@@ -688,20 +480,7 @@ impl Bed {
         );
         self.wait_open(port, pid, "tas-kv");
         if backend == "tas" {
-            // A kernel listener would answer too: make sure the port is tasd's.
-            let ss = self.capture_ok(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.ns_a,
-                "ss",
-                "-Htln",
-                &format!("sport = :{port}"),
-            ]);
-            assert!(
-                ss.trim().is_empty(),
-                "port {port} in A is a kernel socket, not tasd's:\n{ss}"
-            );
+            self.assert_not_a_kernel_listener(port);
         }
     }
 
@@ -731,38 +510,6 @@ impl Bed {
         self.wait_open(port, pid, "redis-server");
     }
 
-    fn wait_open(&self, port: u16, pid: u32, what: &str) {
-        let probe = self.peer("tcp_probe");
-        let out = self.run(
-            &self.ns_b,
-            "probe",
-            &[
-                "python3",
-                &probe,
-                "--connect",
-                &format!("{IP_A}:{port}"),
-                "--expect",
-                "open",
-                "--wait",
-                "20",
-            ],
-            Duration::from_secs(40),
-        );
-        if let Some(status) = self.exited(pid) {
-            panic!("{what} exited ({status}) right after starting; its log is printed below");
-        }
-        out.assert_success();
-    }
-
-    fn peer(&self, name: &str) -> String {
-        self.paths
-            .peers
-            .join(format!("{name}.py"))
-            .to_str()
-            .expect("utf-8 path")
-            .to_string()
-    }
-
     /// `redis-cli -h IP_A -p PORT ARGS` in B; stdout without the trailing newline.
     fn redis_cli(&self, port: u16, args: &[&str]) -> String {
         let port = port.to_string();
@@ -775,12 +522,7 @@ impl Bed {
 
     /// The redis-py workload in B against PORT; its JSON summary, which must say ok.
     fn redis_py(&self, port: u16, args: &[&str]) -> Value {
-        let script = self
-            .paths
-            .workload
-            .to_str()
-            .expect("utf-8 path")
-            .to_string();
+        let script = self.kv.workload.to_str().expect("utf-8 path").to_string();
         let port = port.to_string();
         let mut cmd = vec!["python3", script.as_str(), "--host", IP_A, "--port", &port];
         cmd.extend_from_slice(args);
@@ -788,7 +530,7 @@ impl Bed {
             &self.ns_b,
             "redis-py",
             &cmd,
-            &[("PYTHONPATH", &self.paths.pydeps)],
+            &[("PYTHONPATH", &self.kv.pydeps)],
             Duration::from_secs(600),
         );
         let summary = out
@@ -810,138 +552,11 @@ impl Bed {
         out.assert_success();
         summary
     }
-
-    fn capture_ok(&self, cmd: &[&str]) -> String {
-        let out = Command::new(cmd[0])
-            .args(&cmd[1..])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run command");
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn kernel_tcp_counters_a(&self) -> KernelTcp {
-        let snmp = self.capture_ok(&["ip", "netns", "exec", &self.ns_a, "cat", "/proc/net/snmp"]);
-        KernelTcp {
-            active_opens: snmp_counter(&snmp, "Tcp", "ActiveOpens"),
-            passive_opens: snmp_counter(&snmp, "Tcp", "PassiveOpens"),
-        }
-    }
-
-    /// The kernel of A opened no TCP connection since `before`: the traffic went through tasd.
-    fn assert_kernel_a_did_no_tcp(&self, before: &KernelTcp) {
-        let now = self.kernel_tcp_counters_a();
-        assert_eq!(
-            (now.active_opens - before.active_opens, now.passive_opens - before.passive_opens),
-            (0, 0),
-            "the kernel of A opened TCP connections (active, passive): the traffic did not go through tasd"
-        );
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-        for p in procs.iter_mut().rev() {
-            stop_child(&mut p.child, Duration::from_secs(3));
-        }
-        if failed {
-            eprintln!(
-                "\n==== test failed; logs from {} ====",
-                self.run_dir.display()
-            );
-            for p in procs.iter() {
-                for (stream, path) in [("stdout", &p.stdout), ("stderr", &p.stderr)] {
-                    let text = fs::read_to_string(path).unwrap_or_default();
-                    if text.is_empty() {
-                        continue;
-                    }
-                    let lines: Vec<&str> = text.lines().collect();
-                    let tail = &lines[lines.len().saturating_sub(60)..];
-                    eprintln!(
-                        "---- {} {stream} (last {} of {} lines) ----",
-                        p.name,
-                        tail.len(),
-                        lines.len()
-                    );
-                    for l in tail {
-                        eprintln!("{l}");
-                    }
-                }
-            }
-            eprintln!("==== end of logs; the run directory is kept ====");
-        }
-        drop(procs);
-        let out = self.sandbox("down");
-        if !out.status.success() {
-            eprintln!(
-                "warning: sandbox.sh down failed: {}{}",
-                out.stdout, out.stderr
-            );
-        }
-        if !failed {
-            let _ = fs::remove_dir_all(&self.run_dir);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Helpers without state
 // ---------------------------------------------------------------------------------------------
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the real-network tests need root (network namespaces, veth, XDP): run `sudo bash deploy/test.sh`, or \
-         `sudo cargo test -p tas-tools --test kvstore -- --ignored` after `cargo build --release --workspace`"
-    );
-}
-
-/// SIGTERM, wait up to `grace`, then SIGKILL. Returns the exit status if the child ended.
-fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
-    if let Ok(Some(status)) = child.try_wait() {
-        return Some(status);
-    }
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-    // SAFETY: kill() only sends a signal; `pid` is our own child, not yet reaped (try_wait
-    // above saw it running), so the PID cannot have been reused.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-fn snmp_counter(snmp: &str, proto: &str, field: &str) -> u64 {
-    let prefix = format!("{proto}:");
-    let mut lines = snmp.lines().filter(|l| l.starts_with(&prefix));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-        panic!("no {proto} lines in /proc/net/snmp")
-    };
-    let i = names
-        .split_whitespace()
-        .position(|n| n == field)
-        .unwrap_or_else(|| panic!("no {proto} {field} counter"));
-    values
-        .split_whitespace()
-        .nth(i)
-        .and_then(|v| v.parse().ok())
-        .expect("numeric counter")
-}
 
 /// `"TEST","RPS",...` rows of `redis-benchmark --csv` (the header row is skipped).
 fn parse_benchmark_csv(text: &str) -> Vec<(String, f64)> {

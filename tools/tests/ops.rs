@@ -75,6 +75,7 @@ trait BedOps {
     fn tasctl(&self, args: &[&str]) -> Ctl;
     fn tasctl_in_a(&self, args: &[&str]) -> Ctl;
     fn hold(&self, name: &str, bytes: u64, conns: u32) -> Holder;
+    fn hold_with(&self, name: &str, port: u16, args: &[&str]) -> Holder;
     fn log_of(&self, name: &str) -> String;
     fn wait_log(&self, name: &str, needle: &str, timeout: Duration) -> String;
     fn wait_flows(&self, n: usize, timeout: Duration) -> Vec<Value>;
@@ -126,28 +127,27 @@ impl BedOps for Bed {
     }
 
     fn hold(&self, name: &str, bytes: u64, conns: u32) -> Holder {
+        let (bytes, conns) = (bytes.to_string(), conns.to_string());
+        self.hold_with(name, ECHO_PORT, &["--bytes", &bytes, "--conns", &conns])
+    }
+
+    fn hold_with(&self, name: &str, port: u16, args: &[&str]) -> Holder {
         let ready = self.run_dir.join(format!("{name}.ready"));
         let until = self.run_dir.join(format!("{name}.until"));
         let script = self.peer("hold_client");
-        let pid = self.spawn(
-            &self.ns_b.clone(),
-            name,
-            &[
-                "python3",
-                &script,
-                "--connect",
-                &format!("{IP_A}:{ECHO_PORT}"),
-                "--bytes",
-                &bytes.to_string(),
-                "--conns",
-                &conns.to_string(),
-                "--ready-file",
-                ready.to_str().unwrap(),
-                "--until-file",
-                until.to_str().unwrap(),
-            ],
-            &[],
-        );
+        let connect = format!("{IP_A}:{port}");
+        let mut cmd = vec![
+            "python3",
+            &script,
+            "--connect",
+            &connect,
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--until-file",
+            until.to_str().unwrap(),
+        ];
+        cmd.extend_from_slice(args);
+        let pid = self.spawn(&self.ns_b.clone(), name, &cmd, &[]);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready.exists() {
             if let Some(st) = self.exited(pid) {
@@ -858,6 +858,150 @@ fn tasctl_closes_resets_detaches_and_watches() {
         7,
         "opened x3, closed, reset x2, app_detached: {kinds:?}"
     );
+}
+
+/// `tasctl apps` shows the exact fill of every queue of an application. The application is
+/// this test process (libtas, attached to the bed's tasd) and does not poll while a kernel
+/// client in B opens 3 connections and sends 4 writes on each, 100 ms apart: exactly 3
+/// connection events wait on its slow-path queue and 12 data events (one per flow per
+/// fast-path batch, and each write is its own batch) on core 0's queue. After one poll
+/// every queue is empty; after it reads, its doorbells are taken too. `--json` and the
+/// table agree.
+#[test]
+#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+fn tasctl_apps_shows_exact_queue_fill() {
+    const PORT: u16 = 9009;
+    const CONNS: u64 = 3;
+    const WRITES: u64 = 4;
+    const BYTES: u64 = 400;
+    let bed = Bed::up("ops-queues");
+    bed.start_tasd_with(&[]);
+    let mut ctx = libtas::Context::attach_to(bed.app_socket(), "fill-probe")
+        .expect("attach this test process to tasd");
+    let l = ctx.listen(PORT, 16).expect("listen");
+    let cap = u64::from(ctx.layout().queue_entries);
+
+    // (events to the app, requests from it, [(doorbells to core c, events from core c)])
+    let fill = |bed: &Bed| {
+        let apps = bed.tasctl(&["apps", "--json"]).json();
+        let apps = apps.as_array().unwrap();
+        assert_eq!(apps.len(), 1, "{apps:?}");
+        let a = &apps[0];
+        assert_eq!((a["name"].as_str(), a["pid"].as_u64()), (Some("fill-probe"), Some(u64::from(std::process::id()))));
+        assert_eq!(
+            (a["event_queue_capacity"].as_u64(), a["request_queue_capacity"].as_u64()),
+            (Some(cap), Some(cap))
+        );
+        assert_eq!(a["slow_queues_corrupt"], false, "{a}");
+        let cores = a["core_queues"].as_array().unwrap();
+        assert_eq!(cores.len(), 1, "one fast-path core: {a}");
+        let per_core: Vec<(u64, u64)> = cores
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                assert_eq!(q["core"].as_u64(), Some(i as u64));
+                assert_eq!((q["to_fp_capacity"].as_u64(), q["to_app_capacity"].as_u64()), (Some(cap), Some(cap)));
+                assert_eq!(q["corrupt"], false, "{q}");
+                (q["to_fp_used"].as_u64().unwrap(), q["to_app_used"].as_u64().unwrap())
+            })
+            .collect();
+        (a["event_queue_used"].as_u64().unwrap(), a["request_queue_used"].as_u64().unwrap(), per_core, a.clone())
+    };
+    let (ev, req, cores, _) = fill(&bed);
+    assert_eq!((ev, req, cores), (0, 0, vec![(0, 0)]), "nothing waits after listen");
+
+    let (bytes, conns, writes) = (BYTES.to_string(), CONNS.to_string(), WRITES.to_string());
+    let h = bed.hold_with(
+        "writer",
+        PORT,
+        &["--no-echo", "--bytes", &bytes, "--conns", &conns, "--writes", &writes, "--gap", "0.1"],
+    );
+    assert_eq!(h.ports.len(), CONNS as usize);
+    // Everything was sent (and acknowledged: the writer's last gap is 100 ms); it all waits.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (a, table_text) = loop {
+        let (ev, req, cores, a) = fill(&bed);
+        let text = bed.tasctl(&["apps"]).ok().stdout;
+        if (ev, req, &cores) == (CONNS, 0, &vec![(0, CONNS * WRITES)]) {
+            break (a, text);
+        }
+        assert!(
+            Instant::now() < deadline && ev <= CONNS && cores[0].1 <= CONNS * WRITES,
+            "expected exactly {CONNS} events and {} data events waiting, tasctl shows \
+             events {ev}, requests {req}, core queues {cores:?}",
+            CONNS * WRITES
+        );
+        sleep(Duration::from_millis(50));
+    };
+    // Stable: nothing more arrives, nothing is taken.
+    sleep(Duration::from_millis(300));
+    let (ev, req, cores, _) = fill(&bed);
+    assert_eq!((ev, req, cores), (CONNS, 0, vec![(0, CONNS * WRITES)]));
+    // The table says the same.
+    eprintln!("tasctl apps:\n{table_text}");
+    let (main, queues) = table_text.split_once("\n\n").expect("two tables");
+    let main = table::parse(main);
+    assert_eq!(main[0][7..], ["EVENTQ", "REQQ"]);
+    assert_eq!(main[1][0], a["id"].to_string());
+    assert_eq!(main[1][7..], [format!("{CONNS}/{cap}"), format!("0/{cap}")]);
+    let queues = table::parse(queues);
+    assert_eq!(queues[0], ["APP", "CORE", "TO_FP", "TO_APP"]);
+    assert_eq!(queues[1], [a["id"].to_string(), "0".into(), format!("0/{cap}"), format!("{}/{cap}", CONNS * WRITES)]);
+    assert_eq!(queues.len(), 2, "{table_text}");
+    // The flows hold the bytes the application has not read.
+    let flows = bed.tasctl(&["flows", "--json", "--port", &PORT.to_string()]).json();
+    let flows = flows.as_array().unwrap();
+    assert_eq!(flows.len(), CONNS as usize);
+    for f in flows {
+        assert_eq!((f["rx_bytes"].as_u64(), f["rx_buffered"].as_u64()), (Some(BYTES), Some(BYTES)), "{f}");
+    }
+
+    // One poll takes every event and releases both queues.
+    assert!(ctx.poll() > 0);
+    let (ev, req, cores, _) = fill(&bed);
+    assert_eq!((ev, req, cores), (0, 0, vec![(0, 0)]), "after the application polled");
+
+    // Reading posts doorbells (rx consumed) and an accept credit; the service takes them.
+    let mut got = 0;
+    let mut buf = [0u8; 4096];
+    for _ in 0..CONNS {
+        let c = ctx.accept(l).expect("accept").expect("a connection waits");
+        got += ctx.recv(c, &mut buf).expect("data waits");
+    }
+    assert_eq!(got as u64, CONNS * BYTES);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (ev, req, cores, _) = fill(&bed);
+        if (ev, req, &cores) == (0, 0, &vec![(0, 0)]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the service did not take the doorbells: {ev} {req} {cores:?}");
+        sleep(Duration::from_millis(50));
+    }
+    let flows = bed.tasctl(&["flows", "--json", "--port", &PORT.to_string()]).json();
+    for f in flows.as_array().unwrap() {
+        assert_eq!(f["rx_buffered"].as_u64(), Some(0), "{f}");
+    }
+
+    // Congestion control switched globally: the default and every open connection.
+    let before = bed.tasctl(&["cc", "get", "--json"]).json();
+    assert_eq!(before["algorithm"], "dctcp-window", "{before}");
+    let out = bed.tasctl(&["cc", "set", "timely"]).ok().stdout;
+    assert_eq!(out.trim(), "congestion control: timely");
+    let now = bed.tasctl(&["cc", "get", "--json"]).json();
+    assert_eq!(now["algorithm"], "timely");
+    // --json on a change too: the new configuration, as `cc get --json` prints it.
+    let set = bed.tasctl(&["cc", "set", "timely", "--json"]).json();
+    assert_eq!(set, now);
+    for f in flows.as_array().unwrap() {
+        let id = f["id"].to_string();
+        let cc = bed.tasctl(&["cc", "get", "--flow", &id, "--json"]).json();
+        assert_eq!(cc["algorithm"], "timely", "{cc}");
+    }
+    drop(ctx);
+    let ends = h.finish(&bed, false);
+    assert_eq!(ends.len(), CONNS as usize);
+    assert!(ends.values().all(|e| e == "reset"), "a detached application's connections are reset: {ends:?}");
 }
 
 /// `tasctl capture` writes a pcap that tcpdump reads, with the handshake, every payload

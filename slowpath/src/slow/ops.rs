@@ -14,6 +14,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use tas_fastpath::ctl::Command;
 use tas_fastpath::flow::FlowKey;
 use tas_fastpath::io::capture::CaptureSpec;
+use tas_proto::queue::Occupancy;
 use tas_proto::shm::{ErrorCode, SpEvent};
 
 use super::{Phase, SlowPath};
@@ -116,10 +117,24 @@ pub struct AppDetail {
     pub listen_ports: Vec<u16>,
     /// Queue pairs with the fast path (one per core).
     pub contexts: u32,
-    /// Entries in its slow-path event queue not yet taken by the application.
-    pub event_queue_used: u32,
-    /// Capacity of that queue.
-    pub event_queue_capacity: u32,
+    /// Its slow-path event queue (slow path -> application): exact fill.
+    pub event_queue: Occupancy,
+    /// Its control-request queue (application -> slow path): exact fill.
+    pub request_queue: Occupancy,
+    /// Its queue pair with each fast-path core, in core order.
+    pub core_queues: Vec<CoreQueues>,
+}
+
+/// One fast-path core's queue pair in an application's region, as published by both sides
+/// at the moment of reading ([`tas_proto::queue::ShmQueue::occupancy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreQueues {
+    /// The fast-path core.
+    pub core: u32,
+    /// Application -> core (doorbells: tx bytes added, rx bytes consumed, close).
+    pub to_fp: Occupancy,
+    /// Core -> application (events: data arrived, tx space freed).
+    pub to_app: Occupancy,
 }
 
 /// Why a flow cannot be closed.
@@ -229,20 +244,29 @@ impl SlowPath {
         v
     }
 
-    /// Every application in detail.
-    pub fn app_details(&mut self) -> Vec<AppDetail> {
+    /// Every application in detail, with the exact fill of each of its queues. Reading the
+    /// fills writes nothing into the region (the application's and the cores' endpoints are
+    /// undisturbed); indices an application corrupted are reported clamped and flagged.
+    pub fn app_details(&self) -> Vec<AppDetail> {
         let contexts = self.cores.len() as u32;
+        let l = self.cfg.layout;
         let mut ids: Vec<u32> = self.apps.keys().copied().collect();
         ids.sort_unstable();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let ports: Vec<u16> = {
-                let a = &self.apps[&id];
-                a.listeners.iter().filter_map(|l| self.listeners.get(l)).map(|l| l.port).collect()
+            let a = &self.apps[&id];
+            let ports: Vec<u16> = a.listeners.iter().filter_map(|l| self.listeners.get(l)).map(|l| l.port).collect();
+            // attach_app checked that the region holds every queue of the layout, so
+            // `queue()` finds each one; a missing one would read as empty, not panic.
+            let fill = |off: usize| {
+                a.mem.queue(off, l.queue_entries).map_or(
+                    Occupancy::from_indices(0, 0, l.queue_entries),
+                    |q| q.occupancy(),
+                )
             };
-            let a = self.apps.get_mut(&id).expect("listed");
-            let cap = a.sp_q.capacity();
-            let used = a.sp_q.free().map_or(cap, |free| cap - free);
+            let core_queues = (0..l.num_fp_queues)
+                .map(|c| CoreQueues { core: c, to_fp: fill(l.to_fp_offset(c)), to_app: fill(l.to_app_offset(c)) })
+                .collect();
             out.push(AppDetail {
                 id,
                 name: a.name.clone(),
@@ -251,8 +275,9 @@ impl SlowPath {
                 conns: a.conns,
                 listen_ports: ports,
                 contexts,
-                event_queue_used: used,
-                event_queue_capacity: cap,
+                event_queue: a.sp_q.occupancy(),
+                request_queue: a.req_q.occupancy(),
+                core_queues,
             });
         }
         out

@@ -572,7 +572,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 parameters: params.into_iter().collect(),
             };
             let cc = call(timeout, c.set_congestion_control(req)).await?;
-            println!("congestion control: {}", cc.algorithm);
+            if json {
+                print_json(&json!({"algorithm": cc.algorithm, "parameters": cc.parameters}));
+            } else {
+                println!("congestion control: {}", cc.algorithm);
+            }
         }
         Cmd::Config {
             action: ConfigCmd::Get { key },

@@ -1,7 +1,8 @@
-//! The real-network test bed shared by the root tests (`veth.rs`, `ops.rs`): a sandbox of
-//! two network namespaces joined by a veth pair (`deploy/sandbox.sh`), `tasd` and `tas-echo`
-//! started in namespace A from the workspace's `target/release/`, the kernel-side peers of
-//! `tools/peers/` in namespace B. Everything started is ended by PID in a drop guard and the
+//! The real-network test bed shared by the root tests (`veth.rs`, `ops.rs`, `preload.rs`,
+//! `impair.rs`, `kvstore.rs`): a sandbox of two network namespaces joined by a veth pair
+//! (`deploy/sandbox.sh`), or by two veth pairs through a middle namespace for the impairment
+//! forwarder, `tasd` and `tas-echo` started in namespace A from the workspace's
+//! `target/release/`, the kernel-side peers of `tools/peers/` in namespace B. Everything started is ended by PID in a drop guard and the
 //! sandbox is removed, also when a test fails; on failure the logs of every process are
 //! printed and the run directory is kept. See `veth.rs` for what the binaries must do.
 #![allow(dead_code)]
@@ -21,6 +22,9 @@ pub const IP_A: &str = "10.77.0.1";
 pub const IP_B: &str = "10.77.0.2";
 pub const IF_A: &str = "tas0";
 pub const ECHO_PORT: u16 = 7;
+/// The middle namespace's veths (towards A, towards B) in a bed made with [`Bed::up_with_middle`].
+pub const IF_MA: &str = "fwd-a";
+pub const IF_MB: &str = "fwd-b";
 
 /// How long `tasd` may take to create its app socket: generous, it loads an XDP program and
 /// sets up UMEM, but a service that needs more than this is broken.
@@ -41,6 +45,8 @@ pub struct Paths {
     pub tas_echo: PathBuf,
     /// Checked when used (`Bed::tasctl`): the data tests do not need it.
     pub tasctl: PathBuf,
+    /// Checked when used (the impairment tests start it).
+    pub tas_impair: PathBuf,
     pub sandbox: PathBuf,
     pub peers: PathBuf,
 }
@@ -64,6 +70,7 @@ impl Paths {
             tasd: bin_dir.join("tasd"),
             tas_echo: bin_dir.join("tas-echo"),
             tasctl: bin_dir.join("tasctl"),
+            tas_impair: bin_dir.join("tas-impair"),
             sandbox: repo.join("deploy/sandbox.sh"),
             peers: tools.join("peers"),
         };
@@ -89,6 +96,8 @@ pub struct Bed {
     pub paths: Paths,
     pub ns_a: String,
     pub ns_b: String,
+    /// The middle namespace, in a bed made with [`Bed::up_with_middle`].
+    pub ns_m: Option<String>,
     pub run_dir: PathBuf,
     pub procs: Mutex<Vec<Proc>>,
     pub _serial: std::sync::MutexGuard<'static, ()>,
@@ -111,7 +120,19 @@ pub struct Output {
 }
 
 impl Bed {
+    /// A and B joined by one veth pair.
     pub fn up(test: &str) -> Bed {
+        Self::make(test, false)
+    }
+
+    /// A and B joined through a middle namespace M (`deploy/sandbox.sh` with `TAS_NS_M`):
+    /// A's veth peer is [`IF_MA`] and B's is [`IF_MB`], both in M, where nothing joins them
+    /// until a forwarder (`tas-impair`) bridges them.
+    pub fn up_with_middle(test: &str) -> Bed {
+        Self::make(test, true)
+    }
+
+    fn make(test: &str, middle: bool) -> Bed {
         let serial = SERIAL
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -130,6 +151,7 @@ impl Bed {
             // deploy/test.sh removes tasv-PID-* sandboxes whose PID is gone (a killed run).
             ns_a: format!("tasv-{id}-a"),
             ns_b: format!("tasv-{id}-b"),
+            ns_m: middle.then(|| format!("tasv-{id}-m")),
             run_dir,
             procs: Mutex::new(Vec::new()),
             _serial: serial,
@@ -137,8 +159,9 @@ impl Bed {
         let out = bed.sandbox("up");
         assert!(
             out.status.success(),
-            "deploy/sandbox.sh up failed ({}); check that iproute2 and ethtool are installed \
+            "deploy/sandbox.sh up{} failed ({}); check that iproute2 and ethtool are installed \
              (deploy/install-deps.sh) and that veth works here:\n{}{}",
+            if middle { " (with TAS_NS_M)" } else { "" },
             out.status,
             out.stdout,
             out.stderr
@@ -147,14 +170,20 @@ impl Bed {
     }
 
     pub fn sandbox(&self, verb: &str) -> Output {
-        let out = Command::new("bash")
-            .arg(&self.paths.sandbox)
+        let mut cmd = Command::new("bash");
+        cmd.arg(&self.paths.sandbox)
             .arg(verb)
             .env("TAS_NS_A", &self.ns_a)
             .env("TAS_NS_B", &self.ns_b)
             .env("TAS_IP_A", IP_A)
             .env("TAS_IP_B", IP_B)
-            .env("TAS_IF_A", IF_A)
+            .env("TAS_IF_A", IF_A);
+        if let Some(m) = &self.ns_m {
+            cmd.env("TAS_NS_M", m)
+                .env("TAS_IF_MA", IF_MA)
+                .env("TAS_IF_MB", IF_MB);
+        }
+        let out = cmd
             .stdin(Stdio::null())
             .output()
             .expect("run bash deploy/sandbox.sh");
@@ -226,8 +255,17 @@ impl Bed {
                 break status;
             }
             if Instant::now() > deadline {
+                // How far it got: the kernel's view of the TCP connections at B.
+                let ss = Command::new("ip")
+                    .args(["netns", "exec", &self.ns_b, "ss", "-tni"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
                 self.stop(pid, Duration::from_secs(2));
-                panic!("{cmd:?} in {ns} did not finish within {timeout:?}; its output is printed below");
+                panic!(
+                    "{cmd:?} in {ns} did not finish within {timeout:?}; its output is printed below. \
+                     TCP at B when it was stopped (ss -tni):\n{ss}"
+                );
             }
             sleep(Duration::from_millis(20));
         };
@@ -374,11 +412,18 @@ impl Bed {
             &[bin, "server", "--port", &port],
             &[("TAS_SOCKET", &socket)],
         );
+        self.wait_open(ECHO_PORT, pid, "tas-echo server");
+        self.assert_not_a_kernel_listener(ECHO_PORT);
+        pid
+    }
+
+    /// Wait until B can connect to `port` of A (process `pid` serves it; it must not exit).
+    pub fn wait_open(&self, port: u16, pid: u32, what: &str) {
         let probe = self.run_b_peer(
             "tcp_probe",
             &[
                 "--connect",
-                &format!("{IP_A}:{ECHO_PORT}"),
+                &format!("{IP_A}:{port}"),
                 "--expect",
                 "open",
                 "--wait",
@@ -387,12 +432,13 @@ impl Bed {
             Duration::from_secs(40),
         );
         if let Some(status) = self.exited(pid) {
-            panic!(
-                "tas-echo server exited ({status}) right after starting; its log is printed below"
-            );
+            panic!("{what} exited ({status}) right after starting; its log is printed below");
         }
         probe.json_success();
-        // A kernel listener would answer too: make sure the port is tasd's, not the kernel's.
+    }
+
+    /// A kernel listener would answer too: make sure `port` in A is tasd's, not the kernel's.
+    pub fn assert_not_a_kernel_listener(&self, port: u16) {
         let listeners = self.capture_ok(&[
             "ip",
             "netns",
@@ -400,13 +446,12 @@ impl Bed {
             &self.ns_a,
             "ss",
             "-Htln",
-            &format!("sport = :{ECHO_PORT}"),
+            &format!("sport = :{port}"),
         ]);
         assert!(
             listeners.trim().is_empty(),
-            "port {ECHO_PORT} in A is a kernel socket, not tasd's:\n{listeners}"
+            "port {port} in A is a kernel socket, not tasd's:\n{listeners}"
         );
-        pid
     }
 
     pub fn start_kernel_echo_server_b(&self, port: u16) -> PathBuf {
@@ -628,7 +673,7 @@ pub fn require_root() {
     assert_eq!(
         euid, 0,
         "the real-network tests need root (network namespaces, veth, XDP): run `sudo bash deploy/test.sh`, \
-         or `sudo cargo test -p tas-tools --test veth -- --ignored` after `cargo build --release --workspace`"
+         or `sudo cargo test -p tas-tools --test NAME -- --ignored` after `cargo build --release --workspace`"
     );
 }
 
@@ -651,6 +696,16 @@ pub fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+/// `field` of `proto` ("Tcp", "IpExt") from /proc/net/snmp's or /proc/net/netstat's
+/// header/value line pairs, if it is there.
+pub fn net_counter(table: &str, proto: &str, field: &str) -> Option<u64> {
+    let prefix = format!("{proto}:");
+    let mut lines = table.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let i = names.split_whitespace().position(|n| n == field)?;
+    values.split_whitespace().nth(i)?.parse().ok()
 }
 
 /// `field` of `proto` ("Tcp", "Icmp") from /proc/net/snmp's header/value line pairs.
