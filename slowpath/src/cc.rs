@@ -304,7 +304,12 @@ impl CcState {
             self.loss_guard = s.in_flight.max(self.mss);
         }
         // The application may not have used what it was given: do not grow then.
-        let backlogged = s.unsent > 0 || s.in_flight as u64 * 2 >= self.cwnd as u64;
+        let mut backlogged = s.unsent > 0 || s.in_flight as u64 * 2 >= self.cwnd as u64;
+        if retx > 0 && !loss && self.alg.is_dctcp() {
+            // Repairing the losses already answered: no growth meanwhile (the window
+            // was just cut for them).
+            backlogged = false;
+        }
         match self.alg {
             Algorithm::DctcpWindow | Algorithm::DctcpRate => {
                 // RFC 8257 3.3: alpha = (1 - g) * alpha + g * F, once per observation

@@ -294,7 +294,7 @@ fn fairness_and_queue_snapshot() {
             let (fair, min_total) = match s.alg {
                 Algorithm::DctcpWindow | Algorithm::Cubic => (true, 850.0),
                 // Rate-based DCTCP keeps a longer queue and idles the link a little more
-                // after its cuts: 862-902 Mbit/s measured (2026-11-22).
+                // after its cuts: 864-902 Mbit/s measured (2026-11-22).
                 Algorithm::DctcpRate => (true, 800.0),
                 // With 8 flows TIMELY moves 598-627 Mbit/s depending on loss-recovery
                 // details (measured 2026-11-22): 550 keeps the check meaningful without
@@ -312,7 +312,7 @@ fn fairness_and_queue_snapshot() {
         }
         // DCTCP keeps the queue short: near K (30 kB) with the window, p99 at most 100 kB;
         // the rate variant has no window to stop it between reports and holds a longer
-        // queue (p99 77-129 kB measured), held to 150 kB, under 40 % of the buffer.
+        // queue (p99 79-133 kB measured), held to 150 kB, under 40 % of the buffer.
         // Neither drops in the last phase (the rate variant's slow start may overshoot
         // into drops in the first milliseconds).
         let max_p99 = match s.alg {
