@@ -62,6 +62,9 @@ impl Algorithm {
             Algorithm::Unlimited => "unlimited",
         }
     }
+    fn is_dctcp(self) -> bool {
+        matches!(self, Algorithm::DctcpWindow | Algorithm::DctcpRate)
+    }
     fn is_rate_based(self) -> bool {
         matches!(self, Algorithm::DctcpRate | Algorithm::Timely | Algorithm::Fixed)
     }
@@ -99,7 +102,7 @@ pub struct CcParams {
     pub initial_window: u32,
     /// DCTCP's EWMA gain g (RFC 8257 recommends 1/16).
     pub dctcp_g: f64,
-    /// Additive increase of the rate-based algorithms per control interval, kbit/s.
+    /// Additive increase of rate-based DCTCP per 400 µs of time (`RATE_STEP_INTERVAL_US`), kbit/s.
     pub rate_step_kbps: u32,
     /// Lowest pacing rate, kbit/s.
     pub min_rate_kbps: u32,
@@ -145,6 +148,25 @@ impl Default for CcParams {
     }
 }
 
+/// Rate-based DCTCP changes its rate per this much time, not per report: the additive
+/// step (`rate_step_kbps`) is added once per 400 µs, and a report with marks cuts by
+/// alpha/2 once per 400 µs it covers (at most once per marked segment). A flow reports
+/// on its first ACK after two smoothed RTTs, so a slow flow, whose ACKs are rare, or a
+/// flow that joined behind a queue and measures a longer RTT, reports less often; per
+/// report, such flows grew many times slower than the others and starved
+/// (docs/congestion.md). A fixed time base, the same for every flow, makes the
+/// increase and the decrease symmetric between flows, which AIMD needs to converge.
+/// 400 µs: 10 Mbit/s per 400 µs (25 Gbit/s per second) kept the 1 Gbit/s simulated
+/// bottleneck fair and its queue bounded with 2-8 flows; 100-200 µs overshot into drops
+/// with 8 flows (docs/benchmarks.md).
+const RATE_STEP_INTERVAL_US: f64 = 400.0;
+/// A report counts for at most this many rate steps (a flow that reported after a long
+/// pause does not jump).
+const RATE_MAX_STEPS: f64 = 64.0;
+/// TIMELY's δ counts for at most this many steps per report: more let its queue grow
+/// with 8 flows in the simulator (p99 258 kB with 64 against 52 kB with 4).
+const TIMELY_MAX_STEPS: f64 = 4.0;
+
 /// What the fast path is told: window and rate (0 = no limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Limits {
@@ -180,6 +202,8 @@ pub struct CcState {
     pub retransmits: u64,
     /// Control intervals run.
     pub intervals: u64,
+    /// Bytes to be acknowledged before loss may cut again (DCTCP: once per window).
+    loss_guard: u32,
     /// Bytes acknowledged in the last interval / its length: the measured rate, kbit/s.
     pub measured_kbps: u32,
     last: Option<CcSample>,
@@ -221,6 +245,7 @@ impl CcState {
             min_rtt_us: srtt_us.max(1),
             retransmits: 0,
             intervals: 0,
+            loss_guard: 0,
             measured_kbps: 0,
             last: None,
             prev_rtt_us: srtt_us,
@@ -269,9 +294,22 @@ impl CcState {
         self.elapsed_us += dt_us;
         let fraction = if acked > 0 { ecn as f64 / acked as f64 } else { 0.0 };
         self.ecn_fraction = fraction;
-        let loss = retx > 0;
+        // RFC 5681 / RFC 8257 3.5: loss halves the window once per window of data, not
+        // once per lost segment or per report: retransmissions (SACK repairs spread over
+        // several reports) within the window outstanding at the last reaction do not cut
+        // again. `loss_guard` is the data still to be acknowledged before another cut.
+        self.loss_guard = self.loss_guard.saturating_sub(acked);
+        let loss = retx > 0 && (self.loss_guard == 0 || !self.alg.is_dctcp());
+        if loss {
+            self.loss_guard = s.in_flight.max(self.mss);
+        }
         // The application may not have used what it was given: do not grow then.
-        let backlogged = s.unsent > 0 || s.in_flight as u64 * 2 >= self.cwnd as u64;
+        let mut backlogged = s.unsent > 0 || s.in_flight as u64 * 2 >= self.cwnd as u64;
+        if retx > 0 && !loss && self.alg.is_dctcp() {
+            // Repairing the losses already answered: no growth meanwhile (the window
+            // was just cut for them).
+            backlogged = false;
+        }
         match self.alg {
             Algorithm::DctcpWindow | Algorithm::DctcpRate => {
                 // RFC 8257 3.3: alpha = (1 - g) * alpha + g * F, once per observation
@@ -282,14 +320,19 @@ impl CcState {
                 if self.alg == Algorithm::DctcpWindow {
                     self.dctcp_window(acked, ecn, loss, backlogged);
                 } else {
-                    self.dctcp_rate(ecn, loss, backlogged, p);
+                    self.dctcp_rate(ecn, loss, backlogged, dt_us, p);
                 }
             }
-            Algorithm::Timely => self.timely(s.srtt_us, loss, backlogged, p),
+            Algorithm::Timely => self.timely(s.srtt_us, loss, backlogged, dt_us, p),
             Algorithm::Cubic => self.cubic(acked, ecn > 0 || loss, backlogged, p),
             Algorithm::Fixed | Algorithm::Unlimited => {}
         }
         let after = self.limits();
+        tracing::trace!(
+            alg = %self.alg, dt_us, acked, ecn, retx, srtt_us = s.srtt_us, alpha = self.alpha,
+            rate_kbps = self.rate_kbps, cwnd = self.cwnd, measured_kbps = self.measured_kbps,
+            "congestion control interval"
+        );
         (after != before).then_some(after)
     }
 
@@ -297,6 +340,14 @@ impl CcState {
     pub fn on_timeout(&mut self, p: &CcParams) -> Option<Limits> {
         let before = self.limits();
         self.retransmits += 1;
+        // The retransmissions that follow the timeout repair the same window: they do
+        // not halve again (DCTCP; see `on_sample`).
+        self.loss_guard = match self.alg {
+            Algorithm::DctcpWindow => self.cwnd,
+            Algorithm::DctcpRate => (self.rate_kbps as u64 * self.rtt_us as u64 / 8_000).min(u32::MAX as u64) as u32,
+            _ => 0,
+        }
+        .max(self.mss);
         match self.alg {
             Algorithm::DctcpWindow | Algorithm::Cubic => {
                 self.ssthresh = (self.cwnd / 2).max(self.min_cwnd());
@@ -340,25 +391,42 @@ impl CcState {
         self.cwnd = self.cwnd.min(1 << 30);
     }
 
-    fn dctcp_rate(&mut self, ecn: u32, loss: bool, backlogged: bool, p: &CcParams) {
-        let (lo, hi) = (p.min_rate_kbps.max(1), p.max_rate_kbps.max(1));
-        if loss {
-            self.rate_kbps /= 2;
-            self.slow_start = false;
-        } else if ecn > 0 {
-            self.rate_kbps = (self.rate_kbps as f64 * (1.0 - self.alpha / 2.0)) as u32;
-            self.slow_start = false;
-        } else if backlogged {
-            if self.slow_start {
-                self.rate_kbps = self.rate_kbps.saturating_mul(2);
-            } else {
-                self.rate_kbps = self.rate_kbps.saturating_add(p.rate_step_kbps);
-            }
-        }
-        self.rate_kbps = self.rate_kbps.clamp(lo, hi);
+    /// How many [`RATE_STEP_INTERVAL_US`] a report `dt_us` long covers (1 to
+    /// [`RATE_MAX_STEPS`]).
+    fn rate_steps(dt_us: u64) -> f64 {
+        (dt_us as f64 / RATE_STEP_INTERVAL_US).clamp(1.0, RATE_MAX_STEPS)
     }
 
-    fn timely(&mut self, new_rtt: u32, loss: bool, backlogged: bool, p: &CcParams) {
+    fn dctcp_rate(&mut self, ecn: u32, loss: bool, backlogged: bool, dt_us: u64, p: &CcParams) {
+        let (lo, hi) = (p.min_rate_kbps.max(1), p.max_rate_kbps.max(1));
+        let mut r = self.rate_kbps as f64;
+        let k = Self::rate_steps(dt_us);
+        if loss {
+            r /= 2.0;
+            self.slow_start = false;
+        } else if ecn > 0 {
+            // RFC 8257 3.3's cut, once per step interval that saw marks: at most k of
+            // them, and at most one per marked segment.
+            let m = (ecn as f64 / self.mss as f64).clamp(1.0, k);
+            r *= (1.0 - self.alpha / 2.0).powf(m);
+            self.slow_start = false;
+        }
+        if !loss && backlogged {
+            if self.slow_start {
+                // Doubling, but never beyond twice what the network delivered.
+                let cap = 2.0 * self.measured_kbps.max(lo) as f64;
+                r = (r * 2.0).min(cap.max(r));
+            } else {
+                // Additive increase per step interval, marked or not (as the window
+                // variant grows by one segment per window acknowledged and cuts once
+                // per window with marks).
+                r += p.rate_step_kbps as f64 * k;
+            }
+        }
+        self.rate_kbps = (r as u64).clamp(lo as u64, hi as u64) as u32;
+    }
+
+    fn timely(&mut self, new_rtt: u32, loss: bool, backlogged: bool, dt_us: u64, p: &CcParams) {
         let (lo, hi) = (p.min_rate_kbps.max(1), p.max_rate_kbps.max(1));
         // TIMELY Algorithm 1: new_rtt_diff = new_rtt - prev_rtt;
         // rtt_diff = (1 - alpha) * rtt_diff + alpha * new_rtt_diff.
@@ -366,7 +434,9 @@ impl CcState {
         self.prev_rtt_us = new_rtt;
         self.rtt_diff_us = (1.0 - p.timely_alpha) * self.rtt_diff_us + p.timely_alpha * new_diff;
         let gradient = self.rtt_diff_us / self.min_rtt_us.max(1) as f64;
-        let delta = p.timely_delta_kbps as f64;
+        // δ per step interval of time, not per report (as for rate-based DCTCP): a flow
+        // at a low rate reports rarely and would otherwise never catch up.
+        let delta = p.timely_delta_kbps as f64 * Self::rate_steps(dt_us).min(TIMELY_MAX_STEPS);
         let mut r = self.rate_kbps as f64;
         if loss {
             r /= 2.0;
@@ -535,16 +605,53 @@ mod tests {
     }
 
     #[test]
+    fn dctcp_halves_once_per_window_of_loss() {
+        let p = CcParams::default();
+        for alg in [Algorithm::DctcpWindow, Algorithm::DctcpRate] {
+            let mut s = CcState::new(alg, &p, 1000, 100, None);
+            s.slow_start = false;
+            s.ssthresh = 0;
+            s.cwnd = 100_000;
+            s.on_sample(&sample(0, 0, 0, 0, 100), &p);
+            let (w0, r0) = (s.cwnd, s.rate_kbps);
+            // A loss with 100 kB in flight: halve.
+            s.on_sample(&sample(200, 10_000, 0, 1, 100), &p);
+            assert_eq!((s.cwnd, s.rate_kbps), if alg == Algorithm::DctcpWindow { (w0 / 2, r0) } else { (w0, r0 / 2) }, "{alg}");
+            let (w1, r1) = (s.cwnd, s.rate_kbps);
+            // More retransmissions before that window is acknowledged: no second cut.
+            s.on_sample(&sample(400, 60_000, 0, 2, 100), &p);
+            assert!(s.cwnd >= w1 && s.rate_kbps >= r1, "{alg}: cut twice in one window");
+            // Once 100 kB more are acknowledged, a new loss halves again.
+            s.on_sample(&sample(600, 120_000, 0, 3, 100), &p);
+            assert!(s.cwnd < w1 || s.rate_kbps < r1, "{alg}: a loss in the next window is answered");
+            assert!(s.cwnd >= s.min_cwnd(), "never below 2 MSS without a timeout");
+        }
+    }
+
+    #[test]
     fn rate_dctcp_and_fixed_and_unlimited() {
         let p = CcParams::default();
         let mut s = CcState::new(Algorithm::DctcpRate, &p, 1000, 100, None);
         let r0 = s.rate_kbps;
         assert_eq!(r0, 800_000, "10 segments per 100 µs = 800 Mbit/s");
         s.on_sample(&sample(0, 0, 0, 0, 100), &p);
+        // 10 kB acknowledged in 200 µs: 400 Mbit/s delivered, so slow start may not
+        // go beyond 800 Mbit/s.
         s.on_sample(&sample(200, 10_000, 0, 0, 100), &p);
+        assert_eq!(s.rate_kbps, r0, "slow start: at most twice the delivered rate");
+        s.on_sample(&sample(400, 50_000, 0, 0, 100), &p);
         assert_eq!(s.rate_kbps, 2 * r0, "slow start doubles");
-        s.on_sample(&sample(400, 20_000, 10_000, 0, 100), &p);
-        assert_eq!(s.rate_kbps, (2.0 * r0 as f64 * (1.0 - s.alpha / 2.0)) as u32);
+        // Marks: one cut by alpha/2 (the 200 µs report is shorter than one 400 µs step),
+        // plus one additive step.
+        s.on_sample(&sample(600, 60_000, 5_000, 0, 100), &p);
+        assert!(!s.slow_start);
+        assert_eq!(s.rate_kbps, (2.0 * r0 as f64 * (1.0 - s.alpha / 2.0) + p.rate_step_kbps as f64) as u32);
+        // A report covering 4 ms (ten steps) with 3 marked segments: three cuts, ten steps.
+        let (r1, a) = (s.rate_kbps as f64, s.alpha);
+        s.on_sample(&sample(4600, 70_000, 8_000, 0, 100), &p);
+        let a2 = (1.0 - p.dctcp_g) * a + p.dctcp_g * 0.3;
+        let want = r1 * (1.0 - a2 / 2.0).powi(3) + 10.0 * p.rate_step_kbps as f64;
+        assert!((s.rate_kbps as f64 - want).abs() < 2.0, "{} vs {want}", s.rate_kbps);
         let f = CcState::new(Algorithm::Fixed, &p, 1000, 100, Some(5_000));
         assert_eq!(f.limits(), Limits { cwnd: 0, rate_kbps: 5_000 });
         let u = CcState::new(Algorithm::Unlimited, &p, 1000, 100, None);

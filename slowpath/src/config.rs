@@ -105,7 +105,7 @@ pub struct FileConfig {
     pub cc_initial_window: Option<u32>,
     /// DCTCP EWMA gain g for alpha (RFC 8257: 1/16), 0 < g <= 1
     pub dctcp_g: Option<f64>,
-    /// additive increase of dctcp-rate per control interval, kbit/s
+    /// additive increase of dctcp-rate per 400 µs, kbit/s
     pub cc_rate_step_kbps: Option<u32>,
     /// lowest pacing rate any algorithm sets, kbit/s
     pub cc_min_rate_kbps: Option<u32>,
@@ -594,7 +594,7 @@ pub const KEYS: &[KeyInfo] = &[
     KeyInfo { key: "cc_interval_min_us", live: false, description: "...but at most once per this many microseconds" },
     KeyInfo { key: "cc_initial_window", live: false, description: "initial congestion window in segments (RFC 6928: 10)" },
     KeyInfo { key: "dctcp_g", live: false, description: "DCTCP EWMA gain g for alpha (RFC 8257: 1/16), 0 < g <= 1" },
-    KeyInfo { key: "cc_rate_step_kbps", live: false, description: "additive increase of dctcp-rate per control interval, kbit/s" },
+    KeyInfo { key: "cc_rate_step_kbps", live: false, description: "additive increase of dctcp-rate per 400 us, kbit/s" },
     KeyInfo { key: "cc_min_rate_kbps", live: false, description: "lowest pacing rate any algorithm sets, kbit/s" },
     KeyInfo { key: "cc_max_rate_kbps", live: false, description: "highest pacing rate any algorithm sets, kbit/s (the line rate is a good choice)" },
     KeyInfo { key: "cc_fixed_rate_kbps", live: false, description: "pacing rate of connections with the fixed algorithm, kbit/s" },

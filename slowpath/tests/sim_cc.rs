@@ -80,6 +80,7 @@ fn run(alg: Algorithm, imp: Impairments, flows: &[FlowSpec], end_ms: u64, queue_
     let chunk = vec![0x5au8; 64 * 1024];
     let mut rbuf = vec![0u8; 64 * 1024];
     let mut queue_reset = false;
+    let (mut ce_before, mut drops_before) = (0, 0);
     loop {
         let now_ms = ms(w.clock.now(), t0);
         if now_ms >= end_ms {
@@ -87,6 +88,8 @@ fn run(alg: Algorithm, imp: Impairments, flows: &[FlowSpec], end_ms: u64, queue_
         }
         if !queue_reset && now_ms >= queue_from_ms {
             w.b.cores[0].io().reset_queue_stats();
+            let st = w.b.cores[0].io().tx_stats();
+            (ce_before, drops_before) = (st.ce_marked, st.queue_drops);
             queue_reset = true;
         }
         w.step(&mut [&mut server, &mut client]);
@@ -151,8 +154,8 @@ fn run(alg: Algorithm, imp: Impairments, flows: &[FlowSpec], end_ms: u64, queue_
     Outcome {
         windows,
         queue: port.tx_queue_percentiles(&[50.0, 90.0, 99.0, 100.0]),
-        ce_marked: st.ce_marked,
-        drops: st.queue_drops,
+        ce_marked: st.ce_marked - ce_before,
+        drops: st.queue_drops - drops_before,
     }
 }
 
@@ -282,17 +285,20 @@ fn fairness_and_queue_snapshot() {
                 drops
             );
             let what = format!("{} {} {} flows, {}-{} ms", s.alg.name(), s.name, r.len(), p.from_ms, p.to_ms);
-            // What each algorithm is held to (docs/congestion.md, "Results"): DCTCP (the
-            // window variant) and CUBIC converge everywhere and fill the link; TIMELY
-            // converges when the flows start together but not always after a join (the
-            // RTT gradient has no unique fair fixed point: Zhu et al., CoNEXT 2016) and
-            // leaves capacity unused with many flows; rate-based DCTCP does not converge
-            // yet (a known problem, recorded in the table only).
+            // What each algorithm is held to (docs/congestion.md, "Results"): DCTCP (both
+            // variants) and CUBIC converge everywhere and fill the link; TIMELY
+            // converges when the flows start together but not after a join (the RTT
+            // gradient has no unique fair fixed point: Zhu et al., CoNEXT 2016; and the
+            // newcomer, at the floor rate, keeps a stale smoothed RTT above T_high) and
+            // leaves capacity unused with many flows.
             let (fair, min_total) = match s.alg {
                 Algorithm::DctcpWindow | Algorithm::Cubic => (true, 850.0),
-                // With 8 flows TIMELY moves 598-618 Mbit/s depending on loss-recovery
+                // Rate-based DCTCP keeps a longer queue and idles the link a little more
+                // after its cuts: 864-902 Mbit/s measured (2026-11-22).
+                Algorithm::DctcpRate => (true, 800.0),
+                // With 8 flows TIMELY moves 598-627 Mbit/s depending on loss-recovery
                 // details (measured 2026-11-22): 550 keeps the check meaningful without
-                // failing on a 0.3 % change.
+                // failing on a small change.
                 Algorithm::Timely => (s.name == "together", 550.0),
                 _ => (false, 800.0),
             };
@@ -304,12 +310,20 @@ fn fairness_and_queue_snapshot() {
                 failures.push(format!("{what}: total goodput {total:.1} Mbit/s < {min_total}"));
             }
         }
-        if s.alg == Algorithm::DctcpWindow {
-            // DCTCP keeps the queue near K (30 kB): p99 well below the 400 kB buffer,
-            // no drops.
-            if o.queue[2] > 100_000 || o.drops > 0 {
+        // DCTCP keeps the queue short: near K (30 kB) with the window, p99 at most 100 kB;
+        // the rate variant has no window to stop it between reports and holds a longer
+        // queue (p99 79-133 kB measured), held to 150 kB, under 40 % of the buffer.
+        // Neither drops in the last phase (the rate variant's slow start may overshoot
+        // into drops in the first milliseconds).
+        let max_p99 = match s.alg {
+            Algorithm::DctcpWindow => Some(100_000),
+            Algorithm::DctcpRate => Some(150_000),
+            _ => None,
+        };
+        if let Some(max_p99) = max_p99 {
+            if o.queue[2] > max_p99 || o.drops > 0 {
                 failures.push(format!(
-                    "{} {}: queue p99 {} B, {} drops: DCTCP must keep the queue short",
+                    "{} {}: queue p99 {} B (at most {max_p99}), {} drops: DCTCP must keep the queue short",
                     s.alg.name(),
                     s.name,
                     o.queue[2],
@@ -321,7 +335,7 @@ fn fairness_and_queue_snapshot() {
     let header = "# CC fairness through a 1 Gbit/s bottleneck (20 us one-way, 400 kB buffer, CE above 30 kB), seed 11\n\
                   # (slowpath/tests/sim_cc.rs); Mb/s = goodput of the flows active in the phase; conv ms = time after\n\
                   # the last join/leave from which every 10 ms window has Jain >= 0.95; queue = bottleneck backlog\n\
-                  # seen by arriving frames in the last phase.\n";
+                  # seen by arriving frames in the last phase; CE and drops = frames marked and dropped there in the last phase.\n";
     let got = format!("{header}{table}");
     println!("{got}");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/cc-fairness.txt");
@@ -389,5 +403,32 @@ fn fixed_rate_pacing_accuracy() {
         assert!(err < 0.02, "fixed rate {rate_mbps} Mbit/s: receiver measured {got:.2} Mbit/s ({:.2}% off)", err * 100.0);
         let info = w.b.slow.conn_infos().into_iter().find_map(|ci| ci.cc).expect("cc state visible");
         assert_eq!((info.algorithm, info.rate_kbps), (Algorithm::Fixed, rate_mbps * 1000));
+    }
+}
+
+/// Random loss without ECN marking: DCTCP answers loss as standard TCP does (RFC 8257
+/// 3.5: halve once per window of data, not per lost segment; one segment only after a
+/// timeout), so a lossy path costs it no more than it costs CUBIC. One verified bulk
+/// transfer of 20 MB per algorithm over a 1 Gbit/s, 100 µs one-way path with 1 % random
+/// loss each way (the loss-recovery tests' path, `sim_loss.rs`).
+#[test]
+fn dctcp_under_random_loss() {
+    let link = Impairments { rate_bps: 1_000_000_000, delay: Duration::from_micros(100), loss: 0.01, ..Impairments::default() };
+    let size = 20_000_000;
+    let mut got = Vec::new();
+    for alg in [Algorithm::DctcpWindow, Algorithm::DctcpRate, Algorithm::Cubic, Algorithm::Unlimited] {
+        let t = bulk_alg(link, 42, size, None, None, alg);
+        println!("{:<13} 1% loss: {:>7.1} Mbit/s ({:.3} s, {} RTOs, {} segments resent)", alg.name(), t.mbps, t.secs, t.rtos, t.retx_segments);
+        got.push((alg, t));
+    }
+    let mbps = |a: Algorithm| got.iter().find(|(g, _)| *g == a).map(|(_, t)| t.mbps).unwrap();
+    // Measured 2026-11-22: dctcp-window 460, dctcp-rate 227, cubic 398, unlimited 880
+    // Mbit/s. The window variant must do at least as well as CUBIC less 20 %; the rate
+    // variant grows by a fixed 10 Mbit/s per 400 µs (`cc.rs`), slower than one segment
+    // per RTT on this 200 µs path, so it is held to half of CUBIC.
+    let cubic = mbps(Algorithm::Cubic);
+    assert!(cubic > 200.0, "CUBIC under 1% loss: {cubic:.1} Mbit/s");
+    for (a, share) in [(Algorithm::DctcpWindow, 0.8), (Algorithm::DctcpRate, 0.5)] {
+        assert!(mbps(a) >= share * cubic, "{a} under 1% loss: {:.1} Mbit/s, below {:.0} % of CUBIC's {cubic:.1}", mbps(a), share * 100.0);
     }
 }

@@ -7,8 +7,10 @@ server's side how many bytes crossed and their sha256:
   {"event": "closed", "peer": "10.77.0.1:40000", "bytes": N, "sha256": "..", "error": null,
    "seconds": T}
 (T: from the acceptance of the connection to the last data received.) Runs until killed (SIGTERM/SIGINT).
+With --discard it echoes nothing (a sink: the report is the same), so a one-way transfer
+costs the machine one direction only.
 
-  echo_server.py --port 7 [--bind 0.0.0.0] [--ready-file PATH]
+  echo_server.py --port 7 [--bind 0.0.0.0] [--ready-file PATH] [--discard]
 """
 
 import argparse
@@ -44,7 +46,8 @@ class Handler(socketserver.BaseRequestHandler):
                     break
                 ended = time.monotonic()
                 sha.update(view[:n])
-                s.sendall(view[:n])
+                if not self.server.discard:
+                    s.sendall(view[:n])
                 total += n
             s.shutdown(socket.SHUT_WR)
         except OSError as e:
@@ -66,10 +69,12 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--bind", default="0.0.0.0")
     ap.add_argument("--ready-file", help="created once the server listens")
+    ap.add_argument("--discard", action="store_true", help="receive and hash only; echo nothing")
     args = ap.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = Server((args.bind, args.port), Handler)
+    server.discard = args.discard
     print(f"echo_server: listening on {args.bind}:{args.port}", file=sys.stderr, flush=True)
     if args.ready_file:
         with open(args.ready_file + ".tmp", "w") as f:

@@ -380,26 +380,30 @@ fn tasd_tas_client(what: &str, impair: &[&str]) {
 
 /// Bottleneck rate of the congestion-control tests, Mbit/s.
 const CC_RATE_MBIT: f64 = 200.0;
+/// The marking threshold K of the congestion-control tests, frames.
+const CC_K_FRAMES: u32 = 20;
 /// Bytes each connection streams in the congestion-control tests (2 s at the full rate).
 const CC_BYTES: u64 = 50_000_000;
 
-/// tasd (DCTCP, its default) streams 50 MB to a kernel echo server through a 200 Mbit/s
-/// bottleneck with a 256-frame queue that marks CE above 20 frames: the goodput (TCP
-/// payload) reaches at least 90 % of the bottleneck rate. The ceiling is 95.6 % (1448
+/// tasd (DCTCP, its default) streams 50 MB to a kernel sink (`echo_server.py --discard`,
+/// `tas-echo client --send-only`; sha256 compared) through a 200 Mbit/s bottleneck with a
+/// 256-frame queue that marks CE above 20 frames: the goodput (TCP payload) reaches at
+/// least 90 % of the bottleneck rate. The ceiling is 95.6 % (1448
 /// payload bytes of every 1514 on the wire), so DCTCP may leave the link idle at most 5 %.
 #[test]
-#[ignore = "pending: one flow reached 69-81 % on the shared 2-core VM at load 5-9 (no congestion control: 60-83 %); a classic-ECN kernel receiver inflates DCTCP's alpha (docs/benchmarks.md) (needs root and veth; run with --ignored)"]
+#[ignore = "pending: into a sink, one DCTCP flow reached 73-81 % (one run 91 %) against 89-95 % without congestion control in paired runs on the shared 2-core VM, 2026-11-22; no retransmissions, CE on 5-10 % of frames: the window stays below what the jittery veth RTT needs (docs/benchmarks.md) (needs root and veth; run with --ignored)"]
 fn tasd_dctcp_goodput_through_ecn_bottleneck() {
     tasd_cc_bottleneck(1, 0.9);
 }
 
 /// Two tasd DCTCP connections through the same bottleneck share it fairly: Jain's index
-/// of their goodputs at least 0.95. Their total is only required to reach 30 % of the rate
-/// (see the pending test above for why 90 % is out of reach on the development VM).
+/// of their goodputs at least 0.95. Their total is only required to reach 40 % of the rate
+/// (64-90 % measured into the sink on 2026-11-22, Jain >= 0.995 every time; see the pending
+/// test above for why 90 % is out of reach on the development VM).
 #[test]
 #[ignore = "needs root and veth: run with cargo test -- --ignored"]
 fn tasd_dctcp_two_flows_share_ecn_bottleneck_fairly() {
-    tasd_cc_bottleneck(2, 0.3);
+    tasd_cc_bottleneck(2, 0.4);
 }
 
 /// `conns` DCTCP flows through the bottleneck; their total goodput must reach `share` of
@@ -410,30 +414,62 @@ fn tasd_cc_bottleneck(conns: usize, share: f64) {
     // connections; the default 2 would do for answering alone).
     bed.capture_ok(&["ip", "netns", "exec", &bed.ns_b, "sysctl", "-qw", "net.ipv4.tcp_ecn=1"]);
     let rate = format!("{}mbit", CC_RATE_MBIT as u64);
-    bed.start_forwarder(&["--seed", "1", "--rate", &rate, "--queue", "256", "--ecn-threshold", "20"]);
+    let k = std::env::var("TAS_TEST_K").unwrap_or_else(|_| CC_K_FRAMES.to_string());
+    bed.start_forwarder(&["--seed", "1", "--rate", &rate, "--queue", "256", "--ecn-threshold", &k]);
     // TAS_TEST_CC=ALGORITHM runs the same transfer under another algorithm (for
     // comparison by hand; the assertions are DCTCP's).
     match std::env::var("TAS_TEST_CC") {
         Ok(alg) => bed.start_tasd_cc(&alg),
         Err(_) => bed.start_tasd(),
     };
-    let server = bed.start_kernel_echo_server(&bed.ns_b.clone(), "kernel-echo-b", ECHO_PORT);
+    // A sink, not an echo: only the measured direction loads the two CPUs (the echo's
+    // return stream through the forwarder and tasd's receive path took as much again).
+    let server = bed.start_kernel_server(&bed.ns_b.clone(), "kernel-sink-b", ECHO_PORT, &["--discard"]);
     let bytes = CC_BYTES.to_string();
     let n = conns.to_string();
     let started = Instant::now();
     let out = bed.run_a_tas_app(
         "tas-echo-client",
-        &["client", "--connect", &format!("{IP_B}:{ECHO_PORT}"), "--bytes", &bytes, "--conns", &n, "--timeout", "120"],
+        &[
+            "client",
+            "--connect",
+            &format!("{IP_B}:{ECHO_PORT}"),
+            "--bytes",
+            &bytes,
+            "--send-only",
+            "--conns",
+            &n,
+            "--timeout",
+            "120",
+        ],
         Duration::from_secs(180),
     );
     let elapsed = started.elapsed().as_secs_f64();
     out.assert_success();
     let closed = bed.wait_for_closed_connections(&server, conns, Duration::from_secs(30));
     let fwd = bed.stop_forwarder();
+    // Every byte arrived intact: the client's sha256 of what it sent (one connection: its
+    // digest; several: the digest of the per-connection digests in connection order).
+    let sent_sha = hex_digests(&(out.stdout.clone() + &out.stderr));
+    let got: Vec<String> = closed.iter().map(|c| c["sha256"].as_str().unwrap_or_default().to_string()).collect();
+    let combined = |order: &[&String]| -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for d in order {
+            h.update((0..d.len() / 2).map(|i| u8::from_str_radix(&d[2 * i..2 * i + 2], 16).unwrap_or(0)).collect::<Vec<u8>>());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let matches = match got.as_slice() {
+        [one] => sent_sha.contains(one),
+        [a, b] => sent_sha.contains(&combined(&[a, b])) || sent_sha.contains(&combined(&[b, a])),
+        _ => false,
+    };
+    assert!(matches, "the sink's sha256 {got:?} do not match what tas-echo sent ({sent_sha:?})");
     let mut rates = Vec::new();
     for c in &closed {
-        assert_eq!(c["bytes"], CC_BYTES, "kernel echo server saw: {closed:?}");
-        assert!(c["error"].is_null(), "kernel echo server saw: {closed:?}");
+        assert_eq!(c["bytes"], CC_BYTES, "kernel sink saw: {closed:?}");
+        assert!(c["error"].is_null(), "kernel sink saw: {closed:?}");
         let secs = c["seconds"].as_f64().expect("seconds in the echo server's report");
         rates.push(CC_BYTES as f64 * 8.0 / secs / 1e6);
     }
@@ -445,7 +481,7 @@ fn tasd_cc_bottleneck(conns: usize, share: f64) {
     let jain = s * s / (rates.len() as f64 * q);
     let marked = num(&fwd["a2b"], "ce_marked");
     eprintln!(
-        "impair-result: tasd DCTCP {conns} flow(s) through {rate} (queue 256, CE above 20): {total:.1} Mbit/s \
+        "impair-result: tasd DCTCP {conns} flow(s) through {rate} (queue 256, CE above {k}): {total:.1} Mbit/s \
          ({:.1} % of the rate), per flow {rates:.1?} Mbit/s, Jain {jain:.3}, CE marks a2b {marked}, {elapsed:.1} s in all",
         total / CC_RATE_MBIT * 100.0
     );
@@ -691,3 +727,4 @@ fn binomial_bounds() {
     let r = std::panic::catch_unwind(|| assert_near("far", 700, 10_000, 0.05));
     assert!(r.is_err());
 }
+

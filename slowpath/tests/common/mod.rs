@@ -170,12 +170,24 @@ pub fn bulk(imp: Impairments, seed: u64, total: u64, pause: Option<(u64, Duratio
 
 /// [`bulk`] with the virtual clock first moved to `start`.
 pub fn bulk_from(imp: Impairments, seed: u64, total: u64, pause: Option<(u64, Duration)>, start: Option<tas_fastpath::time::Instant>) -> Transfer {
+    bulk_alg(imp, seed, total, pause, start, tas_slowpath::cc::Algorithm::Unlimited)
+}
+
+/// [`bulk_from`] under congestion control `alg` (both hosts).
+pub fn bulk_alg(
+    imp: Impairments,
+    seed: u64,
+    total: u64,
+    pause: Option<(u64, Duration)>,
+    start: Option<tas_fastpath::time::Instant>,
+    alg: tas_slowpath::cc::Algorithm,
+) -> Transfer {
     let mut w = World::new(imp, seed);
     if let Some(t) = start {
         w.clock.set(t);
     }
-    w.a.slow.set_congestion_control(None, tas_slowpath::cc::Algorithm::Unlimited, None);
-    w.b.slow.set_congestion_control(None, tas_slowpath::cc::Algorithm::Unlimited, None);
+    w.a.slow.set_congestion_control(None, alg, None);
+    w.b.slow.set_congestion_control(None, alg, None);
     let mut server = context(&mut w.a, IP_A, "sink");
     let mut client = context(&mut w.b, IP_B, "source");
     let l = listen(&mut w, &mut server, &mut client, 5001);

@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! tas-echo [--backend tas|kernel] server --port 7 [--socket PATH] [--max-conns N]
-//! tas-echo [--backend tas|kernel] client --connect 10.0.0.1:7 [--bytes N | --rpcs N --size S] [--conns C] [--seed X] [--timeout SECS]
+//! tas-echo [--backend tas|kernel] client --connect 10.0.0.1:7 [--bytes N | --rpcs N --size S] [--send-only] [--conns C] [--seed X] [--timeout SECS]
 //! ```
+//!
+//! `--send-only` streams `--bytes` to a server that discards them (e.g.
+//! `tools/peers/echo_server.py --discard`) and expects nothing back but the FIN; the
+//! summary's sha256 is then that of the bytes sent.
 //!
 //! `--backend kernel` runs the same server and client on the Linux kernel's sockets
 //! (non-blocking, epoll through mio) instead of the service: the benchmark harness
@@ -81,6 +85,10 @@ enum Cmd {
         /// Request (and response) size in bytes, for --rpcs.
         #[arg(long, default_value_t = 64)]
         size: u64,
+        /// Stream mode without the echo: send, then wait for the server's FIN only
+        /// (for a discarding server); sha256 is that of the bytes sent.
+        #[arg(long)]
+        send_only: bool,
         /// Connections in parallel.
         #[arg(long, default_value_t = 1)]
         conns: u32,
@@ -564,6 +572,8 @@ fn splitmix(x: u64) -> u64 {
 enum Mode {
     Stream { bytes: u64 },
     Rpc { rpcs: u64, size: u64 },
+    /// Stream to a discarding server: nothing comes back.
+    Send { bytes: u64 },
 }
 
 struct ClientConn<C> {
@@ -574,6 +584,8 @@ struct ClientConn<C> {
     received: u64,
     /// Bytes this connection sends in total.
     total: u64,
+    /// Bytes it expects back (`total`, or 0 in send-only mode).
+    expect_back: u64,
     shut: bool,
     eof: bool,
     hash: Sha256,
@@ -584,14 +596,14 @@ impl<C: Copy> ClientConn<C> {
     /// current request in RPC mode (the next request goes after the response).
     fn send_limit(&self, mode: Mode) -> u64 {
         match mode {
-            Mode::Stream { .. } => self.total,
+            Mode::Stream { .. } | Mode::Send { .. } => self.total,
             Mode::Rpc { size, .. } => (self.received / size + 1)
                 .saturating_mul(size)
                 .min(self.total),
         }
     }
     fn done(&self) -> bool {
-        self.received == self.total && self.eof
+        self.received == self.expect_back && self.eof
     }
 }
 
@@ -617,6 +629,9 @@ fn client_step<N: Net>(
             cc.pattern.fill(cc.sent, &mut out[..n]);
             match net.send(cc.id, &out[..n])? {
                 Io::Done(k) => {
+                    if let Mode::Send { .. } = mode {
+                        cc.hash.update(&out[..k]);
+                    }
                     cc.sent += k as u64;
                     progress = true;
                 }
@@ -631,18 +646,18 @@ fn client_step<N: Net>(
             match net.recv(cc.id, inb)? {
                 Io::Done(0) => {
                     cc.eof = true;
-                    if cc.received != cc.total {
+                    if cc.received != cc.expect_back {
                         bail!(
                             "connection {:?}: EOF after {} of {} bytes",
                             cc.id,
                             cc.received,
-                            cc.total
+                            cc.expect_back
                         );
                     }
                     progress = true;
                 }
                 Io::Done(n) => {
-                    if cc.received + n as u64 > cc.sent {
+                    if cc.received + n as u64 > cc.sent.min(cc.expect_back) {
                         bail!("connection {:?}: received more bytes than were sent", cc.id);
                     }
                     let want = &mut expect[..n];
@@ -693,7 +708,7 @@ fn run_client<N: Net>(
     let start = Instant::now();
     let deadline = start + timeout;
     let total = match mode {
-        Mode::Stream { bytes } => bytes,
+        Mode::Stream { bytes } | Mode::Send { bytes } => bytes,
         Mode::Rpc { rpcs, size } => rpcs
             .checked_mul(size)
             .ok_or_else(|| anyhow!("--rpcs x --size overflows"))?,
@@ -712,6 +727,7 @@ fn run_client<N: Net>(
             sent: 0,
             received: 0,
             total,
+            expect_back: if let Mode::Send { .. } = mode { 0 } else { total },
             shut: false,
             eof: false,
             hash: Sha256::new(),
@@ -787,7 +803,7 @@ fn run_client<N: Net>(
     };
     let rpcs = match mode {
         Mode::Rpc { rpcs, .. } => rpcs * conns as u64,
-        Mode::Stream { .. } => 0,
+        Mode::Stream { .. } | Mode::Send { .. } => 0,
     };
     Ok(Summary {
         conns,
@@ -832,6 +848,7 @@ fn run_on<N: Net>(net: &mut N, cmd: Cmd) -> Result<()> {
             bytes,
             rpcs,
             size,
+            send_only,
             conns,
             seed,
             timeout,
@@ -841,8 +858,12 @@ fn run_on<N: Net>(net: &mut N, cmd: Cmd) -> Result<()> {
             }
             let mode = match (rpcs, bytes) {
                 (Some(_), Some(_)) => bail!("give either --bytes or --rpcs, not both"),
+                (Some(_), None) if send_only => bail!("--send-only streams --bytes; it does not go with --rpcs"),
                 (Some(_), None) if size == 0 => bail!("--size must be at least 1"),
                 (Some(rpcs), None) => Mode::Rpc { rpcs, size },
+                (None, b) if send_only => Mode::Send {
+                    bytes: b.unwrap_or(1 << 20),
+                },
                 (None, b) => Mode::Stream {
                     bytes: b.unwrap_or(1 << 20),
                 },
@@ -906,6 +927,7 @@ mod tests {
             sent: 0,
             received: 0,
             total: 300,
+            expect_back: 300,
             shut: false,
             eof: false,
             hash: Sha256::new(),
@@ -922,5 +944,26 @@ mod tests {
             ..cc
         };
         assert_eq!(cc.send_limit(m), 300);
+    }
+
+    #[test]
+    fn send_only_expects_nothing_back() {
+        let cc = ClientConn {
+            id: 0u32,
+            pattern: Pattern::new(1, 0),
+            connected: true,
+            sent: 300,
+            received: 0,
+            total: 300,
+            expect_back: 0,
+            shut: true,
+            eof: false,
+            hash: Sha256::new(),
+        };
+        let m = Mode::Send { bytes: 300 };
+        assert_eq!(cc.send_limit(m), 300, "everything may go at once");
+        assert!(!cc.done(), "not before the server's FIN");
+        let cc = ClientConn { eof: true, ..cc };
+        assert!(cc.done(), "the FIN alone completes a send-only connection");
     }
 }

@@ -461,22 +461,24 @@ impl Bed {
 
     /// Start tools/peers/echo_server.py in `ns`; returns the file its JSON lines go to.
     pub fn start_kernel_echo_server(&self, ns: &str, name: &str, port: u16) -> PathBuf {
+        self.start_kernel_server(ns, name, port, &[])
+    }
+
+    /// The echo server peer with more flags (`--discard`: a sink).
+    pub fn start_kernel_server(&self, ns: &str, name: &str, port: u16, extra: &[&str]) -> PathBuf {
         let ready = self.run_dir.join(format!("{name}.ready"));
         let script = self.peer("echo_server");
         let port = port.to_string();
-        let pid = self.spawn(
-            ns,
-            name,
-            &[
-                "python3",
-                &script,
-                "--port",
-                &port,
-                "--ready-file",
-                ready.to_str().expect("utf-8 path"),
-            ],
-            &[],
-        );
+        let mut args = vec![
+            "python3",
+            &script,
+            "--port",
+            &port,
+            "--ready-file",
+            ready.to_str().expect("utf-8 path"),
+        ];
+        args.extend_from_slice(extra);
+        let pid = self.spawn(ns, name, &args, &[]);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ready.exists() {
             if let Some(status) = self.exited(pid) {
