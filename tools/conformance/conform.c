@@ -518,6 +518,98 @@ static void t_threads(void) {
     close(s);
 }
 
+/* Sockets made on several threads (one libtas context per thread under the shim): each
+ * thread's own echo, a socket used after the thread that made it exited, and poll/epoll
+ * over sockets of different threads. */
+struct tw { int fd; int ok; };
+static void *echo_thread(void *arg) {
+    struct tw *x = arg; static __thread unsigned char out[16384], in[16384];
+    int s = dial(); put(s, "ECHO\n");
+    size_t i = 0; uint64_t hw = FNV0, hr = FNV0; int ok = 1;
+    for (int k = 0; k < 64 && ok; k++) {
+        for (size_t j = 0; j < sizeof out; j++) out[j] = pat(i++ * 3 + k);
+        hw = fnv(out, sizeof out, hw);
+        size_t off = 0;
+        while (off < sizeof out) { ssize_t w = write(s, out + off, sizeof out - off); if (w <= 0) { ok = 0; break; } off += w; }
+        if (recv(s, in, sizeof in, MSG_WAITALL) != (ssize_t)sizeof in) ok = 0;
+        hr = fnv(in, sizeof in, hr);
+    }
+    x->fd = s; x->ok = ok && hw == hr;
+    return 0;
+}
+static void *dial_thread(void *arg) { struct tw *x = arg; x->fd = dial(); put(x->fd, "ECHO\n"); return 0; }
+
+struct excl { int l; int ep; int n; };
+static void *excl_waiter(void *arg) {
+    struct excl *x = arg; struct epoll_event ev;
+    x->n = epoll_wait(x->ep, &ev, 1, 600);
+    return 0;
+}
+
+static void t_contexts(void) {
+    struct tw w[4] = {{0}}; pthread_t t[4];
+    for (int i = 0; i < 4; i++) pthread_create(&t[i], 0, echo_thread, &w[i]);
+    int ok = 0;
+    for (int i = 0; i < 4; i++) { pthread_join(t[i], 0); ok += w[i].ok; }
+    CHECK("ctx.four_threads_echo_1MiB_ok", ok);
+    /* the threads are gone: their sockets still work from this thread */
+    char buf[8];
+    CHECK("ctx.exited_thread_socket.write", write(w[0].fd, "abc", 3));
+    CHECK("ctx.exited_thread_socket.read", recv(w[0].fd, buf, 3, MSG_WAITALL));
+    for (int i = 0; i < 4; i++) close(w[i].fd);
+    /* poll and epoll over two sockets made by two threads */
+    struct tw a = {-1}, b = {-1};
+    pthread_create(&t[0], 0, dial_thread, &a); pthread_join(t[0], 0);
+    pthread_create(&t[1], 0, dial_thread, &b); pthread_join(t[1], 0);
+    struct pollfd fds[2] = {{a.fd, POLLIN, 0}, {b.fd, POLLIN, 0}};
+    CHECK("ctx.poll_idle", poll(fds, 2, 50));
+    write(b.fd, "x", 1);
+    CHECK("ctx.poll_second", poll(fds, 2, 2000));
+    CHECK("ctx.poll_second.revents", fds[0].revents * 100 + fds[1].revents);
+    read(b.fd, buf, 1);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 1};
+    epoll_ctl(ep, EPOLL_CTL_ADD, a.fd, &ev);
+    ev.data.u64 = 2;
+    epoll_ctl(ep, EPOLL_CTL_ADD, b.fd, &ev);
+    say_tags("ctx.epoll_idle", ep, 50);
+    write(a.fd, "y", 1);
+    say_tags("ctx.epoll_first", ep, 2000);
+    close(ep); close(a.fd); close(b.fd);
+}
+
+/* EPOLLEXCLUSIVE: two threads wait in their own epoll sets on one listener; one
+ * connection wakes one of them. */
+static void t_exclusive(void) {
+    int l = tcp(), one = 1; char line[64];
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(listen_port)};
+    bind(l, (struct sockaddr *)&a, sizeof a);
+    listen(l, 16);
+    struct excl x[2]; pthread_t t[2];
+    for (int i = 0; i < 2; i++) {
+        x[i].l = l; x[i].ep = epoll_create1(0); x[i].n = -1;
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.u64 = 1};
+        if (i == 0) {
+            struct epoll_event bad = {.events = EPOLLIN | EPOLLEXCLUSIVE | EPOLLONESHOT};
+            CHECK("excl.with_oneshot", epoll_ctl(x[i].ep, EPOLL_CTL_ADD, l, &bad));
+        }
+        CHECK("excl.add", epoll_ctl(x[i].ep, EPOLL_CTL_ADD, l, &ev));
+        if (i == 0) CHECK("excl.mod", epoll_ctl(x[i].ep, EPOLL_CTL_MOD, l, &ev));
+    }
+    for (int i = 0; i < 2; i++) pthread_create(&t[i], 0, excl_waiter, &x[i]);
+    usleep(200000);
+    int ctl = dial();
+    snprintf(line, sizeof line, "CALL %d\n", listen_port);
+    put(ctl, line);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], 0);
+    CHECK("excl.woken", (x[0].n > 0) + (x[1].n > 0));
+    int c = accept(l, 0, 0);
+    uint64_t h;
+    CHECK("excl.accepted_bytes", drain(c, &h));
+    close(c); close(ctl); close(l); close(x[0].ep); close(x[1].ep);
+}
+
 #include <sys/wait.h>
 /* fork: the child closes the inherited socket and makes its own connection; the parent's
  * connection is unaffected. */
@@ -577,7 +669,8 @@ int main(int argc, char **argv) {
 #define RUN(f) if (!only || strstr(#f, only)) f()
     RUN(t_basics); RUN(t_nb_connect); RUN(t_echo); RUN(t_nonblocking); RUN(t_peek_waitall);
     RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_dup);
-    RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_fork); RUN(t_exec);
+    RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_contexts); RUN(t_exclusive);
+    RUN(t_fork); RUN(t_exec);
     printf("done\n");
     return 0;
 }

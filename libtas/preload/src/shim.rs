@@ -13,7 +13,9 @@
 //!   stack sockets' readiness in user space and sleep in the kernel on the kernel
 //!   descriptors plus the context's eventfd.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::ffi::c_int;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -75,13 +77,18 @@ static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
 /// Which fork generation MODE was decided in.
 static MODE_GEN: AtomicU64 = AtomicU64::new(0);
 
-/// The context and the number of threads sleeping on its eventfd.
+/// A context and the number of threads sleeping on its eventfd.
 pub struct Inner {
-    pub ctx: Context,
+    /// Dropped by [`Proc`]'s `Drop` only in the process that attached it.
+    pub ctx: ManuallyDrop<Context>,
     sleepers: u32,
 }
 
-/// One per process (per fork generation).
+/// One libtas context: one per thread that creates sockets (attached lazily, on the
+/// thread's first `socket()`), shared through `Arc` by the sockets made on it, so it lives
+/// as long as the thread or its last socket. Its mutex is taken by the owning thread for
+/// its own sockets (uncontended) and by any other thread that uses one of them (the
+/// forwarding path, decisions §18); there is no process-wide lock on the data path.
 pub struct Proc {
     gen: u64,
     inner: Mutex<Inner>,
@@ -94,21 +101,36 @@ impl Proc {
     }
 }
 
-static PROC: Mutex<Option<Arc<Proc>>> = Mutex::new(None);
+impl Drop for Proc {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // In a forked child a context of the parent is never dropped: dropping posts
+        // nothing, but closes the parent's lifeline and unmaps its region under the
+        // parent's other sockets in this process; the child leaks it instead.
+        if self.gen != FORK_GEN.load(Ordering::SeqCst) {
+            return;
+        }
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: `ctx` is dropped exactly once, here, and `self` is never used again.
+        unsafe { ManuallyDrop::drop(&mut inner.ctx) };
+    }
+}
 
-/// The process's context, attaching on first use (and again in a forked child).
-fn proc_ctx() -> SysResult<Arc<Proc>> {
+thread_local! {
+    /// This thread's context (of the fork generation it was attached in).
+    static MINE: RefCell<Option<Arc<Proc>>> = const { RefCell::new(None) };
+}
+
+/// Contexts attached by this process (for statistics and the tests): one per thread that
+/// made sockets.
+static ATTACHED: AtomicU64 = AtomicU64::new(0);
+
+/// The calling thread's context, attaching on first use (and again in a forked child).
+fn thread_ctx() -> SysResult<Arc<Proc>> {
     let gen = FORK_GEN.load(Ordering::SeqCst);
-    let mut slot = lock(&PROC);
-    if let Some(p) = slot.as_ref() {
-        if p.gen == gen {
-            return Ok(p.clone());
-        }
-        // The parent's context: its queues are the parent's. Never touch or drop it here
-        // (dropping would post requests on the parent's queues).
-        if let Some(old) = slot.take() {
-            std::mem::forget(old);
-        }
+    let cur = MINE.try_with(|m| m.borrow().clone()).ok().flatten();
+    if let Some(p) = cur.filter(|p| p.gen == gen) {
+        return Ok(p);
     }
     // The service's path is read once: forked workers of some servers (nginx) get a
     // cleared environment, and must still find the service their parent used.
@@ -127,9 +149,16 @@ fn proc_ctx() -> SysResult<Arc<Proc>> {
         .clone();
     let ctx = Context::attach_to(&path, &name).map_err(errno_of)?;
     let Some(efd) = ctx.sleep_fd().map(|f| f.as_raw_fd()) else { return Err(e(libc::ENETDOWN)) };
-    let p = Arc::new(Proc { gen, inner: Mutex::new(Inner { ctx, sleepers: 0 }), efd });
-    *slot = Some(p.clone());
+    let p = Arc::new(Proc { gen, inner: Mutex::new(Inner { ctx: ManuallyDrop::new(ctx), sleepers: 0 }), efd });
+    ATTACHED.fetch_add(1, Ordering::Relaxed);
+    // A parent's context replaced here in a forked child is leaked by its Drop.
+    let _ = MINE.try_with(|m| m.replace(Some(p.clone())));
     Ok(p)
+}
+
+/// Number of libtas contexts this process attached (one per thread that made sockets).
+pub fn contexts_attached() -> u64 {
+    ATTACHED.load(Ordering::Relaxed)
 }
 
 /// Decide (once per process) whether AF_INET stream sockets go to the stack. Returns
@@ -153,7 +182,7 @@ pub fn use_stack() -> SysResult<bool> {
         MODE_GEN.store(gen, Ordering::Release);
         return Ok(false);
     }
-    match proc_ctx() {
+    match thread_ctx() {
         Ok(_) => {
             MODE.store(MODE_STACK, Ordering::Release);
             MODE_GEN.store(gen, Ordering::Release);
@@ -198,56 +227,83 @@ enum Slept {
     Interrupted,
 }
 
+/// Announce sleep on every context of `procs` (each under its own lock, one at a time).
+/// False if one of them has news (or broke): then nothing stays announced, look again.
+/// `broken` is set if a context's service went away.
+fn announce_all(procs: &[Arc<Proc>], broken: &mut bool) -> bool {
+    for (i, p) in procs.iter().enumerate() {
+        let mut g = p.lock();
+        if !g.ctx.announce_sleep() {
+            if !g.ctx.check_service() {
+                *broken = true;
+            }
+            drop(g);
+            end_all(&procs[..i]);
+            return false;
+        }
+        g.sleepers += 1;
+    }
+    true
+}
+
+/// After a sleep announced with [`announce_all`]: the last sleeper of each context clears
+/// its flags and drains its eventfd.
+fn end_all(procs: &[Arc<Proc>]) {
+    for p in procs {
+        let mut g = p.lock();
+        g.sleepers -= 1;
+        if g.sleepers == 0 {
+            g.ctx.end_sleep();
+        }
+        g.ctx.check_service();
+    }
+}
+
+/// Sleep until the service posts to one of `procs`, a descriptor of `extra` is ready, or
+/// `ms` passes. `extra` gets the contexts' eventfds appended and removed again.
+fn sleep_on(procs: &[Arc<Proc>], extra: &mut Vec<libc::pollfd>, ms: c_int) -> Slept {
+    let mut broken = false;
+    if !announce_all(procs, &mut broken) {
+        return if broken { Slept::Interrupted } else { Slept::Again };
+    }
+    let base = extra.len();
+    for p in procs {
+        extra.push(libc::pollfd { fd: p.efd, events: libc::POLLIN, revents: 0 });
+    }
+    let cap = if CONTENDED.swap(false, Ordering::Relaxed) { 1 } else { MAX_SLEEP_MS };
+    let ms = if ms < 0 { cap } else { ms.min(cap) };
+    let r = sys::poll(extra, ms);
+    extra.truncate(base);
+    end_all(procs);
+    match r {
+        Err(Errno(libc::EINTR)) => Slept::Interrupted,
+        Ok(_) => {
+            let n = extra.iter().filter(|p| p.revents != 0).count() as c_int;
+            if n > 0 {
+                Slept::Kernel
+            } else {
+                Slept::Again
+            }
+        }
+        Err(_) => Slept::Again,
+    }
+}
+
 impl Proc {
-    /// Sleep until the service posts, a descriptor of `extra` is ready, or `ms` passes.
-    /// `extra` gets the context's eventfd appended and removed again.
-    fn sleep(&self, extra: &mut Vec<libc::pollfd>, ms: c_int) -> Slept {
-        {
-            let mut g = self.lock();
-            if !g.ctx.announce_sleep() {
-                if !g.ctx.check_service() {
-                    return Slept::Interrupted;
-                }
-                return Slept::Again;
-            }
-            g.sleepers += 1;
-        }
-        extra.push(libc::pollfd { fd: self.efd, events: libc::POLLIN, revents: 0 });
-        let cap = if CONTENDED.swap(false, Ordering::Relaxed) { 1 } else { MAX_SLEEP_MS };
-        let ms = if ms < 0 { cap } else { ms.min(cap) };
-        let r = sys::poll(extra, ms);
-        extra.pop();
-        {
-            let mut g = self.lock();
-            g.sleepers -= 1;
-            if g.sleepers == 0 {
-                g.ctx.end_sleep();
-            }
-            g.ctx.check_service();
-        }
-        match r {
-            Err(Errno(libc::EINTR)) => Slept::Interrupted,
-            Ok(_) => {
-                let n = extra.iter().filter(|p| p.revents != 0).count() as c_int;
-                if n > 0 {
-                    Slept::Kernel
-                } else {
-                    Slept::Again
-                }
-            }
-            Err(_) => Slept::Again,
-        }
+    /// Sleep until the service posts to this context, or `ms` passes.
+    fn sleep(self: &Arc<Self>, ms: c_int) -> Slept {
+        sleep_on(std::slice::from_ref(self), &mut Vec::new(), ms)
     }
 
     /// Run `f` under the context lock until it gives a result (blocking with the adaptive
     /// spin-then-sleep protocol), or return EAGAIN at once if `nonblock`.
-    fn block<T>(&self, nonblock: bool, f: impl FnMut(&mut Context) -> Option<SysResult<T>>) -> SysResult<T> {
+    fn block<T>(self: &Arc<Self>, nonblock: bool, f: impl FnMut(&mut Context) -> Option<SysResult<T>>) -> SysResult<T> {
         self.block_until(nonblock, None, f)
     }
 
     /// [`Proc::block`] with a time limit (SO_RCVTIMEO/SO_SNDTIMEO): EAGAIN when it passes.
     fn block_until<T>(
-        &self,
+        self: &Arc<Self>,
         nonblock: bool,
         deadline: Option<Instant>,
         mut f: impl FnMut(&mut Context) -> Option<SysResult<T>>,
@@ -277,8 +333,7 @@ impl Proc {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(e(libc::EAGAIN));
             }
-            let mut v = Vec::new();
-            if let Slept::Interrupted = self.sleep(&mut v, ms_left(deadline)) {
+            if let Slept::Interrupted = self.sleep(ms_left(deadline)) {
                 // Restart (SA_RESTART semantics) unless the context broke.
                 if self.lock().ctx.health().is_err() {
                     return Err(e(libc::ENETDOWN));
@@ -351,6 +406,17 @@ struct SockState {
 pub struct Sock {
     st: Mutex<SockState>,
     proc: Arc<Proc>,
+    /// Listener: connections ever queued that an `EPOLLEXCLUSIVE` waiter was woken for.
+    excl_claimed: AtomicU64,
+}
+
+impl Sock {
+    /// An `EPOLLEXCLUSIVE` waiter woke and sees `arrivals` connections ever queued: true
+    /// for exactly one waiter per new arrival count.
+    fn claim_arrivals(&self, arrivals: u64) -> bool {
+        let prev = self.excl_claimed.load(Ordering::Acquire);
+        arrivals > prev && self.excl_claimed.compare_exchange(prev, arrivals, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
 }
 
 impl std::fmt::Debug for Proc {
@@ -362,7 +428,9 @@ impl std::fmt::Debug for Proc {
 /// Descriptors below this are tracked; a placeholder above it is refused with EMFILE.
 const MAX_FD: usize = 1 << 16;
 static BITS: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
-static TABLE: RwLock<Option<HashMap<c_int, Arc<Sock>>>> = RwLock::new(None);
+/// The socket of each tracked descriptor, each slot behind its own small lock (no
+/// process-wide lock is taken to find a socket: two threads contend only on one descriptor).
+static TABLE: [Mutex<Option<Arc<Sock>>>; MAX_FD] = [const { Mutex::new(None) }; MAX_FD];
 
 /// True if `fd` is a stack socket (one atomic load for every other descriptor).
 pub fn is_stack(fd: c_int) -> bool {
@@ -385,14 +453,14 @@ fn lookup(fd: c_int) -> Option<Arc<Sock>> {
     if !is_stack(fd) {
         return None;
     }
-    TABLE.read().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|t| t.get(&fd).cloned())
+    lock(&TABLE[fd as usize]).clone()
 }
 
 fn insert(fd: c_int, s: Arc<Sock>) -> SysResult<()> {
     if fd < 0 || fd as usize >= MAX_FD {
         return Err(e(libc::EMFILE));
     }
-    TABLE.write().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(fd, s);
+    *lock(&TABLE[fd as usize]) = Some(s);
     ANY_STACK.store(true, Ordering::Relaxed);
     set_bit(fd, true);
     Ok(())
@@ -403,7 +471,7 @@ fn remove(fd: c_int) -> Option<Arc<Sock>> {
         return None;
     }
     set_bit(fd, false);
-    TABLE.write().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|t| t.remove(&fd))
+    lock(&TABLE[fd as usize]).take()
 }
 
 fn sock(fd: c_int) -> SysResult<Arc<Sock>> {
@@ -424,7 +492,7 @@ fn adopt(fd: c_int, s: Arc<Sock>) -> SysResult<Arc<Sock>> {
         }
     };
     let Some((port, nonblock, opts)) = stale else { return Ok(s) };
-    let p = proc_ctx()?;
+    let p = thread_ctx()?;
     let token = p.lock().ctx.listen_start_shared(port, 511).map_err(errno_of)?;
     let l = p.block(false, |ctx| ctx.listen_result(token).map_err(errno_of).transpose())?;
     let ns = Arc::new(Sock {
@@ -444,6 +512,7 @@ fn adopt(fd: c_int, s: Arc<Sock>) -> SysResult<Arc<Sock>> {
             reset_reported: false,
         }),
         proc: p,
+        excl_claimed: AtomicU64::new(0),
     });
     insert(fd, ns.clone())?;
     Ok(ns)
@@ -472,6 +541,7 @@ fn new_sock(proc: Arc<Proc>, kind: Kind, nonblock: bool, cloexec: bool) -> SysRe
             reset_reported: false,
         }),
         proc,
+        excl_claimed: AtomicU64::new(0),
     });
     if let Err(err) = insert(fd, s.clone()) {
         let _ = sys::close(fd);
@@ -482,7 +552,7 @@ fn new_sock(proc: Arc<Proc>, kind: Kind, nonblock: bool, cloexec: bool) -> SysRe
 
 /// socket(AF_INET, SOCK_STREAM[|flags], 0|IPPROTO_TCP) on the stack.
 pub fn socket(ty: c_int) -> SysResult<c_int> {
-    let p = proc_ctx()?;
+    let p = thread_ctx()?;
     let (fd, _) = new_sock(p, Kind::Fresh, ty & libc::SOCK_NONBLOCK != 0, ty & libc::SOCK_CLOEXEC != 0)?;
     Ok(fd)
 }
@@ -1376,16 +1446,63 @@ fn readiness_state(st: &SockState, ctx: &mut Context) -> i16 {
 
 type Socks = Vec<Option<Arc<Sock>>>;
 
-fn any_proc(fds: &[c_int]) -> Option<(Arc<Proc>, Socks)> {
-    let socks: Vec<Option<Arc<Sock>>> = fds.iter().map(|&fd| lookup(fd).map(|s| adopt(fd, s.clone()).unwrap_or(s))).collect();
+/// The stack sockets of a descriptor set and the distinct contexts they live on (of this
+/// fork generation; inherited stale sockets have none and read as POLLNVAL). None if no
+/// descriptor is a stack socket.
+struct Sets {
+    socks: Socks,
+    /// Per descriptor: the index of its socket's context in `procs`.
+    which: Vec<Option<usize>>,
+    procs: Vec<Arc<Proc>>,
+}
+
+fn sets_of(fds: &[c_int]) -> Option<Sets> {
+    let socks: Socks = fds.iter().map(|&fd| lookup(fd).map(|s| adopt(fd, s.clone()).unwrap_or(s))).collect();
     socks.iter().flatten().next()?;
-    // Never the parent's context in a forked child: stale sockets read as POLLNVAL.
     let gen = FORK_GEN.load(Ordering::SeqCst);
-    let p = match socks.iter().flatten().find(|s| s.proc.gen == gen) {
-        Some(s) => s.proc.clone(),
-        None => proc_ctx().ok()?,
-    };
-    Some((p, socks))
+    let mut procs: Vec<Arc<Proc>> = Vec::new();
+    let which = socks
+        .iter()
+        .map(|s| {
+            let s = s.as_ref().filter(|s| s.proc.gen == gen)?;
+            Some(match procs.iter().position(|p| Arc::ptr_eq(p, &s.proc)) {
+                Some(i) => i,
+                None => {
+                    procs.push(s.proc.clone());
+                    procs.len() - 1
+                }
+            })
+        })
+        .collect();
+    Some(Sets { socks, which, procs })
+}
+
+/// Stack sockets' revents of a poll set: each context is locked (and polled) once, in turn.
+fn scan_poll(sets: &Sets, fds: &mut [libc::pollfd]) -> c_int {
+    let mut n = 0;
+    for (i, s) in sets.socks.iter().enumerate() {
+        if s.is_some() && sets.which[i].is_none() {
+            fds[i].revents = libc::POLLNVAL;
+            n += 1;
+        }
+    }
+    for (pi, p) in sets.procs.iter().enumerate() {
+        let mut g = p.lock();
+        g.ctx.poll();
+        for (i, s) in sets.socks.iter().enumerate() {
+            if sets.which[i] != Some(pi) {
+                continue;
+            }
+            let Some(s) = s else { continue };
+            let r = readiness(s, &mut g.ctx);
+            let ev = r & (fds[i].events | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL);
+            fds[i].revents = ev;
+            if ev != 0 {
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 fn ms_left(deadline: Option<Instant>) -> c_int {
@@ -1402,29 +1519,16 @@ fn ms_left(deadline: Option<Instant>) -> c_int {
 /// Returns None if no descriptor is a stack socket (the caller uses libc).
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> Option<SysResult<c_int>> {
     let nums: Vec<c_int> = fds.iter().map(|p| p.fd).collect();
-    let (proc, socks) = any_proc(&nums)?;
+    let sets = sets_of(&nums)?;
+    let socks = &sets.socks;
     let deadline = (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
     let start = Instant::now();
     let spin = spin_time();
     let mut kernel: Vec<libc::pollfd> =
-        fds.iter().zip(&socks).map(|(p, s)| if s.is_some() { libc::pollfd { fd: -1, events: 0, revents: 0 } } else { *p }).collect();
+        fds.iter().zip(socks).map(|(p, s)| if s.is_some() { libc::pollfd { fd: -1, events: 0, revents: 0 } } else { *p }).collect();
     let has_kernel = socks.iter().any(|s| s.is_none());
     loop {
-        let mut n = 0;
-        {
-            let mut g = proc.lock();
-            g.ctx.poll();
-            for (i, s) in socks.iter().enumerate() {
-                if let Some(s) = s {
-                    let r = readiness(s, &mut g.ctx);
-                    let ev = r & (fds[i].events | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL);
-                    fds[i].revents = ev;
-                    if ev != 0 {
-                        n += 1;
-                    }
-                }
-            }
-        }
+        let mut n = scan_poll(&sets, fds);
         let waited_long = start.elapsed() >= spin;
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
         if n > 0 || expired || waited_long || !has_kernel {
@@ -1452,7 +1556,7 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> Option<SysResult<c_i
             }
             continue;
         }
-        match proc.sleep(&mut kernel, ms_left(deadline)) {
+        match sleep_on(&sets.procs, &mut kernel, ms_left(deadline)) {
             Slept::Interrupted => return Some(Err(e(libc::EINTR))),
             Slept::Kernel => {
                 for (i, k) in kernel.iter().enumerate() {
@@ -1460,17 +1564,8 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> Option<SysResult<c_i
                         fds[i].revents = k.revents;
                     }
                 }
-                let mut g = proc.lock();
-                let mut n = 0;
-                for (i, s) in socks.iter().enumerate() {
-                    if let Some(s) = s {
-                        let r = readiness(s, &mut g.ctx);
-                        fds[i].revents = r & (fds[i].events | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL);
-                    }
-                    if fds[i].revents != 0 {
-                        n += 1;
-                    }
-                }
+                scan_poll(&sets, fds);
+                let n = fds.iter().filter(|p| p.revents != 0).count() as c_int;
                 return Some(Ok(n));
             }
             Slept::Again => {}
@@ -1496,31 +1591,49 @@ struct EpItem {
 #[derive(Debug, Default)]
 struct EpShadow {
     items: HashMap<c_int, EpItem>,
-    efd_added: bool,
+    /// Contexts whose eventfd is in the kernel's epoll set (weak: a context goes away
+    /// with its thread and last socket; the kernel drops its eventfd from the set then).
+    ctxs: Vec<std::sync::Weak<Proc>>,
 }
 
-static EPOLLS: Mutex<Option<HashMap<c_int, EpShadow>>> = Mutex::new(None);
+impl EpShadow {
+    /// The live contexts of this fork generation whose eventfds are in the set.
+    fn live_ctxs(&self) -> Vec<Arc<Proc>> {
+        let gen = FORK_GEN.load(Ordering::SeqCst);
+        self.ctxs.iter().filter_map(|w| w.upgrade()).filter(|p| p.gen == gen).collect()
+    }
+}
+
+type Shadow = Arc<Mutex<EpShadow>>;
+
+/// The shadow interest lists, per epoll descriptor. The map's lock is taken briefly to
+/// find a set (read) or to add/remove one; each set has its own lock.
+static EPOLLS: RwLock<Option<HashMap<c_int, Shadow>>> = RwLock::new(None);
+
+fn shadow(epfd: c_int) -> Option<Shadow> {
+    EPOLLS.read().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|m| m.get(&epfd).cloned())
+}
 
 fn epoll_forget(fd: c_int) {
-    let mut g = lock(&EPOLLS);
-    if let Some(m) = g.as_mut() {
-        for sh in m.values_mut() {
-            sh.items.remove(&fd);
-        }
+    let all: Vec<Shadow> = match EPOLLS.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        Some(m) => m.values().cloned().collect(),
+        None => return,
+    };
+    for sh in all {
+        lock(&sh).items.remove(&fd);
     }
 }
 
 /// close() of an epoll descriptor.
 pub fn epoll_closed(epfd: c_int) {
-    let mut g = lock(&EPOLLS);
-    if let Some(m) = g.as_mut() {
+    if let Some(m) = EPOLLS.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
         m.remove(&epfd);
     }
 }
 
 /// True if `epfd` has stack sockets registered (then epoll_wait goes through us).
 pub fn epoll_has_shadow(epfd: c_int) -> bool {
-    lock(&EPOLLS).as_ref().is_some_and(|m| m.contains_key(&epfd))
+    shadow(epfd).is_some()
 }
 
 /// epoll_ctl for a stack socket `fd`.
@@ -1534,21 +1647,37 @@ pub fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: Option<libc::epoll_event
         Err(err) => return Err(err),
         Ok(_) => {}
     }
-    let mut g = lock(&EPOLLS);
     EPOLL_ANY.store(true, Ordering::Relaxed);
-    let sh = g.get_or_insert_with(HashMap::new).entry(epfd).or_default();
+    let sh = match shadow(epfd) {
+        Some(sh) => sh,
+        None => EPOLLS
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(HashMap::new)
+            .entry(epfd)
+            .or_default()
+            .clone(),
+    };
+    let mut sh = lock(&sh);
     match op {
         libc::EPOLL_CTL_ADD => {
             let ev = ev.ok_or(e(libc::EFAULT))?;
             if sh.items.contains_key(&fd) {
                 return Err(e(libc::EEXIST));
             }
-            if !sh.efd_added {
+            if ev.events & libc::EPOLLEXCLUSIVE as u32 != 0 && ev.events & libc::EPOLLONESHOT as u32 != 0 {
+                return Err(e(libc::EINVAL)); // as Linux
+            }
+            // The socket's context's eventfd joins the kernel set once (EEXIST: a live
+            // context's eventfd with this number is in already).
+            if !sh.ctxs.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&s.proc))) {
                 let mut cev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: EFD_COOKIE };
                 match sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, s.proc.efd, Some(&mut cev)) {
-                    Ok(_) | Err(Errno(libc::EEXIST)) => sh.efd_added = true,
+                    Ok(_) | Err(Errno(libc::EEXIST)) => {}
                     Err(err) => return Err(err),
                 }
+                sh.ctxs.retain(|w| w.strong_count() > 0);
+                sh.ctxs.push(Arc::downgrade(&s.proc));
             }
             sh.items.insert(fd, EpItem { events: ev.events, data: ev.u64, disabled: false, last: (0, 0, 0) });
             Ok(0)
@@ -1556,6 +1685,9 @@ pub fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: Option<libc::epoll_event
         libc::EPOLL_CTL_MOD => {
             let ev = ev.ok_or(e(libc::EFAULT))?;
             let it = sh.items.get_mut(&fd).ok_or(e(libc::ENOENT))?;
+            if it.events & libc::EPOLLEXCLUSIVE as u32 != 0 {
+                return Err(e(libc::EINVAL)); // Linux: EPOLL_CTL_MOD of an exclusive item
+            }
             *it = EpItem { events: ev.events, data: ev.u64, disabled: false, last: (0, 0, 0) };
             Ok(0)
         }
@@ -1587,32 +1719,40 @@ fn to_epoll(r: i16) -> u32 {
     ev
 }
 
-/// Collect ready stack sockets of `epfd` into `out` (up to its length).
-fn epoll_scan(epfd: c_int, proc: &Proc, out: &mut [libc::epoll_event]) -> usize {
-    let items: Vec<(c_int, EpItem)> = match lock(&EPOLLS).as_ref().and_then(|m| m.get(&epfd)) {
-        Some(sh) => sh.items.iter().map(|(k, v)| (*k, *v)).collect(),
-        None => return 0,
+/// Collect ready stack sockets of the set into `out` (up to its length). `woken`: this
+/// scan follows a spin or sleep of the caller (not its entry into epoll_wait); then an
+/// `EPOLLEXCLUSIVE` listener is reported only to the one caller that claims its new
+/// connections (Linux wakes one exclusive waiter per arrival; a caller that enters
+/// epoll_wait sees the listener's level, as on Linux).
+fn epoll_scan(sh: &Mutex<EpShadow>, out: &mut [libc::epoll_event], woken: bool) -> usize {
+    let (items, ctxs): (Vec<(c_int, EpItem)>, Vec<Arc<Proc>>) = {
+        let g = lock(sh);
+        (g.items.iter().filter(|(_, v)| !v.disabled).map(|(k, v)| (*k, *v)).collect(), g.live_ctxs())
     };
+    let socks: Vec<(c_int, EpItem, Arc<Sock>)> = items.into_iter().filter_map(|(fd, it)| Some((fd, it, lookup(fd)?))).collect();
     let mut n = 0;
     let mut updates = Vec::new();
-    {
-        let mut g = proc.lock();
+    // Each context is locked once, in turn, for the sockets that live on it.
+    for p in &ctxs {
+        if n >= out.len() {
+            break;
+        }
+        let mut g = p.lock();
         g.ctx.poll();
-        for (fd, it) in items {
+        for (fd, it, s) in &socks {
             if n >= out.len() {
                 break;
             }
-            if it.disabled {
+            if !Arc::ptr_eq(&s.proc, p) {
                 continue;
             }
-            let Some(s) = lookup(fd) else { continue };
-            let (r, rd, acc) = readiness_counts(&s, &mut g.ctx);
+            let (r, rd, acc) = readiness_counts(s, &mut g.ctx);
             let wanted = it.events | libc::EPOLLERR as u32 | libc::EPOLLHUP as u32;
             let ev = to_epoll(r) & wanted;
             let sig = (ev as i16, rd, acc);
             if ev == 0 {
                 if it.last != (0, 0, 0) {
-                    updates.push((fd, (0, 0, 0), false));
+                    updates.push((*fd, (0, 0, 0), false));
                 }
                 continue;
             }
@@ -1624,20 +1764,21 @@ fn epoll_scan(epfd: c_int, proc: &Proc, out: &mut [libc::epoll_event]) -> usize 
                     continue;
                 }
             }
+            if woken && it.events & libc::EPOLLEXCLUSIVE as u32 != 0 && !s.claim_arrivals(rd) {
+                continue;
+            }
             out[n] = libc::epoll_event { events: ev, u64: it.data };
             n += 1;
-            updates.push((fd, sig, it.events & libc::EPOLLONESHOT as u32 != 0));
+            updates.push((*fd, sig, it.events & libc::EPOLLONESHOT as u32 != 0));
         }
     }
     if !updates.is_empty() {
-        let mut g = lock(&EPOLLS);
-        if let Some(sh) = g.as_mut().and_then(|m| m.get_mut(&epfd)) {
-            for (fd, sig, oneshot) in updates {
-                if let Some(it) = sh.items.get_mut(&fd) {
-                    it.last = sig;
-                    if oneshot {
-                        it.disabled = true;
-                    }
+        let mut g = lock(sh);
+        for (fd, sig, oneshot) in updates {
+            if let Some(it) = g.items.get_mut(&fd) {
+                it.last = sig;
+                if oneshot {
+                    it.disabled = true;
                 }
             }
         }
@@ -1645,7 +1786,7 @@ fn epoll_scan(epfd: c_int, proc: &Proc, out: &mut [libc::epoll_event]) -> usize 
     n
 }
 
-/// Remove the context eventfd's events from a kernel result, compacting it.
+/// Remove the contexts' eventfds' events from a kernel result, compacting it.
 fn strip_cookie(evs: &mut [libc::epoll_event], n: usize) -> usize {
     let mut k = 0;
     for i in 0..n {
@@ -1660,25 +1801,23 @@ fn strip_cookie(evs: &mut [libc::epoll_event], n: usize) -> usize {
 
 /// epoll_wait on a set with stack sockets. None: no stack socket in it (use libc).
 pub fn epoll_wait(epfd: c_int, out: &mut [libc::epoll_event], timeout_ms: c_int) -> Option<SysResult<c_int>> {
-    if !epoll_has_shadow(epfd) {
+    let sh = shadow(epfd)?;
+    if lock(&sh).live_ctxs().is_empty() {
+        // Only a parent's sockets (in a forked child), or none left: the kernel's set.
         return None;
     }
-    let proc = match lock(&PROC).clone() {
-        Some(p) if p.gen == FORK_GEN.load(Ordering::SeqCst) => p,
-        _ => return None,
-    };
     if out.is_empty() {
         return Some(Err(e(libc::EINVAL)));
     }
     let deadline = (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
     let start = Instant::now();
     let spin = spin_time();
-    let mut kernel_checked_at_start = false;
+    let mut first = true;
     loop {
-        let n = epoll_scan(epfd, &proc, out);
+        let n = epoll_scan(&sh, out, !first);
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
-        if n > 0 || expired || !kernel_checked_at_start {
-            kernel_checked_at_start = true;
+        if n > 0 || expired || first {
+            first = false;
             let k = match sys::epoll_wait(epfd, &mut out[n..], 0) {
                 Ok(k) => strip_cookie(&mut out[n..], k as usize),
                 Err(err) => return Some(Err(err)),
@@ -1693,35 +1832,26 @@ pub fn epoll_wait(epfd: c_int, out: &mut [libc::epoll_event], timeout_ms: c_int)
             }
             continue;
         }
-        // Sleep in the kernel's epoll_wait: the set holds the context's eventfd.
-        {
-            let mut g = proc.lock();
-            if !g.ctx.announce_sleep() {
-                if !g.ctx.check_service() {
-                    return Some(Err(e(libc::EINTR)));
-                }
-                continue;
+        // Sleep in the kernel's epoll_wait: the set holds the contexts' eventfds.
+        let ctxs = lock(&sh).live_ctxs();
+        let mut broken = false;
+        if !announce_all(&ctxs, &mut broken) {
+            if broken {
+                return Some(Err(e(libc::EINTR)));
             }
-            g.sleepers += 1;
+            continue;
         }
         let left = ms_left(deadline);
         let cap = if CONTENDED.swap(false, Ordering::Relaxed) { 1 } else { MAX_SLEEP_MS };
         let ms = if left < 0 { cap } else { left.min(cap) };
         let r = sys::epoll_wait(epfd, out, ms);
-        {
-            let mut g = proc.lock();
-            g.sleepers -= 1;
-            if g.sleepers == 0 {
-                g.ctx.end_sleep();
-            }
-            g.ctx.check_service();
-        }
+        end_all(&ctxs);
         match r {
             Err(err) => return Some(Err(err)),
             Ok(k) => {
                 let k = strip_cookie(out, k as usize);
                 if k > 0 {
-                    let m = epoll_scan(epfd, &proc, &mut out[k..]);
+                    let m = epoll_scan(&sh, &mut out[k..], true);
                     return Some(Ok((k + m) as c_int));
                 }
             }
