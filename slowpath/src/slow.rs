@@ -275,6 +275,24 @@ struct Conn {
     cc: Option<Box<CcState>>,
     /// Algorithm chosen for this connection (None: the service default).
     cc_alg: Option<Algorithm>,
+    /// Options of the installed flow for `Info` replies (`INFO_*` bits and shifts).
+    info_opts: u16,
+}
+
+/// The `INFO_*` option bits and window shifts of an installed flow.
+fn info_opts(f: &FlowState) -> u16 {
+    use tas_proto::shm::{INFO_SACK, INFO_TIMESTAMPS, INFO_WSCALE};
+    let mut o = 0;
+    if f.flags & tas_fastpath::flow::F_TS != 0 {
+        o |= INFO_TIMESTAMPS;
+    }
+    if f.flags & tas_fastpath::flow::F_SACK != 0 {
+        o |= INFO_SACK;
+    }
+    if f.snd_wscale != 0 || f.rcv_wscale != 0 {
+        o |= INFO_WSCALE | (f.snd_wscale as u16 & 15) << 8 | (f.rcv_wscale as u16 & 15) << 12;
+    }
+    o
 }
 
 /// Counters of the slow path.
@@ -487,6 +505,7 @@ impl SlowPath {
         let p = self.cfg.cc;
         let Some(c) = self.conns.get_mut(&key) else { return };
         c.rcv_start = state.rcv_nxt;
+        c.info_opts = info_opts(state);
         let alg = c.cc_alg.unwrap_or(p.algorithm);
         let cc = CcState::new(alg, &p, state.mss, state.srtt_us, None);
         let l = cc.limits();
@@ -880,6 +899,39 @@ impl SlowPath {
                     self.close_listener(listener);
                 }
             }
+            ControlRequest::Info { token, conn } => {
+                let info = self.conn_info_reply(app, conn);
+                self.post(app, SpEvent::Info { token, info });
+            }
+        }
+    }
+
+    /// What the slow path knows of an application's connection slot, for `TCP_INFO`: the
+    /// congestion controller's latest report from the fast path (at most one control
+    /// interval old). All zero if the slot has no installed connection.
+    fn conn_info_reply(&self, app: u32, slot: u32) -> tas_proto::shm::ConnInfo {
+        let Some(c) = self.by_slot.get(&(app, slot)).and_then(|k| self.conns.get(k)) else {
+            return tas_proto::shm::ConnInfo::default();
+        };
+        let Some(cc) = c.cc.as_deref() else {
+            // Not installed yet (handshake): only the MSS is known.
+            return tas_proto::shm::ConnInfo { opts: tas_proto::shm::INFO_FOUND, mss: c.mss, ..Default::default() };
+        };
+        let (srtt, rttvar) = (cc.rtt_us, cc.rttvar_us());
+        // RFC 6298 2.3 with Linux's 200 ms floor (no backoff: the fast path keeps that).
+        let rto_us = (srtt as u64 + (4 * rttvar as u64).max(1000)).clamp(200_000, 60_000_000);
+        let cwnd = match cc.limits().cwnd {
+            0 => u32::MAX,
+            w => w,
+        };
+        tas_proto::shm::ConnInfo {
+            opts: c.info_opts | tas_proto::shm::INFO_FOUND,
+            mss: c.mss,
+            srtt_us: srtt,
+            rttvar_us: rttvar,
+            cwnd,
+            retransmits: cc.retransmits.min(u32::MAX as u64) as u32,
+            rto_ms: (rto_us / 1000).min(u16::MAX as u64) as u16,
         }
     }
 
@@ -2188,6 +2240,7 @@ impl Conn {
             rcv_start: 0,
             cc: None,
             cc_alg: None,
+            info_opts: 0,
         }
     }
 

@@ -514,3 +514,69 @@ fn shared_port_spreads_connections_over_accepting_workers() {
     }
     assert!(accepted && client.state(c) == ConnState::Established);
 }
+
+/// `Context::info_start` (the shim's TCP_INFO): after an echo over a lossy link the
+/// service reports a real RTT, MSS, window and the retransmissions it made, and the
+/// application side counts every byte acknowledged.
+#[test]
+fn connection_info_reports_rtt_window_and_retransmissions() {
+    const TOTAL: u64 = 2_000_000;
+    let imp = Impairments { loss: 0.01, delay: Duration::from_micros(200), ..Impairments::default() };
+    let mut w = World::new(imp, 5);
+    let mut server = context(&mut w.a, IP_A, "echo");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let tok = server.listen_start(81, 16).unwrap();
+    let listener = loop {
+        w.step(&mut [&mut server, &mut client]);
+        if let Some(l) = server.listen_result(tok).unwrap() {
+            break l;
+        }
+    };
+    let conn = client.connect_start(SocketAddrV4::new(IP_A, 81)).unwrap();
+    let mut echo = Echo::default();
+    let (mut sent, mut recvd) = (0u64, 0u64);
+    let mut chunk = vec![0u8; 16 * 1024];
+    while recvd < TOTAL {
+        assert!(w.clock.now().as_nanos() < Duration::from_secs(600).as_nanos() as u64, "stalled at {recvd}");
+        w.step(&mut [&mut server, &mut client]);
+        echo.step(&mut server, listener);
+        if client.state(conn) == ConnState::Connecting {
+            continue;
+        }
+        if sent < TOTAL {
+            let n = (TOTAL - sent).min(chunk.len() as u64) as usize;
+            pattern(3, sent, &mut chunk[..n]);
+            if let Ok(k) = client.send(conn, &chunk[..n]) {
+                sent += k as u64;
+            }
+        }
+        if let Ok(n) = client.recv(conn, &mut chunk) {
+            assert!(n > 0, "unexpected EOF");
+            recvd += n as u64;
+        }
+    }
+    // Everything came back, so everything was acknowledged.
+    for _ in 0..1000 {
+        if client.tx_outstanding(conn) == 0 {
+            break;
+        }
+        w.step(&mut [&mut server, &mut client]);
+    }
+    assert_eq!(client.tx_outstanding(conn), 0);
+    assert_eq!(client.tx_acked(conn), TOTAL);
+    assert_eq!(client.rx_total(conn), TOTAL);
+    let t = client.info_start(conn).unwrap();
+    let info = loop {
+        w.step(&mut [&mut server, &mut client]);
+        if let Some(i) = client.info_result(t).unwrap() {
+            break i;
+        }
+    };
+    assert!(info.opts & libtas::tas_proto::shm::INFO_FOUND != 0, "{info:?}");
+    assert!(info.srtt_us >= 400 && info.srtt_us < 1_000_000, "RTT of a 2 x 200 µs path: {info:?}");
+    assert!(info.mss >= 500 && info.mss <= 1460, "{info:?}");
+    assert!(info.cwnd > 0, "{info:?}");
+    assert!(info.retransmits > 0, "1 % loss over 2 MB must have caused retransmissions: {info:?}");
+    assert!(info.rto_ms >= 200, "{info:?}");
+    assert_eq!(client.info_result(t), Err(Error::InvalidHandle), "a token is answered once");
+}

@@ -306,6 +306,46 @@ static void t_options(void) {
     close(fd);
 }
 
+/* TCP_INFO after a 1 MiB echo: plausible real values (the raw buffer holds the kernel's
+ * whole struct; glibc's header stops at tcpi_total_retrans). */
+static uint32_t ti32(const unsigned char *b, int off) { uint32_t v; memcpy(&v, b + off, 4); return v; }
+static uint64_t ti64(const unsigned char *b, int off) { uint64_t v; memcpy(&v, b + off, 8); return v; }
+static void t_tcp_info(void) {
+    unsigned char ti[512]; socklen_t l = sizeof ti;
+    int fd = tcp();
+    memset(ti, 0, sizeof ti);
+    CHECK("tcp_info.fresh", getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &l));
+    CHECK("tcp_info.fresh.state", ti[0]);
+    CHECK("tcp_info.fresh.len_matches_kernel_struct", l >= 104);
+    close(fd);
+    fd = dial(); put(fd, "ECHO\n");
+    static unsigned char buf[1 << 16], back[1 << 16]; size_t i = 0; long sent = 0, got = 0;
+    for (int k = 0; k < 16; k++) {
+        for (size_t j = 0; j < sizeof buf; j++) buf[j] = pat(i++);
+        size_t off = 0;
+        while (off < sizeof buf) { ssize_t w = write(fd, buf + off, sizeof buf - off); if (w <= 0) break; off += w; sent += w; }
+        ssize_t r = recv(fd, back, sizeof back, MSG_WAITALL); if (r > 0) got += r;
+    }
+    CHECK("tcp_info.echoed", got);
+    l = sizeof ti; memset(ti, 0, sizeof ti);
+    CHECK("tcp_info.conn", getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &l));
+    printf("tcp_info.conn.len = %s\n", l == sizeof(struct tcp_info) ? "glibc" : l > sizeof(struct tcp_info) ? "longer" : "short");
+    CHECK("tcp_info.conn.state", ti[0]);
+    CHECK("tcp_info.conn.rtt_positive", ti32(ti, 68) > 0);
+    CHECK("tcp_info.conn.rtt_below_1s", ti32(ti, 68) < 1000000);
+    CHECK("tcp_info.conn.rto_at_least_200ms", ti32(ti, 8) >= 200000);
+    CHECK("tcp_info.conn.snd_mss_plausible", ti32(ti, 16) >= 500 && ti32(ti, 16) <= 1460);
+    CHECK("tcp_info.conn.snd_cwnd_positive", ti32(ti, 80) > 0);
+    CHECK("tcp_info.conn.rcv_space_positive", ti32(ti, 96) > 0);
+    CHECK("tcp_info.conn.total_retrans_plausible", ti32(ti, 100) < 1000);
+    CHECK("tcp_info.conn.unacked", ti32(ti, 24));
+    /* every byte written ("ECHO\n" and the data) was acknowledged: the echo came back */
+    /* Linux counts the SYN as one acknowledged byte */
+    CHECK("tcp_info.conn.bytes_acked_minus_sent", (long)(ti64(ti, 120) - (uint64_t)sent - 5));
+    CHECK("tcp_info.conn.bytes_received_eq", ti64(ti, 128) == (uint64_t)got);
+    close(fd);
+}
+
 static void t_dup(void) {
     int fd = dial(); char buf[16];
     put(fd, "ECHO\n");
@@ -668,7 +708,7 @@ int main(int argc, char **argv) {
     const char *only = getenv("CONFORM_ONLY");
 #define RUN(f) if (!only || strstr(#f, only)) f()
     RUN(t_basics); RUN(t_nb_connect); RUN(t_echo); RUN(t_nonblocking); RUN(t_peek_waitall);
-    RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_dup);
+    RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_tcp_info); RUN(t_dup);
     RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_contexts); RUN(t_exclusive);
     RUN(t_fork); RUN(t_exec);
     printf("done\n");

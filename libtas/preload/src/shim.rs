@@ -1285,9 +1285,122 @@ fn tcp_state_number(st: &SockState, ctx: &Context) -> u8 {
     }
 }
 
+/// Size of this kernel's `struct tcp_info` (what its getsockopt returns at most): asked
+/// once of a kernel TCP socket (280 bytes on Linux 6.18; 104 in glibc's header).
+fn kernel_tcp_info_len() -> usize {
+    static LEN: AtomicU64 = AtomicU64::new(0);
+    let v = LEN.load(Ordering::Relaxed);
+    if v != 0 {
+        return v as usize;
+    }
+    let mut buf = [0u8; 512];
+    let n = match sys::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) {
+        Ok(k) => {
+            let r = sys::getsockopt(k, libc::IPPROTO_TCP, libc::TCP_INFO, &mut buf);
+            let _ = sys::close(k);
+            r.unwrap_or(104)
+        }
+        Err(_) => 104,
+    };
+    LEN.store(n as u64, Ordering::Relaxed);
+    n
+}
+
+/// How long getsockopt(TCP_INFO) waits for the service's answer before it reports what
+/// the application side knows alone.
+const INFO_WAIT: Duration = Duration::from_millis(500);
+
+/// Linux's `struct tcp_info` (include/uapi/linux/tcp.h) from what the stack knows: the
+/// slow path's view (RTT, window, retransmissions, options; at most one congestion
+/// control interval old) and the application side's byte counts. Fields the stack does
+/// not track stay zero (docs/compatibility.md lists them).
+fn tcp_info(s: &Arc<Sock>, out: &mut [u8]) -> SysResult<usize> {
+    let (state, conn) = {
+        let mut st = s.state()?;
+        let mut g = s.proc.lock();
+        settle(&mut st, &mut g.ctx);
+        let c = match st.kind {
+            Kind::Conn(c) => Some(c),
+            _ => None,
+        };
+        (tcp_state_number(&st, &g.ctx), c)
+    };
+    let mut ti = [0u8; 512];
+    ti[0] = state;
+    let put32 = |ti: &mut [u8; 512], off: usize, v: u32| ti[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    let put64 = |ti: &mut [u8; 512], off: usize, v: u64| ti[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+    // Linux reports these for any socket.
+    put32(&mut ti, 8, 1_000_000); // tcpi_rto: the initial RTO (RFC 6298)
+    put32(&mut ti, 16, 536); // tcpi_snd_mss before a connection: TCP_MSS_DEFAULT
+    put32(&mut ti, 76, 0x7fff_ffff); // tcpi_snd_ssthresh: TCP_INFINITE_SSTHRESH
+    put32(&mut ti, 80, 10); // tcpi_snd_cwnd: the initial window
+    put32(&mut ti, 88, 3); // tcpi_reordering
+    put64(&mut ti, 112, u64::MAX); // tcpi_max_pacing_rate: unlimited
+    put64(&mut ti, 104, u64::MAX); // tcpi_pacing_rate
+    if let Some(c) = conn {
+        let token = s.proc.lock().ctx.info_start(c).ok();
+        let info = match token {
+            Some(t) => {
+                let deadline = Instant::now() + INFO_WAIT;
+                let r = s.proc.block_until(false, Some(deadline), |ctx| match ctx.info_result(t) {
+                    Ok(Some(i)) => Some(Ok(i)),
+                    Ok(None) => None,
+                    Err(err) => Some(Err(errno_of(err))),
+                });
+                if r.is_err() {
+                    s.proc.lock().ctx.info_cancel(t);
+                }
+                r.ok()
+            }
+            None => None,
+        };
+        let g = s.proc.lock();
+        let layout = g.ctx.layout();
+        let info = info.filter(|i| i.opts & libtas::tas_proto::shm::INFO_FOUND != 0).unwrap_or_default();
+        let mss = if info.mss > 0 { info.mss as u32 } else { 1460 };
+        let mut opts = 0u8;
+        if info.opts & libtas::tas_proto::shm::INFO_TIMESTAMPS != 0 {
+            opts |= 1; // TCPI_OPT_TIMESTAMPS
+        }
+        if info.opts & libtas::tas_proto::shm::INFO_SACK != 0 {
+            opts |= 2; // TCPI_OPT_SACK
+        }
+        if info.opts & libtas::tas_proto::shm::INFO_WSCALE != 0 {
+            opts |= 4; // TCPI_OPT_WSCALE
+            ti[6] = ((info.opts >> 8) & 15) as u8 | (((info.opts >> 12) & 15) as u8) << 4;
+        }
+        ti[5] = opts;
+        if info.rto_ms > 0 {
+            put32(&mut ti, 8, info.rto_ms as u32 * 1000);
+        }
+        put32(&mut ti, 16, mss); // snd_mss
+        put32(&mut ti, 20, mss); // rcv_mss
+        let outstanding = g.ctx.tx_outstanding(c);
+        put32(&mut ti, 24, outstanding.div_ceil(mss)); // unacked (incl. not yet sent)
+        put32(&mut ti, 60, mss + 40); // pmtu
+        put32(&mut ti, 64, layout.rx_buf_size); // rcv_ssthresh
+        put32(&mut ti, 68, info.srtt_us); // rtt
+        put32(&mut ti, 72, info.rttvar_us); // rttvar
+        let cwnd = if info.cwnd == u32::MAX { layout.tx_buf_size } else { info.cwnd };
+        put32(&mut ti, 80, cwnd.div_ceil(mss).max(1)); // snd_cwnd, segments
+        put32(&mut ti, 84, mss); // advmss
+        put32(&mut ti, 96, layout.rx_buf_size); // rcv_space
+        put32(&mut ti, 100, info.retransmits); // total_retrans
+        put64(&mut ti, 120, g.ctx.tx_acked(c) + 1); // bytes_acked: Linux counts the SYN
+        put64(&mut ti, 128, g.ctx.rx_total(c)); // bytes_received
+        put32(&mut ti, 232, layout.rx_buf_size - g.ctx.readable(c).min(layout.rx_buf_size as usize) as u32); // rcv_wnd
+    }
+    let n = out.len().min(kernel_tcp_info_len()).min(ti.len());
+    out[..n].copy_from_slice(&ti[..n]);
+    Ok(n)
+}
+
 /// getsockopt on a stack socket: writes the value into `out`, returns its length.
 pub fn getsockopt(fd: c_int, level: c_int, name: c_int, out: &mut [u8]) -> SysResult<usize> {
     let s = sock(fd)?;
+    if (level, name) == (libc::IPPROTO_TCP, libc::TCP_INFO) {
+        return tcp_info(&s, out);
+    }
     let mut st = s.state()?;
     let mut g = s.proc.lock();
     settle(&mut st, &mut g.ctx);
@@ -1306,20 +1419,6 @@ pub fn getsockopt(fd: c_int, level: c_int, name: c_int, out: &mut [u8]) -> SysRe
         (libc::SOL_SOCKET, libc::SO_DOMAIN) => int(libc::AF_INET, out),
         (libc::SOL_SOCKET, libc::SO_PROTOCOL) => int(libc::IPPROTO_TCP, out),
         (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => int(i32::from(matches!(st.kind, Kind::Listening(_))), out),
-        (libc::IPPROTO_TCP, libc::TCP_INFO) => {
-            // struct tcp_info: tcpi_state is byte 0; tcpi_snd_mss/rcv_mss at 16/20. Only
-            // what the stack knows is filled in; the rest stays zero.
-            let n = out.len().min(104);
-            out[..n].fill(0);
-            if n > 0 {
-                out[0] = tcp_state_number(&st, &g.ctx);
-            }
-            if n >= 24 && matches!(st.kind, Kind::Conn(_)) {
-                out[16..20].copy_from_slice(&1460u32.to_ne_bytes());
-                out[20..24].copy_from_slice(&1460u32.to_ne_bytes());
-            }
-            Ok(n)
-        }
         (libc::SOL_SOCKET, libc::SO_RCVBUF) => {
             let d = g.ctx.layout().rx_buf_size as i32;
             int(st.opts.int(level, name).unwrap_or(d), out)
