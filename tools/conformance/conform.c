@@ -299,10 +299,35 @@ static void t_options(void) {
     CHECK("so_rcvtimeo.recv", recv(fd, &v, 1, 0));
     memset(&tmo, 0, sizeof tmo); l = sizeof tmo;
     CHECK("getsockopt.so_rcvtimeo", (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tmo, &l), tmo.tv_sec * 1000000 + tmo.tv_usec));
+    /* bounded by net.core.rmem_max/wmem_max, doubled, with a floor (as Linux) */
+    OPT("so_rcvbuf_huge", SOL_SOCKET, SO_RCVBUF, 1 << 30);
+    OPT("so_sndbuf_huge", SOL_SOCKET, SO_SNDBUF, 1 << 30);
+    OPT("so_rcvbuf_tiny", SOL_SOCKET, SO_RCVBUF, 1);
+    OPT("so_sndbuf_tiny", SOL_SOCKET, SO_SNDBUF, 1);
+    OPT("so_sndbuf_negative", SOL_SOCKET, SO_SNDBUF, -5);
     struct tcp_info ti; l = sizeof ti; memset(&ti, 0, sizeof ti);
     CHECK("tcp_info", getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l));
     CHECK("tcp_info.state", ti.tcpi_state);
     CHECK("tcp_info.snd_mss_positive", ti.tcpi_snd_mss > 0);
+    close(fd);
+}
+
+/* SO_SNDBUF bounds what a non-blocking write takes: 8 KiB asked (16 KiB reported) to a
+ * peer that does not read. Linux takes a few of its 64 KiB segments at most (32 KiB on
+ * loopback); without the bound the shim would fill its whole ring (256 KiB by default). */
+static void t_sndbuf(void) {
+    int fd = tcp(), v = 8192;
+    CHECK("sndbuf.set", setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v));
+    if (connect(fd, (struct sockaddr *)&peer_addr, sizeof peer_addr) < 0) { perror("connect"); exit(2); }
+    put(fd, "HOLD\n");
+    static unsigned char big[1 << 20];
+    ssize_t n = send(fd, big, sizeof big, MSG_DONTWAIT);
+    CHECK("sndbuf.nonblocking_write_positive", n > 0);
+    CHECK("sndbuf.nonblocking_write_at_most_128KiB", n <= 131072);
+    /* blocking writes still move everything (the peer's kernel buffers it) */
+    size_t off = 0; int ok = 1;
+    while (off < 256 * 1024) { ssize_t w = send(fd, big + off, 256 * 1024 - off, 0); if (w <= 0) { ok = 0; break; } off += w; }
+    CHECK("sndbuf.blocking_256KiB", ok ? (long)off : -1);
     close(fd);
 }
 
@@ -708,7 +733,7 @@ int main(int argc, char **argv) {
     const char *only = getenv("CONFORM_ONLY");
 #define RUN(f) if (!only || strstr(#f, only)) f()
     RUN(t_basics); RUN(t_nb_connect); RUN(t_echo); RUN(t_nonblocking); RUN(t_peek_waitall);
-    RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_tcp_info); RUN(t_dup);
+    RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_sndbuf); RUN(t_tcp_info); RUN(t_dup);
     RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_contexts); RUN(t_exclusive);
     RUN(t_fork); RUN(t_exec);
     printf("done\n");

@@ -399,6 +399,9 @@ struct SockState {
     nb_connect: bool,
     /// ECONNRESET was reported once: later reads see EOF, sends EPIPE (as Linux).
     reset_reported: bool,
+    /// SO_SNDBUF as set (Linux's halved value: the payload it stands for); 0: not set,
+    /// the transmit ring's size. Sends keep at most this many bytes unacknowledged.
+    sndbuf_cap: u32,
 }
 
 /// A stack socket, shared by every descriptor that refers to it (dup, fork).
@@ -510,6 +513,7 @@ fn adopt(fd: c_int, s: Arc<Sock>) -> SysResult<Arc<Sock>> {
             local: Some(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)),
             nb_connect: false,
             reset_reported: false,
+            sndbuf_cap: 0,
         }),
         proc: p,
         excl_claimed: AtomicU64::new(0),
@@ -539,6 +543,7 @@ fn new_sock(proc: Arc<Proc>, kind: Kind, nonblock: bool, cloexec: bool) -> SysRe
             local: None,
             nb_connect: false,
             reset_reported: false,
+            sndbuf_cap: 0,
         }),
         proc,
         excl_claimed: AtomicU64::new(0),
@@ -970,13 +975,32 @@ fn send_inner(s: &Sock, data: &[u8], flags: c_int) -> SysResult<usize> {
         return Ok(0);
     }
     let nonblock = nonblock || flags & libc::MSG_DONTWAIT != 0;
-    let deadline = timeo(&*s.state()?, libc::SO_SNDTIMEO);
+    let (deadline, cap) = {
+        let st = s.state()?;
+        (timeo(&st, libc::SO_SNDTIMEO), st.sndbuf_cap)
+    };
     let mut sent = 0usize;
     loop {
-        let r = s.proc.block_until(nonblock, deadline, |ctx| match ctx.send(c, &data[sent..]) {
-            Ok(n) => Some(Ok(n)),
-            Err(Error::WouldBlock) => None,
-            Err(err) => Some(Err(errno_of(err))),
+        let r = s.proc.block_until(nonblock, deadline, |ctx| {
+            let mut chunk = &data[sent..];
+            if cap > 0 {
+                // SO_SNDBUF: no more than `cap` bytes written and not yet acknowledged.
+                let mut room = cap.saturating_sub(ctx.tx_outstanding(c)) as usize;
+                if room == 0 {
+                    ctx.poll(); // take the acknowledgements that arrived
+                    room = cap.saturating_sub(ctx.tx_outstanding(c)) as usize;
+                }
+                if room == 0 {
+                    // Full: wait, unless the connection can no longer send at all.
+                    return ctx.send(c, &[]).err().filter(|e| *e != Error::WouldBlock).map(|e| Err(errno_of(e)));
+                }
+                chunk = &chunk[..chunk.len().min(room)];
+            }
+            match ctx.send(c, chunk) {
+                Ok(n) => Some(Ok(n)),
+                Err(Error::WouldBlock) => None,
+                Err(err) => Some(Err(errno_of(err))),
+            }
         });
         match r {
             Ok(n) => {
@@ -1243,9 +1267,17 @@ pub fn setsockopt(fd: c_int, level: c_int, name: c_int, v: &[u8]) -> SysResult<c
     }
     let mut val = v[..need].to_vec();
     if level == libc::SOL_SOCKET && (name == libc::SO_RCVBUF || name == libc::SO_SNDBUF) {
-        // Linux doubles the value (bookkeeping overhead) and reports the doubled one.
-        let x = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]).max(0).saturating_mul(2).max(if name == libc::SO_RCVBUF { 2304 } else { 4608 });
+        // Linux bounds the value by net.core.rmem_max/wmem_max, doubles it (bookkeeping
+        // overhead), applies a floor and reports the doubled one (net/core/sock.c).
+        let rcv = name == libc::SO_RCVBUF;
+        let max = net_core_max(rcv);
+        // The value is taken as unsigned (min_t(u32, ...)): a negative one means the maximum.
+        let x = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]).min(max).saturating_mul(2).max(if rcv { 2304 } else { 4608 });
+        let x = x.min(i32::MAX as u32) as i32;
         val = x.to_ne_bytes().to_vec();
+        if !rcv {
+            st.sndbuf_cap = (x as u32 / 2).max(1);
+        }
     } else if is_bool_opt(level, name) {
         // Boolean options read back as 0/1.
         let x = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
@@ -1259,6 +1291,21 @@ pub fn setsockopt(fd: c_int, level: c_int, name: c_int, v: &[u8]) -> SysResult<c
     }
     st.opts.set(level, name, &val);
     Ok(0)
+}
+
+/// net.core.rmem_max (`rcv`) or wmem_max of this network namespace, read once (212992,
+/// Linux's default, if it cannot be read).
+fn net_core_max(rcv: bool) -> u32 {
+    static MAX: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+    let slot = &MAX[usize::from(rcv)];
+    let v = slot.load(Ordering::Relaxed);
+    if v != 0 {
+        return v as u32;
+    }
+    let path = if rcv { "/proc/sys/net/core/rmem_max" } else { "/proc/sys/net/core/wmem_max" };
+    let v = std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse::<u32>().ok()).filter(|&v| v > 0).unwrap_or(212_992);
+    slot.store(v as u64, Ordering::Relaxed);
+    v
 }
 
 fn is_bool_opt(level: c_int, name: c_int) -> bool {
@@ -1531,7 +1578,8 @@ fn readiness_state(st: &SockState, ctx: &mut Context) -> i16 {
                 ConnState::Failed(_) => r |= libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLOUT,
                 _ => r |= libc::POLLHUP,
             }
-            if ctx.writable(c) > 0 || matches!(st_c, ConnState::LocalClosed | ConnState::Closing | ConnState::Closed) {
+            let room = if st.sndbuf_cap > 0 { st.sndbuf_cap.saturating_sub(ctx.tx_outstanding(c)) as usize } else { usize::MAX };
+            if ctx.writable(c).min(room) > 0 || matches!(st_c, ConnState::LocalClosed | ConnState::Closing | ConnState::Closed) {
                 r |= libc::POLLOUT | libc::POLLWRNORM;
             }
             if st.rd_shut && matches!(st_c, ConnState::LocalClosed | ConnState::Closing) {
