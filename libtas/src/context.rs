@@ -75,12 +75,25 @@ pub struct ListenOptions {
     /// other members can take them (for a listener that may only be held, like the one a
     /// pre-forking server's parent opens).
     pub accept_on_demand: bool,
+    /// Receive buffer of the accepted connections, bytes (`SO_RCVBUF`; 0: the receive
+    /// ring): the window they offer never exceeds it.
+    pub rcvbuf: u32,
 }
 
 impl ListenOptions {
     /// Options with `reuse_port` set.
     pub fn reuse_port() -> Self {
-        ListenOptions { reuse_port: true, accept_on_demand: false }
+        ListenOptions { reuse_port: true, ..ListenOptions::default() }
+    }
+
+    /// Options of [`Context::listen_start_shared`]: `reuse_port` and `accept_on_demand`.
+    pub fn shared() -> Self {
+        ListenOptions { reuse_port: true, accept_on_demand: true, rcvbuf: 0 }
+    }
+
+    /// These options with [`ListenOptions::rcvbuf`] set.
+    pub fn with_rcvbuf(self, rcvbuf: u32) -> Self {
+        ListenOptions { rcvbuf, ..self }
     }
 }
 
@@ -1192,7 +1205,7 @@ impl Context {
     /// of one server): the service spreads new connections over the members that accept.
     /// A founder that may never accept itself is given connections only once it has.
     pub fn listen_start_shared(&mut self, port: u16, backlog: u32) -> Result<Token> {
-        self.listen_start_with(port, backlog, ListenOptions { reuse_port: true, accept_on_demand: true })
+        self.listen_start_with(port, backlog, ListenOptions::shared())
     }
 
     /// [`Context::listen_start`] with options: with [`ListenOptions::reuse_port`], other
@@ -1214,7 +1227,7 @@ impl Context {
         if opts.accept_on_demand {
             flags |= tas_proto::shm::LISTEN_ACCEPT_ON_DEMAND;
         }
-        self.request(ControlRequest::Listen { token, port, backlog, flags });
+        self.request(ControlRequest::Listen { token, port, backlog, flags, rcvbuf: opts.rcvbuf });
         self.publish();
         Ok(Token(token))
     }
@@ -1324,6 +1337,13 @@ impl Context {
     /// [`ConnState::Connecting`] until [`Event::Connected`] (or [`Event::Closed`] with
     /// the reason it failed); sends and receives return [`Error::WouldBlock`] meanwhile.
     pub fn connect_start(&mut self, addr: SocketAddrV4) -> Result<ConnId> {
+        self.connect_start_with(addr, 0)
+    }
+
+    /// [`Context::connect_start`] with a receive buffer of `rcvbuf` bytes (`SO_RCVBUF`;
+    /// 0: the receive ring): the window the connection offers never exceeds it (the
+    /// service bounds it by the ring and one segment).
+    pub fn connect_start_with(&mut self, addr: SocketAddrV4, rcvbuf: u32) -> Result<ConnId> {
         self.health()?;
         if addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(Error::InvalidArgument);
@@ -1334,7 +1354,7 @@ impl Context {
         c.connecting = true;
         c.peer = addr;
         self.pending_connects.insert(token, idx as u32);
-        self.request(ControlRequest::Connect { token, ip: u32::from(*addr.ip()), port: addr.port() });
+        self.request(ControlRequest::Connect { token, ip: u32::from(*addr.ip()), port: addr.port(), rcvbuf });
         self.publish();
         Ok(self.conn_id(idx))
     }

@@ -36,7 +36,7 @@ use core::mem::{align_of, size_of};
 use core::sync::atomic::AtomicU32;
 
 /// Version of this ABI; an application and a service must agree exactly. 2: the `Info`
-/// request and reply (`TCP_INFO`).
+/// request and reply (`TCP_INFO`), the receive buffer of `Listen` and `Connect`.
 pub const ABI_VERSION: u32 = 2;
 /// `"TASREGN1"`: the first eight bytes of every region.
 pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"TASREGN1");
@@ -461,6 +461,9 @@ pub enum ControlRequest {
         backlog: u32,
         /// `LISTEN_*` flags.
         flags: u16,
+        /// Receive buffer of the connections it accepts, bytes (`SO_RCVBUF`; 0: the
+        /// receive ring). The service bounds it by the ring and one segment.
+        rcvbuf: u32,
     },
     /// Start an active open to `ip:port` (host order).
     Connect {
@@ -470,6 +473,9 @@ pub enum ControlRequest {
         ip: u32,
         /// Remote port.
         port: u16,
+        /// Receive buffer, bytes (`SO_RCVBUF`; 0: the receive ring): the window offered
+        /// never exceeds it.
+        rcvbuf: u32,
     },
     /// `count` connections were taken from `listener`'s accept queue.
     Accepted {
@@ -501,11 +507,11 @@ impl ControlRequest {
     /// Encode.
     pub fn encode(&self) -> Desc {
         match *self {
-            ControlRequest::Listen { token, port, backlog, flags } => {
-                Desc { kind: KIND_REQ_LISTEN, local_port: port, len: backlog, aux: token, flags, ..Desc::default() }
+            ControlRequest::Listen { token, port, backlog, flags, rcvbuf } => {
+                Desc { kind: KIND_REQ_LISTEN, local_port: port, len: backlog, aux: token, flags, ip: rcvbuf, ..Desc::default() }
             }
-            ControlRequest::Connect { token, ip, port } => {
-                Desc { kind: KIND_REQ_CONNECT, ip, remote_port: port, aux: token, ..Desc::default() }
+            ControlRequest::Connect { token, ip, port, rcvbuf } => {
+                Desc { kind: KIND_REQ_CONNECT, ip, remote_port: port, aux: token, len: rcvbuf, ..Desc::default() }
             }
             ControlRequest::Accepted { listener, count } => {
                 Desc { kind: KIND_REQ_ACCEPTED, len: listener, aux: count as u64, ..Desc::default() }
@@ -524,9 +530,9 @@ impl ControlRequest {
                 if d.flags & !LISTEN_FLAGS_KNOWN != 0 {
                     return Err(BadDesc(d.kind));
                 }
-                ControlRequest::Listen { token: d.aux, port: d.local_port, backlog: d.len, flags: d.flags }
+                ControlRequest::Listen { token: d.aux, port: d.local_port, backlog: d.len, flags: d.flags, rcvbuf: d.ip }
             }
-            KIND_REQ_CONNECT => ControlRequest::Connect { token: d.aux, ip: d.ip, port: d.remote_port },
+            KIND_REQ_CONNECT => ControlRequest::Connect { token: d.aux, ip: d.ip, port: d.remote_port, rcvbuf: d.len },
             KIND_REQ_ACCEPTED => ControlRequest::Accepted {
                 listener: d.len,
                 count: u32::try_from(d.aux).map_err(|_| BadDesc(d.kind))?,
@@ -917,9 +923,10 @@ mod tests {
             assert_eq!(Doorbell::decode(&d.encode()), Ok(d));
         }
         for r in [
-            ControlRequest::Listen { token: 9, port: 80, backlog: 128, flags: 0 },
-            ControlRequest::Listen { token: 10, port: 80, backlog: 128, flags: LISTEN_REUSEPORT },
-            ControlRequest::Connect { token: 10, ip: 0x0a000001, port: 7 },
+            ControlRequest::Listen { token: 9, port: 80, backlog: 128, flags: 0, rcvbuf: 0 },
+            ControlRequest::Listen { token: 10, port: 80, backlog: 128, flags: LISTEN_REUSEPORT, rcvbuf: 8192 },
+            ControlRequest::Connect { token: 10, ip: 0x0a000001, port: 7, rcvbuf: 0 },
+            ControlRequest::Connect { token: 11, ip: 0x0a000001, port: 7, rcvbuf: 65536 },
             ControlRequest::Accepted { listener: 1, count: 3 },
             ControlRequest::Abort { conn: 4 },
             ControlRequest::Unlisten { listener: 1 },

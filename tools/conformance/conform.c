@@ -331,6 +331,25 @@ static void t_sndbuf(void) {
     close(fd);
 }
 
+/* A tiny SO_RCVBUF set before connect: the window stays small, the echo still completes. */
+static void t_rcvbuf(void) {
+    int fd = tcp(), v = 4096;
+    CHECK("rcvbuf.set", setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof v));
+    if (connect(fd, (struct sockaddr *)&peer_addr, sizeof peer_addr) < 0) { perror("connect"); exit(2); }
+    put(fd, "ECHO\n");
+    static unsigned char out[8192], in[8192]; size_t i = 0; uint64_t hw = FNV0, hr = FNV0; long got = 0;
+    for (int k = 0; k < 32; k++) {
+        for (size_t j = 0; j < sizeof out; j++) out[j] = pat(i++);
+        hw = fnv(out, sizeof out, hw);
+        if (write(fd, out, sizeof out) != (ssize_t)sizeof out) break;
+        ssize_t r = recv(fd, in, sizeof in, MSG_WAITALL); if (r <= 0) break;
+        hr = fnv(in, r, hr); got += r;
+    }
+    CHECK("rcvbuf.echo_bytes", got);
+    CHECK("rcvbuf.echo_hash_ok", hw == hr);
+    close(fd);
+}
+
 /* TCP_INFO after a 1 MiB echo: plausible real values (the raw buffer holds the kernel's
  * whole struct; glibc's header stops at tcpi_total_retrans). */
 static uint32_t ti32(const unsigned char *b, int off) { uint32_t v; memcpy(&v, b + off, 4); return v; }
@@ -733,7 +752,7 @@ int main(int argc, char **argv) {
     const char *only = getenv("CONFORM_ONLY");
 #define RUN(f) if (!only || strstr(#f, only)) f()
     RUN(t_basics); RUN(t_nb_connect); RUN(t_echo); RUN(t_nonblocking); RUN(t_peek_waitall);
-    RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_sndbuf); RUN(t_tcp_info); RUN(t_dup);
+    RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_sndbuf); RUN(t_rcvbuf); RUN(t_tcp_info); RUN(t_dup);
     RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_contexts); RUN(t_exclusive);
     RUN(t_fork); RUN(t_exec);
     printf("done\n");

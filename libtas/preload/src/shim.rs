@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use libtas::{ConnId, ConnState, Context, Error, ListenerId};
+use libtas::{ConnId, ConnState, Context, Error, ListenOptions, ListenerId};
 
 use crate::sys::{self, Errno, SysResult};
 
@@ -496,7 +496,8 @@ fn adopt(fd: c_int, s: Arc<Sock>) -> SysResult<Arc<Sock>> {
     };
     let Some((port, nonblock, opts)) = stale else { return Ok(s) };
     let p = thread_ctx()?;
-    let token = p.lock().ctx.listen_start_shared(port, 511).map_err(errno_of)?;
+    let opts_l = ListenOptions::shared().with_rcvbuf(rcvbuf_of(&opts));
+    let token = p.lock().ctx.listen_start_with(port, 511, opts_l).map_err(errno_of)?;
     let l = p.block(false, |ctx| ctx.listen_result(token).map_err(errno_of).transpose())?;
     let ns = Arc::new(Sock {
         st: Mutex::new(SockState {
@@ -726,7 +727,8 @@ pub fn listen(fd: c_int, backlog: c_int) -> SysResult<c_int> {
     loop {
         let port = st.port;
         // Shared, so that a forked child can listen on the inherited port too (decisions §17).
-        let token = s.proc.lock().ctx.listen_start_shared(port, backlog).map_err(errno_of)?;
+        let opts = ListenOptions::shared().with_rcvbuf(rcvbuf_of(&st.opts));
+        let token = s.proc.lock().ctx.listen_start_with(port, backlog, opts).map_err(errno_of)?;
         let r = s.proc.block(false, |ctx| ctx.listen_result(token).map_err(errno_of).transpose());
         match r {
             Ok(l) => {
@@ -818,7 +820,7 @@ pub fn connect(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
     if a.port() == 0 || a.ip().is_unspecified() {
         return Err(e(libc::ECONNREFUSED));
     }
-    let c = s.proc.lock().ctx.connect_start(a).map_err(errno_of)?;
+    let c = s.proc.lock().ctx.connect_start_with(a, rcvbuf_of(&st.opts)).map_err(errno_of)?;
     st.kind = Kind::Connecting(c);
     st.peer = Some(a);
     if st.port != 0 {
@@ -1291,6 +1293,13 @@ pub fn setsockopt(fd: c_int, level: c_int, name: c_int, v: &[u8]) -> SysResult<c
     }
     st.opts.set(level, name, &val);
     Ok(0)
+}
+
+/// The receive buffer to ask tasd for: SO_RCVBUF as set (Linux's doubled value; the
+/// window it offers is about half of it, the value the application asked for), or 0
+/// (the receive ring) if it was not set.
+fn rcvbuf_of(opts: &Opts) -> u32 {
+    opts.int(libc::SOL_SOCKET, libc::SO_RCVBUF).map_or(0, |v| (v as u32) / 2)
 }
 
 /// net.core.rmem_max (`rcv`) or wmem_max of this network namespace, read once (212992,
