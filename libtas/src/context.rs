@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tas_proto::queue::ShmQueue;
-use tas_proto::shm::{ConnHandle, ControlRequest, Doorbell, FpEvent, Layout, SpEvent};
+use tas_proto::shm::{ConnHandle, ConnInfo, ControlRequest, Doorbell, FpEvent, Layout, SpEvent};
 
 use crate::error::{Error, Result};
 use crate::shm::{Region, RegionMapping};
@@ -75,12 +75,25 @@ pub struct ListenOptions {
     /// other members can take them (for a listener that may only be held, like the one a
     /// pre-forking server's parent opens).
     pub accept_on_demand: bool,
+    /// Receive buffer of the accepted connections, bytes (`SO_RCVBUF`; 0: the receive
+    /// ring): the window they offer never exceeds it.
+    pub rcvbuf: u32,
 }
 
 impl ListenOptions {
     /// Options with `reuse_port` set.
     pub fn reuse_port() -> Self {
-        ListenOptions { reuse_port: true, accept_on_demand: false }
+        ListenOptions { reuse_port: true, ..ListenOptions::default() }
+    }
+
+    /// Options of [`Context::listen_start_shared`]: `reuse_port` and `accept_on_demand`.
+    pub fn shared() -> Self {
+        ListenOptions { reuse_port: true, accept_on_demand: true, rcvbuf: 0 }
+    }
+
+    /// These options with [`ListenOptions::rcvbuf`] set.
+    pub fn with_rcvbuf(self, rcvbuf: u32) -> Self {
+        ListenOptions { rcvbuf, ..self }
     }
 }
 
@@ -278,6 +291,8 @@ pub struct Context {
     listener_map: HashMap<u32, u32>,
     pending_listens: HashMap<u64, PendingListen>,
     pending_connects: HashMap<u64, u32>,
+    /// `Info` requests waiting for (None) or holding (Some) their reply.
+    pending_infos: HashMap<u64, Option<ConnInfo>>,
     dirty_conns: Vec<u32>,
     ready: VecDeque<Ready>,
     out: VecDeque<Event>,
@@ -458,6 +473,7 @@ impl Context {
             listener_map: HashMap::new(),
             pending_listens: HashMap::new(),
             pending_connects: HashMap::new(),
+            pending_infos: HashMap::new(),
             dirty_conns: Vec::new(),
             ready: VecDeque::new(),
             out: VecDeque::new(),
@@ -839,6 +855,12 @@ impl Context {
 
     fn on_sp_event(&mut self, ev: SpEvent) {
         match ev {
+            SpEvent::Info { token, info } => match self.pending_infos.get_mut(&token) {
+                Some(slot @ None) => *slot = Some(info),
+                Some(Some(_)) => self.fail(Error::Protocol("a second info reply to one request")),
+                // A request its caller gave up on (tokens are never reused).
+                None => {}
+            },
             SpEvent::ListenOk { token, listener } => {
                 let Some(p) = self.pending_listens.get(&token) else {
                     return self.fail(Error::Protocol("a listen reply for a request never made"));
@@ -1183,7 +1205,7 @@ impl Context {
     /// of one server): the service spreads new connections over the members that accept.
     /// A founder that may never accept itself is given connections only once it has.
     pub fn listen_start_shared(&mut self, port: u16, backlog: u32) -> Result<Token> {
-        self.listen_start_with(port, backlog, ListenOptions { reuse_port: true, accept_on_demand: true })
+        self.listen_start_with(port, backlog, ListenOptions::shared())
     }
 
     /// [`Context::listen_start`] with options: with [`ListenOptions::reuse_port`], other
@@ -1205,7 +1227,7 @@ impl Context {
         if opts.accept_on_demand {
             flags |= tas_proto::shm::LISTEN_ACCEPT_ON_DEMAND;
         }
-        self.request(ControlRequest::Listen { token, port, backlog, flags });
+        self.request(ControlRequest::Listen { token, port, backlog, flags, rcvbuf: opts.rcvbuf });
         self.publish();
         Ok(Token(token))
     }
@@ -1315,6 +1337,13 @@ impl Context {
     /// [`ConnState::Connecting`] until [`Event::Connected`] (or [`Event::Closed`] with
     /// the reason it failed); sends and receives return [`Error::WouldBlock`] meanwhile.
     pub fn connect_start(&mut self, addr: SocketAddrV4) -> Result<ConnId> {
+        self.connect_start_with(addr, 0)
+    }
+
+    /// [`Context::connect_start`] with a receive buffer of `rcvbuf` bytes (`SO_RCVBUF`;
+    /// 0: the receive ring): the window the connection offers never exceeds it (the
+    /// service bounds it by the ring and one segment).
+    pub fn connect_start_with(&mut self, addr: SocketAddrV4, rcvbuf: u32) -> Result<ConnId> {
         self.health()?;
         if addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(Error::InvalidArgument);
@@ -1325,7 +1354,7 @@ impl Context {
         c.connecting = true;
         c.peer = addr;
         self.pending_connects.insert(token, idx as u32);
-        self.request(ControlRequest::Connect { token, ip: u32::from(*addr.ip()), port: addr.port() });
+        self.request(ControlRequest::Connect { token, ip: u32::from(*addr.ip()), port: addr.port(), rcvbuf });
         self.publish();
         Ok(self.conn_id(idx))
     }
@@ -1389,6 +1418,62 @@ impl Context {
     /// The local address (the service's IP and the connection's port).
     pub fn local_addr(&self, c: ConnId) -> Option<SocketAddrV4> {
         self.local_port(c).map(|p| SocketAddrV4::new(self.local_ip, p))
+    }
+
+    /// Ask the service what it knows of the connection (round-trip time, congestion
+    /// window, retransmissions: [`ConnInfo`]); the reply comes from
+    /// [`Context::info_result`]. [`Error::NotConnected`] while the connection has no slot
+    /// (an active open in progress).
+    pub fn info_start(&mut self, c: ConnId) -> Result<Token> {
+        self.health()?;
+        let idx = self.conn_idx(c)?;
+        let h = self.conns[idx].handle.ok_or(Error::NotConnected)?;
+        let token = self.next_token();
+        self.pending_infos.insert(token, None);
+        self.request(ControlRequest::Info { token, conn: h.conn });
+        self.publish();
+        Ok(Token(token))
+    }
+
+    /// The reply to [`Context::info_start`], once it came (`Ok(None)` before). A token is
+    /// answered once; [`Error::InvalidHandle`] for one that is not pending. A caller that
+    /// stops waiting calls [`Context::info_cancel`].
+    pub fn info_result(&mut self, token: Token) -> Result<Option<ConnInfo>> {
+        self.health()?;
+        if self.pending_infos.get(&token.0).is_some_and(|r| r.is_none()) {
+            self.poll();
+            self.health()?;
+        }
+        match self.pending_infos.get(&token.0) {
+            None => Err(Error::InvalidHandle),
+            Some(None) => Ok(None),
+            Some(Some(i)) => {
+                let i = *i;
+                self.pending_infos.remove(&token.0);
+                Ok(Some(i))
+            }
+        }
+    }
+
+    /// Stop waiting for an [`Context::info_start`] reply (it is dropped when it comes).
+    pub fn info_cancel(&mut self, token: Token) {
+        self.pending_infos.remove(&token.0);
+    }
+
+    /// Bytes of the connection that the peer acknowledged so far (the application's view:
+    /// transmit-ring space the fast path returned).
+    pub fn tx_acked(&self, c: ConnId) -> u64 {
+        let tx_size = self.region.layout().tx_buf_size as u64;
+        self.conn_idx(c).map_or(0, |i| {
+            let x = &self.conns[i];
+            x.tx_write.saturating_sub(tx_size - x.tx_free as u64)
+        })
+    }
+
+    /// Bytes written and not yet acknowledged (in flight or not yet sent).
+    pub fn tx_outstanding(&self, c: ConnId) -> u32 {
+        let tx_size = self.region.layout().tx_buf_size;
+        self.conn_idx(c).map_or(0, |i| tx_size - self.conns[i].tx_free)
     }
 
     /// Bytes that can be read now without blocking.

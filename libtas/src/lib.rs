@@ -40,5 +40,6 @@ mod sys;
 
 pub use context::{ConnId, ConnState, Context, Event, ListenOptions, ListenerId, RecvView, Token, DEFAULT_SPIN, SPIN_ENV};
 pub use error::{Error, Result};
+pub use tas_proto::shm::ConnInfo;
 pub use shm::RegionMapping;
 pub use tas_proto;

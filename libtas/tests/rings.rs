@@ -15,7 +15,7 @@ fn accepted(svc: &mut FakeService, ctx: &mut Context, handle: ConnHandle) -> (Li
     let tok = ctx.listen_start(7, 16).unwrap();
     let reqs = svc.requests();
     let token = match reqs[..] {
-        [ControlRequest::Listen { token, port: 7, backlog: 16, flags: 0 }] => token,
+        [ControlRequest::Listen { token, port: 7, backlog: 16, flags: 0, rcvbuf: 0 }] => token,
         ref r => panic!("unexpected requests {r:?}"),
     };
     assert_eq!(token, tok.get());
@@ -294,7 +294,7 @@ fn connect_success_and_failure() {
     assert_eq!(ctx.recv(c, &mut [0u8; 4]), Err(Error::WouldBlock));
     assert_eq!(ctx.local_port(c), None);
     let token = match svc.requests()[..] {
-        [ControlRequest::Connect { token, ip: 0x0a000009, port: 80 }] => token,
+        [ControlRequest::Connect { token, ip: 0x0a000009, port: 80, rcvbuf: 0 }] => token,
         ref r => panic!("{r:?}"),
     };
     // Data can arrive before the slow path's Connected is seen: it is kept.

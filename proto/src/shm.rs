@@ -35,8 +35,9 @@
 use core::mem::{align_of, size_of};
 use core::sync::atomic::AtomicU32;
 
-/// Version of this ABI; an application and a service must agree exactly.
-pub const ABI_VERSION: u32 = 1;
+/// Version of this ABI; an application and a service must agree exactly. 2: the `Info`
+/// request and reply (`TCP_INFO`), the receive buffer of `Listen` and `Connect`.
+pub const ABI_VERSION: u32 = 2;
 /// `"TASREGN1"`: the first eight bytes of every region.
 pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"TASREGN1");
 /// Cache-line size assumed by the layout (x86-64 and most arm64 cores).
@@ -211,6 +212,19 @@ pub const KIND_REQ_ACCEPTED: u8 = 50;
 pub const KIND_REQ_ABORT: u8 = 51;
 /// Control request: close listener `len`.
 pub const KIND_REQ_UNLISTEN: u8 = 52;
+/// Control request: report the state of connection slot `conn` (`TCP_INFO`); reply
+/// [`KIND_INFO`] tagged with `aux`.
+pub const KIND_REQ_INFO: u8 = 53;
+/// Slow-path reply to [`KIND_REQ_INFO`] tagged `aux`: see [`ConnInfo`] for the fields.
+pub const KIND_INFO: u8 = 38;
+/// [`ConnInfo::opts`] bit: the service knows the connection (else every field is zero).
+pub const INFO_FOUND: u16 = 1 << 0;
+/// [`ConnInfo::opts`] bit: TCP timestamps are in use.
+pub const INFO_TIMESTAMPS: u16 = 1 << 1;
+/// [`ConnInfo::opts`] bit: SACK was negotiated.
+pub const INFO_SACK: u16 = 1 << 2;
+/// [`ConnInfo::opts`] bit: window scaling is in use (shifts in bits 8-11 and 12-15).
+pub const INFO_WSCALE: u16 = 1 << 3;
 /// Slow-path reply: the listen tagged `aux` succeeded as listener `conn`.
 pub const KIND_LISTEN_OK: u8 = 36;
 /// Slow-path reply: the listen tagged `aux` failed with error `len`.
@@ -351,6 +365,27 @@ pub enum FpEvent {
     },
 }
 
+/// What the service knows of a connection ([`SpEvent::Info`]): the slow path's view, at
+/// most one congestion-control interval old (the fast path reports its counters then).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// [`INFO_FOUND`], [`INFO_TIMESTAMPS`], [`INFO_SACK`], [`INFO_WSCALE`]; bits 8-11: our
+    /// send window scale (the peer's shift), bits 12-15: our receive window scale.
+    pub opts: u16,
+    /// Payload bytes per segment we send.
+    pub mss: u16,
+    /// Smoothed round-trip time, µs.
+    pub srtt_us: u32,
+    /// Round-trip time variation, µs.
+    pub rttvar_us: u32,
+    /// Congestion window, bytes (`u32::MAX`: no window limit).
+    pub cwnd: u32,
+    /// Retransmission events (timeouts and fast retransmits) so far.
+    pub retransmits: u32,
+    /// Current retransmission timeout, ms (saturating).
+    pub rto_ms: u16,
+}
+
 /// Slow path -> app descriptors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpEvent {
@@ -404,6 +439,13 @@ pub enum SpEvent {
         /// Why, if not an orderly close.
         error: Option<ErrorCode>,
     },
+    /// The reply to [`ControlRequest::Info`].
+    Info {
+        /// The app's tag from the request.
+        token: u64,
+        /// What the service knows.
+        info: ConnInfo,
+    },
 }
 
 /// App -> slow path control requests (on the request queue after the event queue).
@@ -419,6 +461,9 @@ pub enum ControlRequest {
         backlog: u32,
         /// `LISTEN_*` flags.
         flags: u16,
+        /// Receive buffer of the connections it accepts, bytes (`SO_RCVBUF`; 0: the
+        /// receive ring). The service bounds it by the ring and one segment.
+        rcvbuf: u32,
     },
     /// Start an active open to `ip:port` (host order).
     Connect {
@@ -428,6 +473,9 @@ pub enum ControlRequest {
         ip: u32,
         /// Remote port.
         port: u16,
+        /// Receive buffer, bytes (`SO_RCVBUF`; 0: the receive ring): the window offered
+        /// never exceeds it.
+        rcvbuf: u32,
     },
     /// `count` connections were taken from `listener`'s accept queue.
     Accepted {
@@ -446,17 +494,24 @@ pub enum ControlRequest {
         /// Listener id.
         listener: u32,
     },
+    /// Report what the service knows of a connection (answered with [`SpEvent::Info`]).
+    Info {
+        /// The app's tag, echoed in the reply.
+        token: u64,
+        /// Connection slot.
+        conn: u32,
+    },
 }
 
 impl ControlRequest {
     /// Encode.
     pub fn encode(&self) -> Desc {
         match *self {
-            ControlRequest::Listen { token, port, backlog, flags } => {
-                Desc { kind: KIND_REQ_LISTEN, local_port: port, len: backlog, aux: token, flags, ..Desc::default() }
+            ControlRequest::Listen { token, port, backlog, flags, rcvbuf } => {
+                Desc { kind: KIND_REQ_LISTEN, local_port: port, len: backlog, aux: token, flags, ip: rcvbuf, ..Desc::default() }
             }
-            ControlRequest::Connect { token, ip, port } => {
-                Desc { kind: KIND_REQ_CONNECT, ip, remote_port: port, aux: token, ..Desc::default() }
+            ControlRequest::Connect { token, ip, port, rcvbuf } => {
+                Desc { kind: KIND_REQ_CONNECT, ip, remote_port: port, aux: token, len: rcvbuf, ..Desc::default() }
             }
             ControlRequest::Accepted { listener, count } => {
                 Desc { kind: KIND_REQ_ACCEPTED, len: listener, aux: count as u64, ..Desc::default() }
@@ -465,6 +520,7 @@ impl ControlRequest {
             ControlRequest::Unlisten { listener } => {
                 Desc { kind: KIND_REQ_UNLISTEN, len: listener, ..Desc::default() }
             }
+            ControlRequest::Info { token, conn } => Desc { kind: KIND_REQ_INFO, conn, aux: token, ..Desc::default() },
         }
     }
     /// Decode (the service calls this on untrusted input).
@@ -474,15 +530,16 @@ impl ControlRequest {
                 if d.flags & !LISTEN_FLAGS_KNOWN != 0 {
                     return Err(BadDesc(d.kind));
                 }
-                ControlRequest::Listen { token: d.aux, port: d.local_port, backlog: d.len, flags: d.flags }
+                ControlRequest::Listen { token: d.aux, port: d.local_port, backlog: d.len, flags: d.flags, rcvbuf: d.ip }
             }
-            KIND_REQ_CONNECT => ControlRequest::Connect { token: d.aux, ip: d.ip, port: d.remote_port },
+            KIND_REQ_CONNECT => ControlRequest::Connect { token: d.aux, ip: d.ip, port: d.remote_port, rcvbuf: d.len },
             KIND_REQ_ACCEPTED => ControlRequest::Accepted {
                 listener: d.len,
                 count: u32::try_from(d.aux).map_err(|_| BadDesc(d.kind))?,
             },
             KIND_REQ_ABORT => ControlRequest::Abort { conn: d.conn },
             KIND_REQ_UNLISTEN => ControlRequest::Unlisten { listener: d.len },
+            KIND_REQ_INFO => ControlRequest::Info { token: d.aux, conn: d.conn },
             k => return Err(BadDesc(k)),
         })
     }
@@ -580,6 +637,18 @@ impl SpEvent {
                 len: error.map_or(0, |e| e as u32),
                 ..Desc::default()
             },
+            SpEvent::Info { token, info } => Desc {
+                kind: KIND_INFO,
+                core: 0,
+                flags: info.opts,
+                flow: info.srtt_us,
+                conn: info.rttvar_us,
+                len: info.cwnd,
+                ip: info.retransmits,
+                local_port: info.mss,
+                remote_port: info.rto_ms,
+                aux: token,
+            },
         }
     }
     /// Decode.
@@ -609,6 +678,18 @@ impl SpEvent {
                     None
                 } else {
                     Some(ErrorCode::from_u32(d.len).ok_or(BadDesc(d.kind))?)
+                },
+            },
+            KIND_INFO => SpEvent::Info {
+                token: d.aux,
+                info: ConnInfo {
+                    opts: d.flags,
+                    mss: d.local_port,
+                    srtt_us: d.flow,
+                    rttvar_us: d.conn,
+                    cwnd: d.len,
+                    retransmits: d.ip,
+                    rto_ms: d.remote_port,
                 },
             },
             k => return Err(BadDesc(k)),
@@ -816,6 +897,18 @@ mod tests {
             SpEvent::ListenFailed { token: 1, error: ErrorCode::AddrInUse },
             SpEvent::Closed { conn: 4, error: None },
             SpEvent::Closed { conn: 4, error: Some(ErrorCode::Reset) },
+            SpEvent::Info {
+                token: 12,
+                info: ConnInfo {
+                    opts: INFO_FOUND | INFO_SACK | INFO_WSCALE | 7 << 8 | 9 << 12,
+                    mss: 1460,
+                    srtt_us: 123,
+                    rttvar_us: 45,
+                    cwnd: 14600,
+                    retransmits: 3,
+                    rto_ms: 200,
+                },
+            },
         ] {
             assert_eq!(SpEvent::decode(&e.encode()), Ok(e));
         }
@@ -830,12 +923,14 @@ mod tests {
             assert_eq!(Doorbell::decode(&d.encode()), Ok(d));
         }
         for r in [
-            ControlRequest::Listen { token: 9, port: 80, backlog: 128, flags: 0 },
-            ControlRequest::Listen { token: 10, port: 80, backlog: 128, flags: LISTEN_REUSEPORT },
-            ControlRequest::Connect { token: 10, ip: 0x0a000001, port: 7 },
+            ControlRequest::Listen { token: 9, port: 80, backlog: 128, flags: 0, rcvbuf: 0 },
+            ControlRequest::Listen { token: 10, port: 80, backlog: 128, flags: LISTEN_REUSEPORT, rcvbuf: 8192 },
+            ControlRequest::Connect { token: 10, ip: 0x0a000001, port: 7, rcvbuf: 0 },
+            ControlRequest::Connect { token: 11, ip: 0x0a000001, port: 7, rcvbuf: 65536 },
             ControlRequest::Accepted { listener: 1, count: 3 },
             ControlRequest::Abort { conn: 4 },
             ControlRequest::Unlisten { listener: 1 },
+            ControlRequest::Info { token: 11, conn: 5 },
         ] {
             assert_eq!(ControlRequest::decode(&r.encode()), Ok(r));
         }

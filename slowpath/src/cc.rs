@@ -259,7 +259,12 @@ impl CcState {
         }
     }
 
-    /// The limits the fast path enforces.
+    /// RTT variation of the latest report, µs (0 before the first).
+    pub fn rttvar_us(&self) -> u32 {
+        self.last.map_or(0, |s| s.rttvar_us)
+    }
+
+    /// The limits the fast path enforces now.
     pub fn limits(&self) -> Limits {
         match self.alg {
             Algorithm::Unlimited => Limits::default(),

@@ -199,6 +199,8 @@ struct Listener {
     port: u16,
     app: u32,
     backlog: u32,
+    /// Receive buffer of the connections it accepts (`SO_RCVBUF`; 0: the ring).
+    rcvbuf: u32,
     /// Handshakes in progress.
     syn_rcvd: u32,
     /// Established, announced to the app, not yet accepted.
@@ -276,6 +278,26 @@ struct Conn {
     cc: Option<Box<CcState>>,
     /// Algorithm chosen for this connection (None: the service default).
     cc_alg: Option<Algorithm>,
+    /// Options of the installed flow for `Info` replies (`INFO_*` bits and shifts).
+    info_opts: u16,
+    /// Receive buffer the application asked for (`SO_RCVBUF`; 0: the ring).
+    rcvbuf: u32,
+}
+
+/// The `INFO_*` option bits and window shifts of an installed flow.
+fn info_opts(f: &FlowState) -> u16 {
+    use tas_proto::shm::{INFO_SACK, INFO_TIMESTAMPS, INFO_WSCALE};
+    let mut o = 0;
+    if f.flags & tas_fastpath::flow::F_TS != 0 {
+        o |= INFO_TIMESTAMPS;
+    }
+    if f.flags & tas_fastpath::flow::F_SACK != 0 {
+        o |= INFO_SACK;
+    }
+    if f.snd_wscale != 0 || f.rcv_wscale != 0 {
+        o |= INFO_WSCALE | (f.snd_wscale as u16 & 15) << 8 | (f.rcv_wscale as u16 & 15) << 12;
+    }
+    o
 }
 
 /// Counters of the slow path.
@@ -488,6 +510,7 @@ impl SlowPath {
         let p = self.cfg.cc;
         let Some(c) = self.conns.get_mut(&key) else { return };
         c.rcv_start = state.rcv_nxt;
+        c.info_opts = info_opts(state);
         let alg = c.cc_alg.unwrap_or(p.algorithm);
         let cc = CcState::new(alg, &p, state.mss, state.srtt_us, None);
         let l = cc.limits();
@@ -843,17 +866,22 @@ impl SlowPath {
 
     fn on_request(&mut self, app: u32, r: ControlRequest) {
         match r {
-            ControlRequest::Listen { token, port, backlog, flags } => {
+            ControlRequest::Listen { token, port, backlog, flags, rcvbuf } => {
                 let shared = flags & tas_proto::shm::LISTEN_REUSEPORT != 0;
                 let on_demand = flags & tas_proto::shm::LISTEN_ACCEPT_ON_DEMAND != 0;
                 let ev = match self.listen(app, port, backlog, shared, on_demand) {
-                    Ok(listener) => SpEvent::ListenOk { token, listener },
+                    Ok(listener) => {
+                        if let Some(l) = self.listeners.get_mut(&listener) {
+                            l.rcvbuf = rcvbuf;
+                        }
+                        SpEvent::ListenOk { token, listener }
+                    }
                     Err(error) => SpEvent::ListenFailed { token, error },
                 };
                 self.post(app, ev);
             }
-            ControlRequest::Connect { token, ip, port } => {
-                if let Err(error) = self.connect(app, token, Ipv4Addr::from(ip), port) {
+            ControlRequest::Connect { token, ip, port, rcvbuf } => {
+                if let Err(error) = self.connect(app, token, Ipv4Addr::from(ip), port, rcvbuf) {
                     self.counters.connect_failures += 1;
                     self.post(app, SpEvent::ConnectFailed { token, error });
                 }
@@ -881,6 +909,39 @@ impl SlowPath {
                     self.close_listener(listener);
                 }
             }
+            ControlRequest::Info { token, conn } => {
+                let info = self.conn_info_reply(app, conn);
+                self.post(app, SpEvent::Info { token, info });
+            }
+        }
+    }
+
+    /// What the slow path knows of an application's connection slot, for `TCP_INFO`: the
+    /// congestion controller's latest report from the fast path (at most one control
+    /// interval old). All zero if the slot has no installed connection.
+    fn conn_info_reply(&self, app: u32, slot: u32) -> tas_proto::shm::ConnInfo {
+        let Some(c) = self.by_slot.get(&(app, slot)).and_then(|k| self.conns.get(k)) else {
+            return tas_proto::shm::ConnInfo::default();
+        };
+        let Some(cc) = c.cc.as_deref() else {
+            // Not installed yet (handshake): only the MSS is known.
+            return tas_proto::shm::ConnInfo { opts: tas_proto::shm::INFO_FOUND, mss: c.mss, ..Default::default() };
+        };
+        let (srtt, rttvar) = (cc.rtt_us, cc.rttvar_us());
+        // RFC 6298 2.3 with Linux's 200 ms floor (no backoff: the fast path keeps that).
+        let rto_us = (srtt as u64 + (4 * rttvar as u64).max(1000)).clamp(200_000, 60_000_000);
+        let cwnd = match cc.limits().cwnd {
+            0 => u32::MAX,
+            w => w,
+        };
+        tas_proto::shm::ConnInfo {
+            opts: c.info_opts | tas_proto::shm::INFO_FOUND,
+            mss: c.mss,
+            srtt_us: srtt,
+            rttvar_us: rttvar,
+            cwnd,
+            retransmits: cc.retransmits.min(u32::MAX as u64) as u32,
+            rto_ms: (rto_us / 1000).min(u16::MAX as u64) as u16,
         }
     }
 
@@ -928,6 +989,7 @@ impl SlowPath {
             port,
             app,
             backlog,
+            rcvbuf: 0,
             syn_rcvd: 0,
             unaccepted: 0,
             shared,
@@ -1043,7 +1105,7 @@ impl SlowPath {
         (key.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 % self.cores.len() as u8
     }
 
-    fn connect(&mut self, app: u32, token: u64, ip: Ipv4Addr, port: u16) -> Result<(), ErrorCode> {
+    fn connect(&mut self, app: u32, token: u64, ip: Ipv4Addr, port: u16, rcvbuf: u32) -> Result<(), ErrorCode> {
         if port == 0 || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
             return Err(ErrorCode::Invalid);
         }
@@ -1086,6 +1148,7 @@ impl SlowPath {
             Conn {
                 slot: Some(slot),
                 port_ref: true,
+                rcvbuf,
                 ..Conn::opening(key, mac, app, core, Phase::SynSent { token, iss, retries: 0, sent_at: self.now, peer: None })
             },
         );
@@ -1140,7 +1203,7 @@ impl SlowPath {
             ack_number: None,
             // RFC 3168 6.1.1: an ECN-setup SYN carries ECE and CWR.
             flags: if self.cfg.cc.ecn { TcpFlags::SYN | TcpFlags::ECE | TcpFlags::CWR } else { TcpFlags::SYN },
-            window_len: self.syn_window(),
+            window_len: self.syn_window_for(c.rcvbuf),
             max_seg_size: Some(self.cfg.mss),
             window_scale: ws,
             sack_permitted: true,
@@ -1159,6 +1222,24 @@ impl SlowPath {
     fn syn_window(&self) -> u16 {
         // The window in a SYN is never scaled (RFC 7323 2.2).
         self.cfg.layout.rx_buf_size.min(u16::MAX as u32) as u16
+    }
+
+    /// The receive window a connection may ever offer: its `SO_RCVBUF` if it set one,
+    /// between one segment and the receive ring, else the ring. The flow starts with
+    /// this much room and the ring never holds more (RxConsumed only returns what was
+    /// taken), so the window never exceeds it.
+    fn rcv_space(&self, rcvbuf: u32) -> u32 {
+        let ring = self.cfg.layout.rx_buf_size;
+        if rcvbuf == 0 {
+            ring
+        } else {
+            rcvbuf.clamp((self.cfg.mss as u32).min(ring), ring)
+        }
+    }
+
+    /// [`SlowPath::syn_window`] for a connection with receive buffer `rcvbuf`.
+    fn syn_window_for(&self, rcvbuf: u32) -> u16 {
+        self.rcv_space(rcvbuf).min(u16::MAX as u32) as u16
     }
 
     fn now_us(&self) -> u32 {
@@ -1611,24 +1692,27 @@ impl SlowPath {
             return;
         }
         l.syn_rcvd += 1;
-        let app = l.app;
+        let (app, rcvbuf) = (l.app, l.rcvbuf);
         let iss = self.isn(key);
         self.conns.insert(
             key,
-            Conn::opening(
-                key,
-                Some(mac),
-                app,
-                core,
-                Phase::SynRcvd {
-                    listener: lid,
-                    iss,
-                    irs: seg.seq_number,
-                    opts: Self::peer_opts(seg),
-                    retries: 0,
-                    sent_at: self.now,
-                },
-            ),
+            Conn {
+                rcvbuf,
+                ..Conn::opening(
+                    key,
+                    Some(mac),
+                    app,
+                    core,
+                    Phase::SynRcvd {
+                        listener: lid,
+                        iss,
+                        irs: seg.seq_number,
+                        opts: Self::peer_opts(seg),
+                        retries: 0,
+                        sent_at: self.now,
+                    },
+                )
+            },
         );
         self.send_synack(key);
         let rto = self.cfg.syn_rto;
@@ -1685,12 +1769,15 @@ impl SlowPath {
             return true; // valid but no room: drop silently, the peer retransmits
         }
         l.syn_rcvd += 1; // establish_passive takes it back
-        let app = l.app;
+        let (app, rcvbuf) = (l.app, l.rcvbuf);
         self.counters.syn_cookies_accepted += 1;
         let opts = PeerOpts { mss: Some(COOKIE_MSS[idx as usize]), wscale: None, ts: None, sack: false, ecn: false };
         self.conns.insert(
             key,
-            Conn::opening(key, Some(mac), app, core, Phase::SynRcvd { listener: lid, iss, irs, opts, retries: 0, sent_at: self.now }),
+            Conn {
+                rcvbuf,
+                ..Conn::opening(key, Some(mac), app, core, Phase::SynRcvd { listener: lid, iss, irs, opts, retries: 0, sent_at: self.now })
+            },
         );
         let sent_at = self.now;
         self.establish_passive(core, key, lid, iss, irs, opts, sent_at, seg, frame);
@@ -1712,7 +1799,7 @@ impl SlowPath {
             } else {
                 TcpFlags::SYN | TcpFlags::ACK
             },
-            window_len: self.syn_window(),
+            window_len: self.syn_window_for(c.rcvbuf),
             max_seg_size: Some(self.cfg.mss),
             window_scale: ws,
             sack_permitted: opts.sack,
@@ -1843,7 +1930,7 @@ impl SlowPath {
             // with SYN-ACK (our ISN again, with our options) and wait for the ACK.
             let opts = Self::peer_opts(seg);
             let (ws, ts) = self.our_syn_opts(Some(opts), tsval(self.now));
-            let syn_window = self.syn_window();
+            let syn_window = self.syn_window_for(self.conns.get(&key).map_or(0, |c| c.rcvbuf));
             let bare = self.bare(seg);
             let c = self.conns.get_mut(&key).expect("present");
             if let Phase::SynSent { peer, .. } = &mut c.phase {
@@ -1964,7 +2051,7 @@ impl SlowPath {
             local_port: c.local_port,
             remote_port: c.remote_port,
             rcv_nxt,
-            rx_avail: l.rx_buf_size,
+            rx_avail: self.rcv_space(c.rcvbuf),
             rx_head: 0,
             rx_size_log2: FlowState::size_log2(l.rx_buf_size),
             rx_base: l.rx_offset(slot) as u32,
@@ -2181,6 +2268,8 @@ impl Conn {
             rcv_start: 0,
             cc: None,
             cc_alg: None,
+            info_opts: 0,
+            rcvbuf: 0,
         }
     }
 

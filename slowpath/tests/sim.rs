@@ -514,3 +514,147 @@ fn shared_port_spreads_connections_over_accepting_workers() {
     }
     assert!(accepted && client.state(c) == ConnState::Established);
 }
+
+/// `Context::info_start` (the shim's TCP_INFO): after an echo over a lossy link the
+/// service reports a real RTT, MSS, window and the retransmissions it made, and the
+/// application side counts every byte acknowledged.
+#[test]
+fn connection_info_reports_rtt_window_and_retransmissions() {
+    const TOTAL: u64 = 2_000_000;
+    let imp = Impairments { loss: 0.01, delay: Duration::from_micros(200), ..Impairments::default() };
+    let mut w = World::new(imp, 5);
+    let mut server = context(&mut w.a, IP_A, "echo");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let tok = server.listen_start(81, 16).unwrap();
+    let listener = loop {
+        w.step(&mut [&mut server, &mut client]);
+        if let Some(l) = server.listen_result(tok).unwrap() {
+            break l;
+        }
+    };
+    let conn = client.connect_start(SocketAddrV4::new(IP_A, 81)).unwrap();
+    let mut echo = Echo::default();
+    let (mut sent, mut recvd) = (0u64, 0u64);
+    let mut chunk = vec![0u8; 16 * 1024];
+    while recvd < TOTAL {
+        assert!(w.clock.now().as_nanos() < Duration::from_secs(600).as_nanos() as u64, "stalled at {recvd}");
+        w.step(&mut [&mut server, &mut client]);
+        echo.step(&mut server, listener);
+        if client.state(conn) == ConnState::Connecting {
+            continue;
+        }
+        if sent < TOTAL {
+            let n = (TOTAL - sent).min(chunk.len() as u64) as usize;
+            pattern(3, sent, &mut chunk[..n]);
+            if let Ok(k) = client.send(conn, &chunk[..n]) {
+                sent += k as u64;
+            }
+        }
+        if let Ok(n) = client.recv(conn, &mut chunk) {
+            assert!(n > 0, "unexpected EOF");
+            recvd += n as u64;
+        }
+    }
+    // Everything came back, so everything was acknowledged.
+    for _ in 0..1000 {
+        if client.tx_outstanding(conn) == 0 {
+            break;
+        }
+        w.step(&mut [&mut server, &mut client]);
+    }
+    assert_eq!(client.tx_outstanding(conn), 0);
+    assert_eq!(client.tx_acked(conn), TOTAL);
+    assert_eq!(client.rx_total(conn), TOTAL);
+    let t = client.info_start(conn).unwrap();
+    let info = loop {
+        w.step(&mut [&mut server, &mut client]);
+        if let Some(i) = client.info_result(t).unwrap() {
+            break i;
+        }
+    };
+    assert!(info.opts & libtas::tas_proto::shm::INFO_FOUND != 0, "{info:?}");
+    assert!(info.srtt_us >= 400 && info.srtt_us < 1_000_000, "RTT of a 2 x 200 µs path: {info:?}");
+    assert!(info.mss >= 500 && info.mss <= 1460, "{info:?}");
+    assert!(info.cwnd > 0, "{info:?}");
+    assert!(info.retransmits > 0, "1 % loss over 2 MB must have caused retransmissions: {info:?}");
+    assert!(info.rto_ms >= 200, "{info:?}");
+    assert_eq!(client.info_result(t), Err(Error::InvalidHandle), "a token is answered once");
+}
+
+/// A receive buffer asked for at listen (`SO_RCVBUF` of the shim) or connect bounds the
+/// window: a receiver that does not read holds at most that much, and the transfer still
+/// completes byte for byte once it reads.
+#[test]
+fn receive_buffer_bounds_the_window() {
+    const TOTAL: u64 = 300_000;
+    const RCVBUF: u32 = 8192;
+    let mut w = World::new(Impairments::default(), 7);
+    let mut server = context(&mut w.a, IP_A, "sink");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let tok = server.listen_start_with(82, 16, libtas::ListenOptions::default().with_rcvbuf(RCVBUF)).unwrap();
+    let listener = loop {
+        w.step(&mut [&mut server, &mut client]);
+        if let Some(l) = server.listen_result(tok).unwrap() {
+            break l;
+        }
+    };
+    // The client's own receive buffer: 4 KiB, for the reply below.
+    let conn = client.connect_start_with(SocketAddrV4::new(IP_A, 82), 4096).unwrap();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut sent = 0u64;
+    let mut accepted = None;
+    // The server does not read for a while: what it holds stays within its buffer.
+    for _ in 0..20_000 {
+        w.step(&mut [&mut server, &mut client]);
+        if accepted.is_none() {
+            accepted = server.accept(listener).unwrap();
+        }
+        if client.state(conn) != ConnState::Connecting && sent < TOTAL {
+            let n = (TOTAL - sent).min(chunk.len() as u64) as usize;
+            pattern(5, sent, &mut chunk[..n]);
+            if let Ok(k) = client.send(conn, &chunk[..n]) {
+                sent += k as u64;
+            }
+        }
+        if let Some(s) = accepted {
+            assert!(server.readable(s) <= RCVBUF as usize, "holds {} > {RCVBUF}", server.readable(s));
+        }
+    }
+    let s = accepted.expect("accepted");
+    assert_eq!(server.readable(s), RCVBUF as usize, "the window filled up to the buffer");
+    // Now it reads everything; the data is intact.
+    let (mut got, mut expect) = (0u64, vec![0u8; 16 * 1024]);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut steps = 0u64;
+    while got < TOTAL {
+        steps += 1;
+        assert!(steps < 5_000_000, "stalled at {got}");
+        w.step(&mut [&mut server, &mut client]);
+        if sent < TOTAL {
+            let n = (TOTAL - sent).min(chunk.len() as u64) as usize;
+            pattern(5, sent, &mut chunk[..n]);
+            if let Ok(k) = client.send(conn, &chunk[..n]) {
+                sent += k as u64;
+            }
+        }
+        assert!(server.readable(s) <= RCVBUF as usize);
+        if let Ok(n) = server.recv(s, &mut buf) {
+            pattern(5, got, &mut expect[..n]);
+            assert!(buf[..n] == expect[..n], "mismatch at {got}");
+            got += n as u64;
+        }
+    }
+    // The other way: the client asked for 4 KiB at connect and does not read.
+    let reply = vec![7u8; 64 * 1024];
+    let mut out = 0usize;
+    for _ in 0..20_000 {
+        w.step(&mut [&mut server, &mut client]);
+        if out < reply.len() {
+            if let Ok(k) = server.send(s, &reply[out..]) {
+                out += k;
+            }
+        }
+        assert!(client.readable(conn) <= 4096, "client holds {}", client.readable(conn));
+    }
+    assert_eq!(client.readable(conn), 4096);
+}

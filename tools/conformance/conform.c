@@ -299,10 +299,94 @@ static void t_options(void) {
     CHECK("so_rcvtimeo.recv", recv(fd, &v, 1, 0));
     memset(&tmo, 0, sizeof tmo); l = sizeof tmo;
     CHECK("getsockopt.so_rcvtimeo", (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tmo, &l), tmo.tv_sec * 1000000 + tmo.tv_usec));
+    /* bounded by net.core.rmem_max/wmem_max, doubled, with a floor (as Linux) */
+    OPT("so_rcvbuf_huge", SOL_SOCKET, SO_RCVBUF, 1 << 30);
+    OPT("so_sndbuf_huge", SOL_SOCKET, SO_SNDBUF, 1 << 30);
+    OPT("so_rcvbuf_tiny", SOL_SOCKET, SO_RCVBUF, 1);
+    OPT("so_sndbuf_tiny", SOL_SOCKET, SO_SNDBUF, 1);
+    OPT("so_sndbuf_negative", SOL_SOCKET, SO_SNDBUF, -5);
     struct tcp_info ti; l = sizeof ti; memset(&ti, 0, sizeof ti);
     CHECK("tcp_info", getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l));
     CHECK("tcp_info.state", ti.tcpi_state);
     CHECK("tcp_info.snd_mss_positive", ti.tcpi_snd_mss > 0);
+    close(fd);
+}
+
+/* SO_SNDBUF bounds what a non-blocking write takes: 8 KiB asked (16 KiB reported) to a
+ * peer that does not read. Linux takes a few of its 64 KiB segments at most (32 KiB on
+ * loopback); without the bound the shim would fill its whole ring (256 KiB by default). */
+static void t_sndbuf(void) {
+    int fd = tcp(), v = 8192;
+    CHECK("sndbuf.set", setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v));
+    if (connect(fd, (struct sockaddr *)&peer_addr, sizeof peer_addr) < 0) { perror("connect"); exit(2); }
+    put(fd, "HOLD\n");
+    static unsigned char big[1 << 20];
+    ssize_t n = send(fd, big, sizeof big, MSG_DONTWAIT);
+    CHECK("sndbuf.nonblocking_write_positive", n > 0);
+    CHECK("sndbuf.nonblocking_write_at_most_128KiB", n <= 131072);
+    /* blocking writes still move everything (the peer's kernel buffers it) */
+    size_t off = 0; int ok = 1;
+    while (off < 256 * 1024) { ssize_t w = send(fd, big + off, 256 * 1024 - off, 0); if (w <= 0) { ok = 0; break; } off += w; }
+    CHECK("sndbuf.blocking_256KiB", ok ? (long)off : -1);
+    close(fd);
+}
+
+/* A tiny SO_RCVBUF set before connect: the window stays small, the echo still completes. */
+static void t_rcvbuf(void) {
+    int fd = tcp(), v = 4096;
+    CHECK("rcvbuf.set", setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof v));
+    if (connect(fd, (struct sockaddr *)&peer_addr, sizeof peer_addr) < 0) { perror("connect"); exit(2); }
+    put(fd, "ECHO\n");
+    static unsigned char out[8192], in[8192]; size_t i = 0; uint64_t hw = FNV0, hr = FNV0; long got = 0;
+    for (int k = 0; k < 32; k++) {
+        for (size_t j = 0; j < sizeof out; j++) out[j] = pat(i++);
+        hw = fnv(out, sizeof out, hw);
+        if (write(fd, out, sizeof out) != (ssize_t)sizeof out) break;
+        ssize_t r = recv(fd, in, sizeof in, MSG_WAITALL); if (r <= 0) break;
+        hr = fnv(in, r, hr); got += r;
+    }
+    CHECK("rcvbuf.echo_bytes", got);
+    CHECK("rcvbuf.echo_hash_ok", hw == hr);
+    close(fd);
+}
+
+/* TCP_INFO after a 1 MiB echo: plausible real values (the raw buffer holds the kernel's
+ * whole struct; glibc's header stops at tcpi_total_retrans). */
+static uint32_t ti32(const unsigned char *b, int off) { uint32_t v; memcpy(&v, b + off, 4); return v; }
+static uint64_t ti64(const unsigned char *b, int off) { uint64_t v; memcpy(&v, b + off, 8); return v; }
+static void t_tcp_info(void) {
+    unsigned char ti[512]; socklen_t l = sizeof ti;
+    int fd = tcp();
+    memset(ti, 0, sizeof ti);
+    CHECK("tcp_info.fresh", getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &l));
+    CHECK("tcp_info.fresh.state", ti[0]);
+    CHECK("tcp_info.fresh.len_matches_kernel_struct", l >= 104);
+    close(fd);
+    fd = dial(); put(fd, "ECHO\n");
+    static unsigned char buf[1 << 16], back[1 << 16]; size_t i = 0; long sent = 0, got = 0;
+    for (int k = 0; k < 16; k++) {
+        for (size_t j = 0; j < sizeof buf; j++) buf[j] = pat(i++);
+        size_t off = 0;
+        while (off < sizeof buf) { ssize_t w = write(fd, buf + off, sizeof buf - off); if (w <= 0) break; off += w; sent += w; }
+        ssize_t r = recv(fd, back, sizeof back, MSG_WAITALL); if (r > 0) got += r;
+    }
+    CHECK("tcp_info.echoed", got);
+    l = sizeof ti; memset(ti, 0, sizeof ti);
+    CHECK("tcp_info.conn", getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &l));
+    printf("tcp_info.conn.len = %s\n", l == sizeof(struct tcp_info) ? "glibc" : l > sizeof(struct tcp_info) ? "longer" : "short");
+    CHECK("tcp_info.conn.state", ti[0]);
+    CHECK("tcp_info.conn.rtt_positive", ti32(ti, 68) > 0);
+    CHECK("tcp_info.conn.rtt_below_1s", ti32(ti, 68) < 1000000);
+    CHECK("tcp_info.conn.rto_at_least_200ms", ti32(ti, 8) >= 200000);
+    CHECK("tcp_info.conn.snd_mss_plausible", ti32(ti, 16) >= 500 && ti32(ti, 16) <= 1460);
+    CHECK("tcp_info.conn.snd_cwnd_positive", ti32(ti, 80) > 0);
+    CHECK("tcp_info.conn.rcv_space_positive", ti32(ti, 96) > 0);
+    CHECK("tcp_info.conn.total_retrans_plausible", ti32(ti, 100) < 1000);
+    CHECK("tcp_info.conn.unacked", ti32(ti, 24));
+    /* every byte written ("ECHO\n" and the data) was acknowledged: the echo came back */
+    /* Linux counts the SYN as one acknowledged byte */
+    CHECK("tcp_info.conn.bytes_acked_minus_sent", (long)(ti64(ti, 120) - (uint64_t)sent - 5));
+    CHECK("tcp_info.conn.bytes_received_eq", ti64(ti, 128) == (uint64_t)got);
     close(fd);
 }
 
@@ -518,6 +602,98 @@ static void t_threads(void) {
     close(s);
 }
 
+/* Sockets made on several threads (one libtas context per thread under the shim): each
+ * thread's own echo, a socket used after the thread that made it exited, and poll/epoll
+ * over sockets of different threads. */
+struct tw { int fd; int ok; };
+static void *echo_thread(void *arg) {
+    struct tw *x = arg; static __thread unsigned char out[16384], in[16384];
+    int s = dial(); put(s, "ECHO\n");
+    size_t i = 0; uint64_t hw = FNV0, hr = FNV0; int ok = 1;
+    for (int k = 0; k < 64 && ok; k++) {
+        for (size_t j = 0; j < sizeof out; j++) out[j] = pat(i++ * 3 + k);
+        hw = fnv(out, sizeof out, hw);
+        size_t off = 0;
+        while (off < sizeof out) { ssize_t w = write(s, out + off, sizeof out - off); if (w <= 0) { ok = 0; break; } off += w; }
+        if (recv(s, in, sizeof in, MSG_WAITALL) != (ssize_t)sizeof in) ok = 0;
+        hr = fnv(in, sizeof in, hr);
+    }
+    x->fd = s; x->ok = ok && hw == hr;
+    return 0;
+}
+static void *dial_thread(void *arg) { struct tw *x = arg; x->fd = dial(); put(x->fd, "ECHO\n"); return 0; }
+
+struct excl { int l; int ep; int n; };
+static void *excl_waiter(void *arg) {
+    struct excl *x = arg; struct epoll_event ev;
+    x->n = epoll_wait(x->ep, &ev, 1, 600);
+    return 0;
+}
+
+static void t_contexts(void) {
+    struct tw w[4] = {{0}}; pthread_t t[4];
+    for (int i = 0; i < 4; i++) pthread_create(&t[i], 0, echo_thread, &w[i]);
+    int ok = 0;
+    for (int i = 0; i < 4; i++) { pthread_join(t[i], 0); ok += w[i].ok; }
+    CHECK("ctx.four_threads_echo_1MiB_ok", ok);
+    /* the threads are gone: their sockets still work from this thread */
+    char buf[8];
+    CHECK("ctx.exited_thread_socket.write", write(w[0].fd, "abc", 3));
+    CHECK("ctx.exited_thread_socket.read", recv(w[0].fd, buf, 3, MSG_WAITALL));
+    for (int i = 0; i < 4; i++) close(w[i].fd);
+    /* poll and epoll over two sockets made by two threads */
+    struct tw a = {-1}, b = {-1};
+    pthread_create(&t[0], 0, dial_thread, &a); pthread_join(t[0], 0);
+    pthread_create(&t[1], 0, dial_thread, &b); pthread_join(t[1], 0);
+    struct pollfd fds[2] = {{a.fd, POLLIN, 0}, {b.fd, POLLIN, 0}};
+    CHECK("ctx.poll_idle", poll(fds, 2, 50));
+    write(b.fd, "x", 1);
+    CHECK("ctx.poll_second", poll(fds, 2, 2000));
+    CHECK("ctx.poll_second.revents", fds[0].revents * 100 + fds[1].revents);
+    read(b.fd, buf, 1);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 1};
+    epoll_ctl(ep, EPOLL_CTL_ADD, a.fd, &ev);
+    ev.data.u64 = 2;
+    epoll_ctl(ep, EPOLL_CTL_ADD, b.fd, &ev);
+    say_tags("ctx.epoll_idle", ep, 50);
+    write(a.fd, "y", 1);
+    say_tags("ctx.epoll_first", ep, 2000);
+    close(ep); close(a.fd); close(b.fd);
+}
+
+/* EPOLLEXCLUSIVE: two threads wait in their own epoll sets on one listener; one
+ * connection wakes one of them. */
+static void t_exclusive(void) {
+    int l = tcp(), one = 1; char line[64];
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(listen_port)};
+    bind(l, (struct sockaddr *)&a, sizeof a);
+    listen(l, 16);
+    struct excl x[2]; pthread_t t[2];
+    for (int i = 0; i < 2; i++) {
+        x[i].l = l; x[i].ep = epoll_create1(0); x[i].n = -1;
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.u64 = 1};
+        if (i == 0) {
+            struct epoll_event bad = {.events = EPOLLIN | EPOLLEXCLUSIVE | EPOLLONESHOT};
+            CHECK("excl.with_oneshot", epoll_ctl(x[i].ep, EPOLL_CTL_ADD, l, &bad));
+        }
+        CHECK("excl.add", epoll_ctl(x[i].ep, EPOLL_CTL_ADD, l, &ev));
+        if (i == 0) CHECK("excl.mod", epoll_ctl(x[i].ep, EPOLL_CTL_MOD, l, &ev));
+    }
+    for (int i = 0; i < 2; i++) pthread_create(&t[i], 0, excl_waiter, &x[i]);
+    usleep(200000);
+    int ctl = dial();
+    snprintf(line, sizeof line, "CALL %d\n", listen_port);
+    put(ctl, line);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], 0);
+    CHECK("excl.woken", (x[0].n > 0) + (x[1].n > 0));
+    int c = accept(l, 0, 0);
+    uint64_t h;
+    CHECK("excl.accepted_bytes", drain(c, &h));
+    close(c); close(ctl); close(l); close(x[0].ep); close(x[1].ep);
+}
+
 #include <sys/wait.h>
 /* fork: the child closes the inherited socket and makes its own connection; the parent's
  * connection is unaffected. */
@@ -576,8 +752,9 @@ int main(int argc, char **argv) {
     const char *only = getenv("CONFORM_ONLY");
 #define RUN(f) if (!only || strstr(#f, only)) f()
     RUN(t_basics); RUN(t_nb_connect); RUN(t_echo); RUN(t_nonblocking); RUN(t_peek_waitall);
-    RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_dup);
-    RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_fork); RUN(t_exec);
+    RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_sndbuf); RUN(t_rcvbuf); RUN(t_tcp_info); RUN(t_dup);
+    RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_contexts); RUN(t_exclusive);
+    RUN(t_fork); RUN(t_exec);
     printf("done\n");
     return 0;
 }

@@ -219,6 +219,14 @@ impl Loopback {
                 self.listeners.retain(|_, v| *v != (app, listener))
             }
             ControlRequest::Accepted { .. } => {}
+            // No TCP here: nothing to report (the "found" bit stays clear).
+            ControlRequest::Info { token, .. } => self.sp(
+                app,
+                SpEvent::Info {
+                    token,
+                    info: Default::default(),
+                },
+            ),
         }
     }
 

@@ -13,7 +13,9 @@
 //!   stack sockets' readiness in user space and sleep in the kernel on the kernel
 //!   descriptors plus the context's eventfd.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::ffi::c_int;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use libtas::{ConnId, ConnState, Context, Error, ListenerId};
+use libtas::{ConnId, ConnState, Context, Error, ListenOptions, ListenerId};
 
 use crate::sys::{self, Errno, SysResult};
 
@@ -75,13 +77,18 @@ static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
 /// Which fork generation MODE was decided in.
 static MODE_GEN: AtomicU64 = AtomicU64::new(0);
 
-/// The context and the number of threads sleeping on its eventfd.
+/// A context and the number of threads sleeping on its eventfd.
 pub struct Inner {
-    pub ctx: Context,
+    /// Dropped by [`Proc`]'s `Drop` only in the process that attached it.
+    pub ctx: ManuallyDrop<Context>,
     sleepers: u32,
 }
 
-/// One per process (per fork generation).
+/// One libtas context: one per thread that creates sockets (attached lazily, on the
+/// thread's first `socket()`), shared through `Arc` by the sockets made on it, so it lives
+/// as long as the thread or its last socket. Its mutex is taken by the owning thread for
+/// its own sockets (uncontended) and by any other thread that uses one of them (the
+/// forwarding path, decisions §20); there is no process-wide lock on the data path.
 pub struct Proc {
     gen: u64,
     inner: Mutex<Inner>,
@@ -94,21 +101,36 @@ impl Proc {
     }
 }
 
-static PROC: Mutex<Option<Arc<Proc>>> = Mutex::new(None);
+impl Drop for Proc {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // In a forked child a context of the parent is never dropped: dropping posts
+        // nothing, but closes the parent's lifeline and unmaps its region under the
+        // parent's other sockets in this process; the child leaks it instead.
+        if self.gen != FORK_GEN.load(Ordering::SeqCst) {
+            return;
+        }
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: `ctx` is dropped exactly once, here, and `self` is never used again.
+        unsafe { ManuallyDrop::drop(&mut inner.ctx) };
+    }
+}
 
-/// The process's context, attaching on first use (and again in a forked child).
-fn proc_ctx() -> SysResult<Arc<Proc>> {
+thread_local! {
+    /// This thread's context (of the fork generation it was attached in).
+    static MINE: RefCell<Option<Arc<Proc>>> = const { RefCell::new(None) };
+}
+
+/// Contexts attached by this process (for statistics and the tests): one per thread that
+/// made sockets.
+static ATTACHED: AtomicU64 = AtomicU64::new(0);
+
+/// The calling thread's context, attaching on first use (and again in a forked child).
+fn thread_ctx() -> SysResult<Arc<Proc>> {
     let gen = FORK_GEN.load(Ordering::SeqCst);
-    let mut slot = lock(&PROC);
-    if let Some(p) = slot.as_ref() {
-        if p.gen == gen {
-            return Ok(p.clone());
-        }
-        // The parent's context: its queues are the parent's. Never touch or drop it here
-        // (dropping would post requests on the parent's queues).
-        if let Some(old) = slot.take() {
-            std::mem::forget(old);
-        }
+    let cur = MINE.try_with(|m| m.borrow().clone()).ok().flatten();
+    if let Some(p) = cur.filter(|p| p.gen == gen) {
+        return Ok(p);
     }
     // The service's path is read once: forked workers of some servers (nginx) get a
     // cleared environment, and must still find the service their parent used.
@@ -127,9 +149,16 @@ fn proc_ctx() -> SysResult<Arc<Proc>> {
         .clone();
     let ctx = Context::attach_to(&path, &name).map_err(errno_of)?;
     let Some(efd) = ctx.sleep_fd().map(|f| f.as_raw_fd()) else { return Err(e(libc::ENETDOWN)) };
-    let p = Arc::new(Proc { gen, inner: Mutex::new(Inner { ctx, sleepers: 0 }), efd });
-    *slot = Some(p.clone());
+    let p = Arc::new(Proc { gen, inner: Mutex::new(Inner { ctx: ManuallyDrop::new(ctx), sleepers: 0 }), efd });
+    ATTACHED.fetch_add(1, Ordering::Relaxed);
+    // A parent's context replaced here in a forked child is leaked by its Drop.
+    let _ = MINE.try_with(|m| m.replace(Some(p.clone())));
     Ok(p)
+}
+
+/// Number of libtas contexts this process attached (one per thread that made sockets).
+pub fn contexts_attached() -> u64 {
+    ATTACHED.load(Ordering::Relaxed)
 }
 
 /// Decide (once per process) whether AF_INET stream sockets go to the stack. Returns
@@ -153,7 +182,7 @@ pub fn use_stack() -> SysResult<bool> {
         MODE_GEN.store(gen, Ordering::Release);
         return Ok(false);
     }
-    match proc_ctx() {
+    match thread_ctx() {
         Ok(_) => {
             MODE.store(MODE_STACK, Ordering::Release);
             MODE_GEN.store(gen, Ordering::Release);
@@ -198,56 +227,83 @@ enum Slept {
     Interrupted,
 }
 
+/// Announce sleep on every context of `procs` (each under its own lock, one at a time).
+/// False if one of them has news (or broke): then nothing stays announced, look again.
+/// `broken` is set if a context's service went away.
+fn announce_all(procs: &[Arc<Proc>], broken: &mut bool) -> bool {
+    for (i, p) in procs.iter().enumerate() {
+        let mut g = p.lock();
+        if !g.ctx.announce_sleep() {
+            if !g.ctx.check_service() {
+                *broken = true;
+            }
+            drop(g);
+            end_all(&procs[..i]);
+            return false;
+        }
+        g.sleepers += 1;
+    }
+    true
+}
+
+/// After a sleep announced with [`announce_all`]: the last sleeper of each context clears
+/// its flags and drains its eventfd.
+fn end_all(procs: &[Arc<Proc>]) {
+    for p in procs {
+        let mut g = p.lock();
+        g.sleepers -= 1;
+        if g.sleepers == 0 {
+            g.ctx.end_sleep();
+        }
+        g.ctx.check_service();
+    }
+}
+
+/// Sleep until the service posts to one of `procs`, a descriptor of `extra` is ready, or
+/// `ms` passes. `extra` gets the contexts' eventfds appended and removed again.
+fn sleep_on(procs: &[Arc<Proc>], extra: &mut Vec<libc::pollfd>, ms: c_int) -> Slept {
+    let mut broken = false;
+    if !announce_all(procs, &mut broken) {
+        return if broken { Slept::Interrupted } else { Slept::Again };
+    }
+    let base = extra.len();
+    for p in procs {
+        extra.push(libc::pollfd { fd: p.efd, events: libc::POLLIN, revents: 0 });
+    }
+    let cap = if CONTENDED.swap(false, Ordering::Relaxed) { 1 } else { MAX_SLEEP_MS };
+    let ms = if ms < 0 { cap } else { ms.min(cap) };
+    let r = sys::poll(extra, ms);
+    extra.truncate(base);
+    end_all(procs);
+    match r {
+        Err(Errno(libc::EINTR)) => Slept::Interrupted,
+        Ok(_) => {
+            let n = extra.iter().filter(|p| p.revents != 0).count() as c_int;
+            if n > 0 {
+                Slept::Kernel
+            } else {
+                Slept::Again
+            }
+        }
+        Err(_) => Slept::Again,
+    }
+}
+
 impl Proc {
-    /// Sleep until the service posts, a descriptor of `extra` is ready, or `ms` passes.
-    /// `extra` gets the context's eventfd appended and removed again.
-    fn sleep(&self, extra: &mut Vec<libc::pollfd>, ms: c_int) -> Slept {
-        {
-            let mut g = self.lock();
-            if !g.ctx.announce_sleep() {
-                if !g.ctx.check_service() {
-                    return Slept::Interrupted;
-                }
-                return Slept::Again;
-            }
-            g.sleepers += 1;
-        }
-        extra.push(libc::pollfd { fd: self.efd, events: libc::POLLIN, revents: 0 });
-        let cap = if CONTENDED.swap(false, Ordering::Relaxed) { 1 } else { MAX_SLEEP_MS };
-        let ms = if ms < 0 { cap } else { ms.min(cap) };
-        let r = sys::poll(extra, ms);
-        extra.pop();
-        {
-            let mut g = self.lock();
-            g.sleepers -= 1;
-            if g.sleepers == 0 {
-                g.ctx.end_sleep();
-            }
-            g.ctx.check_service();
-        }
-        match r {
-            Err(Errno(libc::EINTR)) => Slept::Interrupted,
-            Ok(_) => {
-                let n = extra.iter().filter(|p| p.revents != 0).count() as c_int;
-                if n > 0 {
-                    Slept::Kernel
-                } else {
-                    Slept::Again
-                }
-            }
-            Err(_) => Slept::Again,
-        }
+    /// Sleep until the service posts to this context, or `ms` passes.
+    fn sleep(self: &Arc<Self>, ms: c_int) -> Slept {
+        sleep_on(std::slice::from_ref(self), &mut Vec::new(), ms)
     }
 
     /// Run `f` under the context lock until it gives a result (blocking with the adaptive
     /// spin-then-sleep protocol), or return EAGAIN at once if `nonblock`.
-    fn block<T>(&self, nonblock: bool, f: impl FnMut(&mut Context) -> Option<SysResult<T>>) -> SysResult<T> {
+    fn block<T>(self: &Arc<Self>, nonblock: bool, f: impl FnMut(&mut Context) -> Option<SysResult<T>>) -> SysResult<T> {
         self.block_until(nonblock, None, f)
     }
 
     /// [`Proc::block`] with a time limit (SO_RCVTIMEO/SO_SNDTIMEO): EAGAIN when it passes.
     fn block_until<T>(
-        &self,
+        self: &Arc<Self>,
         nonblock: bool,
         deadline: Option<Instant>,
         mut f: impl FnMut(&mut Context) -> Option<SysResult<T>>,
@@ -277,8 +333,7 @@ impl Proc {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(e(libc::EAGAIN));
             }
-            let mut v = Vec::new();
-            if let Slept::Interrupted = self.sleep(&mut v, ms_left(deadline)) {
+            if let Slept::Interrupted = self.sleep(ms_left(deadline)) {
                 // Restart (SA_RESTART semantics) unless the context broke.
                 if self.lock().ctx.health().is_err() {
                     return Err(e(libc::ENETDOWN));
@@ -344,6 +399,9 @@ struct SockState {
     nb_connect: bool,
     /// ECONNRESET was reported once: later reads see EOF, sends EPIPE (as Linux).
     reset_reported: bool,
+    /// SO_SNDBUF as set (Linux's halved value: the payload it stands for); 0: not set,
+    /// the transmit ring's size. Sends keep at most this many bytes unacknowledged.
+    sndbuf_cap: u32,
 }
 
 /// A stack socket, shared by every descriptor that refers to it (dup, fork).
@@ -351,6 +409,17 @@ struct SockState {
 pub struct Sock {
     st: Mutex<SockState>,
     proc: Arc<Proc>,
+    /// Listener: connections ever queued that an `EPOLLEXCLUSIVE` waiter was woken for.
+    excl_claimed: AtomicU64,
+}
+
+impl Sock {
+    /// An `EPOLLEXCLUSIVE` waiter woke and sees `arrivals` connections ever queued: true
+    /// for exactly one waiter per new arrival count.
+    fn claim_arrivals(&self, arrivals: u64) -> bool {
+        let prev = self.excl_claimed.load(Ordering::Acquire);
+        arrivals > prev && self.excl_claimed.compare_exchange(prev, arrivals, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
 }
 
 impl std::fmt::Debug for Proc {
@@ -362,7 +431,9 @@ impl std::fmt::Debug for Proc {
 /// Descriptors below this are tracked; a placeholder above it is refused with EMFILE.
 const MAX_FD: usize = 1 << 16;
 static BITS: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
-static TABLE: RwLock<Option<HashMap<c_int, Arc<Sock>>>> = RwLock::new(None);
+/// The socket of each tracked descriptor, each slot behind its own small lock (no
+/// process-wide lock is taken to find a socket: two threads contend only on one descriptor).
+static TABLE: [Mutex<Option<Arc<Sock>>>; MAX_FD] = [const { Mutex::new(None) }; MAX_FD];
 
 /// True if `fd` is a stack socket (one atomic load for every other descriptor).
 pub fn is_stack(fd: c_int) -> bool {
@@ -385,14 +456,14 @@ fn lookup(fd: c_int) -> Option<Arc<Sock>> {
     if !is_stack(fd) {
         return None;
     }
-    TABLE.read().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|t| t.get(&fd).cloned())
+    lock(&TABLE[fd as usize]).clone()
 }
 
 fn insert(fd: c_int, s: Arc<Sock>) -> SysResult<()> {
     if fd < 0 || fd as usize >= MAX_FD {
         return Err(e(libc::EMFILE));
     }
-    TABLE.write().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(fd, s);
+    *lock(&TABLE[fd as usize]) = Some(s);
     ANY_STACK.store(true, Ordering::Relaxed);
     set_bit(fd, true);
     Ok(())
@@ -403,7 +474,7 @@ fn remove(fd: c_int) -> Option<Arc<Sock>> {
         return None;
     }
     set_bit(fd, false);
-    TABLE.write().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|t| t.remove(&fd))
+    lock(&TABLE[fd as usize]).take()
 }
 
 fn sock(fd: c_int) -> SysResult<Arc<Sock>> {
@@ -424,8 +495,9 @@ fn adopt(fd: c_int, s: Arc<Sock>) -> SysResult<Arc<Sock>> {
         }
     };
     let Some((port, nonblock, opts)) = stale else { return Ok(s) };
-    let p = proc_ctx()?;
-    let token = p.lock().ctx.listen_start_shared(port, 511).map_err(errno_of)?;
+    let p = thread_ctx()?;
+    let opts_l = ListenOptions::shared().with_rcvbuf(rcvbuf_of(&opts));
+    let token = p.lock().ctx.listen_start_with(port, 511, opts_l).map_err(errno_of)?;
     let l = p.block(false, |ctx| ctx.listen_result(token).map_err(errno_of).transpose())?;
     let ns = Arc::new(Sock {
         st: Mutex::new(SockState {
@@ -442,8 +514,10 @@ fn adopt(fd: c_int, s: Arc<Sock>) -> SysResult<Arc<Sock>> {
             local: Some(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)),
             nb_connect: false,
             reset_reported: false,
+            sndbuf_cap: 0,
         }),
         proc: p,
+        excl_claimed: AtomicU64::new(0),
     });
     insert(fd, ns.clone())?;
     Ok(ns)
@@ -470,8 +544,10 @@ fn new_sock(proc: Arc<Proc>, kind: Kind, nonblock: bool, cloexec: bool) -> SysRe
             local: None,
             nb_connect: false,
             reset_reported: false,
+            sndbuf_cap: 0,
         }),
         proc,
+        excl_claimed: AtomicU64::new(0),
     });
     if let Err(err) = insert(fd, s.clone()) {
         let _ = sys::close(fd);
@@ -482,7 +558,7 @@ fn new_sock(proc: Arc<Proc>, kind: Kind, nonblock: bool, cloexec: bool) -> SysRe
 
 /// socket(AF_INET, SOCK_STREAM[|flags], 0|IPPROTO_TCP) on the stack.
 pub fn socket(ty: c_int) -> SysResult<c_int> {
-    let p = proc_ctx()?;
+    let p = thread_ctx()?;
     let (fd, _) = new_sock(p, Kind::Fresh, ty & libc::SOCK_NONBLOCK != 0, ty & libc::SOCK_CLOEXEC != 0)?;
     Ok(fd)
 }
@@ -651,7 +727,8 @@ pub fn listen(fd: c_int, backlog: c_int) -> SysResult<c_int> {
     loop {
         let port = st.port;
         // Shared, so that a forked child can listen on the inherited port too (decisions §17).
-        let token = s.proc.lock().ctx.listen_start_shared(port, backlog).map_err(errno_of)?;
+        let opts = ListenOptions::shared().with_rcvbuf(rcvbuf_of(&st.opts));
+        let token = s.proc.lock().ctx.listen_start_with(port, backlog, opts).map_err(errno_of)?;
         let r = s.proc.block(false, |ctx| ctx.listen_result(token).map_err(errno_of).transpose());
         match r {
             Ok(l) => {
@@ -743,7 +820,7 @@ pub fn connect(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
     if a.port() == 0 || a.ip().is_unspecified() {
         return Err(e(libc::ECONNREFUSED));
     }
-    let c = s.proc.lock().ctx.connect_start(a).map_err(errno_of)?;
+    let c = s.proc.lock().ctx.connect_start_with(a, rcvbuf_of(&st.opts)).map_err(errno_of)?;
     st.kind = Kind::Connecting(c);
     st.peer = Some(a);
     if st.port != 0 {
@@ -900,13 +977,32 @@ fn send_inner(s: &Sock, data: &[u8], flags: c_int) -> SysResult<usize> {
         return Ok(0);
     }
     let nonblock = nonblock || flags & libc::MSG_DONTWAIT != 0;
-    let deadline = timeo(&*s.state()?, libc::SO_SNDTIMEO);
+    let (deadline, cap) = {
+        let st = s.state()?;
+        (timeo(&st, libc::SO_SNDTIMEO), st.sndbuf_cap)
+    };
     let mut sent = 0usize;
     loop {
-        let r = s.proc.block_until(nonblock, deadline, |ctx| match ctx.send(c, &data[sent..]) {
-            Ok(n) => Some(Ok(n)),
-            Err(Error::WouldBlock) => None,
-            Err(err) => Some(Err(errno_of(err))),
+        let r = s.proc.block_until(nonblock, deadline, |ctx| {
+            let mut chunk = &data[sent..];
+            if cap > 0 {
+                // SO_SNDBUF: no more than `cap` bytes written and not yet acknowledged.
+                let mut room = cap.saturating_sub(ctx.tx_outstanding(c)) as usize;
+                if room == 0 {
+                    ctx.poll(); // take the acknowledgements that arrived
+                    room = cap.saturating_sub(ctx.tx_outstanding(c)) as usize;
+                }
+                if room == 0 {
+                    // Full: wait, unless the connection can no longer send at all.
+                    return ctx.send(c, &[]).err().filter(|e| *e != Error::WouldBlock).map(|e| Err(errno_of(e)));
+                }
+                chunk = &chunk[..chunk.len().min(room)];
+            }
+            match ctx.send(c, chunk) {
+                Ok(n) => Some(Ok(n)),
+                Err(Error::WouldBlock) => None,
+                Err(err) => Some(Err(errno_of(err))),
+            }
         });
         match r {
             Ok(n) => {
@@ -1173,9 +1269,17 @@ pub fn setsockopt(fd: c_int, level: c_int, name: c_int, v: &[u8]) -> SysResult<c
     }
     let mut val = v[..need].to_vec();
     if level == libc::SOL_SOCKET && (name == libc::SO_RCVBUF || name == libc::SO_SNDBUF) {
-        // Linux doubles the value (bookkeeping overhead) and reports the doubled one.
-        let x = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]).max(0).saturating_mul(2).max(if name == libc::SO_RCVBUF { 2304 } else { 4608 });
+        // Linux bounds the value by net.core.rmem_max/wmem_max, doubles it (bookkeeping
+        // overhead), applies a floor and reports the doubled one (net/core/sock.c).
+        let rcv = name == libc::SO_RCVBUF;
+        let max = net_core_max(rcv);
+        // The value is taken as unsigned (min_t(u32, ...)): a negative one means the maximum.
+        let x = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]).min(max).saturating_mul(2).max(if rcv { 2304 } else { 4608 });
+        let x = x.min(i32::MAX as u32) as i32;
         val = x.to_ne_bytes().to_vec();
+        if !rcv {
+            st.sndbuf_cap = (x as u32 / 2).max(1);
+        }
     } else if is_bool_opt(level, name) {
         // Boolean options read back as 0/1.
         let x = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
@@ -1189,6 +1293,28 @@ pub fn setsockopt(fd: c_int, level: c_int, name: c_int, v: &[u8]) -> SysResult<c
     }
     st.opts.set(level, name, &val);
     Ok(0)
+}
+
+/// The receive buffer to ask tasd for: SO_RCVBUF as set (Linux's doubled value; the
+/// window it offers is about half of it, the value the application asked for), or 0
+/// (the receive ring) if it was not set.
+fn rcvbuf_of(opts: &Opts) -> u32 {
+    opts.int(libc::SOL_SOCKET, libc::SO_RCVBUF).map_or(0, |v| (v as u32) / 2)
+}
+
+/// net.core.rmem_max (`rcv`) or wmem_max of this network namespace, read once (212992,
+/// Linux's default, if it cannot be read).
+fn net_core_max(rcv: bool) -> u32 {
+    static MAX: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+    let slot = &MAX[usize::from(rcv)];
+    let v = slot.load(Ordering::Relaxed);
+    if v != 0 {
+        return v as u32;
+    }
+    let path = if rcv { "/proc/sys/net/core/rmem_max" } else { "/proc/sys/net/core/wmem_max" };
+    let v = std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse::<u32>().ok()).filter(|&v| v > 0).unwrap_or(212_992);
+    slot.store(v as u64, Ordering::Relaxed);
+    v
 }
 
 fn is_bool_opt(level: c_int, name: c_int) -> bool {
@@ -1215,9 +1341,122 @@ fn tcp_state_number(st: &SockState, ctx: &Context) -> u8 {
     }
 }
 
+/// Size of this kernel's `struct tcp_info` (what its getsockopt returns at most): asked
+/// once of a kernel TCP socket (280 bytes on Linux 6.18; 104 in glibc's header).
+fn kernel_tcp_info_len() -> usize {
+    static LEN: AtomicU64 = AtomicU64::new(0);
+    let v = LEN.load(Ordering::Relaxed);
+    if v != 0 {
+        return v as usize;
+    }
+    let mut buf = [0u8; 512];
+    let n = match sys::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) {
+        Ok(k) => {
+            let r = sys::getsockopt(k, libc::IPPROTO_TCP, libc::TCP_INFO, &mut buf);
+            let _ = sys::close(k);
+            r.unwrap_or(104)
+        }
+        Err(_) => 104,
+    };
+    LEN.store(n as u64, Ordering::Relaxed);
+    n
+}
+
+/// How long getsockopt(TCP_INFO) waits for the service's answer before it reports what
+/// the application side knows alone.
+const INFO_WAIT: Duration = Duration::from_millis(500);
+
+/// Linux's `struct tcp_info` (include/uapi/linux/tcp.h) from what the stack knows: the
+/// slow path's view (RTT, window, retransmissions, options; at most one congestion
+/// control interval old) and the application side's byte counts. Fields the stack does
+/// not track stay zero (docs/compatibility.md lists them).
+fn tcp_info(s: &Arc<Sock>, out: &mut [u8]) -> SysResult<usize> {
+    let (state, conn) = {
+        let mut st = s.state()?;
+        let mut g = s.proc.lock();
+        settle(&mut st, &mut g.ctx);
+        let c = match st.kind {
+            Kind::Conn(c) => Some(c),
+            _ => None,
+        };
+        (tcp_state_number(&st, &g.ctx), c)
+    };
+    let mut ti = [0u8; 512];
+    ti[0] = state;
+    let put32 = |ti: &mut [u8; 512], off: usize, v: u32| ti[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    let put64 = |ti: &mut [u8; 512], off: usize, v: u64| ti[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+    // Linux reports these for any socket.
+    put32(&mut ti, 8, 1_000_000); // tcpi_rto: the initial RTO (RFC 6298)
+    put32(&mut ti, 16, 536); // tcpi_snd_mss before a connection: TCP_MSS_DEFAULT
+    put32(&mut ti, 76, 0x7fff_ffff); // tcpi_snd_ssthresh: TCP_INFINITE_SSTHRESH
+    put32(&mut ti, 80, 10); // tcpi_snd_cwnd: the initial window
+    put32(&mut ti, 88, 3); // tcpi_reordering
+    put64(&mut ti, 112, u64::MAX); // tcpi_max_pacing_rate: unlimited
+    put64(&mut ti, 104, u64::MAX); // tcpi_pacing_rate
+    if let Some(c) = conn {
+        let token = s.proc.lock().ctx.info_start(c).ok();
+        let info = match token {
+            Some(t) => {
+                let deadline = Instant::now() + INFO_WAIT;
+                let r = s.proc.block_until(false, Some(deadline), |ctx| match ctx.info_result(t) {
+                    Ok(Some(i)) => Some(Ok(i)),
+                    Ok(None) => None,
+                    Err(err) => Some(Err(errno_of(err))),
+                });
+                if r.is_err() {
+                    s.proc.lock().ctx.info_cancel(t);
+                }
+                r.ok()
+            }
+            None => None,
+        };
+        let g = s.proc.lock();
+        let layout = g.ctx.layout();
+        let info = info.filter(|i| i.opts & libtas::tas_proto::shm::INFO_FOUND != 0).unwrap_or_default();
+        let mss = if info.mss > 0 { info.mss as u32 } else { 1460 };
+        let mut opts = 0u8;
+        if info.opts & libtas::tas_proto::shm::INFO_TIMESTAMPS != 0 {
+            opts |= 1; // TCPI_OPT_TIMESTAMPS
+        }
+        if info.opts & libtas::tas_proto::shm::INFO_SACK != 0 {
+            opts |= 2; // TCPI_OPT_SACK
+        }
+        if info.opts & libtas::tas_proto::shm::INFO_WSCALE != 0 {
+            opts |= 4; // TCPI_OPT_WSCALE
+            ti[6] = ((info.opts >> 8) & 15) as u8 | (((info.opts >> 12) & 15) as u8) << 4;
+        }
+        ti[5] = opts;
+        if info.rto_ms > 0 {
+            put32(&mut ti, 8, info.rto_ms as u32 * 1000);
+        }
+        put32(&mut ti, 16, mss); // snd_mss
+        put32(&mut ti, 20, mss); // rcv_mss
+        let outstanding = g.ctx.tx_outstanding(c);
+        put32(&mut ti, 24, outstanding.div_ceil(mss)); // unacked (incl. not yet sent)
+        put32(&mut ti, 60, mss + 40); // pmtu
+        put32(&mut ti, 64, layout.rx_buf_size); // rcv_ssthresh
+        put32(&mut ti, 68, info.srtt_us); // rtt
+        put32(&mut ti, 72, info.rttvar_us); // rttvar
+        let cwnd = if info.cwnd == u32::MAX { layout.tx_buf_size } else { info.cwnd };
+        put32(&mut ti, 80, cwnd.div_ceil(mss).max(1)); // snd_cwnd, segments
+        put32(&mut ti, 84, mss); // advmss
+        put32(&mut ti, 96, layout.rx_buf_size); // rcv_space
+        put32(&mut ti, 100, info.retransmits); // total_retrans
+        put64(&mut ti, 120, g.ctx.tx_acked(c) + 1); // bytes_acked: Linux counts the SYN
+        put64(&mut ti, 128, g.ctx.rx_total(c)); // bytes_received
+        put32(&mut ti, 232, layout.rx_buf_size - g.ctx.readable(c).min(layout.rx_buf_size as usize) as u32); // rcv_wnd
+    }
+    let n = out.len().min(kernel_tcp_info_len()).min(ti.len());
+    out[..n].copy_from_slice(&ti[..n]);
+    Ok(n)
+}
+
 /// getsockopt on a stack socket: writes the value into `out`, returns its length.
 pub fn getsockopt(fd: c_int, level: c_int, name: c_int, out: &mut [u8]) -> SysResult<usize> {
     let s = sock(fd)?;
+    if (level, name) == (libc::IPPROTO_TCP, libc::TCP_INFO) {
+        return tcp_info(&s, out);
+    }
     let mut st = s.state()?;
     let mut g = s.proc.lock();
     settle(&mut st, &mut g.ctx);
@@ -1236,20 +1475,6 @@ pub fn getsockopt(fd: c_int, level: c_int, name: c_int, out: &mut [u8]) -> SysRe
         (libc::SOL_SOCKET, libc::SO_DOMAIN) => int(libc::AF_INET, out),
         (libc::SOL_SOCKET, libc::SO_PROTOCOL) => int(libc::IPPROTO_TCP, out),
         (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => int(i32::from(matches!(st.kind, Kind::Listening(_))), out),
-        (libc::IPPROTO_TCP, libc::TCP_INFO) => {
-            // struct tcp_info: tcpi_state is byte 0; tcpi_snd_mss/rcv_mss at 16/20. Only
-            // what the stack knows is filled in; the rest stays zero.
-            let n = out.len().min(104);
-            out[..n].fill(0);
-            if n > 0 {
-                out[0] = tcp_state_number(&st, &g.ctx);
-            }
-            if n >= 24 && matches!(st.kind, Kind::Conn(_)) {
-                out[16..20].copy_from_slice(&1460u32.to_ne_bytes());
-                out[20..24].copy_from_slice(&1460u32.to_ne_bytes());
-            }
-            Ok(n)
-        }
         (libc::SOL_SOCKET, libc::SO_RCVBUF) => {
             let d = g.ctx.layout().rx_buf_size as i32;
             int(st.opts.int(level, name).unwrap_or(d), out)
@@ -1362,7 +1587,8 @@ fn readiness_state(st: &SockState, ctx: &mut Context) -> i16 {
                 ConnState::Failed(_) => r |= libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLOUT,
                 _ => r |= libc::POLLHUP,
             }
-            if ctx.writable(c) > 0 || matches!(st_c, ConnState::LocalClosed | ConnState::Closing | ConnState::Closed) {
+            let room = if st.sndbuf_cap > 0 { st.sndbuf_cap.saturating_sub(ctx.tx_outstanding(c)) as usize } else { usize::MAX };
+            if ctx.writable(c).min(room) > 0 || matches!(st_c, ConnState::LocalClosed | ConnState::Closing | ConnState::Closed) {
                 r |= libc::POLLOUT | libc::POLLWRNORM;
             }
             if st.rd_shut && matches!(st_c, ConnState::LocalClosed | ConnState::Closing) {
@@ -1376,16 +1602,63 @@ fn readiness_state(st: &SockState, ctx: &mut Context) -> i16 {
 
 type Socks = Vec<Option<Arc<Sock>>>;
 
-fn any_proc(fds: &[c_int]) -> Option<(Arc<Proc>, Socks)> {
-    let socks: Vec<Option<Arc<Sock>>> = fds.iter().map(|&fd| lookup(fd).map(|s| adopt(fd, s.clone()).unwrap_or(s))).collect();
+/// The stack sockets of a descriptor set and the distinct contexts they live on (of this
+/// fork generation; inherited stale sockets have none and read as POLLNVAL). None if no
+/// descriptor is a stack socket.
+struct Sets {
+    socks: Socks,
+    /// Per descriptor: the index of its socket's context in `procs`.
+    which: Vec<Option<usize>>,
+    procs: Vec<Arc<Proc>>,
+}
+
+fn sets_of(fds: &[c_int]) -> Option<Sets> {
+    let socks: Socks = fds.iter().map(|&fd| lookup(fd).map(|s| adopt(fd, s.clone()).unwrap_or(s))).collect();
     socks.iter().flatten().next()?;
-    // Never the parent's context in a forked child: stale sockets read as POLLNVAL.
     let gen = FORK_GEN.load(Ordering::SeqCst);
-    let p = match socks.iter().flatten().find(|s| s.proc.gen == gen) {
-        Some(s) => s.proc.clone(),
-        None => proc_ctx().ok()?,
-    };
-    Some((p, socks))
+    let mut procs: Vec<Arc<Proc>> = Vec::new();
+    let which = socks
+        .iter()
+        .map(|s| {
+            let s = s.as_ref().filter(|s| s.proc.gen == gen)?;
+            Some(match procs.iter().position(|p| Arc::ptr_eq(p, &s.proc)) {
+                Some(i) => i,
+                None => {
+                    procs.push(s.proc.clone());
+                    procs.len() - 1
+                }
+            })
+        })
+        .collect();
+    Some(Sets { socks, which, procs })
+}
+
+/// Stack sockets' revents of a poll set: each context is locked (and polled) once, in turn.
+fn scan_poll(sets: &Sets, fds: &mut [libc::pollfd]) -> c_int {
+    let mut n = 0;
+    for (i, s) in sets.socks.iter().enumerate() {
+        if s.is_some() && sets.which[i].is_none() {
+            fds[i].revents = libc::POLLNVAL;
+            n += 1;
+        }
+    }
+    for (pi, p) in sets.procs.iter().enumerate() {
+        let mut g = p.lock();
+        g.ctx.poll();
+        for (i, s) in sets.socks.iter().enumerate() {
+            if sets.which[i] != Some(pi) {
+                continue;
+            }
+            let Some(s) = s else { continue };
+            let r = readiness(s, &mut g.ctx);
+            let ev = r & (fds[i].events | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL);
+            fds[i].revents = ev;
+            if ev != 0 {
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 fn ms_left(deadline: Option<Instant>) -> c_int {
@@ -1402,29 +1675,16 @@ fn ms_left(deadline: Option<Instant>) -> c_int {
 /// Returns None if no descriptor is a stack socket (the caller uses libc).
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> Option<SysResult<c_int>> {
     let nums: Vec<c_int> = fds.iter().map(|p| p.fd).collect();
-    let (proc, socks) = any_proc(&nums)?;
+    let sets = sets_of(&nums)?;
+    let socks = &sets.socks;
     let deadline = (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
     let start = Instant::now();
     let spin = spin_time();
     let mut kernel: Vec<libc::pollfd> =
-        fds.iter().zip(&socks).map(|(p, s)| if s.is_some() { libc::pollfd { fd: -1, events: 0, revents: 0 } } else { *p }).collect();
+        fds.iter().zip(socks).map(|(p, s)| if s.is_some() { libc::pollfd { fd: -1, events: 0, revents: 0 } } else { *p }).collect();
     let has_kernel = socks.iter().any(|s| s.is_none());
     loop {
-        let mut n = 0;
-        {
-            let mut g = proc.lock();
-            g.ctx.poll();
-            for (i, s) in socks.iter().enumerate() {
-                if let Some(s) = s {
-                    let r = readiness(s, &mut g.ctx);
-                    let ev = r & (fds[i].events | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL);
-                    fds[i].revents = ev;
-                    if ev != 0 {
-                        n += 1;
-                    }
-                }
-            }
-        }
+        let mut n = scan_poll(&sets, fds);
         let waited_long = start.elapsed() >= spin;
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
         if n > 0 || expired || waited_long || !has_kernel {
@@ -1452,7 +1712,7 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> Option<SysResult<c_i
             }
             continue;
         }
-        match proc.sleep(&mut kernel, ms_left(deadline)) {
+        match sleep_on(&sets.procs, &mut kernel, ms_left(deadline)) {
             Slept::Interrupted => return Some(Err(e(libc::EINTR))),
             Slept::Kernel => {
                 for (i, k) in kernel.iter().enumerate() {
@@ -1460,17 +1720,8 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> Option<SysResult<c_i
                         fds[i].revents = k.revents;
                     }
                 }
-                let mut g = proc.lock();
-                let mut n = 0;
-                for (i, s) in socks.iter().enumerate() {
-                    if let Some(s) = s {
-                        let r = readiness(s, &mut g.ctx);
-                        fds[i].revents = r & (fds[i].events | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL);
-                    }
-                    if fds[i].revents != 0 {
-                        n += 1;
-                    }
-                }
+                scan_poll(&sets, fds);
+                let n = fds.iter().filter(|p| p.revents != 0).count() as c_int;
                 return Some(Ok(n));
             }
             Slept::Again => {}
@@ -1496,31 +1747,49 @@ struct EpItem {
 #[derive(Debug, Default)]
 struct EpShadow {
     items: HashMap<c_int, EpItem>,
-    efd_added: bool,
+    /// Contexts whose eventfd is in the kernel's epoll set (weak: a context goes away
+    /// with its thread and last socket; the kernel drops its eventfd from the set then).
+    ctxs: Vec<std::sync::Weak<Proc>>,
 }
 
-static EPOLLS: Mutex<Option<HashMap<c_int, EpShadow>>> = Mutex::new(None);
+impl EpShadow {
+    /// The live contexts of this fork generation whose eventfds are in the set.
+    fn live_ctxs(&self) -> Vec<Arc<Proc>> {
+        let gen = FORK_GEN.load(Ordering::SeqCst);
+        self.ctxs.iter().filter_map(|w| w.upgrade()).filter(|p| p.gen == gen).collect()
+    }
+}
+
+type Shadow = Arc<Mutex<EpShadow>>;
+
+/// The shadow interest lists, per epoll descriptor. The map's lock is taken briefly to
+/// find a set (read) or to add/remove one; each set has its own lock.
+static EPOLLS: RwLock<Option<HashMap<c_int, Shadow>>> = RwLock::new(None);
+
+fn shadow(epfd: c_int) -> Option<Shadow> {
+    EPOLLS.read().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|m| m.get(&epfd).cloned())
+}
 
 fn epoll_forget(fd: c_int) {
-    let mut g = lock(&EPOLLS);
-    if let Some(m) = g.as_mut() {
-        for sh in m.values_mut() {
-            sh.items.remove(&fd);
-        }
+    let all: Vec<Shadow> = match EPOLLS.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        Some(m) => m.values().cloned().collect(),
+        None => return,
+    };
+    for sh in all {
+        lock(&sh).items.remove(&fd);
     }
 }
 
 /// close() of an epoll descriptor.
 pub fn epoll_closed(epfd: c_int) {
-    let mut g = lock(&EPOLLS);
-    if let Some(m) = g.as_mut() {
+    if let Some(m) = EPOLLS.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
         m.remove(&epfd);
     }
 }
 
 /// True if `epfd` has stack sockets registered (then epoll_wait goes through us).
 pub fn epoll_has_shadow(epfd: c_int) -> bool {
-    lock(&EPOLLS).as_ref().is_some_and(|m| m.contains_key(&epfd))
+    shadow(epfd).is_some()
 }
 
 /// epoll_ctl for a stack socket `fd`.
@@ -1534,21 +1803,37 @@ pub fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: Option<libc::epoll_event
         Err(err) => return Err(err),
         Ok(_) => {}
     }
-    let mut g = lock(&EPOLLS);
     EPOLL_ANY.store(true, Ordering::Relaxed);
-    let sh = g.get_or_insert_with(HashMap::new).entry(epfd).or_default();
+    let sh = match shadow(epfd) {
+        Some(sh) => sh,
+        None => EPOLLS
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(HashMap::new)
+            .entry(epfd)
+            .or_default()
+            .clone(),
+    };
+    let mut sh = lock(&sh);
     match op {
         libc::EPOLL_CTL_ADD => {
             let ev = ev.ok_or(e(libc::EFAULT))?;
             if sh.items.contains_key(&fd) {
                 return Err(e(libc::EEXIST));
             }
-            if !sh.efd_added {
+            if ev.events & libc::EPOLLEXCLUSIVE as u32 != 0 && ev.events & libc::EPOLLONESHOT as u32 != 0 {
+                return Err(e(libc::EINVAL)); // as Linux
+            }
+            // The socket's context's eventfd joins the kernel set once (EEXIST: a live
+            // context's eventfd with this number is in already).
+            if !sh.ctxs.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&s.proc))) {
                 let mut cev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: EFD_COOKIE };
                 match sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, s.proc.efd, Some(&mut cev)) {
-                    Ok(_) | Err(Errno(libc::EEXIST)) => sh.efd_added = true,
+                    Ok(_) | Err(Errno(libc::EEXIST)) => {}
                     Err(err) => return Err(err),
                 }
+                sh.ctxs.retain(|w| w.strong_count() > 0);
+                sh.ctxs.push(Arc::downgrade(&s.proc));
             }
             sh.items.insert(fd, EpItem { events: ev.events, data: ev.u64, disabled: false, last: (0, 0, 0) });
             Ok(0)
@@ -1556,6 +1841,9 @@ pub fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: Option<libc::epoll_event
         libc::EPOLL_CTL_MOD => {
             let ev = ev.ok_or(e(libc::EFAULT))?;
             let it = sh.items.get_mut(&fd).ok_or(e(libc::ENOENT))?;
+            if it.events & libc::EPOLLEXCLUSIVE as u32 != 0 {
+                return Err(e(libc::EINVAL)); // Linux: EPOLL_CTL_MOD of an exclusive item
+            }
             *it = EpItem { events: ev.events, data: ev.u64, disabled: false, last: (0, 0, 0) };
             Ok(0)
         }
@@ -1587,32 +1875,40 @@ fn to_epoll(r: i16) -> u32 {
     ev
 }
 
-/// Collect ready stack sockets of `epfd` into `out` (up to its length).
-fn epoll_scan(epfd: c_int, proc: &Proc, out: &mut [libc::epoll_event]) -> usize {
-    let items: Vec<(c_int, EpItem)> = match lock(&EPOLLS).as_ref().and_then(|m| m.get(&epfd)) {
-        Some(sh) => sh.items.iter().map(|(k, v)| (*k, *v)).collect(),
-        None => return 0,
+/// Collect ready stack sockets of the set into `out` (up to its length). `woken`: this
+/// scan follows a spin or sleep of the caller (not its entry into epoll_wait); then an
+/// `EPOLLEXCLUSIVE` listener is reported only to the one caller that claims its new
+/// connections (Linux wakes one exclusive waiter per arrival; a caller that enters
+/// epoll_wait sees the listener's level, as on Linux).
+fn epoll_scan(sh: &Mutex<EpShadow>, out: &mut [libc::epoll_event], woken: bool) -> usize {
+    let (items, ctxs): (Vec<(c_int, EpItem)>, Vec<Arc<Proc>>) = {
+        let g = lock(sh);
+        (g.items.iter().filter(|(_, v)| !v.disabled).map(|(k, v)| (*k, *v)).collect(), g.live_ctxs())
     };
+    let socks: Vec<(c_int, EpItem, Arc<Sock>)> = items.into_iter().filter_map(|(fd, it)| Some((fd, it, lookup(fd)?))).collect();
     let mut n = 0;
     let mut updates = Vec::new();
-    {
-        let mut g = proc.lock();
+    // Each context is locked once, in turn, for the sockets that live on it.
+    for p in &ctxs {
+        if n >= out.len() {
+            break;
+        }
+        let mut g = p.lock();
         g.ctx.poll();
-        for (fd, it) in items {
+        for (fd, it, s) in &socks {
             if n >= out.len() {
                 break;
             }
-            if it.disabled {
+            if !Arc::ptr_eq(&s.proc, p) {
                 continue;
             }
-            let Some(s) = lookup(fd) else { continue };
-            let (r, rd, acc) = readiness_counts(&s, &mut g.ctx);
+            let (r, rd, acc) = readiness_counts(s, &mut g.ctx);
             let wanted = it.events | libc::EPOLLERR as u32 | libc::EPOLLHUP as u32;
             let ev = to_epoll(r) & wanted;
             let sig = (ev as i16, rd, acc);
             if ev == 0 {
                 if it.last != (0, 0, 0) {
-                    updates.push((fd, (0, 0, 0), false));
+                    updates.push((*fd, (0, 0, 0), false));
                 }
                 continue;
             }
@@ -1624,20 +1920,21 @@ fn epoll_scan(epfd: c_int, proc: &Proc, out: &mut [libc::epoll_event]) -> usize 
                     continue;
                 }
             }
+            if woken && it.events & libc::EPOLLEXCLUSIVE as u32 != 0 && !s.claim_arrivals(rd) {
+                continue;
+            }
             out[n] = libc::epoll_event { events: ev, u64: it.data };
             n += 1;
-            updates.push((fd, sig, it.events & libc::EPOLLONESHOT as u32 != 0));
+            updates.push((*fd, sig, it.events & libc::EPOLLONESHOT as u32 != 0));
         }
     }
     if !updates.is_empty() {
-        let mut g = lock(&EPOLLS);
-        if let Some(sh) = g.as_mut().and_then(|m| m.get_mut(&epfd)) {
-            for (fd, sig, oneshot) in updates {
-                if let Some(it) = sh.items.get_mut(&fd) {
-                    it.last = sig;
-                    if oneshot {
-                        it.disabled = true;
-                    }
+        let mut g = lock(sh);
+        for (fd, sig, oneshot) in updates {
+            if let Some(it) = g.items.get_mut(&fd) {
+                it.last = sig;
+                if oneshot {
+                    it.disabled = true;
                 }
             }
         }
@@ -1645,7 +1942,7 @@ fn epoll_scan(epfd: c_int, proc: &Proc, out: &mut [libc::epoll_event]) -> usize 
     n
 }
 
-/// Remove the context eventfd's events from a kernel result, compacting it.
+/// Remove the contexts' eventfds' events from a kernel result, compacting it.
 fn strip_cookie(evs: &mut [libc::epoll_event], n: usize) -> usize {
     let mut k = 0;
     for i in 0..n {
@@ -1660,25 +1957,23 @@ fn strip_cookie(evs: &mut [libc::epoll_event], n: usize) -> usize {
 
 /// epoll_wait on a set with stack sockets. None: no stack socket in it (use libc).
 pub fn epoll_wait(epfd: c_int, out: &mut [libc::epoll_event], timeout_ms: c_int) -> Option<SysResult<c_int>> {
-    if !epoll_has_shadow(epfd) {
+    let sh = shadow(epfd)?;
+    if lock(&sh).live_ctxs().is_empty() {
+        // Only a parent's sockets (in a forked child), or none left: the kernel's set.
         return None;
     }
-    let proc = match lock(&PROC).clone() {
-        Some(p) if p.gen == FORK_GEN.load(Ordering::SeqCst) => p,
-        _ => return None,
-    };
     if out.is_empty() {
         return Some(Err(e(libc::EINVAL)));
     }
     let deadline = (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
     let start = Instant::now();
     let spin = spin_time();
-    let mut kernel_checked_at_start = false;
+    let mut first = true;
     loop {
-        let n = epoll_scan(epfd, &proc, out);
+        let n = epoll_scan(&sh, out, !first);
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
-        if n > 0 || expired || !kernel_checked_at_start {
-            kernel_checked_at_start = true;
+        if n > 0 || expired || first {
+            first = false;
             let k = match sys::epoll_wait(epfd, &mut out[n..], 0) {
                 Ok(k) => strip_cookie(&mut out[n..], k as usize),
                 Err(err) => return Some(Err(err)),
@@ -1693,35 +1988,26 @@ pub fn epoll_wait(epfd: c_int, out: &mut [libc::epoll_event], timeout_ms: c_int)
             }
             continue;
         }
-        // Sleep in the kernel's epoll_wait: the set holds the context's eventfd.
-        {
-            let mut g = proc.lock();
-            if !g.ctx.announce_sleep() {
-                if !g.ctx.check_service() {
-                    return Some(Err(e(libc::EINTR)));
-                }
-                continue;
+        // Sleep in the kernel's epoll_wait: the set holds the contexts' eventfds.
+        let ctxs = lock(&sh).live_ctxs();
+        let mut broken = false;
+        if !announce_all(&ctxs, &mut broken) {
+            if broken {
+                return Some(Err(e(libc::EINTR)));
             }
-            g.sleepers += 1;
+            continue;
         }
         let left = ms_left(deadline);
         let cap = if CONTENDED.swap(false, Ordering::Relaxed) { 1 } else { MAX_SLEEP_MS };
         let ms = if left < 0 { cap } else { left.min(cap) };
         let r = sys::epoll_wait(epfd, out, ms);
-        {
-            let mut g = proc.lock();
-            g.sleepers -= 1;
-            if g.sleepers == 0 {
-                g.ctx.end_sleep();
-            }
-            g.ctx.check_service();
-        }
+        end_all(&ctxs);
         match r {
             Err(err) => return Some(Err(err)),
             Ok(k) => {
                 let k = strip_cookie(out, k as usize);
                 if k > 0 {
-                    let m = epoll_scan(epfd, &proc, &mut out[k..]);
+                    let m = epoll_scan(&sh, &mut out[k..], true);
                     return Some(Ok((k + m) as c_int));
                 }
             }

@@ -176,6 +176,14 @@ pub fn setsockopt(fd: c_int, level: c_int, name: c_int, v: &[u8]) -> SysResult<c
     check(unsafe { raw::setsockopt(fd, level, name, v.as_ptr().cast(), v.len() as u32) })
 }
 
+/// getsockopt(2) into a byte buffer; returns the length the kernel wrote.
+pub fn getsockopt(fd: c_int, level: c_int, name: c_int, out: &mut [u8]) -> SysResult<usize> {
+    let mut len = out.len() as libc::socklen_t;
+    // SAFETY: out is a valid, writable buffer of `len` bytes; len is a valid socklen_t.
+    check(unsafe { raw::getsockopt(fd, level, name, out.as_mut_ptr().cast(), &mut len) })?;
+    Ok(len as usize)
+}
+
 /// poll(2); timeout in milliseconds (-1: none).
 pub fn poll(fds: &mut [libc::pollfd], timeout: c_int) -> SysResult<c_int> {
     // SAFETY: fds is a valid, writable array of fds.len() entries.

@@ -222,6 +222,8 @@ impl SlowPath {
                     Some(e) => (EventKind::Reset, k, remote, lp, error_name(e).into()),
                 }
             }
+            // A reply to a query, not a connection milestone.
+            SpEvent::Info { .. } => return,
         };
         self.emit_event(ConnEvent { at: SystemTime::now(), kind, flow_id, remote, local_port, app, detail });
     }
