@@ -277,13 +277,13 @@ pub fn on_segment(
     // Window update (an old ACK, SEG.ACK < SND.UNA, leaves the window alone).
     if !seq_lt(seg.ack, f.snd_una) {
         let wnd = (seg.window as u32) << f.snd_wscale;
-        if f.snd_wnd == 0 && wnd > 0 && acked == 0 && f.tx_sent > 0 {
-            // The window reopened without acknowledging the zero-window probe: the peer
-            // discarded it (RFC 9293 3.8.6.1). Send it again, from SND.UNA.
-            f.tx_avail += f.tx_sent;
-            f.tx_sent = 0;
-            v |= V_TX;
-        }
+        // (Until 2026-11-22 a window reopening without an acknowledgment rewound
+        // SND.NXT to resend a discarded one-byte probe. Probes carry no data now, and the
+        // rewind misfired on a reordered old ACK with the window of its time: hundreds of
+        // KB the peer had already acknowledged counted as unsent, its ACKs for them as
+        // "acknowledging unsent data", and our ACKs, sequenced from the rewound point,
+        // as old duplicates to the peer: a deadlock over veth with 25 % reordering.
+        // Data sent before a window closed and discarded is the RTO's to repair.)
         if wnd > f.snd_wnd && f.tx_avail > 0 {
             v |= V_TX;
         }

@@ -1011,3 +1011,26 @@ fn time_wait_tuple_reused_by_a_newer_syn() {
     assert_eq!(s.host_states(), vec!["SYN-RECEIVED"]);
     assert_eq!(s.host.slow.counters().time_wait_reused, 1);
 }
+
+/// Data in flight when the peer's window closes, then an ACK with the same number and an
+/// open window (here: a reordered older ACK, as a 25 %-reordering path delivers): the
+/// data in flight stays in flight, nothing is resent, and the peer's ACK of all of it is
+/// taken. Until 2026-11-22 the reopening rewound SND.NXT (to resend a one-byte probe that
+/// no longer exists); the peer's ACK of the rewound data then counted as acknowledging
+/// unsent data and was dropped, and over veth the connection deadlocked.
+#[test]
+fn window_closing_and_reopening_with_data_in_flight_resends_nothing() {
+    let mut s = established();
+    s.write(200.0, 3000);
+    s.expect(200.0, ". 1:1449(1448) ack 1 win 32768 <nop,nop,TS val * ecr 101>");
+    s.expect(200.0, ". 1449:2897(1448) ack 1 win 32768 <nop,nop,TS val * ecr 101>");
+    s.expect(200.0, "P. 2897:3001(104) ack 1 win 32768 <nop,nop,TS val * ecr 101>");
+    s.send(200.5, ". 1:1(0) ack 1449 win 0 <nop,nop,TS val 102 ecr *>");
+    s.send(200.6, ". 1:1(0) ack 1449 win 512 <nop,nop,TS val 102 ecr *>");
+    s.quiet_until(200.9);
+    s.send(201.0, ". 1:1(0) ack 3001 win 512 <nop,nop,TS val 103 ecr *>");
+    s.write(202.0, 100);
+    s.expect(202.0, "P. 3001:3101(100) ack 1 win 32768 <nop,nop,TS val * ecr 103>");
+    s.send(202.5, ". 1:1(0) ack 3101 win 512 <nop,nop,TS val 104 ecr *>");
+    s.done(1000.0);
+}
