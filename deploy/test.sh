@@ -29,13 +29,6 @@ trap 'rm -rf "$LOGDIR"' EXIT
 #   cargo test -p tas-tools --test impair -- --ignored --nocapture tasd_kernel_client_200mb_loss_5pct
 # Remove a name here when its test passes.
 PENDING=(
-    # tools/tests/impair.rs: tasd under 5% loss and 25% reordering by 2 ms, 200 MB each way:
-    # re-measured 2026-11-22, two pass in 4-9 minutes, two do not finish in 10 (the reasons
-    # and numbers are in their attributes and docs/testing.md)
-    tasd_kernel_client_200mb_loss_5pct
-    tasd_kernel_client_200mb_reorder_25pct
-    tasd_tas_client_200mb_loss_5pct
-    tasd_tas_client_200mb_reorder_25pct
     # tools/tests/impair.rs: DCTCP's 90 % of a 200 Mbit/s bottleneck with one flow; 73-81 %
     # (once 91 %) measured on the 2-core VM on 2026-11-22; the reason is in its attribute
     tasd_dctcp_goodput_through_ecn_bottleneck
