@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command, as root, on a fresh Debian 12 machine with this repository: install what is
 # missing, build, make the sandbox network, run tasd and tas-echo on it, talk to them from the
-# Linux kernel's TCP (and back), say what happened, and clean everything up.
+# Linux kernel's TCP (and back), run the kvstore (tas-kv) on it for redis-cli and
+# redis-benchmark, say what happened, and clean everything up.
 #
 #   bash deploy/demo.sh
 #
@@ -70,7 +71,7 @@ else
     cargo build --release --workspace
     BIN=$REPO/target/release
 fi
-for b in tasd tas-echo; do [ -x "$BIN/$b" ] || die "$BIN/$b is missing after the build"; done
+for b in tasd tas-echo tas-kv; do [ -x "$BIN/$b" ] || die "$BIN/$b is missing after the build"; done
 
 # ---- 2. sandbox
 step "2. sandbox network: $NS_A ($IF_A $IP_A, tasd's side) <-> veth <-> $NS_B ($IP_B, the Linux kernel's TCP)"
@@ -159,9 +160,34 @@ else
     fail "the kernel echo server did not see $BYTES bytes on one connection: ${srv:-nothing}"
 fi
 
+# ---- 9. kvstore
+KV_PORT=6379
+step "9. tas-kv (Redis protocol, on tasd) on port $KV_PORT; redis-cli and redis-benchmark in $NS_B"
+ip netns exec "$NS_A" env TAS_SOCKET="$RUN/tasd.sock" "$BIN/tas-kv" --backend tas --port "$KV_PORT" \
+    >"$RUN/tas-kv.log" 2>&1 &
+pids+=($!)
+if in_b python3 "$PEERS/tcp_probe.py" --connect "$IP_A:$KV_PORT" --expect open --wait 20 >/dev/null; then
+    cli() { in_b timeout 30 redis-cli -h "$IP_A" -p "$KV_PORT" "$@"; }
+    value="demo-$(date +%s%N)"
+    if [ "$(cli SET demo:key "$value")" = "OK" ] && [ "$(cli GET demo:key)" = "$value" ] &&
+        [ "$(cli INCRBY demo:counter 41)" = "41" ] && [ "$(cli INCR demo:counter)" = "42" ]; then
+        say "redis-cli: SET/GET read back \"$value\"; INCRBY/INCR counted to 42"
+    else
+        fail "redis-cli against tas-kv did not read back what it wrote"
+    fi
+    if out=$(in_b timeout 120 redis-benchmark -h "$IP_A" -p "$KV_PORT" -c 20 -n 20000 -t set,get -q 2>&1); then
+        say "redis-benchmark -c 20 -n 20000: $(echo "$out" | tr '\r' '\n' | grep -E '^(SET|GET): [0-9.]+ requests per second' | sed 's/ requests per second.*/ req\/s/' | tr '\n' ' ')"
+        [ "$(cli DBSIZE)" -ge 2 ] || fail "tas-kv lost keys during redis-benchmark"
+    else
+        fail "redis-benchmark against tas-kv: $out"
+    fi
+else
+    fail "tas-kv on $IP_A:$KV_PORT did not accept a connection within 20 s (log: $RUN/tas-kv.log)"
+fi
+
 opens=$(($(tcp_opens_a) - kernel_opens_before))
 if [ "$opens" -eq 0 ]; then
-    say "the kernel of $NS_A opened 0 TCP connections during steps 6-8: tasd carried every one"
+    say "the kernel of $NS_A opened 0 TCP connections during steps 6-9: tasd carried every one"
 else
     fail "the kernel of $NS_A opened $opens TCP connections: that traffic did not go through tasd"
 fi
