@@ -867,15 +867,12 @@ fn conn_of(s: &Sock, data_err: c_int) -> SysResult<(ConnId, bool, bool)> {
     }
 }
 
-/// recv flags handled.
-pub const MSG_PEEK: c_int = libc::MSG_PEEK;
-
-/// recv/read on a stack socket into `buf`.
-pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> SysResult<usize> {
-    let s = sock(fd)?;
-    let (c, nonblock, rd_shut) = match conn_of(&s, libc::ENOTCONN) {
+/// [`conn_of`] for a data call: a socket still connecting makes a blocking call
+/// (neither O_NONBLOCK nor MSG_DONTWAIT) wait for the open to finish; a non-blocking one
+/// gets EAGAIN.
+fn open_conn(s: &Sock, flags: c_int, data_err: c_int) -> SysResult<(ConnId, bool, bool)> {
+    match conn_of(s, data_err) {
         Err(Errno(libc::EAGAIN)) => {
-            // Still connecting: a blocking read waits for the open first.
             let st = s.state()?;
             if st.nonblock || flags & libc::MSG_DONTWAIT != 0 {
                 return Err(e(libc::EAGAIN));
@@ -888,10 +885,19 @@ pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> SysResult<usize> {
             if let Some(c) = pending {
                 s.proc.block(false, |ctx| (ctx.state(c) != ConnState::Connecting).then_some(Ok(())))?;
             }
-            conn_of(&s, libc::ENOTCONN)?
+            conn_of(s, data_err)
         }
-        r => r?,
-    };
+        r => r,
+    }
+}
+
+/// recv flags handled.
+pub const MSG_PEEK: c_int = libc::MSG_PEEK;
+
+/// recv/read on a stack socket into `buf`.
+pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> SysResult<usize> {
+    let s = sock(fd)?;
+    let (c, nonblock, rd_shut) = open_conn(&s, flags, libc::ENOTCONN)?;
     if rd_shut || buf.is_empty() || lock(&s.st).reset_reported {
         return Ok(0);
     }
@@ -948,28 +954,8 @@ pub fn send(fd: c_int, data: &[u8], flags: c_int) -> SysResult<usize> {
 }
 
 fn send_inner(s: &Sock, data: &[u8], flags: c_int) -> SysResult<usize> {
-    let (c, nonblock, _) = match conn_of(s, libc::EPIPE) {
-        Err(Errno(libc::EAGAIN)) => {
-            let st = s.state()?;
-            if st.nonblock || flags & libc::MSG_DONTWAIT != 0 {
-                return Err(e(libc::EAGAIN));
-            }
-            let pending = match st.kind {
-                Kind::Connecting(c) => Some(c),
-                _ => None,
-            };
-            drop(st);
-            if let Some(c) = pending {
-                s.proc.block(false, |ctx| (ctx.state(c) != ConnState::Connecting).then_some(Ok(())))?;
-            }
-            conn_of(s, libc::EPIPE)?
-        }
-        Err(Errno(libc::EPIPE)) => {
-            // Linux: ENOTCONN... for a socket that never connected it is EPIPE as well.
-            return Err(e(libc::EPIPE));
-        }
-        r => r?,
-    };
+    // Linux: for a socket that never connected, send fails with EPIPE too.
+    let (c, nonblock, _) = open_conn(s, flags, libc::EPIPE)?;
     if lock(&s.st).reset_reported {
         return Err(e(libc::EPIPE));
     }
