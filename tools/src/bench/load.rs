@@ -335,8 +335,9 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    /// A blocking echo server thread on the loopback.
-    fn echo_server() -> SocketAddr {
+    /// A blocking server thread on the loopback that answers what it reads with
+    /// `reply(bytes)`.
+    fn server(reply: fn(&[u8]) -> Vec<u8>) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         std::thread::spawn(move || {
@@ -345,7 +346,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut b = [0u8; 4096];
                     while let Ok(n) = s.read(&mut b) {
-                        if n == 0 || s.write_all(&b[..n]).is_err() {
+                        if n == 0 || s.write_all(&reply(&b[..n])).is_err() {
                             return;
                         }
                     }
@@ -353,6 +354,11 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// A blocking echo server thread on the loopback.
+    fn echo_server() -> SocketAddr {
+        server(|b| b.to_vec())
     }
 
     fn cfg(addr: SocketAddr) -> LoadConfig {
@@ -388,21 +394,7 @@ mod tests {
     #[test]
     fn a_wrong_echo_is_an_error() {
         // A server that answers every byte with 0xff.
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                std::thread::spawn(move || {
-                    let mut b = [0u8; 4096];
-                    while let Ok(n) = s.read(&mut b) {
-                        if n == 0 || s.write_all(&vec![0xff; n]).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
+        let addr = server(|b| vec![0xff; b.len()]);
         let e = run(&cfg(addr)).unwrap_err().to_string();
         assert!(e.contains("0xff"), "{e}");
     }
