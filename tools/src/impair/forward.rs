@@ -37,6 +37,9 @@ pub struct Forwarder {
     /// Frames from B to A.
     pub b2a: Impairer,
     start: Instant,
+    /// CLOCK_REALTIME at `start`, ns since the epoch: turns the kernel's receive
+    /// timestamps into the impairers' time line.
+    realtime_start: i128,
 }
 
 impl Forwarder {
@@ -48,6 +51,7 @@ impl Forwarder {
             a2b,
             b2a,
             start: Instant::now(),
+            realtime_start: realtime_ns(),
         }
     }
 
@@ -72,8 +76,8 @@ impl Forwarder {
         let stats_every = stats_interval.map(|d| d.as_nanos() as Nanos);
         let mut next_stats = stats_every.map(|e| self.now() + e);
         while !sys::stop_requested() {
-            let got_a = receive(&self.a, &mut self.a2b, &mut buf, self.start)?;
-            let got_b = receive(&self.b, &mut self.b2a, &mut buf, self.start)?;
+            let got_a = receive(&self.a, &mut self.a2b, &mut buf, self.start, self.realtime_start)?;
+            let got_b = receive(&self.b, &mut self.b2a, &mut buf, self.start, self.realtime_start)?;
             let now = self.now();
             release(&mut self.a2b, &self.b, now);
             release(&mut self.b2a, &self.a, now);
@@ -128,26 +132,48 @@ impl Forwarder {
     }
 }
 
+/// CLOCK_REALTIME now, in ns since the epoch (the clock of SO_TIMESTAMPNS).
+fn realtime_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// A frame's arrival on the impairers' time line: the kernel's receive timestamp, or the
+/// time it was read if there is none. Clamped to `[0, read_at]` (a realtime clock step
+/// cannot put a frame in the future or before the start).
+fn arrival(stamp: Option<i128>, realtime_start: i128, read_at: Nanos) -> Nanos {
+    match stamp {
+        Some(t) => (t - realtime_start).clamp(0, i128::from(read_at)) as Nanos,
+        None => read_at,
+    }
+}
+
 /// Reads up to [`RX_BATCH`] frames from `sock` into `imp`; returns how many.
 fn receive(
     sock: &PacketSocket,
     imp: &mut Impairer,
     buf: &mut [u8],
     start: Instant,
+    realtime_start: i128,
 ) -> Result<usize, String> {
     let mut n = 0;
     while n < RX_BATCH {
         match sock.recv(buf) {
             Ok(None) => break,
-            Ok(Some(len)) if len > buf.len() => {
+            Ok(Some((len, _))) if len > buf.len() => {
                 imp.counters.rx_truncated += 1;
                 n += 1;
             }
-            Ok(Some(len)) => {
-                // The arrival time of each frame, not of the batch: the rate limiter and
-                // the delay line start from it.
-                let now = start.elapsed().as_nanos() as Nanos;
-                imp.arrive(now, &buf[..len]);
+            Ok(Some((len, stamp))) => {
+                // The frame's own arrival time (the kernel's), not the batch's or the
+                // read's: the rate limiter and the delay line start from it, so a
+                // forwarder that was descheduled delays frames but the emulated link
+                // keeps its capacity and its queue the length it really had.
+                let read_at = start.elapsed().as_nanos() as Nanos;
+                let at = arrival(stamp, realtime_start, read_at).max(imp.last_arrival());
+                imp.counters.max_read_delay_us = imp.counters.max_read_delay_us.max((read_at - at.min(read_at)) / 1_000);
+                imp.arrive(at, &buf[..len]);
                 n += 1;
             }
             Err(e) => return Err(format!(
@@ -170,5 +196,46 @@ fn release(imp: &mut Impairer, sock: &PacketSocket, now: Nanos) {
             Err(_) => imp.counters.tx_errors += 1,
         }
         imp.recycle(frame);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::impair::sched::Impairments;
+
+    #[test]
+    fn arrival_is_the_kernel_stamp_on_the_forwarders_time_line() {
+        let start = 1_700_000_000_000_000_000i128;
+        // Read 3 ms after it arrived: the arrival is the stamp, not the read.
+        assert_eq!(arrival(Some(start + 5_000_000), start, 8_000_000), 5_000_000);
+        // A stamp from before the start, or one ahead of the read (a clock step), is clamped.
+        assert_eq!(arrival(Some(start - 10), start, 8_000_000), 0);
+        assert_eq!(arrival(Some(start + 9_000_000), start, 8_000_000), 8_000_000);
+        assert_eq!(arrival(None, start, 8_000_000), 8_000_000);
+    }
+
+    #[test]
+    fn a_late_read_delays_frames_but_does_not_idle_the_link() {
+        // 100 Mbit/s: a 1250-byte frame takes 100 µs. Ten frames arrive 100 µs apart but
+        // are read together 2 ms later (the forwarder was descheduled): with their own
+        // arrival times they leave back to back from the first arrival, as on a real link
+        // that never stopped, and the queue never held more than one frame.
+        let cfg = Impairments { rate: Some(100_000_000), ..Impairments::default() };
+        cfg.check("a2b").unwrap();
+        let mut imp = Impairer::new(cfg, 1);
+        for i in 0..10u64 {
+            imp.arrive(i * 100_000, &[0u8; 1250]);
+        }
+        assert_eq!(imp.counters.max_backlog_frames, 1);
+        let mut due = Vec::new();
+        while let Some(t) = imp.next_release() {
+            let f = imp.pop_due(t).expect("due at its release time");
+            assert_eq!(f.len(), 1250);
+            due.push(t);
+        }
+        // The k-th frame leaves at (k + 1) x 100 µs: ten frames in 1 ms, the full rate
+        // (stamped with the read time, they would have left from 2 ms to 3 ms).
+        assert_eq!(due, (1..=10u64).map(|k| k * 100_000).collect::<Vec<_>>());
     }
 }

@@ -1,6 +1,7 @@
 //! The impairment pipeline of one direction, without I/O: frames arrive at a time the
 //! caller passes in, and leave at release times the caller asks for. The forwarder drives
-//! it with the monotonic clock; the tests drive it with a fake one.
+//! it with each frame's kernel receive timestamp (so its own scheduling delays do not
+//! idle the emulated link); the tests drive it with a fake clock.
 //!
 //! Stages, in the order a frame meets them (as netem and tbf order theirs):
 //!
@@ -171,6 +172,10 @@ pub struct Counters {
     pub rx_socket_drops: u64,
     /// Frames larger than the receive buffer (dropped).
     pub rx_truncated: u64,
+    /// Longest a frame waited in the receive socket before the forwarder read it, in µs
+    /// (its arrival time is the kernel's receive timestamp, so a wait delays the frame but
+    /// does not idle the emulated link).
+    pub max_read_delay_us: u64,
     /// Frames still held when the forwarder stopped (discarded, not sent).
     pub discarded_at_exit: u64,
 }
@@ -196,6 +201,7 @@ impl Counters {
             tx_errors,
             rx_socket_drops,
             rx_truncated,
+            max_read_delay_us,
             discarded_at_exit,
         } = *self;
         format!(
@@ -205,7 +211,7 @@ impl Counters {
              \"max_backlog_frames\":{max_backlog_frames},\"max_backlog_bytes\":{max_backlog_bytes},\
              \"tx_frames\":{tx_frames},\"tx_bytes\":{tx_bytes},\"tx_errors\":{tx_errors},\
              \"rx_socket_drops\":{rx_socket_drops},\"rx_truncated\":{rx_truncated},\
-             \"discarded_at_exit\":{discarded_at_exit}}}"
+             \"max_read_delay_us\":{max_read_delay_us},\"discarded_at_exit\":{discarded_at_exit}}}"
         )
     }
 }
@@ -249,6 +255,8 @@ pub struct Impairer {
     /// (departure time, bytes) of each frame in the bottleneck, oldest first.
     in_queue: VecDeque<(Nanos, u32)>,
     backlog_bytes: u64,
+    /// The latest arrival time given to [`Impairer::arrive`].
+    last_arrival: Nanos,
     /// Spare frame buffers, so the steady state does not allocate.
     pool: Vec<Vec<u8>>,
     /// What happened so far.
@@ -266,6 +274,7 @@ impl Impairer {
             link_free_at: 0,
             in_queue: VecDeque::new(),
             backlog_bytes: 0,
+            last_arrival: 0,
             pool: Vec::new(),
             counters: Counters::default(),
         }
@@ -273,6 +282,7 @@ impl Impairer {
 
     /// A frame arrived at `now`: run it through the stages and hold what survives.
     pub fn arrive(&mut self, now: Nanos, frame: &[u8]) {
+        self.last_arrival = self.last_arrival.max(now);
         self.counters.rx_frames += 1;
         self.counters.rx_bytes += frame.len() as u64;
         if self.cfg.loss > 0.0 && self.rng.gen_bool(self.cfg.loss) {
@@ -358,6 +368,12 @@ impl Impairer {
             seq: self.seq,
             frame: buf,
         });
+    }
+
+    /// The latest arrival time seen so far (arrival times given to [`Impairer::arrive`]
+    /// must not go back: the bottleneck's queue is computed from them in order).
+    pub fn last_arrival(&self) -> Nanos {
+        self.last_arrival
     }
 
     /// When the next frame is due, if any is held.

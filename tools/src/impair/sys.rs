@@ -65,6 +65,12 @@ impl PacketSocket {
                     "{ifname}: PACKET_IGNORE_OUTGOING failed ({e}): this needs Linux 4.20 or later"
                 )
             })?;
+        // The kernel's receive time of every frame: the bottleneck and the delay line
+        // start from when a frame arrived, not from when this thread got to read it (a
+        // forwarder descheduled for milliseconds would otherwise idle the emulated link
+        // and then see the frames that waited as one burst).
+        sock.setsockopt(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
+            .map_err(|e| format!("{ifname}: SO_TIMESTAMPNS failed: {e}"))?;
         for (opt, fallback) in [
             (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
             (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
@@ -150,27 +156,29 @@ impl PacketSocket {
         }
     }
 
-    /// Receive one frame without blocking. `Ok(Some(n))`: a frame of `n` bytes (if `n`
-    /// exceeds `buf.len()`, only the first bytes were stored: the frame was truncated);
-    /// `Ok(None)`: nothing waiting.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    /// Receive one frame without blocking. `Ok(Some((n, stamp)))`: a frame of `n` bytes
+    /// (if `n` exceeds `buf.len()`, only the first bytes were stored: the frame was
+    /// truncated) that the kernel received at `stamp` (CLOCK_REALTIME, ns since the epoch;
+    /// None if the kernel gave no timestamp); `Ok(None)`: nothing waiting.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<(usize, Option<i128>)>> {
         loop {
             // SAFETY: sockaddr_ll is plain old data; all zeroes is a valid value.
             let mut from: libc::sockaddr_ll = unsafe { zeroed() };
-            let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            // SAFETY: `buf` is valid for writes of `buf.len()` bytes and `from` for `len`
-            // bytes; the kernel writes no more than that (MSG_TRUNC only changes the
-            // returned length).
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast::<libc::c_void>(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                    (&mut from as *mut libc::sockaddr_ll).cast::<libc::sockaddr>(),
-                    &mut len,
-                )
-            };
+            // Room for one SCM_TIMESTAMPNS control message (a timespec), 8-byte aligned.
+            let mut control = [0u64; 8];
+            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast::<libc::c_void>(), iov_len: buf.len() };
+            // SAFETY: msghdr is plain old data; all zeroes is a valid value.
+            let mut msg: libc::msghdr = unsafe { zeroed() };
+            msg.msg_name = (&mut from as *mut libc::sockaddr_ll).cast::<libc::c_void>();
+            msg.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast::<libc::c_void>();
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            // SAFETY: every pointer in `msg` (name, one iovec over `buf`, control) is valid
+            // for writes of the length stored beside it for the duration of the call; the
+            // kernel writes no more than that (MSG_TRUNC only changes the returned length).
+            let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_TRUNC) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 return match e.kind() {
@@ -183,7 +191,21 @@ impl PacketSocket {
             if from.sll_pkttype == PACKET_OUTGOING {
                 continue;
             }
-            return Ok(Some(n as usize));
+            let mut stamp = None;
+            // SAFETY: `msg` was filled by recvmsg; the CMSG_* walk stays inside
+            // `msg_control`/`msg_controllen`, and a SCM_TIMESTAMPNS message carries one
+            // timespec (read unaligned, as CMSG_DATA gives no alignment promise).
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                        let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                        stamp = Some(i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec));
+                    }
+                    c = libc::CMSG_NXTHDR(&msg, c);
+                }
+            }
+            return Ok(Some((n as usize, stamp)));
         }
     }
 

@@ -350,6 +350,9 @@ impl Bed {
         let app_socket = format!("{run}/tasd.sock");
         let control_socket = format!("{run}/control.sock");
         let ip = format!("{IP_A}/24");
+        // TAS_TEST_TASD_LOG=FILTER: tasd's log filter (e.g. info,tas_slowpath::cc=trace for
+        // the congestion controller's per-interval trace).
+        let log = std::env::var("TAS_TEST_TASD_LOG").unwrap_or_else(|_| "info".into());
         let mut cmd = vec![
             tasd,
             "--interface",
@@ -363,7 +366,7 @@ impl Bed {
             "--control-socket",
             &control_socket,
             "--log-level",
-            "info",
+            &log,
         ];
         cmd.extend_from_slice(extra);
         let pid = self.spawn(&self.ns_a, "tasd", &cmd, &[]);
