@@ -268,7 +268,21 @@ impl CcState {
     pub fn limits(&self) -> Limits {
         match self.alg {
             Algorithm::Unlimited => Limits::default(),
-            a if a.is_rate_based() => Limits { cwnd: 0, rate_kbps: self.rate_kbps.max(1) },
+            Algorithm::Fixed => Limits { cwnd: 0, rate_kbps: self.rate_kbps.max(1) },
+            // A rate alone does not bound what a flow puts in flight: between two reports
+            // (two RTTs, longer as the queue it builds grows) a rate set too high fills the
+            // bottleneck's buffer — a joining TIMELY flow starts at one initial window per
+            // handshake RTT, 2.4 Gbit/s on the simulator's path, and its first report came
+            // after 5.5 ms with a 2.8 ms queue, which cut every other flow to the floor.
+            // So rate-based flows also get a window of twice their rate times the RTT
+            // (BBR's cwnd_gain of 2): the pacer decides in the steady state, the window
+            // only bounds a wrong rate's damage to about one of the flow's own RTTs.
+            a if a.is_rate_based() => {
+                let rate = self.rate_kbps.max(1);
+                let bdp = rate as u64 * self.rtt_us.max(1) as u64 / 8_000;
+                let cwnd = (2 * bdp).clamp(2 * self.mss as u64, 1 << 30) as u32;
+                Limits { cwnd, rate_kbps: rate }
+            }
             _ => Limits { cwnd: self.cwnd.max(self.mss), rate_kbps: 0 },
         }
     }
@@ -679,6 +693,23 @@ mod tests {
         let r1 = s.rate_kbps;
         s.on_sample(&sample(400, 40_000, 0, 0, 300), &p);
         assert!(s.rate_kbps < r1, "positive gradient decreases");
+    }
+
+    #[test]
+    fn rate_based_flows_are_also_bounded_by_twice_their_rate_times_the_rtt() {
+        let p = CcParams::default();
+        // mss 1000, handshake RTT 50 µs: one initial window (10 000 B) per RTT = 1.6 Gbit/s;
+        // in flight at most twice that times the RTT, 20 000 B.
+        let s = CcState::new(Algorithm::Timely, &p, 1000, 50, None);
+        assert_eq!(s.limits(), Limits { cwnd: 20_000, rate_kbps: 1_600_000 });
+        let d = CcState::new(Algorithm::DctcpRate, &p, 1000, 50, None);
+        assert_eq!(d.limits().cwnd, 20_000);
+        // Never below two segments; a fixed rate is the pacer's alone.
+        let mut slow = CcState::new(Algorithm::Timely, &p, 1000, 50, None);
+        slow.rate_kbps = 1_000;
+        assert_eq!(slow.limits(), Limits { cwnd: 2_000, rate_kbps: 1_000 });
+        let f = CcState::new(Algorithm::Fixed, &p, 1000, 50, Some(5_000));
+        assert_eq!(f.limits(), Limits { cwnd: 0, rate_kbps: 5_000 });
     }
 
     #[test]
