@@ -29,9 +29,6 @@ trap 'rm -rf "$LOGDIR"' EXIT
 #   cargo test -p tas-tools --test impair -- --ignored --nocapture tasd_kernel_client_200mb_loss_5pct
 # Remove a name here when its test passes.
 PENDING=(
-    # tools/tests/impair.rs: DCTCP's 90 % of a 200 Mbit/s bottleneck with one flow: 92.5-94.2 %
-    # on the quiet 2-core VM, 73-87 % under other load (2026-11-22); the reason is in its attribute
-    tasd_dctcp_goodput_through_ecn_bottleneck
 )
 
 passed=0 failed=0 ignored1=0 ran2=0 ignored2=0
