@@ -14,10 +14,15 @@ use super::sys::{self, PacketSocket};
 use super::units::Nanos;
 
 /// Gaps shorter than this are busy-waited: a sleep and wake-up costs tens of microseconds
-/// on a VM, more than the gap itself.
-pub const SPIN_BELOW: Nanos = 100_000;
+/// on a VM, more than the gap itself. Short, because a forwarder that spins takes a CPU
+/// from the stacks it sits between (on the 2-core VM, 100 µs here kept it spinning through
+/// the 60 µs gaps of a 200 Mbit/s stream, and the sender and receiver waited whole time
+/// slices for a CPU: DCTCP at 56-78 % of the rate against 84-89 % with 0-20 µs, load 8-9).
+/// Frames are stamped with the kernel's receive time, so a release that wakes late delays
+/// the frame but costs the emulated link nothing.
+pub const SPIN_BELOW: Nanos = 20_000;
 /// Sleeps end this much before the release they wait for; the rest is spun.
-pub const WAKE_EARLY: Nanos = 50_000;
+pub const WAKE_EARLY: Nanos = 10_000;
 /// Longest sleep with nothing scheduled: bounds how late a stop request missed by the
 /// signal handler's race (flag checked, then ppoll entered) is seen.
 const MAX_SLEEP: Nanos = 100_000_000;
