@@ -102,8 +102,11 @@ pub struct CcParams {
     pub initial_window: u32,
     /// DCTCP's EWMA gain g (RFC 8257 recommends 1/16).
     pub dctcp_g: f64,
-    /// Additive increase of rate-based DCTCP per 400 µs of time (`RATE_STEP_INTERVAL_US`), kbit/s.
+    /// Additive increase of rate-based DCTCP per `rate_step_us` of time, kbit/s.
     pub rate_step_kbps: u32,
+    /// The time base of rate-based DCTCP and of TIMELY's δ: one step per this many µs
+    /// (default [`RATE_STEP_INTERVAL_US`]).
+    pub rate_step_us: u32,
     /// Lowest pacing rate, kbit/s.
     pub min_rate_kbps: u32,
     /// Highest pacing rate, kbit/s (the line rate is a good choice).
@@ -134,6 +137,7 @@ impl Default for CcParams {
             initial_window: 10,
             dctcp_g: 1.0 / 16.0,
             rate_step_kbps: 10_000,
+            rate_step_us: RATE_STEP_INTERVAL_US,
             min_rate_kbps: 1_000,
             max_rate_kbps: 40_000_000,
             fixed_rate_kbps: 100_000,
@@ -159,7 +163,7 @@ impl Default for CcParams {
 /// 400 µs: 10 Mbit/s per 400 µs (25 Gbit/s per second) kept the 1 Gbit/s simulated
 /// bottleneck fair and its queue bounded with 2-8 flows; 100-200 µs overshot into drops
 /// with 8 flows (docs/benchmarks.md).
-const RATE_STEP_INTERVAL_US: f64 = 400.0;
+pub const RATE_STEP_INTERVAL_US: u32 = 400;
 /// A report counts for at most this many rate steps (a flow that reported after a long
 /// pause does not jump).
 const RATE_MAX_STEPS: f64 = 64.0;
@@ -410,16 +414,16 @@ impl CcState {
         self.cwnd = self.cwnd.min(1 << 30);
     }
 
-    /// How many [`RATE_STEP_INTERVAL_US`] a report `dt_us` long covers (1 to
+    /// How many steps of `rate_step_us` a report `dt_us` long covers (1 to
     /// [`RATE_MAX_STEPS`]).
-    fn rate_steps(dt_us: u64) -> f64 {
-        (dt_us as f64 / RATE_STEP_INTERVAL_US).clamp(1.0, RATE_MAX_STEPS)
+    fn rate_steps(dt_us: u64, p: &CcParams) -> f64 {
+        (dt_us as f64 / p.rate_step_us.max(1) as f64).clamp(1.0, RATE_MAX_STEPS)
     }
 
     fn dctcp_rate(&mut self, ecn: u32, loss: bool, backlogged: bool, dt_us: u64, p: &CcParams) {
         let (lo, hi) = (p.min_rate_kbps.max(1), p.max_rate_kbps.max(1));
         let mut r = self.rate_kbps as f64;
-        let k = Self::rate_steps(dt_us);
+        let k = Self::rate_steps(dt_us, p);
         if loss {
             r /= 2.0;
             self.slow_start = false;
@@ -455,7 +459,7 @@ impl CcState {
         let gradient = self.rtt_diff_us / self.min_rtt_us.max(1) as f64;
         // δ per step interval of time, not per report (as for rate-based DCTCP): a flow
         // at a low rate reports rarely and would otherwise never catch up.
-        let delta = p.timely_delta_kbps as f64 * Self::rate_steps(dt_us).min(TIMELY_MAX_STEPS);
+        let delta = p.timely_delta_kbps as f64 * Self::rate_steps(dt_us, p).min(TIMELY_MAX_STEPS);
         let mut r = self.rate_kbps as f64;
         if loss {
             r /= 2.0;

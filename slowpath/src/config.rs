@@ -105,8 +105,10 @@ pub struct FileConfig {
     pub cc_initial_window: Option<u32>,
     /// DCTCP EWMA gain g for alpha (RFC 8257: 1/16), 0 < g <= 1
     pub dctcp_g: Option<f64>,
-    /// additive increase of dctcp-rate per 400 µs, kbit/s
+    /// additive increase of dctcp-rate per cc_rate_step_us, kbit/s
     pub cc_rate_step_kbps: Option<u32>,
+    /// the time base of dctcp-rate and of TIMELY's additive increase, µs (50-100000)
+    pub cc_rate_step_us: Option<u32>,
     /// lowest pacing rate any algorithm sets, kbit/s
     pub cc_min_rate_kbps: Option<u32>,
     /// highest pacing rate any algorithm sets, kbit/s (the line rate is a good choice)
@@ -235,7 +237,7 @@ impl FileConfig {
             rx_buffer, tx_buffer, conns_per_app, flows_per_core, queue_entries, ephemeral_low,
             ephemeral_high, idle_spin_us, time_wait_ms, arp_reply, log_level, socket_group,
             keepalive_idle_secs, keepalive_interval_secs, keepalive_probes, control_group, control_tcp, metrics,
-            cc_algorithm, ecn, cc_interval_rtts, cc_interval_min_us, cc_initial_window, dctcp_g, cc_rate_step_kbps, cc_min_rate_kbps, cc_max_rate_kbps, cc_fixed_rate_kbps, timely_t_low_us, timely_t_high_us, timely_alpha, timely_beta, timely_delta_kbps, cubic_c, cubic_beta
+            cc_algorithm, ecn, cc_interval_rtts, cc_interval_min_us, cc_initial_window, dctcp_g, cc_rate_step_kbps, cc_rate_step_us, cc_min_rate_kbps, cc_max_rate_kbps, cc_fixed_rate_kbps, timely_t_low_us, timely_t_high_us, timely_alpha, timely_beta, timely_delta_kbps, cubic_c, cubic_beta
         )
     }
 
@@ -276,6 +278,7 @@ impl FileConfig {
             cc_initial_window,
             dctcp_g,
             cc_rate_step_kbps,
+            cc_rate_step_us,
             cc_min_rate_kbps,
             cc_max_rate_kbps,
             cc_fixed_rate_kbps,
@@ -322,6 +325,7 @@ impl FileConfig {
             ("cc_initial_window", cc_initial_window.is_some()),
             ("dctcp_g", dctcp_g.is_some()),
             ("cc_rate_step_kbps", cc_rate_step_kbps.is_some()),
+            ("cc_rate_step_us", cc_rate_step_us.is_some()),
             ("cc_min_rate_kbps", cc_min_rate_kbps.is_some()),
             ("cc_max_rate_kbps", cc_max_rate_kbps.is_some()),
             ("cc_fixed_rate_kbps", cc_fixed_rate_kbps.is_some()),
@@ -376,6 +380,7 @@ impl FileConfig {
             cc_initial_window,
             dctcp_g,
             cc_rate_step_kbps,
+            cc_rate_step_us,
             cc_min_rate_kbps,
             cc_max_rate_kbps,
             cc_fixed_rate_kbps,
@@ -479,6 +484,10 @@ impl FileConfig {
             initial_window: positive("cc_initial_window", cc_initial_window, d.initial_window)?,
             dctcp_g: unit("dctcp_g", dctcp_g, d.dctcp_g, true)?,
             rate_step_kbps: positive("cc_rate_step_kbps", cc_rate_step_kbps, d.rate_step_kbps)?,
+            rate_step_us: match cc_rate_step_us.unwrap_or(d.rate_step_us) {
+                v @ 50..=100_000 => v,
+                v => return err(format!("cc_rate_step_us = {v}: must be 50 to 100000 (microseconds; the default 400 suits a 1-10 Gbit/s path with tens of µs of RTT)")),
+            },
             min_rate_kbps: positive("cc_min_rate_kbps", cc_min_rate_kbps, d.min_rate_kbps)?,
             max_rate_kbps: positive("cc_max_rate_kbps", cc_max_rate_kbps, d.max_rate_kbps)?,
             fixed_rate_kbps: positive("cc_fixed_rate_kbps", cc_fixed_rate_kbps, d.fixed_rate_kbps)?,
@@ -594,7 +603,8 @@ pub const KEYS: &[KeyInfo] = &[
     KeyInfo { key: "cc_interval_min_us", live: false, description: "...but at most once per this many microseconds" },
     KeyInfo { key: "cc_initial_window", live: false, description: "initial congestion window in segments (RFC 6928: 10)" },
     KeyInfo { key: "dctcp_g", live: false, description: "DCTCP EWMA gain g for alpha (RFC 8257: 1/16), 0 < g <= 1" },
-    KeyInfo { key: "cc_rate_step_kbps", live: false, description: "additive increase of dctcp-rate per 400 us, kbit/s" },
+    KeyInfo { key: "cc_rate_step_kbps", live: false, description: "additive increase of dctcp-rate per cc_rate_step_us, kbit/s" },
+    KeyInfo { key: "cc_rate_step_us", live: false, description: "time base of dctcp-rate and of TIMELY's additive increase, us (50-100000)" },
     KeyInfo { key: "cc_min_rate_kbps", live: false, description: "lowest pacing rate any algorithm sets, kbit/s" },
     KeyInfo { key: "cc_max_rate_kbps", live: false, description: "highest pacing rate any algorithm sets, kbit/s (the line rate is a good choice)" },
     KeyInfo { key: "cc_fixed_rate_kbps", live: false, description: "pacing rate of connections with the fixed algorithm, kbit/s" },
@@ -682,6 +692,7 @@ impl Config {
             cc_initial_window: Some(cc.initial_window),
             dctcp_g: Some(cc.dctcp_g),
             cc_rate_step_kbps: Some(cc.rate_step_kbps),
+            cc_rate_step_us: Some(cc.rate_step_us),
             cc_min_rate_kbps: Some(cc.min_rate_kbps),
             cc_max_rate_kbps: Some(cc.max_rate_kbps),
             cc_fixed_rate_kbps: Some(cc.fixed_rate_kbps),
@@ -745,6 +756,7 @@ impl Config {
                     "cc_initial_window" => opt(f.cc_initial_window.map(|v| v.to_string())),
                     "dctcp_g" => opt(f.dctcp_g.map(|v| format!("{v:?}"))),
                     "cc_rate_step_kbps" => opt(f.cc_rate_step_kbps.map(|v| v.to_string())),
+                    "cc_rate_step_us" => opt(f.cc_rate_step_us.map(|v| v.to_string())),
                     "cc_min_rate_kbps" => opt(f.cc_min_rate_kbps.map(|v| v.to_string())),
                     "cc_max_rate_kbps" => opt(f.cc_max_rate_kbps.map(|v| v.to_string())),
                     "cc_fixed_rate_kbps" => opt(f.cc_fixed_rate_kbps.map(|v| v.to_string())),
@@ -889,6 +901,7 @@ mod tests {
             cc_initial_window: _,
             dctcp_g: _,
             cc_rate_step_kbps: _,
+            cc_rate_step_us: _,
             cc_min_rate_kbps: _,
             cc_max_rate_kbps: _,
             cc_fixed_rate_kbps: _,
@@ -900,7 +913,7 @@ mod tests {
             cubic_c: _,
             cubic_beta: _,
         } = FileConfig::default();
-        assert_eq!(KEYS.len(), 44);
+        assert_eq!(KEYS.len(), 45);
         let c = base().validate().unwrap();
         assert_eq!(c.entries().len(), KEYS.len());
         // Every key's rendering parses back to the same configuration.
@@ -928,6 +941,8 @@ mod tests {
         assert!(c.with_key("cc_interval_rtts", "0").is_err());
         assert!(!c.with_key("ecn", "false").unwrap().cc.ecn);
         assert_eq!(c.with_key("dctcp_g", "0.125").unwrap().cc.dctcp_g, 0.125);
+        assert_eq!(c.with_key("cc_rate_step_us", "1000").unwrap().cc.rate_step_us, 1000);
+        assert!(c.with_key("cc_rate_step_us", "10").unwrap_err().0.contains("50 to 100000"));
     }
 
     #[test]

@@ -292,6 +292,7 @@ fn cc_parameters(p: &crate::cc::CcParams) -> std::collections::HashMap<String, S
         ("cc_initial_window", p.initial_window.to_string()),
         ("dctcp_g", p.dctcp_g.to_string()),
         ("cc_rate_step_kbps", p.rate_step_kbps.to_string()),
+        ("cc_rate_step_us", p.rate_step_us.to_string()),
         ("cc_min_rate_kbps", p.min_rate_kbps.to_string()),
         ("cc_max_rate_kbps", p.max_rate_kbps.to_string()),
         ("cc_fixed_rate_kbps", p.fixed_rate_kbps.to_string()),
