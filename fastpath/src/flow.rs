@@ -340,14 +340,23 @@ pub enum FlowTableError {
     InvalidKey,
 }
 
+/// One index bucket: a flow key and the slot of its [`FlowState`].
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(16))]
+struct Bucket {
+    key: u64,
+    slot: u32,
+}
+
 /// The per-core flow table: a fixed array of [`FlowState`] slots plus an open-addressing
 /// index (linear probing, backward-shift deletion, no tombstones) from [`FlowKey`] to
 /// slot. Sized at creation; lookups and updates never allocate.
 #[derive(Debug)]
 pub struct FlowTable {
     flows: Vec<FlowState>,
-    keys: Vec<u64>,
-    slots: Vec<u32>,
+    /// The index: key and slot side by side, so a probe touches one cache line
+    /// (16-byte buckets, four per line).
+    index: Vec<Bucket>,
     mask: usize,
     seed: u64,
     len: usize,
@@ -359,9 +368,14 @@ impl FlowTable {
     pub fn new(capacity: u32, seed: u64) -> Self {
         let n = (capacity as usize * 2).next_power_of_two().max(16);
         FlowTable {
-            flows: vec![FlowState::default(); capacity as usize],
-            keys: vec![EMPTY; n],
-            slots: vec![0; n],
+            flows: huge_page_vec(FlowState::default(), capacity as usize),
+            index: huge_page_vec(
+                Bucket {
+                    key: EMPTY,
+                    slot: 0,
+                },
+                n,
+            ),
             mask: n - 1,
             seed: seed | 1,
             len: 0,
@@ -391,7 +405,7 @@ impl FlowTable {
     #[inline]
     pub fn prefetch(&self, key: FlowKey) {
         let b = self.bucket(key.0);
-        prefetch_read(&self.keys[b]);
+        prefetch_read(&self.index[b]);
     }
 
     /// Find the slot of `key`.
@@ -399,9 +413,9 @@ impl FlowTable {
     pub fn lookup(&self, key: FlowKey) -> Option<u32> {
         let mut b = self.bucket(key.0);
         loop {
-            let k = self.keys[b];
+            let Bucket { key: k, slot } = self.index[b];
             if k == key.0 {
-                return Some(self.slots[b]);
+                return Some(slot);
             }
             if k == EMPTY {
                 return None;
@@ -427,11 +441,13 @@ impl FlowTable {
             return Err(FlowTableError::Duplicate);
         }
         let mut b = self.bucket(key.0);
-        while self.keys[b] != EMPTY {
+        while self.index[b].key != EMPTY {
             b = (b + 1) & self.mask;
         }
-        self.keys[b] = key.0;
-        self.slots[b] = idx;
+        self.index[b] = Bucket {
+            key: key.0,
+            slot: idx,
+        };
         state.flags |= F_ACTIVE;
         self.flows[idx as usize] = state;
         self.len += 1;
@@ -449,8 +465,11 @@ impl FlowTable {
         }
         let key = st.key().0;
         let mut b = self.bucket(key);
-        while self.keys[b] != key {
-            debug_assert_ne!(self.keys[b], EMPTY, "indexed flow missing from the index");
+        while self.index[b].key != key {
+            debug_assert_ne!(
+                self.index[b].key, EMPTY,
+                "indexed flow missing from the index"
+            );
             b = (b + 1) & self.mask;
         }
         // Backward-shift deletion: pull later members of the probe run into the hole.
@@ -458,7 +477,7 @@ impl FlowTable {
         let mut j = b;
         loop {
             j = (j + 1) & self.mask;
-            let k = self.keys[j];
+            let k = self.index[j].key;
             if k == EMPTY {
                 break;
             }
@@ -467,12 +486,11 @@ impl FlowTable {
             let dist_j = j.wrapping_sub(home) & self.mask;
             let dist_hole = j.wrapping_sub(hole) & self.mask;
             if dist_j >= dist_hole {
-                self.keys[hole] = k;
-                self.slots[hole] = self.slots[j];
+                self.index[hole] = self.index[j];
                 hole = j;
             }
         }
-        self.keys[hole] = EMPTY;
+        self.index[hole].key = EMPTY;
         self.flows[idx as usize] = FlowState::default();
         self.len -= 1;
         Ok(st)
@@ -507,7 +525,7 @@ impl FlowTable {
     }
 }
 
-use crate::sys::prefetch_read;
+use crate::sys::{huge_page_vec, prefetch_read};
 
 #[cfg(test)]
 mod tests {
@@ -564,11 +582,16 @@ mod tests {
         assert_eq!(&o.iv[..o.n as usize], &[(100, 250), (300, 400)]);
         assert!(o.insert(500, 600) && o.insert(700, 800));
         // Fill the set: intervals at 2000, 2100, ... up to MAX_OOO in all.
-        let extra: Vec<(u32, u32)> = (0..MAX_OOO as u32 - 4).map(|i| (2000 + 100 * i, 2050 + 100 * i)).collect();
+        let extra: Vec<(u32, u32)> = (0..MAX_OOO as u32 - 4)
+            .map(|i| (2000 + 100 * i, 2050 + 100 * i))
+            .collect();
         for &(s, e) in &extra {
             assert!(o.insert(s, e));
         }
-        assert!(!o.insert(9000, 9100), "an interval beyond MAX_OOO is refused");
+        assert!(
+            !o.insert(9000, 9100),
+            "an interval beyond MAX_OOO is refused"
+        );
         assert!(o.insert(240, 320), "bridging two intervals frees a place");
         let mut want = vec![(100, 400), (500, 600), (700, 800)];
         want.extend_from_slice(&extra);

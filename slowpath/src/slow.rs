@@ -1721,8 +1721,11 @@ impl SlowPath {
 
     /// The SYN-cookie ISN for a handshake (RFC 4987 3.6): a 5-bit time counter (64 s
     /// periods), a 3-bit MSS index and a 24-bit keyed hash of the 4-tuple, the counter
-    /// and the peer's ISN.
+    /// and the peer's ISN. The hash takes the counter as the cookie carries it (5 bits):
+    /// the validating side only has those, so hashing the whole period number made every
+    /// cookie invalid once the clock passed 32 periods (34 minutes).
     fn cookie(&self, key: FlowKey, irs: u32, t: u32, mss_idx: u32) -> u32 {
+        let t = t & 31;
         let h = self.isn_key.hash_one((key.0, irs, t, mss_idx, 0xc0_0c1e_u32)) as u32;
         ((t & 31) << 27) | ((mss_idx & 7) << 24) | (h & 0x00ff_ffff)
     }

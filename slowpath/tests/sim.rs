@@ -195,7 +195,19 @@ fn spoofed_syn(port: u16, isn: u32) -> Vec<u8> {
 
 #[test]
 fn syn_flood_does_not_lock_out_clients() {
+    syn_flood_case(Duration::ZERO);
+}
+
+/// The same after 40 minutes: the cookie's 5-bit time counter has wrapped (periods of
+/// 64 s), which once made every cookie invalid (the hash took the unwrapped counter).
+#[test]
+fn syn_cookies_are_accepted_after_the_time_counter_wraps() {
+    syn_flood_case(Duration::from_secs(40 * 60));
+}
+
+fn syn_flood_case(uptime: Duration) {
     let mut w = World::new(Impairments::default(), 4);
+    w.clock.advance(uptime);
     let mut server = context(&mut w.a, IP_A, "echo");
     let mut client = context(&mut w.b, IP_B, "client");
     let tok = server.listen_start(8000, 8).unwrap();
