@@ -123,6 +123,13 @@ fn compare_quick_produces_a_complete_table() {
         assert!(s > 0.0 && k > 0.0, "a zero result is a broken measurement: {r}");
         assert!((ratio - s / k).abs() <= 1e-9 * ratio.abs(), "ratio is not stack/kernel: {r}");
     }
+    // Idle CPU of tasd (and the attached echo server) was measured with no traffic.
+    let idle = v["idle_cpu_percent"].as_array().expect("idle_cpu_percent");
+    assert!(idle.iter().any(|p| p["process"] == "tasd"), "{v}");
+    for p in idle {
+        let pct = p["percent"].as_f64().expect("percent");
+        assert!((0.0..=200.0).contains(&pct), "{p}");
+    }
     // The stack side's fast path did the stack-side work and the accounting saw it.
     let cycles = v["cycles"].as_array().expect("cycles");
     assert!(!cycles.is_empty());

@@ -513,6 +513,32 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / 100.0)
 }
 
+/// CPU time of every thread of a process, nanoseconds (first field of each
+/// /proc/PID/task/TID/schedstat: time on a CPU, exact, unlike stat's 10 ms ticks).
+fn cpu_ns(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for t in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = t?.path().join("schedstat");
+        // A thread that ended between the listing and the read is simply not counted.
+        if let Ok(v) = fs::read_to_string(&path) {
+            total += v.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+/// CPU used by each process (percent of one CPU) over `secs` of no traffic: adaptive
+/// polling must leave an idle machine idle.
+fn idle_cpu(procs: &[(&str, u32)], secs: f64) -> Result<Vec<(String, f64)>> {
+    let before: Vec<u64> = procs.iter().map(|(_, p)| cpu_ns(*p)).collect::<Result<_>>()?;
+    let t = Instant::now();
+    pause(Duration::from_secs_f64(secs))?;
+    let wall = t.elapsed().as_nanos() as f64;
+    let after: Vec<u64> = procs.iter().map(|(_, p)| cpu_ns(*p)).collect::<Result<_>>()?;
+    Ok(procs.iter().zip(before.iter().zip(after)).map(|((n, _), (b, a))| (n.to_string(), 100.0 * a.saturating_sub(*b) as f64 / wall)).collect())
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct CoreSample {
     busy: u64,
@@ -927,9 +953,12 @@ fn iperf3(bed: &mut Bed, plan: &Plan, rows: &mut Vec<Row>, cycles: &mut Vec<Cycl
         let name = format!("iperf3-server-{i}");
         let r = (|| -> Result<(f64, f64)> {
             let pid = bed.spawn_a_program(&name, Some(plan.server_cpu(side)), &["iperf3", "-s", "-4", "-B", IP_A, "-p", &port], side, plan.app_spin_us)?;
-            // The probe connection is a test that never starts: the server logs it and
-            // goes on listening.
+            // The probe connection is a test that never starts: the server logs it, closes
+            // its listening socket and opens a new one (iperf3 does after every test). On
+            // the stack the new listen goes through tasd's slow path, so a client in that
+            // window is refused: give it time, and retry a refused client below.
             bed.wait_port(IPERF3_PORT[i], pid, &name)?;
+            pause(Duration::from_millis(500))?;
             let mut pids = vec![pid];
             if side == Side::Stack {
                 pids.push(bed.tasd);
@@ -937,7 +966,15 @@ fn iperf3(bed: &mut Bed, plan: &Plan, rows: &mut Vec<Row>, cycles: &mut Vec<Cycl
             let cpu0: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum::<Result<f64>>()?;
             let before = if side == Side::Stack { Some(bed.core_counters()?) } else { None };
             let t = secs.to_string();
-            let out = bed.run_b(&format!("iperf3-client-{i}"), plan.client_cpu, &["iperf3", "-c", IP_A, "-p", &port, "-t", &t, "-J"], Duration::from_secs(secs + 60))?;
+            let mut attempt = 0;
+            let out = loop {
+                attempt += 1;
+                let r = bed.run_b(&format!("iperf3-client-{i}-{attempt}"), plan.client_cpu, &["iperf3", "-c", IP_A, "-p", &port, "-t", &t, "-J"], Duration::from_secs(secs + 60));
+                match r {
+                    Err(e) if attempt < 3 && format!("{e:#}").contains("unable to connect") => pause(Duration::from_millis(500))?,
+                    r => break r?,
+                }
+            };
             let cpu1: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum::<Result<f64>>()?;
             let v: Value = serde_json::from_str(&out).with_context(|| format!("iperf3 client JSON: {out}"))?;
             if let Some(e) = v["error"].as_str() {
@@ -1186,13 +1223,29 @@ fn compare(a: CompareArgs) -> Result<()> {
     };
     let mut rows = Vec::new();
     let mut cycles = Vec::new();
+    let idle: Vec<(String, f64)>;
+    let idle_note: String;
     {
         let mut bed = Bed::up(bins, &repo, a.keep)?;
         bed.app_spin_us = a.app_spin_us;
         bed.start_tasd(a.fp_cpu, a.idle_spin_us)?;
         eprintln!("tas-bench: sandbox {} / {} up", bed.ns_a, bed.ns_b);
-        if run(Group::Echo) || run(Group::Bulk) {
-            let servers = start_echo_servers(&mut bed, &plan)?;
+        // Idle: tasd, and an attached application that waits for work (tas-echo's
+        // server on the stack), with no traffic at all.
+        let echo_servers = if run(Group::Echo) || run(Group::Bulk) { Some(start_echo_servers(&mut bed, &plan)?) } else { None };
+        pause(Duration::from_millis(500))?;
+        let mut watched = vec![("tasd", bed.tasd)];
+        if let Some(s) = &echo_servers {
+            watched.push(("tas-echo server on the stack", s[0]));
+        }
+        let idle_secs = if plan.quick { 1.0 } else { 5.0 };
+        idle = idle_cpu(&watched, idle_secs)?;
+        idle_note = format!(
+            "Idle, no traffic, over {idle_secs} s (CPU time from /proc/PID/task/*/schedstat): {}.",
+            idle.iter().map(|(n, pct)| format!("{n} {pct:.2} % of a CPU")).collect::<Vec<_>>().join(", ")
+        );
+        eprintln!("tas-bench: {idle_note}");
+        if let Some(servers) = echo_servers {
             if run(Group::Echo) {
                 eprintln!("tas-bench: RPC echo ...");
                 echo_rpc(&mut bed, &plan, &mut rows, &mut cycles)?;
@@ -1251,6 +1304,7 @@ fn compare(a: CompareArgs) -> Result<()> {
             "load_before": load_before,
             "load_after": load_after,
             "pinning": pinning,
+            "idle_cpu_percent": idle.iter().map(|(n, pct)| json!({"process": n, "percent": pct})).collect::<Vec<_>>(),
             "rows": report::json_rows(&rows),
             "cycles": cycles.iter().map(|c| json!({
                 "workload": c.workload, "busy_percent": c.busy_percent, "cycles_per_batch": c.cycles_per_batch,
@@ -1265,6 +1319,7 @@ fn compare(a: CompareArgs) -> Result<()> {
         print!("{}", report::text_table(&rows));
         println!();
         print!("{}", cycles_table(&cycles));
+        println!("{idle_note}");
     }
     let chart = a.chart.clone().or_else(|| a.out.as_ref().map(|o| o.with_file_name("tas-bench-compare.png")));
     if let Some(path) = &chart {
@@ -1282,6 +1337,7 @@ fn compare(a: CompareArgs) -> Result<()> {
         section += &report::markdown_table(&rows);
         section += "\nFast-path cycle accounting on the stack side (tasd's busy/idle cycle counters, `tasctl cores`):\n\n";
         section += &cycles_markdown(&cycles);
+        section += &format!("\n{idle_note}\n");
         if let Some(path) = &chart {
             if path.exists() {
                 let rel = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
