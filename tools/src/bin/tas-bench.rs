@@ -437,6 +437,25 @@ impl Bed {
         }
     }
 
+    /// Wait until the program started as `name` prints `text` on its stdout or stderr.
+    fn wait_output(&mut self, name: &str, pid: u32, text: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            check_interrupted()?;
+            let read = |s: &str| fs::read_to_string(self.run.join(format!("{name}.{s}"))).unwrap_or_default();
+            if read("out").contains(text) || read("err").contains(text) {
+                return Ok(());
+            }
+            if let Some(s) = self.exited(pid) {
+                bail!("{name} exited ({s}) right after starting:\n{}", self.log(name));
+            }
+            if Instant::now() > deadline {
+                bail!("{name} did not print {text:?} within 20 s:\n{}", self.log(name));
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+
     /// tasd's per-core counters (`tasctl cores --json`), summed over cores.
     fn core_counters(&self) -> Result<CoreSample> {
         let out = Command::new(self.bin("tasctl"))
@@ -645,11 +664,24 @@ struct LoadRun {
 fn run_load(bed: &mut Bed, plan: &Plan, name: &str, side: Side, args: &[String], secs: f64) -> Result<LoadRun> {
     let me = std::env::current_exe()?.to_string_lossy().into_owned();
     let addr = format!("{IP_A}:{}", echo_port(side));
-    let dur = secs.to_string();
     let warm = if plan.quick { "0.3" } else { "1" };
-    let mut cmd: Vec<&str> = vec![&me, "load", "--connect", &addr, "--duration", &dur, "--warmup", warm];
-    cmd.extend(args.iter().map(String::as_str));
-    let out = bed.run_b(name, plan.client_cpu, &cmd, Duration::from_secs_f64(secs + 60.0))?;
+    let run = |bed: &mut Bed, name: &str, secs: f64| {
+        let dur = secs.to_string();
+        let mut cmd: Vec<&str> = vec![&me, "load", "--connect", &addr, "--duration", &dur, "--warmup", warm];
+        cmd.extend(args.iter().map(String::as_str));
+        bed.run_b(name, plan.client_cpu, &cmd, Duration::from_secs_f64(secs + 60.0))
+    };
+    let out = match run(bed, name, secs) {
+        // --quick's one-second window can pass without a single completion when the
+        // server's CPU is taken by other work for longer than that (seen at load 14 on
+        // the 2-CPU VM, the kernel's server sharing CPU 1 with compilers): measure once
+        // more, three times as long, and say so.
+        Err(e) if plan.quick && format!("{e:#}").contains("no request completed") => {
+            eprintln!("tas-bench: {name}: no request completed in {secs} s (a starved server?); measuring again for {} s", secs * 3.0);
+            run(bed, &format!("{name}-again"), secs * 3.0)?
+        }
+        r => r?,
+    };
     let v: Value = out
         .lines()
         .rev()
@@ -952,13 +984,12 @@ fn iperf3(bed: &mut Bed, plan: &Plan, rows: &mut Vec<Row>, cycles: &mut Vec<Cycl
         let port = IPERF3_PORT[i].to_string();
         let name = format!("iperf3-server-{i}");
         let r = (|| -> Result<(f64, f64)> {
-            let pid = bed.spawn_a_program(&name, Some(plan.server_cpu(side)), &["iperf3", "-s", "-4", "-B", IP_A, "-p", &port], side, plan.app_spin_us)?;
-            // The probe connection is a test that never starts: the server logs it, closes
-            // its listening socket and opens a new one (iperf3 does after every test). On
-            // the stack the new listen goes through tasd's slow path, so a client in that
-            // window is refused: give it time, and retry a refused client below.
-            bed.wait_port(IPERF3_PORT[i], pid, &name)?;
-            pause(Duration::from_millis(500))?;
+            let pid = bed.spawn_a_program(&name, Some(plan.server_cpu(side)), &["iperf3", "-s", "-4", "-B", IP_A, "-p", &port, "--forceflush"], side, plan.app_spin_us)?;
+            // No probe connection: to iperf3 it is a test that fails, after which its
+            // server closes the listening socket and opens a new one, and under the shim
+            // that re-listen has failed with EADDRINUSE (the server exits). Wait for its
+            // own "Server listening" line instead.
+            bed.wait_output(&name, pid, "Server listening")?;
             let mut pids = vec![pid];
             if side == Side::Stack {
                 pids.push(bed.tasd);
@@ -972,7 +1003,13 @@ fn iperf3(bed: &mut Bed, plan: &Plan, rows: &mut Vec<Row>, cycles: &mut Vec<Cycl
                 let r = bed.run_b(&format!("iperf3-client-{i}-{attempt}"), plan.client_cpu, &["iperf3", "-c", IP_A, "-p", &port, "-t", &t, "-J"], Duration::from_secs(secs + 60));
                 match r {
                     Err(e) if attempt < 3 && format!("{e:#}").contains("unable to connect") => pause(Duration::from_millis(500))?,
-                    r => break r?,
+                    Err(e) => {
+                        // The server's own last error says more than the client's.
+                        let server = bed.log(&name);
+                        let why = server.lines().rev().find(|l| l.contains("iperf3: error")).map(|l| format!(" (server: {})", l.trim())).unwrap_or_default();
+                        return Err(e.context(format!("iperf3 client failed{why}")));
+                    }
+                    Ok(o) => break o,
                 }
             };
             let cpu1: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum::<Result<f64>>()?;
