@@ -1,6 +1,8 @@
 //! The benchmark harness end to end, in its short mode: `tas-bench compare --quick` makes
 //! its own sandbox, runs every workload on the stack and on the kernel, and must produce a
-//! complete table — every row with both results and a ratio — plus the markdown section
+//! complete table — every row with both results and a ratio (or, for an unmodified program
+//! under the LD_PRELOAD shim, the kernel's result and why the stack side failed) — plus the
+//! markdown section
 //! and the chart. The numbers are not checked (benchmarks are not tests); that the harness
 //! works is. A failing setup fails the test: it never skips.
 
@@ -65,19 +67,68 @@ fn compare_quick_produces_a_complete_table() {
     assert_eq!(v["ok"], true, "{v}");
     let rows = v["rows"].as_array().expect("rows");
     // Every workload of the harness is there.
-    for w in ["closed loop, depth 1", "closed loop, depth 16", "open loop", "bulk echo", "redis-benchmark SET", "redis-benchmark GET"] {
+    for w in [
+        "closed loop, depth 1",
+        "closed loop, depth 16",
+        "open loop",
+        "bulk echo",
+        "redis-benchmark SET",
+        "redis-benchmark GET",
+        "redis-server under the shim: redis-benchmark SET -c 50 -P 1",
+        "redis-server under the shim: redis-benchmark GET -c 50 -P 16",
+        "sockperf ping-pong 64 B (",
+        "sockperf ping-pong 1 KB",
+        "sockperf ping-pong 64 B at",
+        "sockperf throughput",
+        "iperf3 bulk",
+    ] {
         assert!(
             rows.iter().any(|r| r["workload"].as_str().unwrap().contains(w)),
             "no row for {w:?}:\n{v:#}"
         );
     }
+    // The metrics each new workload must report.
+    for (w, m) in [
+        ("sockperf ping-pong 64 B (", "p50 µs"),
+        ("sockperf ping-pong 64 B (", "p99 µs"),
+        ("sockperf ping-pong 64 B (", "p99.9 µs"),
+        ("sockperf ping-pong 1 KB", "p99.9 µs"),
+        ("sockperf throughput", "messages/s"),
+        ("iperf3 bulk", "Gbit/s"),
+        ("iperf3 bulk", "CPU s per GB"),
+        ("redis-server under the shim", "requests/s"),
+    ] {
+        assert!(
+            rows.iter().any(|r| r["workload"].as_str().unwrap().contains(w) && r["metric"].as_str().unwrap().contains(m)),
+            "no {m:?} row for {w:?}:\n{v:#}"
+        );
+    }
+    let mut failed = 0;
     for r in rows {
         let (s, k, ratio) = (r["stack"].as_f64(), r["kernel"].as_f64(), r["ratio"].as_f64());
+        // A program under the LD_PRELOAD shim that fails on the stack is a finding the
+        // table records ("failed: reason") next to the kernel's result; anything else
+        // missing is a broken harness.
+        if let (None, Some(k), Some(why)) = (s, k, r["failed"].as_str()) {
+            let w = r["workload"].as_str().unwrap();
+            assert!(w.contains("under the shim"), "only programs under the shim may fail on the stack: {r}");
+            assert!(!why.trim().is_empty() && k > 0.0 && r["ratio"].is_null(), "{r}");
+            eprintln!("recorded stack-side failure: {w}: {why}");
+            failed += 1;
+            continue;
+        }
         let (Some(s), Some(k), Some(ratio)) = (s, k, ratio) else {
             panic!("incomplete row: {r}");
         };
         assert!(s > 0.0 && k > 0.0, "a zero result is a broken measurement: {r}");
         assert!((ratio - s / k).abs() <= 1e-9 * ratio.abs(), "ratio is not stack/kernel: {r}");
+    }
+    // Idle CPU of tasd (and the attached echo server) was measured with no traffic.
+    let idle = v["idle_cpu_percent"].as_array().expect("idle_cpu_percent");
+    assert!(idle.iter().any(|p| p["process"] == "tasd"), "{v}");
+    for p in idle {
+        let pct = p["percent"].as_f64().expect("percent");
+        assert!((0.0..=200.0).contains(&pct), "{p}");
     }
     // The stack side's fast path did the stack-side work and the accounting saw it.
     let cycles = v["cycles"].as_array().expect("cycles");
@@ -104,6 +155,7 @@ fn compare_quick_produces_a_complete_table() {
         .count();
     assert_eq!(table_rows, rows.len() + cycles.len(), "{section}");
     assert!(!section.contains("FAILED"), "{section}");
+    assert_eq!(section.matches("| failed: ").count(), failed, "{section}");
     let chart = std::fs::read(&png).expect("chart written");
     assert_eq!(&chart[..8], b"\x89PNG\r\n\x1a\n");
     // No sandbox left behind.

@@ -33,6 +33,10 @@ pub struct Row {
     pub better: Better,
     /// What ran on the kernel side, if not the same program ("redis-server").
     pub kernel_label: Option<String>,
+    /// Why the stack side has no result, when the program under test failed there (a
+    /// program under the LD_PRELOAD shim that hung or errored): the row is then a recorded
+    /// finding, shown as "failed: REASON", not a broken harness.
+    pub failed: Option<String>,
 }
 
 impl Row {
@@ -56,6 +60,11 @@ impl Row {
     /// True if both results and the ratio are there.
     pub fn complete(&self) -> bool {
         self.ratio().is_some()
+    }
+
+    /// True if the row is complete, or says why the stack side failed.
+    pub fn accounted(&self) -> bool {
+        self.complete() || (self.stack.is_none() && self.kernel.is_some() && self.failed.is_some())
     }
 }
 
@@ -91,6 +100,13 @@ fn cell(v: Option<f64>) -> String {
     v.map_or_else(|| "FAILED".to_string(), fmt_value)
 }
 
+fn stack_cell(r: &Row) -> String {
+    match (&r.failed, r.stack) {
+        (Some(why), None) => format!("failed: {}", why.replace('|', "/")),
+        _ => cell(r.stack),
+    }
+}
+
 fn ratio_cell(r: &Row) -> String {
     r.ratio().map_or_else(|| "-".to_string(), |x| format!("{x:.2}x"))
 }
@@ -115,7 +131,7 @@ pub fn text_table(rows: &[Row]) -> String {
         t.row([
             r.workload.clone(),
             r.metric.clone(),
-            cell(r.stack),
+            stack_cell(r),
             cell(r.kernel),
             ratio_cell(r),
             match r.stack_wins() {
@@ -140,7 +156,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
             "| {} | {} | {} | {} | {} | {} |\n",
             r.workload,
             r.metric,
-            cell(r.stack),
+            stack_cell(r),
             cell(r.kernel),
             ratio_cell(r),
             kernel_name(r)
@@ -162,6 +178,7 @@ pub fn json_rows(rows: &[Row]) -> Value {
                     "ratio": r.ratio(),
                     "better": match r.better { Better::Higher => "higher", Better::Lower => "lower" },
                     "kernel_side": kernel_name(r),
+                    "failed": r.failed,
                 })
             })
             .collect(),
@@ -318,6 +335,7 @@ mod tests {
             kernel,
             better,
             kernel_label: None,
+            failed: None,
         }
     }
 
@@ -353,6 +371,23 @@ mod tests {
         let md = markdown_table(&rows);
         assert_eq!(md.lines().count(), 4);
         assert!(md.lines().nth(2).unwrap().contains("| 200 | 100 | 2.00x |"));
+    }
+
+    #[test]
+    fn a_failed_stack_side_says_why() {
+        let mut r = row(None, Some(100.0), Better::Higher);
+        assert!(!r.accounted());
+        r.failed = Some("server hung | no reply".into());
+        assert!(r.accounted() && !r.complete());
+        let md = markdown_table(std::slice::from_ref(&r));
+        assert!(md.contains("| failed: server hung / no reply | 100 | - |"), "{md}");
+        let j = json_rows(std::slice::from_ref(&r));
+        assert_eq!(j[0]["failed"], "server hung | no reply");
+        assert!(j[0]["ratio"].is_null());
+        // A kernel-side failure is never accounted for by a reason.
+        let mut k = row(Some(1.0), None, Better::Higher);
+        k.failed = Some("x".into());
+        assert!(!k.accounted());
     }
 
     #[test]
