@@ -510,6 +510,13 @@ impl<IO: PacketIo> FastPath<IO> {
                     self.io.set_capture(spec.map(|s| *s));
                 }
                 Command::ShutdownTx { flow } => self.shutdown_tx(flow),
+                Command::Orphan { flow } => {
+                    self.doorbells();
+                    if let Some(f) = self.flows.get(flow) {
+                        let closing = f.has(F_ACTIVE) && f.has(F_TX_FIN_PENDING);
+                        self.report(ToSlow::Orphaned { flow, closing });
+                    }
+                }
                 Command::MoveFlow { flow, app, conn, rx_space } => {
                     // Doorbells the old owner posted before the move apply to the old
                     // slot; later ones fail the app/slot check (counted as bad).

@@ -104,6 +104,13 @@ pub enum Command {
         /// bytes = this minus the free window.
         rx_space: u32,
     },
+    /// The application owning flow `flow` went away (its region stays mapped until its
+    /// flows are gone). The core takes the doorbells it posted before it went, and answers
+    /// [`ToSlow::Orphaned`]: whether it had closed its sending side.
+    Orphan {
+        /// Flow-table index.
+        flow: u32,
+    },
     /// Congestion control's limits for flow `flow`; also turns on its periodic
     /// [`ToSlow::Cc`] reports.
     SetCc {
@@ -245,6 +252,15 @@ pub enum ToSlow {
         rx_fin: bool,
         /// Our FIN was queued or sent.
         tx_fin: bool,
+    },
+    /// The answer to [`Command::Orphan`]: `closing` if the application had shut down its
+    /// sending side (our FIN is queued or sent): the close can finish in order, as the
+    /// kernel finishes the close of a socket whose process exited.
+    Orphaned {
+        /// Flow-table index.
+        flow: u32,
+        /// Our FIN is queued or sent.
+        closing: bool,
     },
     /// Flow `flow` was removed; its final state.
     FlowRemoved {

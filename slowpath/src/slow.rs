@@ -328,6 +328,9 @@ pub struct SlowCounters {
     pub bad_requests: u64,
     /// Connections moved between application contexts (fork hand-over, decisions §24).
     pub moves: u64,
+    /// Connections whose application closed them and exited before the close finished:
+    /// the close went on in order instead of a reset.
+    pub orphan_closes: u64,
     /// Connections closed in order.
     pub closes: u64,
     /// Connections reset.
@@ -634,6 +637,7 @@ impl SlowPath {
             ("bad_frames", s.bad_frames),
             ("bad_requests", s.bad_requests),
             ("conn_moves", s.moves),
+            ("orphan_closes", s.orphan_closes),
             ("closes", s.closes),
             ("resets", s.resets),
             ("arp_requests", s.arp_requests),
@@ -760,7 +764,16 @@ impl SlowPath {
         }
         let keys: Vec<FlowKey> = self.conns.values().filter(|c| c.app == id).map(|c| c.key).collect();
         for k in keys {
-            self.abort_conn(k, ErrorCode::Aborted, true);
+            // An established connection the application closed before it went (FIN
+            // queued) finishes its close in order, as the kernel's would after exit; the
+            // core says which (Orphaned). Others are reset.
+            match self.conns.get(&k) {
+                Some(c) if matches!(c.phase, Phase::Established) && c.flow.is_some() => {
+                    let (core, flow) = (c.core, c.flow.unwrap_or_default());
+                    self.cores[core as usize].send(Command::Orphan { flow });
+                }
+                _ => self.abort_conn(k, ErrorCode::Aborted, true),
+            }
         }
         self.maybe_finish_detach(id);
     }
@@ -1427,6 +1440,19 @@ impl SlowPath {
                 self.counters.cc_intervals += 1;
                 if let Some(l) = cc.on_sample(&sample, &p) {
                     self.cores[core as usize].send(Command::SetCc { flow, cwnd: l.cwnd, rate_kbps: l.rate_kbps });
+                }
+            }
+            ToSlow::Orphaned { flow, closing } => {
+                let Some(key) = self.cores[core as usize].owners.get(flow as usize).copied().flatten() else { return };
+                let detaching = self.conns.get(&key).and_then(|c| self.apps.get(&c.app)).is_none_or(|a| a.detaching);
+                if !detaching {
+                    return; // moved to a live application meanwhile
+                }
+                if closing {
+                    self.counters.orphan_closes += 1;
+                    tracing::debug!(flow, "application gone; its closed connection finishes in order");
+                } else {
+                    self.abort_conn(key, ErrorCode::Aborted, true);
                 }
             }
             ToSlow::FlowMoved { flow, moved, rx_bytes, tx_bytes, rx_fin, tx_fin } => {

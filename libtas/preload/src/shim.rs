@@ -563,7 +563,12 @@ fn holder_request(p: &Arc<Proc>, adopt: bool, peer: SocketAddrV4, lport: u16, re
             Err(err) => Some(Ok(Err(err))),
         })?;
         match r {
-            Err(Error::NotFound | Error::NoResources) if retry && start.elapsed() < HOLDER_RETRY => {
+            // NoResources: the connection is being moved (another holder adopts it right
+            // now); NotFound: for an inherited socket, tasd may not know of the fork yet.
+            Err(Error::NoResources) if start.elapsed() < HOLDER_RETRY => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(Error::NotFound) if retry && start.elapsed() < HOLDER_RETRY => {
                 std::thread::sleep(Duration::from_millis(2));
             }
             r => return r.map_err(errno_of),

@@ -19,7 +19,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use tas_fastpath::ctl::Command;
 use tas_fastpath::flow::FlowKey;
 use tas_fastpath::time::Instant;
-use tas_proto::shm::{ConnHandle, ConnKey, ErrorCode, SpEvent, ADOPT_LAST, ADOPT_RX_FIN, ADOPT_TX_FIN};
+use tas_proto::shm::{
+    ConnHandle, ConnKey, ErrorCode, SpEvent, ADOPT_LAST, ADOPT_RX_FIN, ADOPT_TX_FIN,
+};
 
 use super::{Phase, SlowPath};
 
@@ -89,7 +91,9 @@ impl SlowPath {
 
     /// Does process `pid` hold connection `key`?
     fn holds(&self, key: FlowKey, pid: u32) -> bool {
-        let Some(c) = self.conns.get(&key) else { return false };
+        let Some(c) = self.conns.get(&key) else {
+            return false;
+        };
         match &c.holders {
             None => self.pid_of(c.app) == Some(pid),
             Some(v) => v.contains(&pid),
@@ -111,7 +115,9 @@ impl SlowPath {
 
     /// `Forked { child }` from application `app`: the child holds what its parent holds.
     pub(super) fn on_forked(&mut self, app: u32, child: u32) {
-        let Some(parent) = self.pid_of(app) else { return };
+        let Some(parent) = self.pid_of(app) else {
+            return;
+        };
         if child == 0 || child == parent {
             self.counters.bad_requests += 1;
             return;
@@ -133,8 +139,12 @@ impl SlowPath {
         self.watch(parent);
         for k in keys {
             let owner_pid = self.conns.get(&k).and_then(|c| self.pid_of(c.app));
-            let Some(c) = self.conns.get_mut(&k) else { continue };
-            let v = c.holders.get_or_insert_with(|| owner_pid.into_iter().collect());
+            let Some(c) = self.conns.get_mut(&k) else {
+                continue;
+            };
+            let v = c
+                .holders
+                .get_or_insert_with(|| owner_pid.into_iter().collect());
             if !v.contains(&child) {
                 v.push(child);
             }
@@ -156,14 +166,24 @@ impl SlowPath {
         if !matches!(c.phase, Phase::Established) || c.flow.is_none() || c.slot.is_none() {
             return Err(ErrorCode::NotFound);
         }
-        if self.share.moves.contains_key(&(c.core, c.flow.unwrap_or(u32::MAX))) {
+        if self
+            .share
+            .moves
+            .contains_key(&(c.core, c.flow.unwrap_or(u32::MAX)))
+        {
             return Err(ErrorCode::NoResources);
         }
         Ok(())
     }
 
     /// Start moving `key` into application `app`'s region.
-    fn start_move(&mut self, app: u32, key: FlowKey, token: u64, last: bool) -> Result<(), ErrorCode> {
+    fn start_move(
+        &mut self,
+        app: u32,
+        key: FlowKey,
+        token: u64,
+        last: bool,
+    ) -> Result<(), ErrorCode> {
         let rcvbuf = self.conns.get(&key).map_or(0, |c| c.rcvbuf);
         let rx_space = self.rcv_space(rcvbuf);
         let a = self.apps.get_mut(&app).ok_or(ErrorCode::NotFound)?;
@@ -175,8 +195,22 @@ impl SlowPath {
         let app_slot = a.slot;
         let c = self.conns.get(&key).ok_or(ErrorCode::NotFound)?;
         let (core, flow) = (c.core, c.flow.ok_or(ErrorCode::NotFound)?);
-        self.share.moves.insert((core, flow), PendingMove { key, to_app: app, to_slot: slot, token, last });
-        self.cores[core as usize].send(Command::MoveFlow { flow, app: app_slot, conn: slot, rx_space });
+        self.share.moves.insert(
+            (core, flow),
+            PendingMove {
+                key,
+                to_app: app,
+                to_slot: slot,
+                token,
+                last,
+            },
+        );
+        self.cores[core as usize].send(Command::MoveFlow {
+            flow,
+            app: app_slot,
+            conn: slot,
+            rx_space,
+        });
         self.counters.moves += 1;
         Ok(())
     }
@@ -191,7 +225,13 @@ impl SlowPath {
             self.start_move(app, key, token, false)
         });
         if let Err(error) = r {
-            self.post(app, SpEvent::AdoptFailed { token, error: Some(error) });
+            self.post(
+                app,
+                SpEvent::AdoptFailed {
+                    token,
+                    error: Some(error),
+                },
+            );
         }
     }
 
@@ -202,13 +242,23 @@ impl SlowPath {
             // NotFound: not (yet) a holder, or gone; NoResources: a move in progress
             // (the shim retries both for a while: a parent's Forked may still be on
             // its way).
-            self.post(app, SpEvent::AdoptFailed { token, error: Some(error) });
+            self.post(
+                app,
+                SpEvent::AdoptFailed {
+                    token,
+                    error: Some(error),
+                },
+            );
             return;
         }
         let Some(pid) = self.pid_of(app) else { return };
         let owner_pid = self.conns.get(&key).and_then(|c| self.pid_of(c.app));
-        let Some(c) = self.conns.get_mut(&key) else { return };
-        let v = c.holders.get_or_insert_with(|| owner_pid.into_iter().collect());
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let v = c
+            .holders
+            .get_or_insert_with(|| owner_pid.into_iter().collect());
         v.retain(|&p| p != pid);
         if !v.is_empty() {
             self.post(app, SpEvent::AdoptFailed { token, error: None });
@@ -217,18 +267,41 @@ impl SlowPath {
         // The last holder: it gets the connection, to close it.
         c.holders = None;
         if c.app == app {
-            let (Some(slot), Some(flow)) = (c.slot, c.flow) else { return };
-            let handle = ConnHandle { conn: slot, core: c.core, flow };
-            self.post(app, SpEvent::Adopted { token, handle, rx_bytes: 0, tx_bytes: 0, flags: ADOPT_LAST });
+            let (Some(slot), Some(flow)) = (c.slot, c.flow) else {
+                return;
+            };
+            let handle = ConnHandle {
+                conn: slot,
+                core: c.core,
+                flow,
+            };
+            self.post(
+                app,
+                SpEvent::Adopted {
+                    token,
+                    handle,
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                    flags: ADOPT_LAST,
+                },
+            );
         } else if let Err(error) = self.start_move(app, key, token, true) {
-            self.post(app, SpEvent::AdoptFailed { token, error: Some(error) });
+            self.post(
+                app,
+                SpEvent::AdoptFailed {
+                    token,
+                    error: Some(error),
+                },
+            );
         }
     }
 
     /// Process `pid` no longer holds `key`; if nobody does and the owner released it,
     /// tell the owner to close it.
     fn drop_holder(&mut self, key: FlowKey, pid: u32) {
-        let Some(c) = self.conns.get_mut(&key) else { return };
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
         let Some(v) = c.holders.as_mut() else { return };
         v.retain(|&p| p != pid);
         if v.is_empty() {
@@ -242,15 +315,35 @@ impl SlowPath {
 
     /// The core's answer to a [`Command::MoveFlow`].
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_moved(&mut self, core: u8, flow: u32, moved: bool, rx_bytes: u32, tx_bytes: u32, rx_fin: bool, tx_fin: bool) {
-        let Some(m) = self.share.moves.remove(&(core, flow)) else { return };
-        let still = self.conns.get(&m.key).is_some_and(|c| c.flow == Some(flow) && c.core == core);
+    pub(super) fn on_moved(
+        &mut self,
+        core: u8,
+        flow: u32,
+        moved: bool,
+        rx_bytes: u32,
+        tx_bytes: u32,
+        rx_fin: bool,
+        tx_fin: bool,
+    ) {
+        let Some(m) = self.share.moves.remove(&(core, flow)) else {
+            return;
+        };
+        let still = self
+            .conns
+            .get(&m.key)
+            .is_some_and(|c| c.flow == Some(flow) && c.core == core);
         if !moved || !still {
             if let Some(a) = self.apps.get_mut(&m.to_app) {
                 a.free_conns.push_back(m.to_slot);
                 a.conns -= 1;
             }
-            self.post(m.to_app, SpEvent::AdoptFailed { token: m.token, error: Some(ErrorCode::NotFound) });
+            self.post(
+                m.to_app,
+                SpEvent::AdoptFailed {
+                    token: m.token,
+                    error: Some(ErrorCode::NotFound),
+                },
+            );
             self.maybe_finish_detach(m.to_app);
             return;
         }
@@ -262,7 +355,13 @@ impl SlowPath {
         if let Some(s) = old_slot {
             self.by_slot.remove(&(old_app, s));
             // The old owner frees its entry on this; the slot is reused only after it.
-            self.post(old_app, SpEvent::Closed { conn: s, error: Some(ErrorCode::Moved) });
+            self.post(
+                old_app,
+                SpEvent::Closed {
+                    conn: s,
+                    error: Some(ErrorCode::Moved),
+                },
+            );
             if let Some(a) = self.apps.get_mut(&old_app) {
                 a.free_conns.push_back(s);
                 a.conns -= 1;
@@ -278,9 +377,29 @@ impl SlowPath {
         if m.last {
             flags |= ADOPT_LAST;
         }
-        let handle = ConnHandle { conn: m.to_slot, core, flow };
-        tracing::debug!(from = old_app, to = m.to_app, flow, rx_bytes, tx_bytes, "connection moved");
-        self.post(m.to_app, SpEvent::Adopted { token: m.token, handle, rx_bytes, tx_bytes, flags });
+        let handle = ConnHandle {
+            conn: m.to_slot,
+            core,
+            flow,
+        };
+        tracing::debug!(
+            from = old_app,
+            to = m.to_app,
+            flow,
+            rx_bytes,
+            tx_bytes,
+            "connection moved"
+        );
+        self.post(
+            m.to_app,
+            SpEvent::Adopted {
+                token: m.token,
+                handle,
+                rx_bytes,
+                tx_bytes,
+                flags,
+            },
+        );
         self.maybe_finish_detach(old_app);
     }
 
@@ -289,7 +408,11 @@ impl SlowPath {
         if self.share.pidfds.is_empty() {
             return 0;
         }
-        if self.share.last_check.is_some_and(|t| self.now < t + HOLDER_CHECK) {
+        if self
+            .share
+            .last_check
+            .is_some_and(|t| self.now < t + HOLDER_CHECK)
+        {
             return 0;
         }
         self.share.last_check = Some(self.now);
@@ -297,7 +420,11 @@ impl SlowPath {
             .share
             .pidfds
             .values()
-            .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .map(|fd| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
             .collect();
         poll_now(&mut fds);
         let gone: Vec<u32> = self
@@ -309,16 +436,25 @@ impl SlowPath {
             .collect();
         for &pid in &gone {
             self.share.pidfds.remove(&pid);
-            let keys: Vec<FlowKey> =
-                self.conns.values().filter(|c| c.holders.as_ref().is_some_and(|v| v.contains(&pid))).map(|c| c.key).collect();
+            let keys: Vec<FlowKey> = self
+                .conns
+                .values()
+                .filter(|c| c.holders.as_ref().is_some_and(|v| v.contains(&pid)))
+                .map(|c| c.key)
+                .collect();
             tracing::debug!(pid, conns = keys.len(), "holder process exited");
             for k in keys {
                 self.drop_holder(k, pid);
             }
         }
         // Stop watching processes that hold nothing any more.
-        let held: std::collections::HashSet<u32> =
-            self.conns.values().filter_map(|c| c.holders.as_ref()).flatten().copied().collect();
+        let held: std::collections::HashSet<u32> = self
+            .conns
+            .values()
+            .filter_map(|c| c.holders.as_ref())
+            .flatten()
+            .copied()
+            .collect();
         self.share.pidfds.retain(|pid, _| held.contains(pid));
         gone.len()
     }
