@@ -554,11 +554,15 @@ impl<IO: PacketIo> FastPath<IO> {
         let rx_bytes = rx_space.min(rx_size).saturating_sub(f.rx_avail);
         let rx_start = f.rx_head.wrapping_sub(rx_bytes);
         let tx_bytes = f.tx_sent + f.tx_avail;
-        let mut buf = vec![0u8; rx_size.max(tx_size) as usize];
-        let ok = old.attach.mem.read_ring(f.rx_base as u64, rx_size, rx_start, &mut buf[..rx_size as usize])
-            && new.attach.mem.write_ring(nl.rx_offset(conn) as u64, rx_size, 0, &buf[..rx_size as usize])
-            && old.attach.mem.read_ring(f.tx_base as u64, tx_size, f.tx_head, &mut buf[..tx_size as usize])
-            && new.attach.mem.write_ring(nl.tx_offset(conn) as u64, tx_size, 0, &buf[..tx_size as usize]);
+        // Only the bytes in use are copied (the untouched rest of a new ring stays sparse),
+        // unless out-of-order data is kept: it lies anywhere in the window after them.
+        let rx_len = if f.ooo_count > 0 { rx_size } else { rx_bytes } as usize;
+        let tx_len = tx_bytes.min(tx_size) as usize;
+        let mut buf = vec![0u8; rx_len.max(tx_len)];
+        let ok = old.attach.mem.read_ring(f.rx_base as u64, rx_size, rx_start, &mut buf[..rx_len])
+            && new.attach.mem.write_ring(nl.rx_offset(conn) as u64, rx_size, 0, &buf[..rx_len])
+            && old.attach.mem.read_ring(f.tx_base as u64, tx_size, f.tx_head, &mut buf[..tx_len])
+            && new.attach.mem.write_ring(nl.tx_offset(conn) as u64, tx_size, 0, &buf[..tx_len]);
         if !ok {
             return None;
         }

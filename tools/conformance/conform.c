@@ -781,12 +781,22 @@ static void t_handover(void) {
     /* 1. parent accepts, forks, closes its copy; the child serves and closes. */
     int c = dial_back(l, &ctl);
     CHECK("handover.accept", c >= 0);
+    /* Data the parent left unread moves with the connection: 3 bytes read (the ring
+     * position is not 0), then 5000 echoed and left in the receive buffer. */
+    char pre[5000], got[5000];
+    for (int j = 0; j < 5000; j++) pre[j] = pat(j + 11);
+    put(c, "abc");
+    CHECK("handover.pre_read", recv(c, got, 3, MSG_WAITALL));
+    CHECK("handover.pre_write", write(c, pre, sizeof pre));
+    usleep(200000);
     pipe(p);
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
         read(p[0], &b, 1); /* the parent closed its copy */
-        int r = echo_through(c);
+        int r = 0;
+        if (recv(c, got, sizeof got, MSG_WAITALL) != (ssize_t)sizeof got || memcmp(got, pre, sizeof pre)) r = 9;
+        if (!r) r = echo_through(c);
         if (!r && write(c, "bye", 3) != 3) r = 13;
         char in[3];
         if (!r && (recv(c, in, 3, MSG_WAITALL) != 3 || memcmp(in, "bye", 3))) r = 14;
