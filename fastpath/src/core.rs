@@ -510,6 +510,21 @@ impl<IO: PacketIo> FastPath<IO> {
                     self.io.set_capture(spec.map(|s| *s));
                 }
                 Command::ShutdownTx { flow } => self.shutdown_tx(flow),
+                Command::Orphan { flow } => {
+                    self.doorbells();
+                    if let Some(f) = self.flows.get(flow) {
+                        let closing = f.has(F_ACTIVE) && f.has(F_TX_FIN_PENDING);
+                        self.report(ToSlow::Orphaned { flow, closing });
+                    }
+                }
+                Command::MoveFlow { flow, app, conn, rx_space } => {
+                    // Doorbells the old owner posted before the move apply to the old
+                    // slot; later ones fail the app/slot check (counted as bad).
+                    self.doorbells();
+                    let m = self.move_flow(flow, app, conn, rx_space);
+                    let (moved, rx_bytes, tx_bytes, rx_fin, tx_fin) = m.unwrap_or_default();
+                    self.report(ToSlow::FlowMoved { flow, moved, rx_bytes, tx_bytes, rx_fin, tx_fin });
+                }
                 Command::SetCc {
                     flow,
                     cwnd,
@@ -518,6 +533,55 @@ impl<IO: PacketIo> FastPath<IO> {
             }
         }
         n
+    }
+
+    /// [`Command::MoveFlow`]: copy the rings rotated to position 0 and re-point the flow.
+    /// Allocates a scratch buffer (a rare control operation, not the steady state).
+    fn move_flow(&mut self, flow: u32, app: u16, conn: u32, rx_space: u32) -> Option<(bool, u32, u32, bool, bool)> {
+        let f = *self.flows.get(flow)?;
+        if !f.has(F_ACTIVE) {
+            return None;
+        }
+        let old = self.apps.get(f.app as usize)?.as_ref()?;
+        let new = self.apps.get(app as usize)?.as_ref()?;
+        let (ol, nl) = (old.attach.layout, new.attach.layout);
+        if conn >= nl.conn_slots || ol.rx_buf_size != nl.rx_buf_size || ol.tx_buf_size != nl.tx_buf_size {
+            return None;
+        }
+        let (rx_size, tx_size) = (f.rx_size(), f.tx_size());
+        // Everything in the receive ring from the first unread byte to the end of the
+        // free window (out-of-order data lives there): the whole ring, rotated.
+        let rx_bytes = rx_space.min(rx_size).saturating_sub(f.rx_avail);
+        let rx_start = f.rx_head.wrapping_sub(rx_bytes);
+        let tx_bytes = f.tx_sent + f.tx_avail;
+        // Only the bytes in use are copied (the untouched rest of a new ring stays sparse),
+        // unless out-of-order data is kept: it lies anywhere in the window after them.
+        let rx_len = if f.ooo_count > 0 { rx_size } else { rx_bytes } as usize;
+        let tx_len = tx_bytes.min(tx_size) as usize;
+        let mut buf = vec![0u8; rx_len.max(tx_len)];
+        let ok = old.attach.mem.read_ring(f.rx_base as u64, rx_size, rx_start, &mut buf[..rx_len])
+            && new.attach.mem.write_ring(nl.rx_offset(conn) as u64, rx_size, 0, &buf[..rx_len])
+            && old.attach.mem.read_ring(f.tx_base as u64, tx_size, f.tx_head, &mut buf[..tx_len])
+            && new.attach.mem.write_ring(nl.tx_offset(conn) as u64, tx_size, 0, &buf[..tx_len]);
+        if !ok {
+            return None;
+        }
+        let rx_fin = f.has(F_RX_FIN);
+        let tx_fin = f.has(F_TX_FIN_PENDING);
+        let fm = self.flows.get_mut(flow)?;
+        fm.app = app;
+        fm.conn = conn;
+        fm.rx_base = nl.rx_offset(conn) as u32;
+        fm.tx_base = nl.tx_offset(conn) as u32;
+        fm.rx_head = rx_bytes & (rx_size - 1);
+        fm.tx_head = 0;
+        // What was not announced to the old owner is in the counts the new one gets.
+        fm.rx_pending = 0;
+        fm.tx_freed_pending = 0;
+        if rx_fin {
+            fm.flags |= F_FIN_REPORTED;
+        }
+        Some((true, rx_bytes, tx_bytes, rx_fin, tx_fin))
     }
 
     fn add_app(&mut self, slot: u16, app: Box<AppAttach>) {

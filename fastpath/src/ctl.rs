@@ -86,6 +86,31 @@ pub enum Command {
         /// Flow-table index.
         flow: u32,
     },
+    /// Move flow `flow` to connection slot `conn` of application slot `app` (a
+    /// connection handed to another context or process, decisions §26): the core first
+    /// takes every pending doorbell, then copies the unread receive bytes (and any kept
+    /// out-of-order data after them) and the unacknowledged and unsent transmit bytes
+    /// into the new slot's rings, rotated to start at ring position 0, and re-points the
+    /// flow. Answers [`ToSlow::FlowMoved`]. Segments are processed before or after the
+    /// command, never during it: nothing is lost.
+    MoveFlow {
+        /// Flow-table index.
+        flow: u32,
+        /// Target application slot on this core.
+        app: u16,
+        /// Target connection slot in that application's region.
+        conn: u32,
+        /// The flow's receive space (its `SO_RCVBUF` window cap, or the ring): unread
+        /// bytes = this minus the free window.
+        rx_space: u32,
+    },
+    /// The application owning flow `flow` went away (its region stays mapped until its
+    /// flows are gone). The core takes the doorbells it posted before it went, and answers
+    /// [`ToSlow::Orphaned`]: whether it had closed its sending side.
+    Orphan {
+        /// Flow-table index.
+        flow: u32,
+    },
     /// Congestion control's limits for flow `flow`; also turns on its periodic
     /// [`ToSlow::Cc`] reports.
     SetCc {
@@ -211,6 +236,31 @@ pub enum ToSlow {
         flow: u32,
         /// The counters.
         sample: CcSample,
+    },
+    /// The answer to [`Command::MoveFlow`]: `moved` false if the flow or either
+    /// application was gone (nothing changed).
+    FlowMoved {
+        /// Flow-table index.
+        flow: u32,
+        /// The flow moved.
+        moved: bool,
+        /// Unread receive bytes now at ring position 0 of the new slot.
+        rx_bytes: u32,
+        /// Transmit bytes (unacknowledged, then unsent) now at position 0.
+        tx_bytes: u32,
+        /// The peer's FIN had arrived (in order).
+        rx_fin: bool,
+        /// Our FIN was queued or sent.
+        tx_fin: bool,
+    },
+    /// The answer to [`Command::Orphan`]: `closing` if the application had shut down its
+    /// sending side (our FIN is queued or sent): the close can finish in order, as the
+    /// kernel finishes the close of a socket whose process exited.
+    Orphaned {
+        /// Flow-table index.
+        flow: u32,
+        /// Our FIN is queued or sent.
+        closing: bool,
     },
     /// Flow `flow` was removed; its final state.
     FlowRemoved {

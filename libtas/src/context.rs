@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tas_proto::queue::ShmQueue;
-use tas_proto::shm::{ConnHandle, ConnInfo, ControlRequest, Doorbell, FpEvent, Layout, SpEvent};
+use tas_proto::shm::{ConnHandle, ConnInfo, ConnKey, ControlRequest, Doorbell, FpEvent, Layout, SpEvent};
+use tas_proto::shm::{ADOPT_LAST, ADOPT_RX_FIN, ADOPT_TX_FIN};
 
 use crate::error::{Error, Result};
 use crate::shm::{Region, RegionMapping};
@@ -198,6 +199,10 @@ struct Conn {
     queued: bool,
     /// This index is in `dirty_conns` (likewise).
     dirty: bool,
+    /// Given up while another process still held the connection ([`Context::forget`]):
+    /// the entry waits, posting nothing, until the connection moves away (`Closed` with
+    /// `Moved`) or the service says nobody holds it any more (`Orphaned`: closed then).
+    forgotten: bool,
 }
 
 impl Conn {
@@ -225,8 +230,31 @@ impl Conn {
             ev: 0,
             queued: false,
             dirty: false,
+            forgotten: false,
         }
     }
+}
+
+/// What became of an adopt or release request ([`Context::adopt_result`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adoption {
+    /// The connection is now in this context (moved here, or it already was, for the last
+    /// holder's release); `last`: it was the reply to the last holder's release, so the
+    /// application closes it now.
+    Here {
+        /// The connection's handle in this context.
+        conn: ConnId,
+        /// No other process holds it.
+        last: bool,
+    },
+    /// A release, and another process still holds the connection.
+    NotLast,
+}
+
+struct PendingAdopt {
+    peer: SocketAddrV4,
+    local_port: u16,
+    result: Option<Result<Adoption>>,
 }
 
 struct Listener {
@@ -293,6 +321,8 @@ pub struct Context {
     pending_connects: HashMap<u64, u32>,
     /// `Info` requests waiting for (None) or holding (Some) their reply.
     pending_infos: HashMap<u64, Option<ConnInfo>>,
+    /// Adopt and release requests (decisions §26).
+    pending_adopts: HashMap<u64, PendingAdopt>,
     dirty_conns: Vec<u32>,
     ready: VecDeque<Ready>,
     out: VecDeque<Event>,
@@ -474,6 +504,7 @@ impl Context {
             pending_listens: HashMap::new(),
             pending_connects: HashMap::new(),
             pending_infos: HashMap::new(),
+            pending_adopts: HashMap::new(),
             dirty_conns: Vec::new(),
             ready: VecDeque::new(),
             out: VecDeque::new(),
@@ -599,6 +630,9 @@ impl Context {
     fn flush_conn(&mut self, idx: usize) {
         let c = &mut self.conns[idx];
         let Some(h) = c.handle else { return };
+        if c.forgotten {
+            return; // another process may still use the connection: post nothing
+        }
         let q = &mut self.fp[h.core as usize];
         let mut ok = true;
         if c.tx_unposted > 0 {
@@ -855,6 +889,24 @@ impl Context {
 
     fn on_sp_event(&mut self, ev: SpEvent) {
         match ev {
+            SpEvent::Adopted { token, handle, rx_bytes, tx_bytes, flags } => {
+                self.on_adopted(token, handle, rx_bytes, tx_bytes, flags);
+            }
+            SpEvent::AdoptFailed { token, error } => {
+                if let Some(p) = self.pending_adopts.get_mut(&token) {
+                    p.result = Some(error.map_or(Ok(Adoption::NotLast), |e| Err(Error::from_code(e))));
+                }
+            }
+            SpEvent::Orphaned { conn } => {
+                let Some(mapped) = self.mapped(conn) else { return };
+                if let Some(idx) = mapped {
+                    if self.conns[idx].forgotten {
+                        // Nobody else holds it: the close this context deferred happens now.
+                        self.conns[idx].forgotten = false;
+                        self.flush_conn(idx);
+                    }
+                }
+            }
             SpEvent::Info { token, info } => match self.pending_infos.get_mut(&token) {
                 Some(slot @ None) => *slot = Some(info),
                 Some(Some(_)) => self.fail(Error::Protocol("a second info reply to one request")),
@@ -981,7 +1033,8 @@ impl Context {
                 self.slot_map[conn as usize] = NONE;
                 let c = &mut self.conns[idx];
                 let h = c.handle.take();
-                if !c.released && c.rx_avail > 0 && c.rescued.is_none() {
+                let moved = error == Some(tas_proto::shm::ErrorCode::Moved);
+                if !c.released && !moved && c.rx_avail > 0 && c.rescued.is_none() {
                     if let Some(h) = h {
                         let mut buf = vec![0u8; c.rx_avail as usize].into_boxed_slice();
                         self.region.rx_ring(h.conn).read(c.rx_read, &mut buf);
@@ -991,6 +1044,7 @@ impl Context {
                 c.closed = Some(error.map(Error::from_code));
                 c.tx_unposted = 0;
                 c.rx_unacked = 0;
+                c.forgotten = false;
                 if c.released {
                     self.free_conn(idx);
                 } else {
@@ -998,6 +1052,125 @@ impl Context {
                 }
             }
         }
+    }
+
+    /// A connection moved into this context, or the last holder's release came back.
+    fn on_adopted(&mut self, token: u64, handle: ConnHandle, rx_bytes: u32, tx_bytes: u32, flags: u16) {
+        let l = *self.region.layout();
+        let last = flags & ADOPT_LAST != 0;
+        let here = handle.conn < l.conn_slots && self.slot_map[handle.conn as usize] != NONE;
+        if last && here {
+            let idx = self.slot_map[handle.conn as usize] as usize;
+            let id = self.conn_id(idx);
+            if let Some(p) = self.pending_adopts.get_mut(&token) {
+                p.result = Some(Ok(Adoption::Here { conn: id, last }));
+            }
+            return;
+        }
+        if !self.check_handle(&handle) {
+            return;
+        }
+        if rx_bytes > l.rx_buf_size || tx_bytes > l.tx_buf_size {
+            return self.fail(Error::Protocol("an adopted connection holds more than its rings"));
+        }
+        let idx = self.alloc_conn();
+        let (peer, local_port) = match self.pending_adopts.get(&token) {
+            Some(p) => (p.peer, p.local_port),
+            None => (SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 0),
+        };
+        let c = &mut self.conns[idx];
+        c.peer = peer;
+        c.local_port = local_port;
+        c.rx_read = 0;
+        c.rx_avail = rx_bytes;
+        c.rx_fin = flags & ADOPT_RX_FIN != 0;
+        c.tx_write = tx_bytes as u64;
+        c.tx_free = l.tx_buf_size - tx_bytes;
+        c.shutdown = if flags & ADOPT_TX_FIN != 0 { Shutdown::Posted } else { Shutdown::No };
+        self.adopt(idx, handle);
+        let id = self.conn_id(idx);
+        match self.pending_adopts.get_mut(&token) {
+            Some(p) => {
+                p.result = Some(Ok(Adoption::Here { conn: id, last }));
+                let c = &self.conns[idx];
+                let bits = if c.rx_avail > 0 || c.rx_fin { EV_READABLE } else { 0 } | if c.tx_free > 0 { EV_WRITABLE } else { 0 };
+                if bits != 0 {
+                    self.mark(idx, bits);
+                }
+            }
+            // A request nobody waits for any more: close what arrived.
+            None => self.release_conn(idx, false),
+        }
+    }
+
+    // ---- connections shared between processes (decisions §26) -----------------------------
+
+    /// This process forked: tell the service that process `child` holds every connection
+    /// this process holds. Call it in the parent, before the parent can close any of them.
+    pub fn forked(&mut self, child: u32) -> Result<()> {
+        self.health()?;
+        self.request(ControlRequest::Forked { child });
+        self.publish();
+        Ok(())
+    }
+
+    fn key_of(peer: SocketAddrV4, local_port: u16) -> ConnKey {
+        ConnKey { remote_ip: u32::from(*peer.ip()), remote_port: peer.port(), local_port }
+    }
+
+    /// Ask the service to move the connection `local_port` <-> `peer`, which this process
+    /// holds (it inherited it, or another process used it since), into this context.
+    /// [`Context::adopt_result`] gives the answer.
+    pub fn adopt_start(&mut self, peer: SocketAddrV4, local_port: u16) -> Result<Token> {
+        self.health()?;
+        let token = self.next_token();
+        self.pending_adopts.insert(token, PendingAdopt { peer, local_port, result: None });
+        self.request(ControlRequest::Adopt { token, key: Self::key_of(peer, local_port) });
+        self.publish();
+        Ok(Token(token))
+    }
+
+    /// This process gives up its hold on the connection `local_port` <-> `peer` (its last
+    /// descriptor closed). The answer ([`Context::adopt_result`]) is
+    /// [`Adoption::NotLast`] if another process still holds it (then [`Context::forget`]
+    /// the handle if this context has one), or [`Adoption::Here`] with `last` for the last
+    /// holder: the connection is in this context then, to be closed.
+    pub fn release_start(&mut self, peer: SocketAddrV4, local_port: u16) -> Result<Token> {
+        self.health()?;
+        let token = self.next_token();
+        self.pending_adopts.insert(token, PendingAdopt { peer, local_port, result: None });
+        self.request(ControlRequest::Release { token, key: Self::key_of(peer, local_port) });
+        self.publish();
+        Ok(Token(token))
+    }
+
+    /// The answer to [`Context::adopt_start`] or [`Context::release_start`], once it came
+    /// (`Ok(None)` before). The service always answers; a token is answered once.
+    pub fn adopt_result(&mut self, token: Token) -> Result<Option<Adoption>> {
+        self.health()?;
+        self.poll();
+        match self.pending_adopts.get(&token.0) {
+            None => Err(Error::InvalidHandle),
+            Some(PendingAdopt { result: None, .. }) => Ok(None),
+            Some(_) => match self.pending_adopts.remove(&token.0).and_then(|p| p.result) {
+                Some(r) => r.map(Some),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Give the handle up without closing the connection, because another process still
+    /// holds it: queued data is posted first, then the entry posts nothing more until the
+    /// connection moves away (freed then) or the service reports that nobody holds it any
+    /// more (then it is closed as [`Context::close`] would).
+    pub fn forget(&mut self, c: ConnId) -> Result<()> {
+        self.health()?;
+        let idx = self.conn_idx(c)?;
+        self.flush_conn(idx);
+        self.conns[idx].forgotten = true;
+        self.release_conn(idx, false);
+        self.publish();
+        Ok(())
     }
 
     // ---- waiting --------------------------------------------------------------------------

@@ -55,6 +55,10 @@ pub enum Error {
     /// The service found no such listener or connection.
     #[error("not found in tasd (no such listener or connection)")]
     NotFound,
+    /// The connection moved to another context (another process holding it used it):
+    /// adopt it back with [`crate::Context::adopt_start`] to use it here.
+    #[error("the connection moved to another context")]
+    Moved,
     /// An argument was out of range (port 0, empty buffer where data is needed, ...).
     #[error("invalid argument")]
     InvalidArgument,
@@ -105,6 +109,7 @@ impl Error {
             ErrorCode::Permission => Error::PermissionDenied,
             ErrorCode::NotFound => Error::NotFound,
             ErrorCode::Version => Error::Version { ours: tas_proto::shm::ABI_VERSION },
+            ErrorCode::Moved => Error::Moved,
         }
     }
 

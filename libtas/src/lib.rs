@@ -38,7 +38,7 @@ mod error;
 mod shm;
 mod sys;
 
-pub use context::{ConnId, ConnState, Context, Event, ListenOptions, ListenerId, RecvView, Token, DEFAULT_SPIN, SPIN_ENV};
+pub use context::{Adoption, ConnId, ConnState, Context, Event, ListenOptions, ListenerId, RecvView, Token, DEFAULT_SPIN, SPIN_ENV};
 pub use error::{Error, Result};
 pub use tas_proto::shm::ConnInfo;
 pub use shm::RegionMapping;

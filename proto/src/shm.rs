@@ -37,7 +37,7 @@ use core::sync::atomic::AtomicU32;
 
 /// Version of this ABI; an application and a service must agree exactly. 2: the `Info`
 /// request and reply (`TCP_INFO`), the receive buffer of `Listen` and `Connect`.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 /// `"TASREGN1"`: the first eight bytes of every region.
 pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"TASREGN1");
 /// Cache-line size assumed by the layout (x86-64 and most arm64 cores).
@@ -225,6 +225,35 @@ pub const INFO_TIMESTAMPS: u16 = 1 << 1;
 pub const INFO_SACK: u16 = 1 << 2;
 /// [`ConnInfo::opts`] bit: window scaling is in use (shifts in bits 8-11 and 12-15).
 pub const INFO_WSCALE: u16 = 1 << 3;
+/// Control request: this process forked; child pid `len` holds every connection this
+/// process holds (cross-process reference counting, decisions §26).
+pub const KIND_REQ_FORKED: u8 = 54;
+/// Control request: move the connection `ip:remote_port` -> `local_port`, which this
+/// process holds, into this context; reply [`KIND_ADOPTED`] or [`KIND_ADOPT_FAILED`]
+/// tagged `aux`.
+pub const KIND_REQ_ADOPT: u8 = 55;
+/// Control request: this process gives up its hold on the connection `ip:remote_port` ->
+/// `local_port` (its last descriptor closed); reply tagged `aux`: [`KIND_ADOPTED`] with
+/// [`ADOPT_LAST`] if it was the last holder (the connection is now in this context, to be
+/// closed), else [`KIND_ADOPT_FAILED`] with error 0.
+pub const KIND_REQ_RELEASE: u8 = 56;
+/// Slow-path reply: the connection is now in this context at `conn`/`core`/`flow`; its
+/// receive ring holds `len` unread bytes from position 0, its transmit ring `ip` bytes
+/// (unacknowledged, then unsent) from position 0; flags [`ADOPT_RX_FIN`],
+/// [`ADOPT_TX_FIN`], [`ADOPT_LAST`].
+pub const KIND_ADOPTED: u8 = 39;
+/// Slow-path reply: adopt/release tagged `aux` failed with error `len` (0: a release that
+/// was not the last).
+pub const KIND_ADOPT_FAILED: u8 = 40;
+/// Slow-path event: connection slot `conn`, which this context gave up while another
+/// process held it, has no holder left: close it now.
+pub const KIND_ORPHANED: u8 = 41;
+/// [`KIND_ADOPTED`] flag: the peer's FIN was received after the unread bytes.
+pub const ADOPT_RX_FIN: u16 = 1 << 0;
+/// [`KIND_ADOPTED`] flag: our FIN is queued or sent (the sending side was shut down).
+pub const ADOPT_TX_FIN: u16 = 1 << 1;
+/// [`KIND_ADOPTED`] flag: the reply to a release by the last holder.
+pub const ADOPT_LAST: u16 = 1 << 2;
 /// Slow-path reply: the listen tagged `aux` succeeded as listener `conn`.
 pub const KIND_LISTEN_OK: u8 = 36;
 /// Slow-path reply: the listen tagged `aux` failed with error `len`.
@@ -260,6 +289,9 @@ pub enum ErrorCode {
     NotFound = 10,
     /// ABI version mismatch.
     Version = 11,
+    /// The connection moved to another application context (another process that holds
+    /// it used it: see [`ControlRequest::Adopt`]); a holder that uses it again adopts it back.
+    Moved = 12,
 }
 
 impl ErrorCode {
@@ -278,6 +310,7 @@ impl ErrorCode {
             9 => Permission,
             10 => NotFound,
             11 => Version,
+            12 => Moved,
             _ => return None,
         })
     }
@@ -297,6 +330,7 @@ impl core::fmt::Display for ErrorCode {
             ErrorCode::Permission => "permission denied",
             ErrorCode::NotFound => "not found",
             ErrorCode::Version => "ABI version mismatch",
+            ErrorCode::Moved => "connection moved to another context",
         };
         f.write_str(s)
     }
@@ -446,6 +480,34 @@ pub enum SpEvent {
         /// What the service knows.
         info: ConnInfo,
     },
+    /// A connection moved into this context (reply to [`ControlRequest::Adopt`], or to
+    /// the last holder's [`ControlRequest::Release`]).
+    Adopted {
+        /// The app's tag from the request.
+        token: u64,
+        /// Where the connection lives now.
+        handle: ConnHandle,
+        /// Unread bytes in the receive ring, from ring position 0.
+        rx_bytes: u32,
+        /// Bytes in the transmit ring (unacknowledged, then unsent), from position 0.
+        tx_bytes: u32,
+        /// `ADOPT_*` flags.
+        flags: u16,
+    },
+    /// An adopt or release request failed (`error`), or a release was not the last
+    /// (`error` None).
+    AdoptFailed {
+        /// The app's tag from the request.
+        token: u64,
+        /// Why.
+        error: Option<ErrorCode>,
+    },
+    /// Connection slot `conn` (given up by this context while another process held it)
+    /// has no holder left: the application closes it.
+    Orphaned {
+        /// Connection slot.
+        conn: u32,
+    },
 }
 
 /// App -> slow path control requests (on the request queue after the event queue).
@@ -501,6 +563,37 @@ pub enum ControlRequest {
         /// Connection slot.
         conn: u32,
     },
+    /// This process forked: process `child` now holds every connection this one holds.
+    Forked {
+        /// The child's pid.
+        child: u32,
+    },
+    /// Move a connection this process holds into this context ([`SpEvent::Adopted`]).
+    Adopt {
+        /// The app's tag, echoed in the reply.
+        token: u64,
+        /// The connection: remote address (host order), remote port, local port.
+        key: ConnKey,
+    },
+    /// This process no longer holds the connection (its last descriptor closed).
+    Release {
+        /// The app's tag, echoed in the reply.
+        token: u64,
+        /// The connection.
+        key: ConnKey,
+    },
+}
+
+/// A connection named by its addresses (unique among the service's live connections):
+/// how processes that share one name it ([`ControlRequest::Adopt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// Remote IPv4 address, host order.
+    pub remote_ip: u32,
+    /// Remote port.
+    pub remote_port: u16,
+    /// Local port.
+    pub local_port: u16,
 }
 
 impl ControlRequest {
@@ -521,6 +614,23 @@ impl ControlRequest {
                 Desc { kind: KIND_REQ_UNLISTEN, len: listener, ..Desc::default() }
             }
             ControlRequest::Info { token, conn } => Desc { kind: KIND_REQ_INFO, conn, aux: token, ..Desc::default() },
+            ControlRequest::Forked { child } => Desc { kind: KIND_REQ_FORKED, len: child, ..Desc::default() },
+            ControlRequest::Adopt { token, key } => Desc {
+                kind: KIND_REQ_ADOPT,
+                ip: key.remote_ip,
+                remote_port: key.remote_port,
+                local_port: key.local_port,
+                aux: token,
+                ..Desc::default()
+            },
+            ControlRequest::Release { token, key } => Desc {
+                kind: KIND_REQ_RELEASE,
+                ip: key.remote_ip,
+                remote_port: key.remote_port,
+                local_port: key.local_port,
+                aux: token,
+                ..Desc::default()
+            },
         }
     }
     /// Decode (the service calls this on untrusted input).
@@ -540,6 +650,15 @@ impl ControlRequest {
             KIND_REQ_ABORT => ControlRequest::Abort { conn: d.conn },
             KIND_REQ_UNLISTEN => ControlRequest::Unlisten { listener: d.len },
             KIND_REQ_INFO => ControlRequest::Info { token: d.aux, conn: d.conn },
+            KIND_REQ_FORKED => ControlRequest::Forked { child: d.len },
+            KIND_REQ_ADOPT => ControlRequest::Adopt {
+                token: d.aux,
+                key: ConnKey { remote_ip: d.ip, remote_port: d.remote_port, local_port: d.local_port },
+            },
+            KIND_REQ_RELEASE => ControlRequest::Release {
+                token: d.aux,
+                key: ConnKey { remote_ip: d.ip, remote_port: d.remote_port, local_port: d.local_port },
+            },
             k => return Err(BadDesc(k)),
         })
     }
@@ -637,6 +756,21 @@ impl SpEvent {
                 len: error.map_or(0, |e| e as u32),
                 ..Desc::default()
             },
+            SpEvent::Adopted { token, handle, rx_bytes, tx_bytes, flags } => Desc {
+                kind: KIND_ADOPTED,
+                core: handle.core,
+                flow: handle.flow,
+                conn: handle.conn,
+                len: rx_bytes,
+                ip: tx_bytes,
+                flags,
+                aux: token,
+                ..Desc::default()
+            },
+            SpEvent::AdoptFailed { token, error } => {
+                Desc { kind: KIND_ADOPT_FAILED, len: error.map_or(0, |e| e as u32), aux: token, ..Desc::default() }
+            }
+            SpEvent::Orphaned { conn } => Desc { kind: KIND_ORPHANED, conn, ..Desc::default() },
             SpEvent::Info { token, info } => Desc {
                 kind: KIND_INFO,
                 core: 0,
@@ -680,6 +814,22 @@ impl SpEvent {
                     Some(ErrorCode::from_u32(d.len).ok_or(BadDesc(d.kind))?)
                 },
             },
+            KIND_ADOPTED => SpEvent::Adopted {
+                token: d.aux,
+                handle,
+                rx_bytes: d.len,
+                tx_bytes: d.ip,
+                flags: d.flags,
+            },
+            KIND_ADOPT_FAILED => SpEvent::AdoptFailed {
+                token: d.aux,
+                error: if d.len == 0 {
+                    None
+                } else {
+                    Some(ErrorCode::from_u32(d.len).ok_or(BadDesc(d.kind))?)
+                },
+            },
+            KIND_ORPHANED => SpEvent::Orphaned { conn: d.conn },
             KIND_INFO => SpEvent::Info {
                 token: d.aux,
                 info: ConnInfo {
@@ -896,6 +1046,11 @@ mod tests {
             SpEvent::ListenOk { token: 1, listener: 2 },
             SpEvent::ListenFailed { token: 1, error: ErrorCode::AddrInUse },
             SpEvent::Closed { conn: 4, error: None },
+            SpEvent::Closed { conn: 4, error: Some(ErrorCode::Moved) },
+            SpEvent::Adopted { token: 9, handle: h, rx_bytes: 1000, tx_bytes: 77, flags: ADOPT_RX_FIN | ADOPT_LAST },
+            SpEvent::AdoptFailed { token: 9, error: None },
+            SpEvent::AdoptFailed { token: 9, error: Some(ErrorCode::NotFound) },
+            SpEvent::Orphaned { conn: 3 },
             SpEvent::Closed { conn: 4, error: Some(ErrorCode::Reset) },
             SpEvent::Info {
                 token: 12,
@@ -931,6 +1086,9 @@ mod tests {
             ControlRequest::Abort { conn: 4 },
             ControlRequest::Unlisten { listener: 1 },
             ControlRequest::Info { token: 11, conn: 5 },
+            ControlRequest::Forked { child: 4242 },
+            ControlRequest::Adopt { token: 3, key: ConnKey { remote_ip: 0x0a000002, remote_port: 5555, local_port: 80 } },
+            ControlRequest::Release { token: 4, key: ConnKey { remote_ip: 0x0a000002, remote_port: 5555, local_port: 80 } },
         ] {
             assert_eq!(ControlRequest::decode(&r.encode()), Ok(r));
         }

@@ -30,6 +30,7 @@ use crate::cc::{Algorithm, CcInfo, CcParams, CcState, Limits};
 use crate::frames;
 
 mod ops;
+mod share;
 pub use ops::{AppDetail, CloseFlowError, ConnEvent, CoreQueues, EventKind, ListenerInfo};
 
 /// Settings of the slow path.
@@ -282,6 +283,8 @@ struct Conn {
     info_opts: u16,
     /// Receive buffer the application asked for (`SO_RCVBUF`; 0: the ring).
     rcvbuf: u32,
+    /// Processes that hold the connection after a fork (None: only the owner's).
+    holders: Option<Vec<u32>>,
 }
 
 /// The `INFO_*` option bits and window shifts of an installed flow.
@@ -323,6 +326,11 @@ pub struct SlowCounters {
     pub bad_frames: u64,
     /// Control requests rejected as malformed.
     pub bad_requests: u64,
+    /// Connections moved between application contexts (fork hand-over, decisions §26).
+    pub moves: u64,
+    /// Connections whose application closed them and exited before the close finished:
+    /// the close went on in order instead of a reset.
+    pub orphan_closes: u64,
     /// Connections closed in order.
     pub closes: u64,
     /// Connections reset.
@@ -425,6 +433,7 @@ pub struct SlowPath {
     counters: SlowCounters,
     rcv_wscale: u8,
     ops: ops::OpsState,
+    share: share::ShareState,
 }
 
 /// ARP requests beyond the first before an active open to an unresolvable neighbour
@@ -473,6 +482,7 @@ impl SlowPath {
             counters: SlowCounters::default(),
             rcv_wscale,
             ops: ops::OpsState::default(),
+            share: share::ShareState::default(),
         }
     }
 
@@ -626,6 +636,8 @@ impl SlowPath {
             ("reinjected", s.reinjected),
             ("bad_frames", s.bad_frames),
             ("bad_requests", s.bad_requests),
+            ("conn_moves", s.moves),
+            ("orphan_closes", s.orphan_closes),
             ("closes", s.closes),
             ("resets", s.resets),
             ("arp_requests", s.arp_requests),
@@ -752,7 +764,16 @@ impl SlowPath {
         }
         let keys: Vec<FlowKey> = self.conns.values().filter(|c| c.app == id).map(|c| c.key).collect();
         for k in keys {
-            self.abort_conn(k, ErrorCode::Aborted, true);
+            // An established connection the application closed before it went (FIN
+            // queued) finishes its close in order, as the kernel's would after exit; the
+            // core says which (Orphaned). Others are reset.
+            match self.conns.get(&k) {
+                Some(c) if matches!(c.phase, Phase::Established) && c.flow.is_some() => {
+                    let (core, flow) = (c.core, c.flow.unwrap_or_default());
+                    self.cores[core as usize].send(Command::Orphan { flow });
+                }
+                _ => self.abort_conn(k, ErrorCode::Aborted, true),
+            }
         }
         self.maybe_finish_detach(id);
     }
@@ -824,6 +845,7 @@ impl SlowPath {
         }
         n += self.requests();
         n += self.run_timers();
+        n += self.check_holders();
         self.publish_events();
         n
     }
@@ -832,7 +854,7 @@ impl SlowPath {
     pub fn next_deadline(&self) -> Option<Instant> {
         let a = self.timers.peek().map(|Reverse((t, _))| *t);
         let b = self.sack_timers.peek().map(|Reverse((t, _))| *t);
-        a.into_iter().chain(b).min()
+        a.into_iter().chain(b).chain(self.share.next_check()).min()
     }
 
     fn requests(&mut self) -> usize {
@@ -913,6 +935,9 @@ impl SlowPath {
                 let info = self.conn_info_reply(app, conn);
                 self.post(app, SpEvent::Info { token, info });
             }
+            ControlRequest::Forked { child } => self.on_forked(app, child),
+            ControlRequest::Adopt { token, key } => self.on_adopt(app, token, key),
+            ControlRequest::Release { token, key } => self.on_release(app, token, key),
         }
     }
 
@@ -1416,6 +1441,22 @@ impl SlowPath {
                 if let Some(l) = cc.on_sample(&sample, &p) {
                     self.cores[core as usize].send(Command::SetCc { flow, cwnd: l.cwnd, rate_kbps: l.rate_kbps });
                 }
+            }
+            ToSlow::Orphaned { flow, closing } => {
+                let Some(key) = self.cores[core as usize].owners.get(flow as usize).copied().flatten() else { return };
+                let detaching = self.conns.get(&key).and_then(|c| self.apps.get(&c.app)).is_none_or(|a| a.detaching);
+                if !detaching {
+                    return; // moved to a live application meanwhile
+                }
+                if closing {
+                    self.counters.orphan_closes += 1;
+                    tracing::debug!(flow, "application gone; its closed connection finishes in order");
+                } else {
+                    self.abort_conn(key, ErrorCode::Aborted, true);
+                }
+            }
+            ToSlow::FlowMoved { flow, moved, rx_bytes, tx_bytes, rx_fin, tx_fin } => {
+                self.on_moved(core, flow, moved, rx_bytes, tx_bytes, rx_fin, tx_fin);
             }
             ToSlow::FlowRemoved { flow, state } => {
                 let c = &mut self.cores[core as usize];
@@ -2273,6 +2314,7 @@ impl Conn {
             cc_alg: None,
             info_opts: 0,
             rcvbuf: 0,
+            holders: None,
         }
     }
 

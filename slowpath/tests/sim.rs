@@ -670,3 +670,135 @@ fn receive_buffer_bounds_the_window() {
     }
     assert_eq!(client.readable(conn), 4096);
 }
+
+/// A connection moves to another application context in the middle of a transfer both
+/// ways, under loss (decisions §26): the unread bytes in the receive ring (read position
+/// not 0) and the unacknowledged and unsent bytes in the transmit ring move with it, the
+/// old context sees `Moved`, and every byte arrives in order on both sides.
+#[test]
+fn connection_moves_between_contexts_mid_transfer() {
+    const UP: u64 = 1_500_000;
+    const DOWN: u64 = 1_000_000;
+    let imp = Impairments { loss: 0.01, delay: Duration::from_micros(200), ..Impairments::default() };
+    let mut w = World::new(imp, 11);
+    let mut s1 = context(&mut w.a, IP_A, "first");
+    let mut s2 = context(&mut w.a, IP_A, "second");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let tok = s1.listen_start(82, 16).unwrap();
+    let listener = loop {
+        w.step(&mut [&mut s1, &mut s2, &mut client]);
+        if let Some(l) = s1.listen_result(tok).unwrap() {
+            break l;
+        }
+    };
+    let conn = client.connect_start(SocketAddrV4::new(IP_A, 82)).unwrap();
+    let c1 = loop {
+        w.step(&mut [&mut s1, &mut s2, &mut client]);
+        if let Ok(Some(c)) = s1.accept(listener) {
+            break c;
+        }
+    };
+    let (mut up_sent, mut up_read, mut down_sent, mut down_read) = (0u64, 0u64, 0u64, 0u64);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut want = vec![0u8; 64 * 1024];
+    let mut got = vec![0u8; 64 * 1024];
+    let deadline = Duration::from_secs(600).as_nanos() as u64;
+    // Client side of one step: send upstream, read and check downstream.
+    let mut client_step = |client: &mut libtas::Context, up_sent: &mut u64, down_read: &mut u64| {
+        if *up_sent < UP {
+            let n = (UP - *up_sent).min(chunk.len() as u64) as usize;
+            pattern(21, *up_sent, &mut chunk[..n]);
+            if let Ok(k) = client.send(conn, &chunk[..n]) {
+                *up_sent += k as u64;
+            }
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        if let Ok(n) = client.recv(conn, &mut buf) {
+            let mut exp = vec![0u8; n];
+            pattern(22, *down_read, &mut exp);
+            assert!(buf[..n] == exp[..], "downstream corrupt at {}", *down_read);
+            *down_read += n as u64;
+        }
+    };
+    // The first context reads 100 kB (not a multiple of anything), writes what fits, then
+    // stops reading while the client keeps sending: its receive ring fills.
+    while up_read < 100_003 || down_sent < 300_000 {
+        assert!(w.clock.now().as_nanos() < deadline, "stalled before the move");
+        w.step(&mut [&mut s1, &mut s2, &mut client]);
+        client_step(&mut client, &mut up_sent, &mut down_read);
+        if up_read < 100_003 {
+            let n = (100_003 - up_read).min(got.len() as u64) as usize;
+            if let Ok(k) = s1.recv(c1, &mut got[..n]) {
+                pattern(21, up_read, &mut want[..k]);
+                assert!(got[..k] == want[..k], "upstream corrupt at {up_read}");
+                up_read += k as u64;
+            }
+        }
+        if down_sent < 300_000 {
+            let n = (300_000 - down_sent).min(16 * 1024) as usize;
+            let mut d = vec![0u8; n];
+            pattern(22, down_sent, &mut d);
+            if let Ok(k) = s1.send(c1, &d) {
+                down_sent += k as u64;
+            }
+        }
+    }
+    for _ in 0..200 {
+        w.step(&mut [&mut s1, &mut s2, &mut client]);
+        client_step(&mut client, &mut up_sent, &mut down_read);
+    }
+    let unread = s1.readable(c1);
+    assert!(unread > 0, "the first context holds unread bytes at the move");
+    let peer = SocketAddrV4::new(IP_B, client.local_port(conn).unwrap());
+    let t = s2.adopt_start(peer, 82).unwrap();
+    let c2 = loop {
+        w.step(&mut [&mut s1, &mut s2, &mut client]);
+        client_step(&mut client, &mut up_sent, &mut down_read);
+        if let Some(a) = s2.adopt_result(t).unwrap() {
+            match a {
+                libtas::Adoption::Here { conn, last: false } => break conn,
+                other => panic!("adopt: {other:?}"),
+            }
+        }
+    };
+    assert_eq!(w.a.slow.counters().moves, 1);
+    for _ in 0..10 {
+        w.step(&mut [&mut s1, &mut s2, &mut client]);
+    }
+    assert_eq!(s1.state(c1), ConnState::Failed(Error::Moved));
+    assert!(s2.readable(c2) >= unread, "unread bytes moved: {} < {unread}", s2.readable(c2));
+    // The second context finishes both directions.
+    let mut closed = false;
+    while down_read < DOWN || up_read < UP {
+        assert!(w.clock.now().as_nanos() < deadline, "stalled after the move: up {up_read}, down {down_read}");
+        w.step(&mut [&mut s1, &mut s2, &mut client]);
+        client_step(&mut client, &mut up_sent, &mut down_read);
+        if let Ok(k) = s2.recv(c2, &mut got) {
+            assert!(k > 0, "early EOF at {up_read}");
+            pattern(21, up_read, &mut want[..k]);
+            assert!(got[..k] == want[..k], "upstream corrupt at {up_read} after the move");
+            up_read += k as u64;
+        }
+        if down_sent < DOWN {
+            let n = (DOWN - down_sent).min(16 * 1024) as usize;
+            let mut d = vec![0u8; n];
+            pattern(22, down_sent, &mut d);
+            if let Ok(k) = s2.send(c2, &d) {
+                down_sent += k as u64;
+            }
+        } else if !closed {
+            s2.shutdown(c2).unwrap();
+            closed = true;
+        }
+    }
+    assert_eq!((up_read, down_read), (UP, DOWN));
+    // Orderly close both ways.
+    client.close(conn).unwrap();
+    for _ in 0..100_000 {
+        w.step(&mut [&mut s1, &mut s2, &mut client]);
+        if matches!(s2.state(c2), ConnState::Closed | ConnState::PeerClosed) {
+            break;
+        }
+    }
+    assert!(matches!(s2.state(c2), ConnState::Closed | ConnState::PeerClosed), "{:?}", s2.state(c2));
+}

@@ -93,6 +93,29 @@ static void *peer_conn(void *arg) {
     } else if (!strncmp(line, "RST", 3)) {
         struct linger l = {1, 0};
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    } else if (!strncmp(line, "DIAL", 4)) {
+        /* Connect back to PORT and echo on that connection until EOF or error; report the
+         * byte count and how it ended on this one. */
+        int port = atoi(line + 5);
+        struct sockaddr_in a; socklen_t al = sizeof a;
+        getpeername(fd, (struct sockaddr *)&a, &al);
+        a.sin_port = htons(port);
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(c, (struct sockaddr *)&a, sizeof a) == 0) {
+            long total = 0; int how = 0;
+            for (;;) {
+                ssize_t k = read(c, buf, sizeof buf);
+                if (k < 0) { how = errno; break; }
+                if (k == 0) break;
+                total += k;
+                size_t off = 0;
+                while (off < (size_t)k) { ssize_t w = write(c, buf + off, k - off); if (w <= 0) break; off += w; }
+            }
+            dprintf(fd, "%ld %s\n", total, how ? strerrorname_np(how) : "eof");
+        } else {
+            dprintf(fd, "connect failed %d\n", errno);
+        }
+        close(c);
     } else if (!strncmp(line, "CALL", 4)) {
         int port = atoi(line + 5);
         struct sockaddr_in a; socklen_t al = sizeof a;
@@ -719,6 +742,100 @@ static void t_fork(void) {
     close(fd);
 }
 
+/* Fork hand-over of accepted connections (decisions §26). The peer connects back to our
+ * listener (DIAL) and echoes; its report on the control connection says how many bytes it
+ * echoed and whether the connection ended with EOF or an error. */
+static int dial_back(int l, int *ctl) {
+    char line[64];
+    *ctl = dial();
+    snprintf(line, sizeof line, "DIAL %d\n", listen_port);
+    put(*ctl, line);
+    return accept(l, 0, 0);
+}
+static void report(const char *name, int ctl) {
+    char line[64]; size_t n = 0;
+    while (n < sizeof line - 1) { ssize_t k = read(ctl, line + n, 1); if (k <= 0) break; if (line[n++] == '\n') break; }
+    line[n] = 0;
+    if (n && line[n - 1] == '\n') line[n - 1] = 0;
+    printf("%s = %s\n", name, line);
+    fflush(stdout);
+}
+/* The child echoes 100 kB through the connection, hash-checked; 0 if all went well. */
+static int echo_through(int c) {
+    char out[10000], in[10000]; size_t i = 0;
+    for (int k = 0; k < 10; k++) {
+        for (int j = 0; j < 10000; j++) out[j] = pat(i++);
+        size_t off = 0;
+        while (off < sizeof out) { ssize_t w = write(c, out + off, sizeof out - off); if (w <= 0) return 10; off += w; }
+        if (recv(c, in, sizeof in, MSG_WAITALL) != (ssize_t)sizeof in) return 11;
+        if (fnv(in, sizeof in, FNV0) != fnv(out, sizeof out, FNV0)) return 12;
+    }
+    return 0;
+}
+static void t_handover(void) {
+    int l = tcp(), one = 1, ctl, p[2]; char b;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(listen_port)};
+    bind(l, (struct sockaddr *)&a, sizeof a);
+    listen(l, 16);
+    /* 1. parent accepts, forks, closes its copy; the child serves and closes. */
+    int c = dial_back(l, &ctl);
+    CHECK("handover.accept", c >= 0);
+    /* Data the parent left unread moves with the connection: 3 bytes read (the ring
+     * position is not 0), then 5000 echoed and left in the receive buffer. */
+    char pre[5000], got[5000];
+    for (int j = 0; j < 5000; j++) pre[j] = pat(j + 11);
+    put(c, "abc");
+    CHECK("handover.pre_read", recv(c, got, 3, MSG_WAITALL));
+    CHECK("handover.pre_write", write(c, pre, sizeof pre));
+    usleep(200000);
+    pipe(p);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        read(p[0], &b, 1); /* the parent closed its copy */
+        int r = 0;
+        if (recv(c, got, sizeof got, MSG_WAITALL) != (ssize_t)sizeof got || memcmp(got, pre, sizeof pre)) r = 9;
+        if (!r) r = echo_through(c);
+        if (!r && write(c, "bye", 3) != 3) r = 13;
+        char in[3];
+        if (!r && (recv(c, in, 3, MSG_WAITALL) != 3 || memcmp(in, "bye", 3))) r = 14;
+        if (!r && close(c) != 0) r = 15;
+        _exit(r);
+    }
+    CHECK("handover.parent_close", close(c));
+    write(p[1], "x", 1);
+    int st = -1;
+    waitpid(pid, &st, 0);
+    CHECK("handover.child_status", WIFEXITED(st) ? WEXITSTATUS(st) : 100);
+    report("handover.peer", ctl);
+    close(ctl); close(p[0]); close(p[1]);
+    /* 2. both close: the parent first, then the child; the peer sees EOF. */
+    c = dial_back(l, &ctl);
+    pipe(p);
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) { read(p[0], &b, 1); _exit(close(c) == 0 ? 0 : 1); }
+    CHECK("handover.both.parent_close", close(c));
+    write(p[1], "x", 1);
+    waitpid(pid, &st, 0);
+    CHECK("handover.both.child_status", WIFEXITED(st) ? WEXITSTATUS(st) : 100);
+    report("handover.both.peer", ctl);
+    close(ctl); close(p[0]); close(p[1]);
+    /* 3. the child exits without closing: the parent's copy still works, and its close
+     * ends the connection. */
+    c = dial_back(l, &ctl);
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) _exit(0);
+    waitpid(pid, &st, 0);
+    CHECK("handover.exit.parent_echo", echo_through(c));
+    CHECK("handover.exit.parent_close", close(c));
+    report("handover.exit.peer", ctl);
+    close(ctl);
+    close(l);
+}
+
 /* exec: a socket with close-on-exec is gone in the new program, one without it is there. */
 static int fd_survives_exec(int fd) {
     char cmd[64];
@@ -754,7 +871,7 @@ int main(int argc, char **argv) {
     RUN(t_basics); RUN(t_nb_connect); RUN(t_echo); RUN(t_nonblocking); RUN(t_peek_waitall);
     RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_sndbuf); RUN(t_rcvbuf); RUN(t_tcp_info); RUN(t_dup);
     RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_contexts); RUN(t_exclusive);
-    RUN(t_fork); RUN(t_exec);
+    RUN(t_fork); RUN(t_handover); RUN(t_exec);
     printf("done\n");
     return 0;
 }

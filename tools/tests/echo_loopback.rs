@@ -227,6 +227,15 @@ impl Loopback {
                     info: Default::default(),
                 },
             ),
+            // No processes share connections here.
+            ControlRequest::Forked { .. } => {}
+            ControlRequest::Adopt { token, .. } | ControlRequest::Release { token, .. } => self.sp(
+                app,
+                SpEvent::AdoptFailed {
+                    token,
+                    error: Some(ErrorCode::NotFound),
+                },
+            ),
         }
     }
 

@@ -508,6 +508,22 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     run(-1, || ret_int(shim::close(fd)))
 }
 
+/// fork(): libc's, then, in the parent, the child is reported to tasd as a holder of this
+/// process's connections (decisions §26). The child's side is the `pthread_atfork` handler.
+#[no_mangle]
+pub unsafe extern "C" fn fork() -> libc::pid_t {
+    // SAFETY: forwarding unchanged.
+    let pid = unsafe { raw::fork() };
+    if pid > 0 && shim::any_stack_fd() {
+        let saved = crate::sys::errno();
+        if let Some(_g) = enter() {
+            run((), || shim::after_fork_parent(pid as u32));
+        }
+        set_errno(saved.0);
+    }
+    pid
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     let Some(_g) = shim::is_stack(fd).then(enter).flatten() else {

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use libtas::{ConnId, ConnState, Context, Error, ListenOptions, ListenerId};
+use libtas::{Adoption, ConnId, ConnState, Context, Error, ListenOptions, ListenerId};
 
 use crate::sys::{self, Errno, SysResult};
 
@@ -48,6 +48,7 @@ pub fn errno_of(err: Error) -> Errno {
         Error::Aborted => libc::ECONNRESET,
         Error::PermissionDenied => libc::EACCES,
         Error::NotFound => libc::ENOENT,
+        Error::Moved => libc::EBADF,
         Error::InvalidArgument => libc::EINVAL,
         Error::InvalidHandle => libc::EBADF,
         Error::ServiceUnavailable { kind: std::io::ErrorKind::PermissionDenied, .. } => libc::EACCES,
@@ -402,6 +403,9 @@ struct SockState {
     /// SO_SNDBUF as set (Linux's halved value: the payload it stands for); 0: not set,
     /// the transmit ring's size. Sends keep at most this many bytes unacknowledged.
     sndbuf_cap: u32,
+    /// A connection another process may hold too (this process forked while holding it,
+    /// or adopted it from another process): its close is a release (decisions §26).
+    shared: bool,
 }
 
 /// A stack socket, shared by every descriptor that refers to it (dup, fork).
@@ -487,13 +491,22 @@ fn sock(fd: c_int) -> SysResult<Arc<Sock>> {
 /// tasd), on the same descriptor. Other inherited stack sockets stay stale (EBADF).
 fn adopt(fd: c_int, s: Arc<Sock>) -> SysResult<Arc<Sock>> {
     let gen = FORK_GEN.load(Ordering::SeqCst);
-    let stale = {
+    let (stale, conn) = {
         let st = lock(&s.st);
         match st.kind {
-            Kind::Listening(_) if st.gen != gen && st.port != 0 => Some((st.port, st.nonblock, st.opts.clone())),
-            _ => None,
+            Kind::Listening(_) if st.gen != gen && st.port != 0 => (Some((st.port, st.nonblock, st.opts.clone())), None),
+            Kind::Conn(c) if st.gen != gen || st.shared => (None, Some((c, st.gen == gen))),
+            _ => (None, None),
         }
     };
+    if let Some((c, ours)) = conn {
+        // An inherited connection, or one that moved to another process since: it moves
+        // here on use (decisions §26).
+        if ours && s.proc.lock().ctx.state(c) != ConnState::Failed(Error::Moved) {
+            return Ok(s);
+        }
+        return adopt_conn(&s, c, ours);
+    }
     let Some((port, nonblock, opts)) = stale else { return Ok(s) };
     let p = thread_ctx()?;
     let opts_l = ListenOptions::shared().with_rcvbuf(rcvbuf_of(&opts));
@@ -515,12 +528,198 @@ fn adopt(fd: c_int, s: Arc<Sock>) -> SysResult<Arc<Sock>> {
             nb_connect: false,
             reset_reported: false,
             sndbuf_cap: 0,
+            shared: false,
         }),
         proc: p,
         excl_claimed: AtomicU64::new(0),
     });
     insert(fd, ns.clone())?;
     Ok(ns)
+}
+
+// ---- connections shared between processes (decisions §26) --------------------------------
+
+/// How long an adopt or release from an inherited socket is retried while tasd does not
+/// know yet that this process holds the connection (the parent's `Forked` report may
+/// still be on its way when the child runs first).
+const HOLDER_RETRY: Duration = Duration::from_millis(500);
+
+/// An adopt (`adopt`) or release request on context `p`, waiting for the answer.
+fn holder_request(p: &Arc<Proc>, adopt: bool, peer: SocketAddrV4, lport: u16, retry: bool) -> SysResult<Adoption> {
+    let start = Instant::now();
+    loop {
+        let token = {
+            let mut g = p.lock();
+            if adopt {
+                g.ctx.adopt_start(peer, lport)
+            } else {
+                g.ctx.release_start(peer, lport)
+            }
+        }
+        .map_err(errno_of)?;
+        let r = p.block(false, |ctx| match ctx.adopt_result(token) {
+            Ok(None) => None,
+            Ok(Some(a)) => Some(Ok(Ok(a))),
+            Err(err) => Some(Ok(Err(err))),
+        })?;
+        match r {
+            // NoResources: the connection is being moved (another holder adopts it right
+            // now); NotFound: for an inherited socket, tasd may not know of the fork yet.
+            Err(Error::NoResources) if start.elapsed() < HOLDER_RETRY => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(Error::NotFound) if retry && start.elapsed() < HOLDER_RETRY => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            r => return r.map_err(errno_of),
+        }
+    }
+}
+
+/// Point every descriptor of socket `old` at `new`.
+fn replace_sock(old: &Arc<Sock>, new: &Arc<Sock>) {
+    for (w, word) in BITS.iter().enumerate() {
+        let mut bits = word.load(Ordering::Acquire);
+        while bits != 0 {
+            let fd = w * 64 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let mut slot = lock(&TABLE[fd]);
+            if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, old)) {
+                *slot = Some(new.clone());
+            }
+        }
+    }
+}
+
+/// Every stack socket of this process.
+fn all_socks() -> Vec<Arc<Sock>> {
+    let mut v: Vec<Arc<Sock>> = Vec::new();
+    for (w, word) in BITS.iter().enumerate() {
+        let mut bits = word.load(Ordering::Acquire);
+        while bits != 0 {
+            let fd = w * 64 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if let Some(s) = lock(&TABLE[fd]).clone() {
+                if !v.iter().any(|x| Arc::ptr_eq(x, &s)) {
+                    v.push(s);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Move connection `c` of socket `s` (inherited from the parent, or `ours` and moved to
+/// another process since) into this thread's context; every descriptor of it follows.
+fn adopt_conn(s: &Arc<Sock>, c: ConnId, ours: bool) -> SysResult<Arc<Sock>> {
+    let (peer, local, nonblock, opts, rd_shut, nfds, sndbuf_cap) = {
+        let st = lock(&s.st);
+        (st.peer, st.local, st.nonblock, st.opts.clone(), st.rd_shut, st.nfds, st.sndbuf_cap)
+    };
+    let (Some(peer), Some(local)) = (peer, local) else { return Err(e(libc::EBADF)) };
+    let p = thread_ctx()?;
+    let conn = match holder_request(&p, true, peer, local.port(), !ours) {
+        Ok(Adoption::Here { conn, .. }) => conn,
+        _ => return Err(e(libc::EBADF)),
+    };
+    if ours {
+        let _ = s.proc.lock().ctx.close(c); // frees the moved-away entry
+    }
+    let ns = Arc::new(Sock {
+        st: Mutex::new(SockState {
+            gen: p.gen,
+            kind: Kind::Conn(conn),
+            nonblock,
+            nfds,
+            port: 0,
+            auto_port: false,
+            opts,
+            rd_shut,
+            so_error: 0,
+            peer: Some(peer),
+            local: Some(local),
+            nb_connect: false,
+            reset_reported: false,
+            sndbuf_cap,
+            shared: true,
+        }),
+        proc: p,
+        excl_claimed: AtomicU64::new(0),
+    });
+    replace_sock(s, &ns);
+    lock(&s.st).kind = Kind::Stale;
+    Ok(ns)
+}
+
+/// The last descriptor of a shared connection closed: give up this process's hold; the
+/// last holder gets the connection and closes it.
+fn release_conn(s: &Arc<Sock>, c: ConnId, ours: bool, peer: SocketAddrV4, lport: u16) {
+    let moved = ours && s.proc.lock().ctx.state(c) == ConnState::Failed(Error::Moved);
+    if moved {
+        let _ = s.proc.lock().ctx.close(c);
+    }
+    let p = if ours && !moved {
+        s.proc.clone()
+    } else {
+        match thread_ctx() {
+            Ok(p) => p,
+            Err(_) => return,
+        }
+    };
+    let here = ours && !moved;
+    match holder_request(&p, false, peer, lport, !ours) {
+        Ok(Adoption::NotLast) => {
+            if here {
+                let _ = p.lock().ctx.forget(c);
+            }
+        }
+        Ok(Adoption::Here { conn, .. }) => {
+            let mut g = p.lock();
+            let _ = g.ctx.close(conn);
+            g.ctx.kick();
+        }
+        // tasd does not know the connection as shared (it ended meanwhile): close ours.
+        Err(_) => {
+            if here {
+                let _ = p.lock().ctx.close(c);
+            }
+        }
+    }
+}
+
+/// In the parent, after `fork` returned `child`: the child holds every connection this
+/// process holds. Marks them shared and tells tasd, on every context that owns one (each
+/// context's requests are in order, so the report precedes any later release).
+pub fn after_fork_parent(child: u32) {
+    if !ANY_STACK.load(Ordering::Relaxed) {
+        return;
+    }
+    let gen = FORK_GEN.load(Ordering::SeqCst);
+    let mut procs: Vec<Arc<Proc>> = Vec::new();
+    let mut any = false;
+    for s in all_socks() {
+        let mut st = lock(&s.st);
+        if let Kind::Conn(_) = st.kind {
+            any = true;
+            if st.gen == gen {
+                st.shared = true;
+                if !procs.iter().any(|p| Arc::ptr_eq(p, &s.proc)) {
+                    procs.push(s.proc.clone());
+                }
+            }
+        }
+    }
+    if !any {
+        return;
+    }
+    if let Ok(p) = thread_ctx() {
+        if !procs.iter().any(|x| Arc::ptr_eq(x, &p)) {
+            procs.push(p);
+        }
+    }
+    for p in procs {
+        let _ = p.lock().ctx.forked(child);
+    }
 }
 
 /// Processes ports bound by this process's stack sockets (the service only learns of a
@@ -545,6 +744,7 @@ fn new_sock(proc: Arc<Proc>, kind: Kind, nonblock: bool, cloexec: bool) -> SysRe
             nb_connect: false,
             reset_reported: false,
             sndbuf_cap: 0,
+            shared: false,
         }),
         proc,
         excl_claimed: AtomicU64::new(0),
@@ -1068,7 +1268,19 @@ pub fn close(fd: c_int) -> SysResult<c_int> {
     let r = sys::close(fd);
     let mut st = lock(&s.st);
     st.nfds = st.nfds.saturating_sub(1);
-    if st.nfds > 0 || st.gen != FORK_GEN.load(Ordering::Relaxed) {
+    if st.nfds > 0 {
+        return r;
+    }
+    let ours = st.gen == FORK_GEN.load(Ordering::Relaxed);
+    if let (Kind::Conn(c), Some(peer), Some(local)) = (st.kind, st.peer, st.local) {
+        if !ours || st.shared {
+            st.kind = Kind::Stale;
+            drop(st);
+            release_conn(&s, c, ours, peer, local.port());
+            return r;
+        }
+    }
+    if !ours {
         return r;
     }
     let linger0 = st

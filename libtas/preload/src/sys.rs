@@ -88,6 +88,7 @@ real! {
     pub fn sendfile64(out: c_int, inp: c_int, off: *mut libc::off64_t, n: usize) -> isize;
     pub fn shutdown(fd: c_int, how: c_int) -> c_int;
     pub fn close(fd: c_int) -> c_int;
+    pub fn fork() -> libc::pid_t;
     pub fn dup(fd: c_int) -> c_int;
     pub fn dup2(fd: c_int, new: c_int) -> c_int;
     pub fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int;

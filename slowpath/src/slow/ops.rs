@@ -162,6 +162,7 @@ pub fn error_name(e: ErrorCode) -> &'static str {
         ErrorCode::Permission => "permission",
         ErrorCode::NotFound => "not_found",
         ErrorCode::Version => "version",
+        ErrorCode::Moved => "moved",
     }
 }
 
@@ -212,7 +213,7 @@ impl SlowPath {
                 (EventKind::Listen, 0, None, port, String::new())
             }
             SpEvent::ListenFailed { error, .. } => (EventKind::ListenFailed, 0, None, 0, error_name(error).into()),
-            SpEvent::Closed { conn: slot, error } => {
+            SpEvent::Closed { conn: slot, error } if error != Some(ErrorCode::Moved) => {
                 let (k, remote, lp) = match conn(self, slot) {
                     Some((k, ip, rp, lp)) => (k, Some(SocketAddrV4::new(ip, rp)), lp),
                     None => (0, None, 0),
@@ -222,8 +223,10 @@ impl SlowPath {
                     Some(e) => (EventKind::Reset, k, remote, lp, error_name(e).into()),
                 }
             }
-            // A reply to a query, not a connection milestone.
-            SpEvent::Info { .. } => return,
+            // A reply to a query, or a hand-over between contexts (decisions §26), not a
+            // milestone.
+            SpEvent::Closed { .. }
+            | SpEvent::Info { .. } | SpEvent::Adopted { .. } | SpEvent::AdoptFailed { .. } | SpEvent::Orphaned { .. } => return,
         };
         self.emit_event(ConnEvent { at: SystemTime::now(), kind, flow_id, remote, local_port, app, detail });
     }
