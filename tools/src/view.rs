@@ -823,11 +823,38 @@ mod tests {
         assert_eq!(r.busy_percent, Some(75.0));
         assert_eq!(r.per_batch, Some(300.0));
         assert_eq!(r.per_packet, Some(100.0));
-        let rows = crate::table::parse(&cores_table(&[idle, c]));
+        let moving = Core { thread: -1, ..Default::default() };
+        let rows = crate::table::parse(&cores_table(&[idle, Core { thread: 1, ..c }, moving]));
         let n = rows[0].len();
-        assert_eq!(rows[0][n - 3..], ["BUSY%", "CYC/BATCH", "CYC/PKT"]);
-        assert_eq!(rows[1][n - 3..], ["-", "-", "-"]);
-        assert_eq!(rows[2][n - 3..], ["75.0", "300", "100"]);
+        assert_eq!(rows[0][n - 4..], ["BUSY%", "CYC/BATCH", "CYC/PKT", "THREAD"]);
+        assert_eq!(rows[1][n - 4..], ["-", "-", "-", "0"]);
+        assert_eq!(rows[2][n - 4..], ["75.0", "300", "100", "1"]);
+        assert_eq!(rows[3][n - 1], "moving");
+    }
+
+    #[test]
+    fn scaling_shows_the_count_the_marks_and_the_events() {
+        let s = Scaling {
+            threads: 2,
+            active_threads: 1,
+            forced: 0,
+            up_pct: 70,
+            down_pct: 30,
+            up_ms: 50,
+            down_ms: 500,
+            scale_ups: 1,
+            scale_downs: 2,
+            handoffs: 3,
+            load_pct: 12,
+            events: vec![ScaleEvent { at_unix_us: 1_500_000, from: 2, to: 1, load_pct: 4, forced: true }],
+        };
+        let t = scaling_text(&s);
+        assert!(t.starts_with("fast-path threads: 1 of 2 active, adaptive; load 0.12 cores; up above 70% per thread for 50 ms, down below 30% for 500 ms; 1 up, 2 down, 3 shard handoffs\n"), "{t}");
+        assert!(t.contains("  1.500  2 -> 1  load 0.04 cores  (fp_active)\n"), "{t}");
+        let j = scaling_json(&s);
+        assert_eq!((j["active_threads"].as_u64(), j["scale_downs"].as_u64()), (Some(1), Some(2)));
+        assert_eq!(j["events"][0]["to"], 1);
+        assert_eq!(j["events"][0]["forced"], true);
     }
 
     #[test]

@@ -202,3 +202,108 @@ fn forced_scaling_under_a_live_transfer_loses_nothing() {
     let rx1 = counter(&stats, "rx_frames", Some(1));
     assert!(rx0 > 0 && rx1 > 0, "both shards must carry traffic: rx_frames {rx0} / {rx1}");
 }
+
+/// The scale events as (unix µs, from, to, forced).
+fn scale_events(bed: &Bed) -> Vec<(u64, u64, u64, bool)> {
+    tasctl_json(bed, &["scaling"])["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| (e["at_unix_us"].as_u64().unwrap(), e["from"].as_u64().unwrap(), e["to"].as_u64().unwrap(), e["forced"].as_bool().unwrap()))
+        .collect()
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+/// The controller on its own (`fp_active` 0): idle, it drops to one thread; under a bulk
+/// load it adds the second (the marks are lowered so that the load this VM can offer
+/// crosses the high one); idle again, it drops back. Every change is the controller's, the
+/// transfer is hash-checked and the fast path drops nothing. Prints the reaction times
+/// (docs/benchmarks.md, "Multi-core fast path").
+#[test]
+#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+fn the_controller_follows_the_load_both_ways() {
+    let bed = Bed::up_queues("mcauto", 2);
+    // Low marks (20 % up, 5 % down) so a bulk transfer on this shared 2-CPU VM is "high":
+    // the point is the mechanism, the default marks are for dedicated cores.
+    bed.start_tasd_with(&[]);
+    tasctl_ok(&bed, &["config", "set", "fp_scale_down_pct", "5"]);
+    tasctl_ok(&bed, &["config", "set", "fp_scale_up_pct", "20"]);
+    bed.start_tas_echo_server();
+    // Idle: the controller takes the second thread away after fp_scale_down_ms (500 ms).
+    wait_active(&bed, 1);
+    let idle_at = scale_events(&bed);
+    assert!(matches!(idle_at.last(), Some((_, 2, 1, false))), "idle: {idle_at:?}");
+
+    let script = bed.peer("stream_client");
+    let started = unix_us();
+    let out = std::thread::scope(|scope| {
+        let h = scope.spawn(|| {
+            bed.run(
+                &bed.ns_b,
+                "stream_client",
+                &["python3", &script, "--connect", &format!("{IP_A}:{ECHO_PORT}"), "--bytes", "40000000", "--conns", "16", "--seed", "5"],
+                Duration::from_secs(300),
+            )
+        });
+        wait_active(&bed, 2);
+        let up = unix_us();
+        eprintln!("scale-up reaction: {:.1} ms after the transfer started", (up - started) as f64 / 1000.0);
+        assert!(!h.is_finished(), "the transfer ended before the scale-up");
+        h.join().expect("client thread")
+    });
+    let ended = unix_us();
+    let s = out.json_success();
+    assert_eq!(s["bytes_received"], 16 * 40_000_000u64, "{s}");
+    assert_eq!(s["sha256_sent"], s["sha256_received"], "{s}");
+    wait_active(&bed, 1);
+    let evs = scale_events(&bed);
+    let ups: Vec<_> = evs.iter().filter(|e| e.0 >= started && e.2 > e.1).collect();
+    let downs: Vec<_> = evs.iter().filter(|e| e.0 >= ended && e.2 < e.1).collect();
+    assert!(!ups.is_empty() && !downs.is_empty(), "{evs:?}");
+    assert!(evs.iter().all(|e| !e.3), "every change was the controller's: {evs:?}");
+    eprintln!(
+        "scale-up {:.1} ms after the load started (event time); scale-down {:.1} ms after it ended; {} Gbit/s; events {evs:?}",
+        (ups[0].0 - started) as f64 / 1000.0,
+        (downs[0].0 - ended) as f64 / 1000.0,
+        s["gbit_per_s"]
+    );
+    let stats = tasctl_json(&bed, &["stats"]);
+    assert!(fast_path_drops(&stats).is_empty(), "fast-path drops: {:?}", fast_path_drops(&stats));
+}
+
+/// Not a check but a measurement (docs/benchmarks.md): the same bulk echo with one and with
+/// two active threads (`fp_active` 1 and 2), in the same sandbox, hash-checked.
+#[test]
+#[ignore = "needs root and veth: a measurement, run with cargo test -- --ignored --nocapture"]
+fn measure_bulk_echo_with_one_and_two_threads() {
+    let bed = Bed::up_queues("mcbench", 2);
+    bed.start_tasd_with(&["--fp-active", "1"]);
+    bed.start_tas_echo_server();
+    let script = bed.peer("stream_client");
+    for round in 0..2 {
+        for n in [1u64, 2] {
+            tasctl_ok(&bed, &["config", "set", "fp_active", &n.to_string()]);
+            wait_active(&bed, n);
+            let before = tasctl_json(&bed, &["cores"]);
+            let out = bed.run(
+                &bed.ns_b,
+                "stream_client",
+                &["python3", &script, "--connect", &format!("{IP_A}:{ECHO_PORT}"), "--bytes", "25000000", "--conns", "16", "--seed", "9"],
+                Duration::from_secs(300),
+            );
+            let s = out.json_success();
+            assert_eq!(s["sha256_sent"], s["sha256_received"], "{s}");
+            let after = tasctl_json(&bed, &["cores"]);
+            let busy = |v: &Value| v.as_array().unwrap().iter().map(|c| c["busy_cycles"].as_u64().unwrap()).sum::<u64>();
+            let frames = |v: &Value| v.as_array().unwrap().iter().map(|c| c["rx_frames"].as_u64().unwrap() + c["tx_frames"].as_u64().unwrap()).sum::<u64>();
+            let (db, df) = (busy(&after) - busy(&before), frames(&after) - frames(&before));
+            eprintln!(
+                "round {round}: {n} active thread(s): 16 x 25 MB echo {} Gbit/s in {} s; {:.0} busy ticks per frame",
+                s["gbit_per_s"], s["seconds"], db as f64 / df.max(1) as f64
+            );
+        }
+    }
+}
