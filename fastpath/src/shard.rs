@@ -129,11 +129,13 @@ impl ScaleState {
     /// adaptive) and the controller's `params`.
     pub fn new(shards: usize, active: usize, forced: usize, params: ScaleParams) -> std::io::Result<Self> {
         let shards = shards.max(1);
+        let active = active.clamp(1, shards);
         let s = ScaleState {
             shards,
-            active: AtomicUsize::new(active.clamp(1, shards)),
+            active: AtomicUsize::new(active),
             forced: AtomicUsize::new(forced.min(shards)),
-            serving: (0..shards).map(|_| AtomicU32::new(u32::MAX)).collect(),
+            // The initial assignment, which the threads are started with.
+            serving: (0..shards).map(|s| AtomicU32::new(thread_for(s, active) as u32)).collect(),
             wake: (0..shards).map(|_| crate::sys::eventfd()).collect::<Result<_, _>>()?,
             up_pct: AtomicU32::new(0),
             down_pct: AtomicU32::new(0),
@@ -524,6 +526,8 @@ mod tests {
     #[test]
     fn forced_changes_are_counted_and_recorded() {
         let s = ScaleState::new(2, 2, 0, p()).unwrap();
+        assert_eq!((s.serving(0), s.serving(1)), (Some(0), Some(1)), "the initial assignment");
+        assert_eq!(ScaleState::new(2, 1, 0, p()).unwrap().serving(1), Some(0));
         s.set_forced(1);
         assert_eq!((s.active(), s.forced()), (1, 1));
         assert!(!s.set_active(1, true), "no change, no event");
