@@ -80,7 +80,12 @@ pub struct ScaleParams {
 
 impl Default for ScaleParams {
     fn default() -> Self {
-        ScaleParams { up_pct: 70, down_pct: 30, up_ms: 50, down_ms: 500 }
+        ScaleParams {
+            up_pct: 70,
+            down_pct: 30,
+            up_ms: 50,
+            down_ms: 500,
+        }
     }
 }
 
@@ -127,7 +132,12 @@ pub struct ScaleState {
 impl ScaleState {
     /// State for `shards` shards with `active` threads to start with, `forced` (0:
     /// adaptive) and the controller's `params`.
-    pub fn new(shards: usize, active: usize, forced: usize, params: ScaleParams) -> std::io::Result<Self> {
+    pub fn new(
+        shards: usize,
+        active: usize,
+        forced: usize,
+        params: ScaleParams,
+    ) -> std::io::Result<Self> {
         let shards = shards.max(1);
         let active = active.clamp(1, shards);
         let s = ScaleState {
@@ -135,8 +145,12 @@ impl ScaleState {
             active: AtomicUsize::new(active),
             forced: AtomicUsize::new(forced.min(shards)),
             // The initial assignment, which the threads are started with.
-            serving: (0..shards).map(|s| AtomicU32::new(thread_for(s, active) as u32)).collect(),
-            wake: (0..shards).map(|_| crate::sys::eventfd()).collect::<Result<_, _>>()?,
+            serving: (0..shards)
+                .map(|s| AtomicU32::new(thread_for(s, active) as u32))
+                .collect(),
+            wake: (0..shards)
+                .map(|_| crate::sys::eventfd())
+                .collect::<Result<_, _>>()?,
             up_pct: AtomicU32::new(0),
             down_pct: AtomicU32::new(0),
             up_ms: AtomicU64::new(0),
@@ -164,7 +178,10 @@ impl ScaleState {
     }
     /// The thread serving shard `s` (None while it moves or before it started).
     pub fn serving(&self, s: usize) -> Option<u32> {
-        self.serving.get(s).map(|a| a.load(Ordering::Relaxed)).filter(|&t| t != u32::MAX)
+        self.serving
+            .get(s)
+            .map(|a| a.load(Ordering::Relaxed))
+            .filter(|&t| t != u32::MAX)
     }
     /// The controller's marks now.
     pub fn params(&self) -> ScaleParams {
@@ -205,15 +222,29 @@ impl ScaleState {
             self.scale_downs.fetch_add(1, Ordering::Relaxed);
         }
         let load_pct = self.load_pct.load(Ordering::Relaxed);
-        let at_unix_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let at_unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
         {
             let mut ev = self.events.lock().unwrap_or_else(|p| p.into_inner());
             if ev.len() == EVENTS_KEPT {
                 ev.pop_front();
             }
-            ev.push_back(ScaleEvent { at_unix_us, from: old as u32, to: n as u32, load_pct, forced });
+            ev.push_back(ScaleEvent {
+                at_unix_us,
+                from: old as u32,
+                to: n as u32,
+                load_pct,
+                forced,
+            });
         }
-        tracing::info!(from = old, to = n, load_pct, forced, "fast path: active threads changed");
+        tracing::info!(
+            from = old,
+            to = n,
+            load_pct,
+            forced,
+            "fast path: active threads changed"
+        );
         for w in &self.wake {
             crate::sys::eventfd_write(w.as_raw_fd());
         }
@@ -221,7 +252,12 @@ impl ScaleState {
     }
     /// The last scale events, oldest first.
     pub fn events(&self) -> Vec<ScaleEvent> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
     }
 }
 
@@ -253,12 +289,22 @@ pub struct ScaleController {
 impl ScaleController {
     /// A controller for `shards` shards.
     pub fn new(shards: usize) -> Self {
-        ScaleController { shards: shards.max(1), above_since: None, below_since: None }
+        ScaleController {
+            shards: shards.max(1),
+            above_since: None,
+            below_since: None,
+        }
     }
 
     /// One observation at `now_ms` of `load_pct` (busy cores x 100) with `active` threads;
     /// returns the new number of active threads if it should change.
-    pub fn observe(&mut self, p: &ScaleParams, now_ms: u64, load_pct: u32, active: usize) -> Option<usize> {
+    pub fn observe(
+        &mut self,
+        p: &ScaleParams,
+        now_ms: u64,
+        load_pct: u32,
+        active: usize,
+    ) -> Option<usize> {
         let active = active.clamp(1, self.shards);
         let per_thread = load_pct / active as u32;
         if active < self.shards && per_thread > p.up_pct {
@@ -289,9 +335,17 @@ pub const SCALE_TICK: Duration = Duration::from_millis(5);
 
 /// Run the controller until `stop`: every [`SCALE_TICK`], sum the shards' busy ticks, turn
 /// them into a load and let [`ScaleController`] decide (unless `fp_active` fixes it).
-pub fn run_controller(state: Arc<ScaleState>, counters: Vec<Arc<CoreCounters>>, stop: Arc<AtomicBool>) {
+pub fn run_controller(
+    state: Arc<ScaleState>,
+    counters: Vec<Arc<CoreCounters>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut ctl = ScaleController::new(state.shards());
-    let busy = |cs: &[Arc<CoreCounters>]| cs.iter().map(|c| c.cycles.busy.load(Ordering::Relaxed)).sum::<u64>();
+    let busy = |cs: &[Arc<CoreCounters>]| {
+        cs.iter()
+            .map(|c| c.cycles.busy.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
     let started = std::time::Instant::now();
     let tpu = crate::cycles::ticks_per_us().max(1);
     let (mut last_busy, mut last_t) = (busy(&counters), crate::cycles::now());
@@ -409,7 +463,8 @@ pub fn run_thread<IO: PacketIo + Send + 'static>(
         if ready == mine.len() && state.active() == active && inbox.is_empty() {
             for sh in &mine {
                 let c = sh.fp.counters();
-                c.sleeps.store(c.sleeps.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                c.sleeps
+                    .store(c.sleeps.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             }
             // Wake at least every 10 ms for the timers.
             crate::sys::poll_readable(&fds, 10);
@@ -433,7 +488,12 @@ mod tests {
     use super::*;
 
     fn p() -> ScaleParams {
-        ScaleParams { up_pct: 70, down_pct: 30, up_ms: 50, down_ms: 500 }
+        ScaleParams {
+            up_pct: 70,
+            down_pct: 30,
+            up_ms: 50,
+            down_ms: 500,
+        }
     }
 
     #[test]
@@ -480,8 +540,22 @@ mod tests {
         // A narrow gap (40/30) with 50 % offered is where a controller that compares the
         // per-thread load of the *current* count with the low mark flips forever
         // (1 thread: 50 > 40, up; 2 threads: 25 < 30, down; ...).
-        let narrow = ScaleParams { up_pct: 40, down_pct: 30, ..p() };
-        let cases = [(p(), 70u32, 1usize), (p(), 140, 2), (p(), 30, 2), (p(), 60, 2), (p(), 75, 1), (p(), 100, 2), (narrow, 50, 1), (narrow, 50, 2), (narrow, 35, 2)];
+        let narrow = ScaleParams {
+            up_pct: 40,
+            down_pct: 30,
+            ..p()
+        };
+        let cases = [
+            (p(), 70u32, 1usize),
+            (p(), 140, 2),
+            (p(), 30, 2),
+            (p(), 60, 2),
+            (p(), 75, 1),
+            (p(), 100, 2),
+            (narrow, 50, 1),
+            (narrow, 50, 2),
+            (narrow, 35, 2),
+        ];
         for (params, offered, start) in cases {
             let mut c = ScaleController::new(2);
             let mut active = start;
@@ -499,7 +573,10 @@ mod tests {
                     changes += 1;
                 }
             }
-            assert!(changes <= 1, "offered {offered}% from {start} threads: {changes} changes");
+            assert!(
+                changes <= 1,
+                "offered {offered}% from {start} threads: {changes} changes"
+            );
         }
     }
 
@@ -518,23 +595,55 @@ mod tests {
     #[test]
     fn params_need_a_gap() {
         assert!(p().check().is_ok());
-        assert!(ScaleParams { up_pct: 50, down_pct: 50, ..p() }.check().is_err());
-        assert!(ScaleParams { up_pct: 120, down_pct: 50, ..p() }.check().is_err());
-        assert!(ScaleParams { up_pct: 50, down_pct: 0, ..p() }.check().is_err());
+        assert!(ScaleParams {
+            up_pct: 50,
+            down_pct: 50,
+            ..p()
+        }
+        .check()
+        .is_err());
+        assert!(ScaleParams {
+            up_pct: 120,
+            down_pct: 50,
+            ..p()
+        }
+        .check()
+        .is_err());
+        assert!(ScaleParams {
+            up_pct: 50,
+            down_pct: 0,
+            ..p()
+        }
+        .check()
+        .is_err());
     }
 
     #[test]
     fn forced_changes_are_counted_and_recorded() {
         let s = ScaleState::new(2, 2, 0, p()).unwrap();
-        assert_eq!((s.serving(0), s.serving(1)), (Some(0), Some(1)), "the initial assignment");
+        assert_eq!(
+            (s.serving(0), s.serving(1)),
+            (Some(0), Some(1)),
+            "the initial assignment"
+        );
         assert_eq!(ScaleState::new(2, 1, 0, p()).unwrap().serving(1), Some(0));
         s.set_forced(1);
         assert_eq!((s.active(), s.forced()), (1, 1));
         assert!(!s.set_active(1, true), "no change, no event");
         s.set_forced(2);
         s.set_forced(0);
-        assert_eq!(s.active(), 2, "back to adaptive keeps the count until the controller acts");
-        assert_eq!((s.scale_ups.load(Ordering::Relaxed), s.scale_downs.load(Ordering::Relaxed)), (1, 1));
+        assert_eq!(
+            s.active(),
+            2,
+            "back to adaptive keeps the count until the controller acts"
+        );
+        assert_eq!(
+            (
+                s.scale_ups.load(Ordering::Relaxed),
+                s.scale_downs.load(Ordering::Relaxed)
+            ),
+            (1, 1)
+        );
         let ev = s.events();
         assert_eq!(ev.len(), 2);
         assert_eq!((ev[0].from, ev[0].to, ev[0].forced), (2, 1, true));

@@ -30,7 +30,11 @@ const CONNS: &str = "32";
 /// `tasctl --socket <bed's control socket> ARGS --json`, parsed.
 fn tasctl_json(bed: &Bed, args: &[&str]) -> Value {
     let bin = &bed.paths.tasctl;
-    assert!(bin.is_file(), "{} not found: build it with `cargo build --release --workspace`", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} not found: build it with `cargo build --release --workspace`",
+        bin.display()
+    );
     let sock = bed.control_socket();
     let out = Command::new(bin)
         .arg("--socket")
@@ -41,8 +45,17 @@ fn tasctl_json(bed: &Bed, args: &[&str]) -> Value {
         .env("NO_COLOR", "1")
         .output()
         .expect("run tasctl");
-    assert!(out.status.success(), "tasctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("tasctl {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    assert!(
+        out.status.success(),
+        "tasctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tasctl {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// `tasctl --socket .. ARGS` (no JSON), which must succeed.
@@ -56,7 +69,12 @@ fn tasctl_ok(bed: &Bed, args: &[&str]) -> String {
         .env("NO_COLOR", "1")
         .output()
         .expect("run tasctl");
-    assert!(out.status.success(), "tasctl {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tasctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -84,7 +102,13 @@ fn fast_path_drops(stats: &Value) -> Vec<(String, u64, u64)> {
             n.starts_with("drop_") || n == "exceptions_dropped"
         })
         .filter(|c| c["value"].as_u64().unwrap_or(0) > 0)
-        .map(|c| (c["name"].as_str().unwrap().to_string(), c["core"].as_u64().unwrap(), c["value"].as_u64().unwrap()))
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["core"].as_u64().unwrap(),
+                c["value"].as_u64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -101,21 +125,44 @@ fn two_shards_carry_64_connections_both_directions() {
 
     let out = bed.run_b_peer(
         "stream_client",
-        &["--connect", &format!("{IP_A}:{ECHO_PORT}"), "--bytes", "2000000", "--conns", CONNS, "--seed", "7"],
+        &[
+            "--connect",
+            &format!("{IP_A}:{ECHO_PORT}"),
+            "--bytes",
+            "2000000",
+            "--conns",
+            CONNS,
+            "--seed",
+            "7",
+        ],
         Duration::from_secs(300),
     );
     let s = out.json_success();
     assert_eq!(s["bytes_received"], 32 * 2_000_000u64, "{s}");
     assert_eq!(s["sha256_sent"], s["sha256_received"], "{s}");
-    eprintln!("kernel -> tas-echo server, 32 x 2 MB: {} Gbit/s", s["gbit_per_s"]);
+    eprintln!(
+        "kernel -> tas-echo server, 32 x 2 MB: {} Gbit/s",
+        s["gbit_per_s"]
+    );
 
     let out = bed.run_a_tas_app(
         "tas-echo-client",
-        &["client", "--connect", &format!("{IP_B}:{ECHO_PORT}"), "--bytes", "2000000", "--conns", CONNS],
+        &[
+            "client",
+            "--connect",
+            &format!("{IP_B}:{ECHO_PORT}"),
+            "--bytes",
+            "2000000",
+            "--conns",
+            CONNS,
+        ],
         Duration::from_secs(300),
     );
     out.assert_success();
-    eprintln!("tas-echo client -> kernel, 32 x 2 MB: {}", out.stdout.trim());
+    eprintln!(
+        "tas-echo client -> kernel, 32 x 2 MB: {}",
+        out.stdout.trim()
+    );
     let closed = bed.wait_for_closed_connections(&server, 32, Duration::from_secs(20));
     for c in &closed {
         assert_eq!(c["bytes"], 2_000_000u64, "kernel echo server saw: {c}");
@@ -128,19 +175,30 @@ fn two_shards_carry_64_connections_both_directions() {
     let reinjected = counter(&stats, "reinjected", None);
     eprintln!("rx_frames core 0 {rx0}, core 1 {rx1}; reinjected {reinjected}");
     // 128 MB each way: at least tens of thousands of frames per shard if both carry flows.
-    assert!(rx0 > 10_000 && rx1 > 10_000, "both shards must carry traffic: rx_frames {rx0} / {rx1}");
+    assert!(
+        rx0 > 10_000 && rx1 > 10_000,
+        "both shards must carry traffic: rx_frames {rx0} / {rx1}"
+    );
     let total = rx0 + rx1;
     assert!(
         reinjected * 50 < total,
         "cross-shard segments must be rare: {reinjected} reinjected of {total} frames received"
     );
-    assert!(fast_path_drops(&stats).is_empty(), "fast-path drops: {:?}", fast_path_drops(&stats));
+    assert!(
+        fast_path_drops(&stats).is_empty(),
+        "fast-path drops: {:?}",
+        fast_path_drops(&stats)
+    );
 }
 
 /// (active threads, scale ups, scale downs) from `tasctl scaling --json`.
 fn active_threads(bed: &Bed) -> (u64, u64, u64) {
     let sc = tasctl_json(bed, &["scaling"]);
-    (sc["active_threads"].as_u64().expect("active_threads"), sc["scale_ups"].as_u64().expect("scale_ups"), sc["scale_downs"].as_u64().expect("scale_downs"))
+    (
+        sc["active_threads"].as_u64().expect("active_threads"),
+        sc["scale_ups"].as_u64().expect("scale_ups"),
+        sc["scale_downs"].as_u64().expect("scale_downs"),
+    )
 }
 
 /// Wait until `tasctl scaling` reports `n` active threads.
@@ -151,7 +209,10 @@ fn wait_active(bed: &Bed, n: u64) {
         if a == n {
             return;
         }
-        assert!(Instant::now() < deadline, "{a} active fast-path threads, expected {n} within 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "{a} active fast-path threads, expected {n} within 10 s"
+        );
         sleep(Duration::from_millis(20));
     }
 }
@@ -176,7 +237,18 @@ fn forced_scaling_under_a_live_transfer_loses_nothing() {
             bed.run(
                 &bed.ns_b,
                 "stream_client",
-                &["python3", &script, "--connect", &format!("{IP_A}:{ECHO_PORT}"), "--bytes", "40000000", "--conns", conns, "--seed", "3"],
+                &[
+                    "python3",
+                    &script,
+                    "--connect",
+                    &format!("{IP_A}:{ECHO_PORT}"),
+                    "--bytes",
+                    "40000000",
+                    "--conns",
+                    conns,
+                    "--seed",
+                    "3",
+                ],
                 Duration::from_secs(300),
             )
         });
@@ -186,21 +258,39 @@ fn forced_scaling_under_a_live_transfer_loses_nothing() {
             wait_active(&bed, n);
             sleep(Duration::from_millis(300));
         }
-        assert!(!h.is_finished(), "the transfer ended before the last scale change: make it longer");
+        assert!(
+            !h.is_finished(),
+            "the transfer ended before the last scale change: make it longer"
+        );
         h.join().expect("client thread")
     });
     let s = client.json_success();
     assert_eq!(s["bytes_received"], 16 * 40_000_000u64, "{s}");
     assert_eq!(s["sha256_sent"], s["sha256_received"], "{s}");
-    eprintln!("kernel -> tas-echo server, 16 x 40 MB under scaling: {} Gbit/s", s["gbit_per_s"]);
+    eprintln!(
+        "kernel -> tas-echo server, 16 x 40 MB under scaling: {} Gbit/s",
+        s["gbit_per_s"]
+    );
 
     let (_, ups, downs) = active_threads(&bed);
-    assert!(downs - downs0 >= 2 && ups - ups0 >= 2, "scale events: {} down, {} up", downs - downs0, ups - ups0);
+    assert!(
+        downs - downs0 >= 2 && ups - ups0 >= 2,
+        "scale events: {} down, {} up",
+        downs - downs0,
+        ups - ups0
+    );
     let stats = tasctl_json(&bed, &["stats"]);
-    assert!(fast_path_drops(&stats).is_empty(), "fast-path drops: {:?}", fast_path_drops(&stats));
+    assert!(
+        fast_path_drops(&stats).is_empty(),
+        "fast-path drops: {:?}",
+        fast_path_drops(&stats)
+    );
     let rx0 = counter(&stats, "rx_frames", Some(0));
     let rx1 = counter(&stats, "rx_frames", Some(1));
-    assert!(rx0 > 0 && rx1 > 0, "both shards must carry traffic: rx_frames {rx0} / {rx1}");
+    assert!(
+        rx0 > 0 && rx1 > 0,
+        "both shards must carry traffic: rx_frames {rx0} / {rx1}"
+    );
 }
 
 /// The scale events as (unix µs, from, to, forced).
@@ -209,12 +299,22 @@ fn scale_events(bed: &Bed) -> Vec<(u64, u64, u64, bool)> {
         .as_array()
         .expect("events")
         .iter()
-        .map(|e| (e["at_unix_us"].as_u64().unwrap(), e["from"].as_u64().unwrap(), e["to"].as_u64().unwrap(), e["forced"].as_bool().unwrap()))
+        .map(|e| {
+            (
+                e["at_unix_us"].as_u64().unwrap(),
+                e["from"].as_u64().unwrap(),
+                e["to"].as_u64().unwrap(),
+                e["forced"].as_bool().unwrap(),
+            )
+        })
         .collect()
 }
 
 fn unix_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 /// The controller on its own (`fp_active` 0): idle, it drops to one thread; under a bulk
@@ -235,7 +335,10 @@ fn the_controller_follows_the_load_both_ways() {
     // Idle: the controller takes the second thread away after fp_scale_down_ms (500 ms).
     wait_active(&bed, 1);
     let idle_at = scale_events(&bed);
-    assert!(matches!(idle_at.last(), Some((_, 2, 1, false))), "idle: {idle_at:?}");
+    assert!(
+        matches!(idle_at.last(), Some((_, 2, 1, false))),
+        "idle: {idle_at:?}"
+    );
 
     let script = bed.peer("stream_client");
     let started = unix_us();
@@ -244,13 +347,27 @@ fn the_controller_follows_the_load_both_ways() {
             bed.run(
                 &bed.ns_b,
                 "stream_client",
-                &["python3", &script, "--connect", &format!("{IP_A}:{ECHO_PORT}"), "--bytes", "40000000", "--conns", "16", "--seed", "5"],
+                &[
+                    "python3",
+                    &script,
+                    "--connect",
+                    &format!("{IP_A}:{ECHO_PORT}"),
+                    "--bytes",
+                    "40000000",
+                    "--conns",
+                    "16",
+                    "--seed",
+                    "5",
+                ],
                 Duration::from_secs(300),
             )
         });
         wait_active(&bed, 2);
         let up = unix_us();
-        eprintln!("scale-up reaction: {:.1} ms after the transfer started", (up - started) as f64 / 1000.0);
+        eprintln!(
+            "scale-up reaction: {:.1} ms after the transfer started",
+            (up - started) as f64 / 1000.0
+        );
         assert!(!h.is_finished(), "the transfer ended before the scale-up");
         h.join().expect("client thread")
     });
@@ -263,7 +380,10 @@ fn the_controller_follows_the_load_both_ways() {
     let ups: Vec<_> = evs.iter().filter(|e| e.0 >= started && e.2 > e.1).collect();
     let downs: Vec<_> = evs.iter().filter(|e| e.0 >= ended && e.2 < e.1).collect();
     assert!(!ups.is_empty() && !downs.is_empty(), "{evs:?}");
-    assert!(evs.iter().all(|e| !e.3), "every change was the controller's: {evs:?}");
+    assert!(
+        evs.iter().all(|e| !e.3),
+        "every change was the controller's: {evs:?}"
+    );
     eprintln!(
         "scale-up {:.1} ms after the load started (event time); scale-down {:.1} ms after it ended; {} Gbit/s; events {evs:?}",
         (ups[0].0 - started) as f64 / 1000.0,
@@ -271,7 +391,11 @@ fn the_controller_follows_the_load_both_ways() {
         s["gbit_per_s"]
     );
     let stats = tasctl_json(&bed, &["stats"]);
-    assert!(fast_path_drops(&stats).is_empty(), "fast-path drops: {:?}", fast_path_drops(&stats));
+    assert!(
+        fast_path_drops(&stats).is_empty(),
+        "fast-path drops: {:?}",
+        fast_path_drops(&stats)
+    );
 }
 
 /// Not a check but a measurement (docs/benchmarks.md): the same bulk echo with one and with
@@ -291,15 +415,41 @@ fn measure_bulk_echo_with_one_and_two_threads() {
             let out = bed.run(
                 &bed.ns_b,
                 "stream_client",
-                &["python3", &script, "--connect", &format!("{IP_A}:{ECHO_PORT}"), "--bytes", "25000000", "--conns", "16", "--seed", "9"],
+                &[
+                    "python3",
+                    &script,
+                    "--connect",
+                    &format!("{IP_A}:{ECHO_PORT}"),
+                    "--bytes",
+                    "25000000",
+                    "--conns",
+                    "16",
+                    "--seed",
+                    "9",
+                ],
                 Duration::from_secs(300),
             );
             let s = out.json_success();
             assert_eq!(s["sha256_sent"], s["sha256_received"], "{s}");
             let after = tasctl_json(&bed, &["cores"]);
-            let busy = |v: &Value| v.as_array().unwrap().iter().map(|c| c["busy_cycles"].as_u64().unwrap()).sum::<u64>();
-            let frames = |v: &Value| v.as_array().unwrap().iter().map(|c| c["rx_frames"].as_u64().unwrap() + c["tx_frames"].as_u64().unwrap()).sum::<u64>();
-            let (db, df) = (busy(&after) - busy(&before), frames(&after) - frames(&before));
+            let busy = |v: &Value| {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["busy_cycles"].as_u64().unwrap())
+                    .sum::<u64>()
+            };
+            let frames = |v: &Value| {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["rx_frames"].as_u64().unwrap() + c["tx_frames"].as_u64().unwrap())
+                    .sum::<u64>()
+            };
+            let (db, df) = (
+                busy(&after) - busy(&before),
+                frames(&after) - frames(&before),
+            );
             eprintln!(
                 "round {round}: {n} active thread(s): 16 x 25 MB echo {} Gbit/s in {} s; {:.0} busy ticks per frame",
                 s["gbit_per_s"], s["seconds"], db as f64 / df.max(1) as f64
