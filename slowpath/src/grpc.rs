@@ -263,6 +263,17 @@ impl ControlService {
         ] {
             cs.push((n.to_string(), v, -1));
         }
+        if let Some(sc) = &self.ops.scale {
+            let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            for (n, v) in [
+                ("fp_threads_active", sc.active() as u64),
+                ("fp_scale_ups", get(&sc.scale_ups)),
+                ("fp_scale_downs", get(&sc.scale_downs)),
+                ("fp_shard_handoffs", get(&sc.handoffs)),
+            ] {
+                cs.push((n.to_string(), v, -1));
+            }
+        }
         let info = [
             ("version", s.version.clone()),
             ("interface", s.interface.clone()),

@@ -224,7 +224,7 @@ fn wait_active(bed: &Bed, n: u64) {
 #[ignore = "needs root and veth: run with cargo test -- --ignored"]
 fn forced_scaling_under_a_live_transfer_loses_nothing() {
     let bed = Bed::up_queues("mcscale", 2);
-    bed.start_tasd_with(&["--fp-active", "2"]);
+    bed.start_tasd_with(&["--fp-active", "2", "--metrics", "127.0.0.1:9464"]);
     bed.start_tas_echo_server();
     let (a0, ups0, downs0) = active_threads(&bed);
     assert_eq!(a0, 2, "started with --fp-active 2");
@@ -278,6 +278,22 @@ fn forced_scaling_under_a_live_transfer_loses_nothing() {
         "scale events: {} down, {} up",
         downs - downs0,
         ups - ups0
+    );
+    // The same counts on the Prometheus endpoint.
+    let code = "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:9464/metrics', timeout=5).read().decode())";
+    let page = bed.capture_ok(&["ip", "netns", "exec", &bed.ns_a, "python3", "-c", code]);
+    let metric = |name: &str| {
+        page.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{page}"))
+    };
+    assert_eq!(metric("tas_fp_threads_active"), 2.0);
+    assert_eq!(metric("tas_fp_scale_downs_total"), downs as f64);
+    assert_eq!(metric("tas_fp_scale_ups_total"), ups as f64);
+    assert!(
+        metric("tas_fp_shard_handoffs_total") >= 4.0,
+        "every change moves shard 1"
     );
     let stats = tasctl_json(&bed, &["stats"]);
     assert!(
