@@ -6,7 +6,8 @@
 //! - [`io`]: the `PacketIo` trait with AF_XDP and in-memory implementations.
 //! - [`core`]: the per-core engine and its poll loop; [`ctl`]: its messages to and
 //!   from the slow path; [`appmem`]: its (only) access to application memory;
-//!   [`cycles`]: busy and idle cycles per core.
+//!   [`cycles`]: busy and idle cycles per core; [`shard`]: the multi-core fast path
+//!   (shards, the threads that serve them, and scaling their number).
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod flow;
 pub mod io;
 pub mod qman;
 pub mod rx;
+pub mod shard;
 pub mod sys;
 pub mod time;
 pub mod tx;

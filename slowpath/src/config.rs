@@ -72,6 +72,16 @@ pub struct FileConfig {
     pub ephemeral_high: Option<u16>,
     /// Microseconds a fast-path core spins without work before it sleeps.
     pub idle_spin_us: Option<u64>,
+    /// Active fast-path threads: 0 lets the scaling controller decide (1..fp_cores), k fixes k.
+    pub fp_active: Option<u8>,
+    /// Add a fast-path thread when the busy share per active thread stays above this (percent).
+    pub fp_scale_up_pct: Option<u32>,
+    /// Remove one when one thread fewer would stay below this (percent, below fp_scale_up_pct).
+    pub fp_scale_down_pct: Option<u32>,
+    /// How long the load must stay high before a thread is added, ms.
+    pub fp_scale_up_ms: Option<u64>,
+    /// How long the load must stay low before a thread is removed, ms.
+    pub fp_scale_down_ms: Option<u64>,
     /// TIME_WAIT duration in milliseconds.
     pub time_wait_ms: Option<u64>,
     /// Answer ARP requests for the service address ("auto": only if the kernel does not
@@ -168,6 +178,16 @@ pub struct Config {
     pub ephemeral: (u16, u16),
     /// Idle spin before sleeping, µs.
     pub idle_spin_us: u64,
+    /// Active fast-path threads: 0 lets the scaling controller decide (1..fp_cores), k fixes k.
+    pub fp_active: u8,
+    /// Add a fast-path thread when the busy share per active thread stays above this (percent).
+    pub fp_scale_up_pct: u32,
+    /// Remove one when one thread fewer would stay below this (percent, below fp_scale_up_pct).
+    pub fp_scale_down_pct: u32,
+    /// How long the load must stay high before a thread is added, ms.
+    pub fp_scale_up_ms: u64,
+    /// How long the load must stay low before a thread is removed, ms.
+    pub fp_scale_down_ms: u64,
     /// TIME_WAIT, ms.
     pub time_wait_ms: u64,
     /// ARP reply policy: Some(true) always, Some(false) never, None auto.
@@ -235,7 +255,7 @@ impl FileConfig {
         pick!(
             interface, ip, gateway, fp_cores, fp_cpus, app_socket, control_socket, xdp_mode, bind_mode,
             rx_buffer, tx_buffer, conns_per_app, flows_per_core, queue_entries, ephemeral_low,
-            ephemeral_high, idle_spin_us, time_wait_ms, arp_reply, log_level, socket_group,
+            ephemeral_high, idle_spin_us, fp_active, fp_scale_up_pct, fp_scale_down_pct, fp_scale_up_ms, fp_scale_down_ms, time_wait_ms, arp_reply, log_level, socket_group,
             keepalive_idle_secs, keepalive_interval_secs, keepalive_probes, control_group, control_tcp, metrics,
             cc_algorithm, ecn, cc_interval_rtts, cc_interval_min_us, cc_initial_window, dctcp_g, cc_rate_step_kbps, cc_rate_step_us, cc_min_rate_kbps, cc_max_rate_kbps, cc_fixed_rate_kbps, timely_t_low_us, timely_t_high_us, timely_alpha, timely_beta, timely_delta_kbps, cubic_c, cubic_beta
         )
@@ -261,6 +281,11 @@ impl FileConfig {
             ephemeral_low,
             ephemeral_high,
             idle_spin_us,
+            fp_active,
+            fp_scale_up_pct,
+            fp_scale_down_pct,
+            fp_scale_up_ms,
+            fp_scale_down_ms,
             time_wait_ms,
             arp_reply,
             log_level,
@@ -308,6 +333,11 @@ impl FileConfig {
             ("ephemeral_low", ephemeral_low.is_some()),
             ("ephemeral_high", ephemeral_high.is_some()),
             ("idle_spin_us", idle_spin_us.is_some()),
+            ("fp_active", fp_active.is_some()),
+            ("fp_scale_up_pct", fp_scale_up_pct.is_some()),
+            ("fp_scale_down_pct", fp_scale_down_pct.is_some()),
+            ("fp_scale_up_ms", fp_scale_up_ms.is_some()),
+            ("fp_scale_down_ms", fp_scale_down_ms.is_some()),
             ("time_wait_ms", time_wait_ms.is_some()),
             ("arp_reply", arp_reply.is_some()),
             ("log_level", log_level.is_some()),
@@ -363,6 +393,11 @@ impl FileConfig {
             ephemeral_low,
             ephemeral_high,
             idle_spin_us,
+            fp_active,
+            fp_scale_up_pct,
+            fp_scale_down_pct,
+            fp_scale_up_ms,
+            fp_scale_down_ms,
             time_wait_ms,
             arp_reply,
             log_level,
@@ -406,6 +441,18 @@ impl FileConfig {
         if fp_cores == 0 || fp_cores > 64 {
             return err(format!("--fp-cores {fp_cores}: must be 1 to 64"));
         }
+        let fp_active = fp_active.unwrap_or(0);
+        if fp_active > fp_cores {
+            return err(format!("fp_active {fp_active}: at most fp_cores ({fp_cores}) threads can be active; 0 lets the controller decide"));
+        }
+        let defaults = tas_fastpath::shard::ScaleParams::default();
+        let scale = tas_fastpath::shard::ScaleParams {
+            up_pct: fp_scale_up_pct.unwrap_or(defaults.up_pct),
+            down_pct: fp_scale_down_pct.unwrap_or(defaults.down_pct),
+            up_ms: fp_scale_up_ms.unwrap_or(defaults.up_ms),
+            down_ms: fp_scale_down_ms.unwrap_or(defaults.down_ms),
+        };
+        scale.check().map_err(ConfigError)?;
         if let Some(cpus) = &fp_cpus {
             if cpus.len() < fp_cores as usize {
                 return err(format!("fp_cpus lists {} CPUs for {} fast-path cores: list one CPU per core", cpus.len(), fp_cores));
@@ -534,6 +581,11 @@ impl FileConfig {
             queue_entries,
             ephemeral,
             idle_spin_us: idle_spin_us.unwrap_or(50),
+            fp_active,
+            fp_scale_up_pct: scale.up_pct,
+            fp_scale_down_pct: scale.down_pct,
+            fp_scale_up_ms: scale.up_ms,
+            fp_scale_down_ms: scale.down_ms,
             time_wait_ms: time_wait_ms.unwrap_or(60_000),
             arp_reply,
             log_level: match log_level {
@@ -587,6 +639,11 @@ pub const KEYS: &[KeyInfo] = &[
     KeyInfo { key: "ephemeral_low", live: false, description: "first local port for outgoing connections" },
     KeyInfo { key: "ephemeral_high", live: false, description: "last local port for outgoing connections" },
     KeyInfo { key: "idle_spin_us", live: false, description: "microseconds a fast-path core busy-polls without work before it sleeps" },
+    KeyInfo { key: "fp_active", live: true, description: "active fast-path threads: 0 (default) lets the scaling controller choose 1..fp_cores from the load; k fixes k" },
+    KeyInfo { key: "fp_scale_up_pct", live: true, description: "add a fast-path thread when the busy share per active thread stays above this, percent (default 70)" },
+    KeyInfo { key: "fp_scale_down_pct", live: true, description: "remove one when one thread fewer would stay below this, percent (default 30; below fp_scale_up_pct)" },
+    KeyInfo { key: "fp_scale_up_ms", live: true, description: "milliseconds the load must stay high before a thread is added (default 50)" },
+    KeyInfo { key: "fp_scale_down_ms", live: true, description: "milliseconds the load must stay low before a thread is removed (default 500)" },
     KeyInfo { key: "time_wait_ms", live: true, description: "TIME-WAIT duration in milliseconds (2 MSL); applies to connections entering TIME-WAIT afterwards" },
     KeyInfo { key: "arp_reply", live: true, description: "answer ARP for the service address: auto (only if the kernel does not own it), always, never" },
     KeyInfo { key: "log_level", live: true, description: "log filter: error, warn, info, debug, trace, or tracing directives such as info,tas_slowpath=debug" },
@@ -642,6 +699,11 @@ impl Config {
             queue_entries,
             ephemeral,
             idle_spin_us,
+            fp_active,
+            fp_scale_up_pct,
+            fp_scale_down_pct,
+            fp_scale_up_ms,
+            fp_scale_down_ms,
             time_wait_ms,
             arp_reply,
             log_level,
@@ -671,6 +733,11 @@ impl Config {
             ephemeral_low: Some(ephemeral.0),
             ephemeral_high: Some(ephemeral.1),
             idle_spin_us: Some(idle_spin_us),
+            fp_active: Some(fp_active),
+            fp_scale_up_pct: Some(fp_scale_up_pct),
+            fp_scale_down_pct: Some(fp_scale_down_pct),
+            fp_scale_up_ms: Some(fp_scale_up_ms),
+            fp_scale_down_ms: Some(fp_scale_down_ms),
             time_wait_ms: Some(time_wait_ms),
             arp_reply: Some(match arp_reply {
                 None => "auto".into(),
@@ -739,6 +806,11 @@ impl Config {
                     "ephemeral_low" => opt(f.ephemeral_low.map(|v| v.to_string())),
                     "ephemeral_high" => opt(f.ephemeral_high.map(|v| v.to_string())),
                     "idle_spin_us" => opt(f.idle_spin_us.map(|v| v.to_string())),
+                    "fp_active" => opt(f.fp_active.map(|v| v.to_string())),
+                    "fp_scale_up_pct" => opt(f.fp_scale_up_pct.map(|v| v.to_string())),
+                    "fp_scale_down_pct" => opt(f.fp_scale_down_pct.map(|v| v.to_string())),
+                    "fp_scale_up_ms" => opt(f.fp_scale_up_ms.map(|v| v.to_string())),
+                    "fp_scale_down_ms" => opt(f.fp_scale_down_ms.map(|v| v.to_string())),
                     "time_wait_ms" => opt(f.time_wait_ms.map(|v| v.to_string())),
                     "arp_reply" => opt(f.arp_reply.as_deref().map(toml_str)),
                     "log_level" => opt(f.log_level.as_deref().map(toml_str)),
@@ -772,6 +844,16 @@ impl Config {
                 (*k, v)
             })
             .collect()
+    }
+
+    /// The scaling controller's marks.
+    pub fn scale_params(&self) -> tas_fastpath::shard::ScaleParams {
+        tas_fastpath::shard::ScaleParams {
+            up_pct: self.fp_scale_up_pct,
+            down_pct: self.fp_scale_down_pct,
+            up_ms: self.fp_scale_up_ms,
+            down_ms: self.fp_scale_down_ms,
+        }
     }
 
     /// The keys whose values differ between `self` and `other`.
@@ -884,6 +966,11 @@ mod tests {
             ephemeral_low: _,
             ephemeral_high: _,
             idle_spin_us: _,
+            fp_active: _,
+            fp_scale_up_pct: _,
+            fp_scale_down_pct: _,
+            fp_scale_up_ms: _,
+            fp_scale_down_ms: _,
             time_wait_ms: _,
             arp_reply: _,
             log_level: _,
@@ -913,7 +1000,7 @@ mod tests {
             cubic_c: _,
             cubic_beta: _,
         } = FileConfig::default();
-        assert_eq!(KEYS.len(), 45);
+        assert_eq!(KEYS.len(), 50);
         let c = base().validate().unwrap();
         assert_eq!(c.entries().len(), KEYS.len());
         // Every key's rendering parses back to the same configuration.

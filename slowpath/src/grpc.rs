@@ -115,6 +115,10 @@ pub struct Ops {
     pub local_ip: Option<Ipv4Addr>,
     /// Per core: (CPU, rx queue, bind mode).
     pub cores: Vec<(u32, u32, String)>,
+    /// CPU of each fast-path thread.
+    pub cpus: Vec<u32>,
+    /// The fast path's thread scaling.
+    pub scale: Option<Arc<tas_fastpath::shard::ScaleState>>,
     /// Paths and addresses for `GetStatus`.
     pub app_socket: String,
     /// See `app_socket`.
@@ -258,6 +262,17 @@ impl ControlService {
             ("uptime_seconds", s.uptime_ms / 1000),
         ] {
             cs.push((n.to_string(), v, -1));
+        }
+        if let Some(sc) = &self.ops.scale {
+            let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            for (n, v) in [
+                ("fp_threads_active", sc.active() as u64),
+                ("fp_scale_ups", get(&sc.scale_ups)),
+                ("fp_scale_downs", get(&sc.scale_downs)),
+                ("fp_shard_handoffs", get(&sc.handoffs)),
+            ] {
+                cs.push((n.to_string(), v, -1));
+            }
         }
         let info = [
             ("version", s.version.clone()),
@@ -534,8 +549,14 @@ impl Control for ControlService {
                 let get = |n: &str| cs.iter().find(|c| c.2 == i && c.0 == n).map_or(0, |c| c.1);
                 let drops: u64 = cs.iter().filter(|c| c.2 == i && (c.0.starts_with("drop_") || c.0 == "exceptions_dropped")).map(|c| c.1).sum();
                 let (cpu, queue, mode) = self.ops.cores.get(i as usize).cloned().unwrap_or((0, i as u32, String::new()));
+                let thread = match &self.ops.scale {
+                    Some(s) => s.serving(i as usize).map_or(-1, |t| t as i32),
+                    None => i,
+                };
+                let cpu = usize::try_from(thread).ok().and_then(|t| self.ops.cpus.get(t).copied()).unwrap_or(cpu);
                 Core {
                     id: i as u32,
+                    thread,
                     cpu,
                     queue,
                     bind_mode: mode,
@@ -556,7 +577,28 @@ impl Control for ControlService {
                 }
             })
             .collect();
-        Ok(Response::new(CoreList { cores }))
+        let scaling = self.ops.scale.as_ref().map(|s| {
+            let p = s.params();
+            tas_proto::control::Scaling {
+                threads: s.shards() as u32,
+                active_threads: s.active() as u32,
+                forced: s.forced() as u32,
+                up_pct: p.up_pct,
+                down_pct: p.down_pct,
+                up_ms: p.up_ms,
+                down_ms: p.down_ms,
+                scale_ups: s.scale_ups.load(std::sync::atomic::Ordering::Relaxed),
+                scale_downs: s.scale_downs.load(std::sync::atomic::Ordering::Relaxed),
+                handoffs: s.handoffs.load(std::sync::atomic::Ordering::Relaxed),
+                load_pct: s.load_pct.load(std::sync::atomic::Ordering::Relaxed),
+                events: s
+                    .events()
+                    .into_iter()
+                    .map(|e| tas_proto::control::ScaleEvent { at_unix_us: e.at_unix_us, from: e.from, to: e.to, load_pct: e.load_pct, forced: e.forced })
+                    .collect(),
+            }
+        });
+        Ok(Response::new(CoreList { cores, scaling }))
     }
 
     async fn detach_app(&self, r: Request<DetachAppRequest>) -> GrpcResult<DetachAppReply> {

@@ -3,7 +3,8 @@
 //!
 //! Keys that can change live ([`crate::config::KEYS`] with `live`): `log_level` (the log
 //! filter, swapped in place), `time_wait_ms` and `arp_reply` (sent to the slow-path
-//! thread). Every other key needs a restart: `SetConfig` refuses it and names it; SIGHUP
+//! thread), `fp_active` and the `fp_scale_*` marks (stored in the fast path's
+//! [`tas_fastpath::shard::ScaleState`]). Every other key needs a restart: `SetConfig` refuses it and names it; SIGHUP
 //! applies what it can and logs which changed keys wait for a restart, and which keys of
 //! the file a command-line flag overrides (flags win, on reload as at start).
 
@@ -27,6 +28,8 @@ pub struct LiveConfig {
     flags: FileConfig,
     log: Option<LogReload>,
     slow: Sender<Query>,
+    /// The fast path's thread scaling (tasd with more than one fast-path shard).
+    scale: std::sync::OnceLock<std::sync::Arc<tas_fastpath::shard::ScaleState>>,
 }
 
 impl std::fmt::Debug for LiveConfig {
@@ -55,12 +58,17 @@ pub fn resolve_arp_reply(setting: Option<bool>, ip: Ipv4Addr) -> bool {
 impl LiveConfig {
     /// The configuration `current`, read from `file` (if any) overlaid with `flags`.
     pub fn new(current: Config, file: Option<PathBuf>, flags: FileConfig, log: Option<LogReload>, slow: Sender<Query>) -> Self {
-        LiveConfig { current: Mutex::new(current), file, flags, log, slow }
+        LiveConfig { current: Mutex::new(current), file, flags, log, slow, scale: std::sync::OnceLock::new() }
     }
 
     /// The running configuration.
     pub fn current(&self) -> Config {
         self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Apply `fp_active` and the `fp_scale_*` marks to `scale` from now on.
+    pub fn set_scale(&self, scale: std::sync::Arc<tas_fastpath::shard::ScaleState>) {
+        let _ = self.scale.set(scale);
     }
 
     /// The configuration file, if tasd was started with one.
@@ -125,6 +133,14 @@ impl LiveConfig {
             self.slow
                 .try_send(Query::SetLive { time_wait: Duration::from_millis(new.time_wait_ms), arp_reply: arp })
                 .map_err(|_| "the slow path is busy or shutting down; try again".to_string())?;
+        }
+        if let Some(sc) = self.scale.get() {
+            if new.scale_params() != cur.scale_params() {
+                sc.set_params(new.scale_params());
+            }
+            if new.fp_active != cur.fp_active {
+                sc.set_forced(new.fp_active as usize);
+            }
         }
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = new;
         Ok(())

@@ -37,6 +37,10 @@ struct Cli {
     /// CPUs to pin the fast-path cores to, comma separated (default: the last CPUs).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     fp_cpus: Option<Vec<usize>>,
+    /// Active fast-path threads: 0 lets the scaling controller decide from the load, k fixes
+    /// k (at most --fp-cores; can change live: tasctl config set fp_active K).
+    #[arg(long, value_name = "N")]
+    fp_active: Option<u8>,
     /// Unix socket applications attach to [default: /run/tas/tasd.sock].
     #[arg(long, value_name = "PATH")]
     app_socket: Option<PathBuf>,
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         gateway,
         fp_cores,
         fp_cpus,
+        fp_active,
         app_socket,
         control_socket,
         config,
@@ -97,6 +102,7 @@ fn main() -> ExitCode {
         gateway,
         fp_cores,
         fp_cpus,
+        fp_active,
         app_socket,
         control_socket,
         xdp_mode,

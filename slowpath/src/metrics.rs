@@ -92,6 +92,10 @@ pub fn counter_help(name: &str, per_core: bool) -> (&'static str, bool) {
             "apps" => ("Attached applications.", true),
             "listeners" => ("Listening ports.", true),
             "uptime_seconds" => ("Seconds since tasd started.", true),
+            "fp_threads_active" => ("Fast-path threads serving shards now (1..fp_cores; docs/decisions.md 27).", true),
+            "fp_scale_ups" => ("Times a fast-path thread was added (by the controller or fp_active).", false),
+            "fp_scale_downs" => ("Times a fast-path thread was removed (by the controller or fp_active).", false),
+            "fp_shard_handoffs" => ("Shards handed from one fast-path thread to another.", false),
             _ => (UNDOCUMENTED, false),
         }
     };
@@ -313,6 +317,11 @@ tas_connections 4
         }
         for n in ["connections", "flows", "apps", "listeners", "uptime_seconds"] {
             assert!(counter_help(n, false).1, "{n} is a gauge");
+        }
+        assert!(counter_help("fp_threads_active", false).1, "a gauge");
+        for n in ["fp_scale_ups", "fp_scale_downs", "fp_shard_handoffs"] {
+            let (help, gauge) = counter_help(n, false);
+            assert!(help != UNDOCUMENTED && !gauge, "{n}");
         }
     }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use tas_fastpath::appmem::AppMem;
 use tas_fastpath::core::{run_pinned, CoreDoorbell, FastPath, FpConfig, Notify};
+use tas_fastpath::shard::{run_controller, run_thread, thread_for, ScaleState, Shard};
 use tas_fastpath::ctl::{command_queue, to_slow_queue};
 use tas_fastpath::io::af_xdp::{BindMode, XdpConfig, XdpMode, XdpProgram, XskSocket};
 use tas_fastpath::time::{Clock, SystemClock};
@@ -126,6 +127,11 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         queue_entries,
         ephemeral,
         idle_spin_us,
+        fp_active,
+        fp_scale_up_pct: _,
+        fp_scale_down_pct: _,
+        fp_scale_up_ms: _,
+        fp_scale_down_ms: _,
         time_wait_ms,
         arp_reply,
         log_level: _,
@@ -179,6 +185,8 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
     let mut core_meta = Vec::new();
     let mut doorbells: Vec<Arc<CoreDoorbell>> = Vec::new();
     let mut core_threads: Vec<JoinHandle<()>> = Vec::new();
+    let mut shards = Vec::new();
+    let mut shard_counters = Vec::new();
     for c in 0..fp_cores {
         let sock = XskSocket::open(&xcfg, c as u32).map_err(|e| e.to_string())?;
         program.register(&sock).map_err(|e| e.to_string())?;
@@ -205,13 +213,48 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         let door = Arc::new(CoreDoorbell::new().map_err(|e| format!("eventfd: {e}"))?);
         links.push(CoreLink::new(cmd_tx, rep_rx, Some(door.clone() as Arc<dyn Notify>), fp.counters(), flows_per_core));
         doorbells.push(door.clone());
-        let (stop2, cpu) = (stop.clone(), cpus[c as usize]);
-        let spin = Duration::from_micros(idle_spin_us);
+        shard_counters.push(fp.counters());
+        shards.push(Shard { id: c as usize, fp, doorbell: door });
+    }
+    // Threads: one shard and one thread, as always, for a single core; with more, a
+    // thread per shard of which 1..N are active, and the controller that picks N
+    // (tas_fastpath::shard, docs/decisions.md "Multi-core fast path").
+    let n = fp_cores as usize;
+    let initial = if fp_active > 0 { fp_active as usize } else { n };
+    let scale = Arc::new(
+        ScaleState::new(n, initial, fp_active as usize, full_config.scale_params()).map_err(|e| format!("eventfd: {e}"))?,
+    );
+    let spin = Duration::from_micros(idle_spin_us);
+    if n == 1 {
+        let sh = shards.pop().expect("one shard");
+        let (stop2, cpu) = (stop.clone(), cpus[0]);
         core_threads.push(
             std::thread::Builder::new()
-                .name(format!("tas-fp{c}"))
-                .spawn(move || run_pinned(fp, &SystemClock, Some(cpu), door, stop2, spin))
+                .name("tas-fp0".into())
+                .spawn(move || run_pinned(sh.fp, &SystemClock, Some(cpu), sh.doorbell, stop2, spin))
                 .map_err(|e| format!("cannot start fast-path thread: {e}"))?,
+        );
+    } else {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| crossbeam_channel::unbounded()).unzip();
+        let mut per_thread: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        for sh in shards.drain(..) {
+            per_thread[thread_for(sh.id, initial)].push(sh);
+        }
+        for (t, (mine, inbox)) in per_thread.into_iter().zip(rxs).enumerate() {
+            let (stop2, cpu, state, outboxes) = (stop.clone(), cpus[t], scale.clone(), txs.clone());
+            core_threads.push(
+                std::thread::Builder::new()
+                    .name(format!("tas-fp{t}"))
+                    .spawn(move || run_thread(t, mine, inbox, outboxes, state, &SystemClock, Some(cpu), stop2, spin))
+                    .map_err(|e| format!("cannot start fast-path thread: {e}"))?,
+            );
+        }
+        let (stop2, state) = (stop.clone(), scale.clone());
+        core_threads.push(
+            std::thread::Builder::new()
+                .name("tas-scale".into())
+                .spawn(move || run_controller(state, shard_counters, stop2))
+                .map_err(|e| format!("cannot start the scaling thread: {e}"))?,
         );
     }
 
@@ -310,12 +353,15 @@ pub fn run_with(cfg: Config, hooks: Hooks) -> Result<(), String> {
         connections: 0,
     };
     let live = Arc::new(LiveConfig::new(full_config, hooks.config_file, hooks.flags, hooks.log_reload, query_tx.clone()));
+    live.set_scale(scale.clone());
     // Stop signal for the servers and their open streams.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let ops = Ops {
         local_ip: Some(ip),
         cores: core_meta,
+        cpus: cpus.iter().map(|&c| c as u32).collect(),
+        scale: Some(scale.clone()),
         app_socket: app_socket.display().to_string(),
         control_socket: control_socket.display().to_string(),
         metrics_address: metrics.map(|a| a.to_string()).unwrap_or_default(),

@@ -1600,7 +1600,7 @@ impl SlowPath {
         };
         let phase = c.phase;
         match phase {
-            Phase::SynSent { token, iss, sent_at, peer, .. } => self.on_synsent(key, token, iss, sent_at, peer, mac, seg),
+            Phase::SynSent { token, iss, sent_at, peer, .. } => self.on_synsent(core, key, token, iss, sent_at, peer, mac, seg),
             Phase::SynRcvd { listener, iss, irs, opts, sent_at, .. } => {
                 if seg.flags.contains(TcpFlags::RST) {
                     // RFC 5961 3.2 (and RFC 9293 3.10.7.4): only an RST at exactly RCV.NXT
@@ -1929,6 +1929,7 @@ impl SlowPath {
     #[allow(clippy::too_many_arguments)]
     fn on_synsent(
         &mut self,
+        arrived_on: u8,
         key: FlowKey,
         token: u64,
         iss: u32,
@@ -1956,7 +1957,7 @@ impl SlowPath {
                 (true, Some((irs, opts))) if seg.seq_number == irs.wrapping_add(1) => {
                     let shift = if opts.wscale.is_some() { opts.wscale.unwrap_or(0).min(14) } else { 0 };
                     let wnd = (seg.window_len as u32) << shift;
-                    self.establish_active(key, token, iss, sent_at, mac, irs, opts, wnd, seg, false);
+                    self.establish_active(arrived_on, key, token, iss, sent_at, mac, irs, opts, wnd, seg, false);
                 }
                 (true, _) => {}
                 (false, _) => {
@@ -2005,14 +2006,21 @@ impl SlowPath {
         }
         // The window of a SYN-ACK is not scaled.
         let opts = Self::peer_opts(seg);
-        self.establish_active(key, token, iss, sent_at, mac, seg.seq_number, opts, seg.window_len as u32, seg, true);
+        self.establish_active(arrived_on, key, token, iss, sent_at, mac, seg.seq_number, opts, seg.window_len as u32, seg, true);
     }
 
     /// Install an actively opened connection (after a SYN-ACK, or the ACK completing a
     /// simultaneous open) and tell the application.
+    ///
+    /// The flow goes to the shard the handshake's last segment `arrived_on`, not the one
+    /// [`Self::core_for`] guessed when the SYN left: the peer picks the queue its segments
+    /// arrive on (on veth, from a random per-socket hash the 4-tuple does not predict), and
+    /// the rest of the connection most likely follows the SYN-ACK (docs/decisions.md, 
+    /// "Multi-core fast path").
     #[allow(clippy::too_many_arguments)]
     fn establish_active(
         &mut self,
+        arrived_on: u8,
         key: FlowKey,
         token: u64,
         iss: u32,
@@ -2024,8 +2032,10 @@ impl SlowPath {
         seg: &TcpRepr,
         send_ack: bool,
     ) {
-        let c = self.conns.get(&key).expect("present");
-        let (app, slot, core) = (c.app, c.slot.expect("active opens hold a slot"), c.core);
+        let core = if (arrived_on as usize) < self.cores.len() { arrived_on } else { self.conns[&key].core };
+        let c = self.conns.get_mut(&key).expect("present");
+        c.core = core;
+        let (app, slot) = (c.app, c.slot.expect("active opens hold a slot"));
         let Some(flow) = self.cores[core as usize].free_flows.pop() else {
             let ip = c.remote_ip;
             self.counters.connect_failures += 1;

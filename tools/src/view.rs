@@ -458,6 +458,7 @@ pub fn cores_table(cores: &[Core]) -> String {
         ("BUSY%", Right),
         ("CYC/BATCH", Right),
         ("CYC/PKT", Right),
+        ("THREAD", Right),
     ]);
     for c in cores {
         let cyc = CoreCycles::of(c);
@@ -483,9 +484,53 @@ pub fn cores_table(cores: &[Core]) -> String {
             opt(cyc.busy_percent, 1),
             opt(cyc.per_batch, 0),
             opt(cyc.per_packet, 0),
+            if c.thread < 0 { "moving".into() } else { c.thread.to_string() },
         ]);
     }
     t.render()
+}
+
+/// The fast path's threads: how many are active, why, and the last changes.
+pub fn scaling_text(s: &Scaling) -> String {
+    let mode = if s.forced == 0 { "adaptive".to_string() } else { format!("fixed (fp_active = {})", s.forced) };
+    let mut out = format!(
+        "fast-path threads: {} of {} active, {mode}; load {:.2} cores; up above {}% per thread for {} ms, down below {}% for {} ms; {} up, {} down, {} shard handoffs\n",
+        s.active_threads,
+        s.threads,
+        s.load_pct as f64 / 100.0,
+        s.up_pct,
+        s.up_ms,
+        s.down_pct,
+        s.down_ms,
+        s.scale_ups,
+        s.scale_downs,
+        s.handoffs
+    );
+    for e in &s.events {
+        let ms = e.at_unix_us / 1000;
+        out += &format!("  {}.{:03}  {} -> {}  load {:.2} cores{}\n", ms / 1000, ms % 1000, e.from, e.to, e.load_pct as f64 / 100.0, if e.forced { "  (fp_active)" } else { "" });
+    }
+    out
+}
+
+/// [`scaling_text`] as JSON.
+pub fn scaling_json(s: &Scaling) -> Value {
+    json!({
+        "threads": s.threads,
+        "active_threads": s.active_threads,
+        "forced": s.forced,
+        "up_pct": s.up_pct,
+        "down_pct": s.down_pct,
+        "up_ms": s.up_ms,
+        "down_ms": s.down_ms,
+        "scale_ups": s.scale_ups,
+        "scale_downs": s.scale_downs,
+        "handoffs": s.handoffs,
+        "load_pct": s.load_pct,
+        "events": s.events.iter().map(|e| json!({
+            "at_unix_us": e.at_unix_us, "from": e.from, "to": e.to, "load_pct": e.load_pct, "forced": e.forced,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn opt(v: Option<f64>, decimals: usize) -> String {
@@ -537,6 +582,7 @@ pub fn core_json(c: &Core) -> Value {
         "idle_cycles": c.idle_cycles,
         "kick_cycles": c.kick_cycles,
         "ticks_per_us": c.ticks_per_us,
+        "thread": c.thread,
     })
 }
 
@@ -777,11 +823,38 @@ mod tests {
         assert_eq!(r.busy_percent, Some(75.0));
         assert_eq!(r.per_batch, Some(300.0));
         assert_eq!(r.per_packet, Some(100.0));
-        let rows = crate::table::parse(&cores_table(&[idle, c]));
+        let moving = Core { thread: -1, ..Default::default() };
+        let rows = crate::table::parse(&cores_table(&[idle, Core { thread: 1, ..c }, moving]));
         let n = rows[0].len();
-        assert_eq!(rows[0][n - 3..], ["BUSY%", "CYC/BATCH", "CYC/PKT"]);
-        assert_eq!(rows[1][n - 3..], ["-", "-", "-"]);
-        assert_eq!(rows[2][n - 3..], ["75.0", "300", "100"]);
+        assert_eq!(rows[0][n - 4..], ["BUSY%", "CYC/BATCH", "CYC/PKT", "THREAD"]);
+        assert_eq!(rows[1][n - 4..], ["-", "-", "-", "0"]);
+        assert_eq!(rows[2][n - 4..], ["75.0", "300", "100", "1"]);
+        assert_eq!(rows[3][n - 1], "moving");
+    }
+
+    #[test]
+    fn scaling_shows_the_count_the_marks_and_the_events() {
+        let s = Scaling {
+            threads: 2,
+            active_threads: 1,
+            forced: 0,
+            up_pct: 70,
+            down_pct: 30,
+            up_ms: 50,
+            down_ms: 500,
+            scale_ups: 1,
+            scale_downs: 2,
+            handoffs: 3,
+            load_pct: 12,
+            events: vec![ScaleEvent { at_unix_us: 1_500_000, from: 2, to: 1, load_pct: 4, forced: true }],
+        };
+        let t = scaling_text(&s);
+        assert!(t.starts_with("fast-path threads: 1 of 2 active, adaptive; load 0.12 cores; up above 70% per thread for 50 ms, down below 30% for 500 ms; 1 up, 2 down, 3 shard handoffs\n"), "{t}");
+        assert!(t.contains("  1.500  2 -> 1  load 0.04 cores  (fp_active)\n"), "{t}");
+        let j = scaling_json(&s);
+        assert_eq!((j["active_threads"].as_u64(), j["scale_downs"].as_u64()), (Some(1), Some(2)));
+        assert_eq!(j["events"][0]["to"], 1);
+        assert_eq!(j["events"][0]["forced"], true);
     }
 
     #[test]

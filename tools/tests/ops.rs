@@ -1273,13 +1273,13 @@ fn tasctl_errors_tcp_control_and_config() {
     assert_eq!(value(&cfg, "log_level"), "\"info\"");
     assert_eq!(value(&cfg, "control_tcp"), "\"127.0.0.1:50051\"");
     assert_eq!(value(&cfg, "metrics"), "");
-    // Every key of the catalogue, no more (45 since cc_rate_step_us).
+    // Every key of the catalogue, no more (50 since the scaling keys and cc_rate_step_us).
     assert_eq!(
         cfg["entries"].as_array().unwrap().len(),
         tas_slowpath::config::KEYS.len(),
         "{cfg}"
     );
-    assert!(tas_slowpath::config::KEYS.len() >= 45);
+    assert!(tas_slowpath::config::KEYS.len() >= 50);
     let out = bed
         .tasctl(&["config", "set", "log_level", "debug"])
         .ok()

@@ -7,7 +7,8 @@
 //!   flow ID                     one connection in detail
 //!   close ID [--reset]          FIN (or RST) a connection
 //!   apps [detach ID]            applications; disconnect one
-//!   listeners | cores           listening ports; fast-path cores
+//!   listeners | cores           listening ports; fast-path cores (shards)
+//!   scaling                     fast-path threads: active count, marks, last changes
 //!   stats [--watch SECS]        every counter (with rates)
 //!   cc get|set                  congestion control: algorithm, parameters, per-flow state
 //!   config get|set              running configuration; live keys can change
@@ -115,8 +116,10 @@ enum Cmd {
     },
     /// Listening ports.
     Listeners,
-    /// Fast-path cores and their counters.
+    /// Fast-path cores (shards) and their counters; the threads serving them.
     Cores,
+    /// The fast path's threads: how many are active, the scaling marks, the last changes.
+    Scaling,
     /// Every counter: drops and exceptions by reason, per core.
     Stats {
         /// Refresh every SECS seconds, with rates per second.
@@ -518,6 +521,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print_json(&Value::Array(cores.iter().map(view::core_json).collect()));
             } else {
                 print!("{}", view::cores_table(&cores));
+            }
+        }
+        Cmd::Scaling => {
+            let Some(sc) = call(timeout, c.list_cores(CoresRequest {})).await?.scaling else {
+                return Err(Failure("this tasd reports no thread scaling (it predates it)".into()));
+            };
+            if json {
+                print_json(&view::scaling_json(&sc));
+            } else {
+                print!("{}", view::scaling_text(&sc));
             }
         }
         Cmd::Stats {

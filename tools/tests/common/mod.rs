@@ -98,6 +98,8 @@ pub struct Bed {
     pub ns_b: String,
     /// The middle namespace, in a bed made with [`Bed::up_with_middle`].
     pub ns_m: Option<String>,
+    /// rx/tx queues per veth end (`TAS_QUEUES`); `tasd` gets `--fp-cores` this many.
+    pub queues: u32,
     pub run_dir: PathBuf,
     pub procs: Mutex<Vec<Proc>>,
     pub _serial: std::sync::MutexGuard<'static, ()>,
@@ -122,17 +124,23 @@ pub struct Output {
 impl Bed {
     /// A and B joined by one veth pair.
     pub fn up(test: &str) -> Bed {
-        Self::make(test, false)
+        Self::make(test, false, 1)
     }
 
     /// A and B joined through a middle namespace M (`deploy/sandbox.sh` with `TAS_NS_M`):
     /// A's veth peer is [`IF_MA`] and B's is [`IF_MB`], both in M, where nothing joins them
     /// until a forwarder (`tas-impair`) bridges them.
     pub fn up_with_middle(test: &str) -> Bed {
-        Self::make(test, true)
+        Self::make(test, true, 1)
     }
 
-    fn make(test: &str, middle: bool) -> Bed {
+    /// A and B joined by one veth pair with `queues` rx/tx queues per end; `tasd` runs one
+    /// fast-path shard per queue (`--fp-cores queues`).
+    pub fn up_queues(test: &str, queues: u32) -> Bed {
+        Self::make(test, false, queues)
+    }
+
+    fn make(test: &str, middle: bool, queues: u32) -> Bed {
         let serial = SERIAL
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -152,6 +160,7 @@ impl Bed {
             ns_a: format!("tasv-{id}-a"),
             ns_b: format!("tasv-{id}-b"),
             ns_m: middle.then(|| format!("tasv-{id}-m")),
+            queues,
             run_dir,
             procs: Mutex::new(Vec::new()),
             _serial: serial,
@@ -177,7 +186,8 @@ impl Bed {
             .env("TAS_NS_B", &self.ns_b)
             .env("TAS_IP_A", IP_A)
             .env("TAS_IP_B", IP_B)
-            .env("TAS_IF_A", IF_A);
+            .env("TAS_IF_A", IF_A)
+            .env("TAS_QUEUES", self.queues.to_string());
         if let Some(m) = &self.ns_m {
             cmd.env("TAS_NS_M", m)
                 .env("TAS_IF_MA", IF_MA)
@@ -353,6 +363,7 @@ impl Bed {
         // TAS_TEST_TASD_LOG=FILTER: tasd's log filter (e.g. info,tas_slowpath::cc=trace for
         // the congestion controller's per-interval trace).
         let log = std::env::var("TAS_TEST_TASD_LOG").unwrap_or_else(|_| "info".into());
+        let cores = self.queues.to_string();
         let mut cmd = vec![
             tasd,
             "--interface",
@@ -360,7 +371,7 @@ impl Bed {
             "--ip",
             &ip,
             "--fp-cores",
-            "1",
+            &cores,
             "--app-socket",
             &app_socket,
             "--control-socket",
