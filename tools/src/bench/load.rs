@@ -333,27 +333,11 @@ pub fn run(cfg: &LoadConfig) -> Result<LoadResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
 
     /// A blocking server thread on the loopback that answers what it reads with
     /// `reply(bytes)`.
     fn server(reply: fn(&[u8]) -> Vec<u8>) -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                std::thread::spawn(move || {
-                    let mut b = [0u8; 4096];
-                    while let Ok(n) = s.read(&mut b) {
-                        if n == 0 || s.write_all(&reply(&b[..n])).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        addr
+        crate::bench::test_support::loopback_server(reply)
     }
 
     /// A blocking echo server thread on the loopback.

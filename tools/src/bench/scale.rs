@@ -766,29 +766,14 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
 
-    /// A blocking echo server on the loopback, one thread per connection, that answers
-    /// with `reply`.
+    /// A blocking server on the loopback, one thread per connection, that answers with
+    /// `reply`.
     fn server(reply: fn(&[u8]) -> Vec<u8>) -> SocketAddrV4 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let SocketAddr::V4(addr) = l.local_addr().unwrap() else {
-            unreachable!()
-        };
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { return };
-                std::thread::spawn(move || {
-                    let mut b = [0u8; 4096];
-                    while let Ok(n) = s.read(&mut b) {
-                        if n == 0 || s.write_all(&reply(&b[..n])).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        addr
+        match crate::bench::test_support::loopback_server(reply) {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("bound to 127.0.0.1"),
+        }
     }
 
     fn spec(server: SocketAddrV4, first: usize, count: usize) -> WorkerSpec {
