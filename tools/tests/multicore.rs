@@ -25,7 +25,7 @@ use serde_json::Value;
 
 /// Connections per direction: enough that both queues get some with overwhelming
 /// probability (each lands on a queue with probability 1/2: all on one is 2^-31).
-const CONNS: &str = "32";
+const CONNS: u32 = 32;
 
 /// `tasctl --socket <bed's control socket> ARGS --json`, parsed.
 fn tasctl_json(bed: &Bed, args: &[&str]) -> Value {
@@ -123,23 +123,7 @@ fn two_shards_carry_64_connections_both_directions() {
     bed.start_tas_echo_server();
     let server = bed.start_kernel_echo_server_b(ECHO_PORT);
 
-    let out = bed.run_b_peer(
-        "stream_client",
-        &[
-            "--connect",
-            &format!("{IP_A}:{ECHO_PORT}"),
-            "--bytes",
-            "2000000",
-            "--conns",
-            CONNS,
-            "--seed",
-            "7",
-        ],
-        Duration::from_secs(300),
-    );
-    let s = out.json_success();
-    assert_eq!(s["bytes_received"], 32 * 2_000_000u64, "{s}");
-    assert_eq!(s["sha256_sent"], s["sha256_received"], "{s}");
+    let s = bed.stream_through_echo_a(2_000_000, CONNS, 7, Duration::from_secs(300));
     eprintln!(
         "kernel -> tas-echo server, 32 x 2 MB: {} Gbit/s",
         s["gbit_per_s"]
@@ -154,7 +138,7 @@ fn two_shards_carry_64_connections_both_directions() {
             "--bytes",
             "2000000",
             "--conns",
-            CONNS,
+            &CONNS.to_string(),
         ],
         Duration::from_secs(300),
     );
@@ -230,28 +214,8 @@ fn forced_scaling_under_a_live_transfer_loses_nothing() {
     assert_eq!(a0, 2, "started with --fp-active 2");
 
     // The transfer runs in the background while the thread count changes.
-    let script = bed.peer("stream_client");
-    let conns = "16";
-    let client = std::thread::scope(|scope| {
-        let h = scope.spawn(|| {
-            bed.run(
-                &bed.ns_b,
-                "stream_client",
-                &[
-                    "python3",
-                    &script,
-                    "--connect",
-                    &format!("{IP_A}:{ECHO_PORT}"),
-                    "--bytes",
-                    "40000000",
-                    "--conns",
-                    conns,
-                    "--seed",
-                    "3",
-                ],
-                Duration::from_secs(300),
-            )
-        });
+    let s = std::thread::scope(|scope| {
+        let h = scope.spawn(|| bed.stream_through_echo_a(40_000_000, 16, 3, Duration::from_secs(300)));
         sleep(Duration::from_millis(500));
         for n in [1u64, 2, 1, 2] {
             tasctl_ok(&bed, &["config", "set", "fp_active", &n.to_string()]);
@@ -264,9 +228,6 @@ fn forced_scaling_under_a_live_transfer_loses_nothing() {
         );
         h.join().expect("client thread")
     });
-    let s = client.json_success();
-    assert_eq!(s["bytes_received"], 16 * 40_000_000u64, "{s}");
-    assert_eq!(s["sha256_sent"], s["sha256_received"], "{s}");
     eprintln!(
         "kernel -> tas-echo server, 16 x 40 MB under scaling: {} Gbit/s",
         s["gbit_per_s"]
@@ -356,28 +317,9 @@ fn the_controller_follows_the_load_both_ways() {
         "idle: {idle_at:?}"
     );
 
-    let script = bed.peer("stream_client");
     let started = unix_us();
-    let out = std::thread::scope(|scope| {
-        let h = scope.spawn(|| {
-            bed.run(
-                &bed.ns_b,
-                "stream_client",
-                &[
-                    "python3",
-                    &script,
-                    "--connect",
-                    &format!("{IP_A}:{ECHO_PORT}"),
-                    "--bytes",
-                    "40000000",
-                    "--conns",
-                    "16",
-                    "--seed",
-                    "5",
-                ],
-                Duration::from_secs(300),
-            )
-        });
+    let s = std::thread::scope(|scope| {
+        let h = scope.spawn(|| bed.stream_through_echo_a(40_000_000, 16, 5, Duration::from_secs(300)));
         wait_active(&bed, 2);
         let up = unix_us();
         eprintln!(
@@ -388,9 +330,6 @@ fn the_controller_follows_the_load_both_ways() {
         h.join().expect("client thread")
     });
     let ended = unix_us();
-    let s = out.json_success();
-    assert_eq!(s["bytes_received"], 16 * 40_000_000u64, "{s}");
-    assert_eq!(s["sha256_sent"], s["sha256_received"], "{s}");
     wait_active(&bed, 1);
     let evs = scale_events(&bed);
     let ups: Vec<_> = evs.iter().filter(|e| e.0 >= started && e.2 > e.1).collect();
@@ -422,31 +361,12 @@ fn measure_bulk_echo_with_one_and_two_threads() {
     let bed = Bed::up_queues("mcbench", 2);
     bed.start_tasd_with(&["--fp-active", "1"]);
     bed.start_tas_echo_server();
-    let script = bed.peer("stream_client");
     for round in 0..2 {
         for n in [1u64, 2] {
             tasctl_ok(&bed, &["config", "set", "fp_active", &n.to_string()]);
             wait_active(&bed, n);
             let before = tasctl_json(&bed, &["cores"]);
-            let out = bed.run(
-                &bed.ns_b,
-                "stream_client",
-                &[
-                    "python3",
-                    &script,
-                    "--connect",
-                    &format!("{IP_A}:{ECHO_PORT}"),
-                    "--bytes",
-                    "25000000",
-                    "--conns",
-                    "16",
-                    "--seed",
-                    "9",
-                ],
-                Duration::from_secs(300),
-            );
-            let s = out.json_success();
-            assert_eq!(s["sha256_sent"], s["sha256_received"], "{s}");
+            let s = bed.stream_through_echo_a(25_000_000, 16, 9, Duration::from_secs(300));
             let after = tasctl_json(&bed, &["cores"]);
             let busy = |v: &Value| {
                 v.as_array()

@@ -44,23 +44,7 @@ fn kernel_client_streams_100mb_through_tas_echo_server() {
     bed.start_tas_echo_server();
     let before = bed.kernel_tcp_counters_a();
 
-    let out = bed.run_b_peer(
-        "stream_client",
-        &[
-            "--connect",
-            &format!("{IP_A}:{ECHO_PORT}"),
-            "--bytes",
-            "100000000",
-            "--conns",
-            "1",
-            "--seed",
-            "1",
-        ],
-        Duration::from_secs(300),
-    );
-    let s = out.json_success();
-    assert_eq!(s["bytes_received"], 100_000_000u64, "{s}");
-    assert_eq!(s["sha256_sent"], s["sha256_received"], "{s}");
+    let s = bed.stream_through_echo_a(100_000_000, 1, 1, Duration::from_secs(300));
     eprintln!("stream 100 MB: {s}");
 
     bed.assert_kernel_a_did_no_tcp(&before);

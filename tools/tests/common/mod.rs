@@ -298,6 +298,19 @@ impl Bed {
         self.run(&self.ns_b, peer, &cmd, timeout)
     }
 
+    /// `stream_client.py` in B: `conns` connections each stream `bytes` through the echo
+    /// server on the stack (IP_A:ECHO_PORT) and back. Checks that every byte came back
+    /// (count and sha256) and returns the client's report.
+    pub fn stream_through_echo_a(&self, bytes: u64, conns: u32, seed: u32, timeout: Duration) -> Value {
+        let (bytes_s, conns_s, seed_s) = (bytes.to_string(), conns.to_string(), seed.to_string());
+        let target = format!("{IP_A}:{ECHO_PORT}");
+        let args = ["--connect", &target, "--bytes", &bytes_s, "--conns", &conns_s, "--seed", &seed_s];
+        let s = self.run_b_peer("stream_client", &args, timeout).json_success();
+        assert_eq!(s["bytes_received"], u64::from(conns) * bytes, "{s}");
+        assert_eq!(s["sha256_sent"], s["sha256_received"], "{s}");
+        s
+    }
+
     /// Run `tas-echo ARGS` in namespace A, attached to this bed's tasd.
     pub fn run_a_tas_app(&self, name: &str, args: &[&str], timeout: Duration) -> Output {
         let bin = self
