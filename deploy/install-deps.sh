@@ -23,8 +23,9 @@
 #   g++                libfuzzer-sys builds libFuzzer (C++) when deploy/test.sh checks fuzz/ compiles
 #   fonts-dejavu-core  a TTF font for the labels of tas-bench's chart (read at run time with
 #                      ab_glyph: no fontconfig or freetype is linked)
-#   iperf3, nginx-light, memcached, sockperf, wrk, curl
-#                      unmodified programs the LD_PRELOAD shim's root tests run (tools/tests/preload.rs);
+#   iperf3, nginx-light, memcached, sockperf, wrk, curl, libmemcached-tools
+#                      unmodified programs the LD_PRELOAD shim's root tests run (tools/tests/preload.rs;
+#                      libmemcached-tools: memccp/memccat/memcslap/memcstat, memcached's clients);
 #                      sockperf, iperf3 and redis-server also run under the shim in `tas-bench compare`
 #   linux-perf         perf record/report for the fast path's profile in docs/benchmarks.md (cpu-clock
 #                      sampling: this VM has no hardware counters); not needed by the tests
@@ -35,7 +36,7 @@ set -euo pipefail
 PACKAGES=(libelf-dev zlib1g-dev pkg-config clang llvm protobuf-compiler ethtool iproute2
           iputils-ping python3 procps tcpdump systemd util-linux redis-tools redis-server python3-pip
           fonts-dejavu-core g++
-          iperf3 nginx-light memcached sockperf wrk curl gcc linux-perf)
+          iperf3 nginx-light memcached sockperf wrk curl libmemcached-tools gcc linux-perf)
 
 # Python packages from PyPI, installed with pip into kvstore/.pydeps (git-ignored; the
 # kvstore root tests put it on PYTHONPATH), so neither the system Python nor a user's

@@ -24,6 +24,7 @@
 #include <sys/ioctl.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -855,6 +856,50 @@ static void t_exec(void) {
     close(a); close(b);
 }
 
+/* Signals during blocking socket calls (signal(7)): a handler without SA_RESTART makes
+ * the call fail with EINTR; with SA_RESTART it goes on, unless the socket has a time
+ * limit (SO_RCVTIMEO), which always gives EINTR. */
+static volatile sig_atomic_t alarms;
+static void on_alarm(int sig) { (void)sig; alarms++; }
+static void alarm_in(int ms, int flags) {
+    struct sigaction sa; memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm; sigemptyset(&sa.sa_mask); sa.sa_flags = flags;
+    sigaction(SIGALRM, &sa, 0);
+    struct itimerval it = {{0, 0}, {ms / 1000, (ms % 1000) * 1000}};
+    setitimer(ITIMER_REAL, &it, 0);
+}
+static void *late_writer(void *arg) {
+    sigset_t m; sigemptyset(&m); sigaddset(&m, SIGALRM); pthread_sigmask(SIG_BLOCK, &m, 0);
+    usleep(400000);
+    write((int)(intptr_t)arg, "abcd", 4);
+    return 0;
+}
+static void t_signals(void) {
+    int s = dial(); put(s, "ECHO\n");
+    char b[8];
+    alarms = 0;
+    alarm_in(150, 0);
+    CHECK("signal.recv_no_restart", recv(s, b, 4, 0));
+    alarm_in(150, SA_RESTART);
+    pthread_t t; pthread_create(&t, 0, late_writer, (void *)(intptr_t)s);
+    CHECK("signal.recv_restart", recv(s, b, 4, MSG_WAITALL));
+    pthread_join(t, 0);
+    CHECK("signal.recv_restart.data_ok", memcmp(b, "abcd", 4) == 0);
+    struct timeval tv = {2, 0};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    alarm_in(150, SA_RESTART);
+    CHECK("signal.recv_timeout_restart", recv(s, b, 4, 0));
+    int l = tcp();
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(listen_port + 7)};
+    CHECK("signal.listen.bind", bind(l, (struct sockaddr *)&a, sizeof a));
+    CHECK("signal.listen", listen(l, 4));
+    alarm_in(150, 0);
+    CHECK("signal.accept_no_restart", accept(l, 0, 0));
+    CHECK("signal.handler_runs", alarms);
+    signal(SIGALRM, SIG_DFL);
+    close(l); close(s);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "peer")) return run_peer(atoi(argv[2]));
     if (argc != 6 || strcmp(argv[1], "run")) {
@@ -871,7 +916,7 @@ int main(int argc, char **argv) {
     RUN(t_basics); RUN(t_nb_connect); RUN(t_echo); RUN(t_nonblocking); RUN(t_peek_waitall);
     RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_sndbuf); RUN(t_rcvbuf); RUN(t_tcp_info); RUN(t_dup);
     RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_contexts); RUN(t_exclusive);
-    RUN(t_fork); RUN(t_handover); RUN(t_exec);
+    RUN(t_fork); RUN(t_handover); RUN(t_exec); RUN(t_signals);
     printf("done\n");
     return 0;
 }

@@ -299,14 +299,29 @@ impl Proc {
     /// Run `f` under the context lock until it gives a result (blocking with the adaptive
     /// spin-then-sleep protocol), or return EAGAIN at once if `nonblock`.
     fn block<T>(self: &Arc<Self>, nonblock: bool, f: impl FnMut(&mut Context) -> Option<SysResult<T>>) -> SysResult<T> {
-        self.block_until(nonblock, None, f)
+        self.block_inner(nonblock, None, false, f)
     }
 
-    /// [`Proc::block`] with a time limit (SO_RCVTIMEO/SO_SNDTIMEO): EAGAIN when it passes.
+    /// A blocking socket call of the application (`accept`, `connect`, `recv`, `send`):
+    /// [`Proc::block`] with a time limit (SO_RCVTIMEO/SO_SNDTIMEO: EAGAIN when it passes),
+    /// and signals handled as Linux does: `EINTR` if the socket has a time limit or a
+    /// handler without `SA_RESTART` ran, else the call goes on.
     fn block_until<T>(
         self: &Arc<Self>,
         nonblock: bool,
         deadline: Option<Instant>,
+        f: impl FnMut(&mut Context) -> Option<SysResult<T>>,
+    ) -> SysResult<T> {
+        self.block_inner(nonblock, deadline, true, f)
+    }
+
+    /// The blocking loop. `eintr`: a signal may end the wait with `EINTR` (application
+    /// calls); internal waits for the service's answer (listen, adopt, info) restart.
+    fn block_inner<T>(
+        self: &Arc<Self>,
+        nonblock: bool,
+        deadline: Option<Instant>,
+        eintr: bool,
         mut f: impl FnMut(&mut Context) -> Option<SysResult<T>>,
     ) -> SysResult<T> {
         let start = Instant::now();
@@ -335,9 +350,13 @@ impl Proc {
                 return Err(e(libc::EAGAIN));
             }
             if let Slept::Interrupted = self.sleep(ms_left(deadline)) {
-                // Restart (SA_RESTART semantics) unless the context broke.
                 if self.lock().ctx.health().is_err() {
                     return Err(e(libc::ENETDOWN));
+                }
+                // signal(7): socket calls with a timeout fail with EINTR whatever the
+                // handler's flags; others restart under SA_RESTART.
+                if eintr && (deadline.is_some() || sys::some_handler_without_restart()) {
+                    return Err(e(libc::EINTR));
                 }
             }
         }
@@ -1042,6 +1061,11 @@ pub fn connect(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
         s.state()?.nb_connect = true;
         return Err(e(libc::EINPROGRESS));
     }
+    if r == Err(e(libc::EINTR)) {
+        // Interrupted: the open goes on too (a second connect gives EALREADY).
+        s.state()?.nb_connect = true;
+        return Err(e(libc::EINTR));
+    }
     r?;
     let mut st = s.state()?;
     let mut g = s.proc.lock();
@@ -1596,7 +1620,7 @@ fn tcp_info(s: &Arc<Sock>, out: &mut [u8]) -> SysResult<usize> {
         let info = match token {
             Some(t) => {
                 let deadline = Instant::now() + INFO_WAIT;
-                let r = s.proc.block_until(false, Some(deadline), |ctx| match ctx.info_result(t) {
+                let r = s.proc.block_inner(false, Some(deadline), false, |ctx| match ctx.info_result(t) {
                     Ok(Some(i)) => Some(Ok(i)),
                     Ok(None) => None,
                     Err(err) => Some(Err(errno_of(err))),

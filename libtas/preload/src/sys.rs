@@ -255,3 +255,25 @@ pub fn register_atfork(child: extern "C" fn()) {
     // is never unloaded: it is preloaded).
     unsafe { libc::pthread_atfork(None, None, Some(child)) };
 }
+
+/// Whether some signal is caught by a handler installed without `SA_RESTART` (the signals
+/// glibc reserves for itself, 32 and 33, are left out). Linux restarts a blocking socket
+/// call interrupted by a handler with `SA_RESTART` and fails it with `EINTR` otherwise; the
+/// shim's sleep cannot tell which signal interrupted it, so it asks this.
+pub fn some_handler_without_restart() -> bool {
+    for sig in 1..=libc::SIGRTMAX() {
+        if matches!(sig, libc::SIGKILL | libc::SIGSTOP | 32 | 33) {
+            continue;
+        }
+        // SAFETY: a zeroed sigaction is a valid out-parameter.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a null new action only reads the current one into `old`, a valid pointer.
+        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
+            continue;
+        }
+        if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN && old.sa_flags & libc::SA_RESTART == 0 {
+            return true;
+        }
+    }
+    false
+}
