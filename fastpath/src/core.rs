@@ -311,6 +311,9 @@ pub struct FastPath<IO: PacketIo> {
     rxc: RxCounters,
     qm: QueueManager,
     touched: Vec<u32>,
+    /// Doorbells that named a flow this core does not hold (yet): retried once after the
+    /// command queue is drained ([`FastPath::retry_doorbells`]).
+    deferred: Vec<(u16, Doorbell)>,
     frames: Vec<RxFrame>,
     ident: u16,
     rto_cursor: u32,
@@ -362,6 +365,7 @@ impl<IO: PacketIo> FastPath<IO> {
             active_apps: Vec::with_capacity(MAX_APPS),
             qm: QueueManager::new(cap),
             touched: Vec::with_capacity(cfg.rx_batch * 2 + DOORBELL_BUDGET * 4),
+            deferred: Vec::with_capacity(DOORBELL_BUDGET),
             frames: vec![RxFrame::default(); cfg.rx_batch],
             cfg,
             io,
@@ -417,6 +421,10 @@ impl<IO: PacketIo> FastPath<IO> {
             self.publish_rx_counters();
         }
         res.other += self.doorbells();
+        if !self.deferred.is_empty() {
+            res.other += self.commands();
+            self.retry_doorbells();
+        }
         res.tx = self.transmit();
         self.timers();
         self.finish_batch();
@@ -800,18 +808,13 @@ impl<IO: PacketIo> FastPath<IO> {
                     }
                 };
                 taken += 1;
-                let ok = match Doorbell::decode(&d) {
-                    Ok(db) => apply_doorbell(
-                        &mut self.flows,
-                        slot as u16,
-                        db,
-                        &mut self.qm,
-                        &mut self.touched,
-                    ),
-                    Err(_) => false,
-                };
-                if !ok {
-                    bump(&self.counters.bad_doorbells, 1);
+                match Doorbell::decode(&d) {
+                    Ok(db) => match apply_doorbell(&mut self.flows, slot as u16, db, &mut self.qm, &mut self.touched) {
+                        Applied::Yes => {}
+                        Applied::NoFlow => self.deferred.push((slot as u16, db)),
+                        Applied::Refused => bump(&self.counters.bad_doorbells, 1),
+                    },
+                    Err(_) => bump(&self.counters.bad_doorbells, 1),
                 }
             }
             if taken > 0 {
@@ -821,6 +824,26 @@ impl<IO: PacketIo> FastPath<IO> {
         }
         bump(&self.counters.doorbells, n as u64);
         n
+    }
+
+    /// Apply again the doorbells [`FastPath::doorbells`] deferred because their flow was
+    /// not (or no longer) this application's here. The slow path sends `InstallFlow` before
+    /// it tells the application of a new connection, so a doorbell can only name a flow
+    /// the core lacks if the install was still in the command queue when the doorbells
+    /// were taken (the core drains commands first, but the install may land between the
+    /// two, while the core receives): the caller has drained the commands since, so a
+    /// doorbell that fails now is bad (a stale flow after a move or close, or a lying
+    /// application) and is counted.
+    fn retry_doorbells(&mut self) {
+        let mut deferred = std::mem::take(&mut self.deferred);
+        for (slot, db) in deferred.drain(..) {
+            if apply_doorbell(&mut self.flows, slot, db, &mut self.qm, &mut self.touched) != Applied::Yes {
+                bump(&self.counters.bad_doorbells, 1);
+            }
+        }
+        // Keep the allocation (and whatever a nested `doorbells` deferred meanwhile).
+        deferred.append(&mut self.deferred);
+        self.deferred = deferred;
     }
 
     // ---- transmit -------------------------------------------------------------------
@@ -1578,37 +1601,48 @@ fn peek_key(d: &[u8]) -> Option<FlowKey> {
 
 /// Apply one doorbell after checking it against the core's own state. False if the
 /// doorbell is invalid (wrong app, slot, flow, or a length beyond the ring).
+/// What became of a doorbell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Yes,
+    /// The flow it names is not this application's connection here (not installed yet,
+    /// moved away or closed).
+    NoFlow,
+    /// Out of bounds (more bytes than the ring holds, data after the FIN).
+    Refused,
+}
+
 fn apply_doorbell(
     flows: &mut FlowTable,
     app: u16,
     db: Doorbell,
     qm: &mut QueueManager,
     touched: &mut Vec<u32>,
-) -> bool {
+) -> Applied {
     let (flow, conn) = match db {
         Doorbell::TxAdded { flow, conn, .. }
         | Doorbell::RxConsumed { flow, conn, .. }
         | Doorbell::ShutdownTx { flow, conn } => (flow, conn),
     };
     let Some(f) = flows.get_mut(flow) else {
-        return false;
+        return Applied::NoFlow;
     };
     if !f.has(F_ACTIVE) || f.app != app || f.conn != conn {
-        return false;
+        return Applied::NoFlow;
     }
     match db {
         Doorbell::TxAdded { bytes, .. } => {
             // Never more than the ring can hold beyond what is queued or unacknowledged.
             let used = f.tx_sent as u64 + f.tx_avail as u64;
             if bytes == 0 || used + bytes as u64 > f.tx_size() as u64 || f.has(F_TX_FIN_PENDING) {
-                return false;
+                return Applied::Refused;
             }
             f.tx_avail += bytes;
         }
         Doorbell::RxConsumed { bytes, .. } => {
             let before = f.rx_avail;
             if bytes == 0 || before as u64 + bytes as u64 > f.rx_size() as u64 {
-                return false;
+                return Applied::Refused;
             }
             f.rx_avail += bytes;
             // Window update when the window reopens meaningfully (RFC 9293 3.8.6.2.2,
@@ -1619,11 +1653,11 @@ fn apply_doorbell(
                 f.flags |= F_ACK_PENDING;
                 touch(f, flow, touched);
             }
-            return true;
+            return Applied::Yes;
         }
         Doorbell::ShutdownTx { .. } => {
             if f.has(F_TX_FIN_PENDING) {
-                return true;
+                return Applied::Yes;
             }
             f.flags |= F_TX_FIN_PENDING;
         }
@@ -1632,7 +1666,7 @@ fn apply_doorbell(
         f.flags |= F_IN_TXQ;
         qm.make_ready(flow);
     }
-    true
+    Applied::Yes
 }
 
 /// Drive a core forever on the calling thread: pin it to `cpu`, poll, and after

@@ -770,3 +770,128 @@ fn memcached_with_libmemcached_clients_under_the_shim() {
     assert!(stat("cmd_set") >= 5_000 + 3, "{}", stats.stdout);
     assert!(bed.exited(pid).is_none(), "memcached died");
 }
+
+/// `tasctl --json ARGS` on this bed's tasd, parsed.
+fn tasctl_json(bed: &Bed, args: &[&str]) -> serde_json::Value {
+    let sock = bed.control_socket();
+    let out = Command::new(&bed.paths.tasctl)
+        .args(["--socket", sock.to_str().unwrap(), "--json"])
+        .args(args)
+        .output()
+        .expect("run tasctl");
+    assert!(out.status.success(), "tasctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("tasctl {args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// What tasd holds for applications: (applications, connections, listeners, shared-memory
+/// mappings of application regions in tasd's address space).
+fn tasd_holdings(bed: &Bed, tasd: u32) -> (usize, usize, usize, usize) {
+    let n = |v: serde_json::Value| v.as_array().map_or(0, Vec::len);
+    let maps = fs::read_to_string(format!("/proc/{tasd}/maps")).expect("tasd's maps");
+    let regions = maps.lines().filter(|l| l.contains("/tas-")).count();
+    (n(tasctl_json(bed, &["apps"])), n(tasctl_json(bed, &["flows"])), n(tasctl_json(bed, &["listeners"])), regions)
+}
+
+/// Exit and crash: programs under the shim that hold connections (with unacknowledged
+/// data) and a listener are killed with SIGKILL or leave with `_exit` without closing
+/// anything, twelve times, while a native application streams through tasd. tasd must end
+/// every one of their connections (the kernel peer in B sees none left), drop their
+/// listeners, applications and shared-memory regions (back to what it held before), and the
+/// other application's transfer must go on intact (sha256).
+#[test]
+#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+fn crashed_and_exited_programs_leave_nothing_behind() {
+    let bed = Bed::up("preload-crash");
+    let tasd = bed.start_tasd();
+    bed.start_tas_echo_server();
+    bed.start_kernel_echo_server_b(9100);
+    let env = shim_env(&bed);
+    let before = tasd_holdings(&bed, tasd);
+    assert_eq!((before.0, before.2), (1, 1), "before: only tas-echo and its listener: {before:?}");
+    assert!(before.3 >= 1, "tasd maps no application region (the /proc/PID/maps check would prove nothing): {before:?}");
+    let victim = format!(
+        r#"
+import os, socket, sys, time
+cs = []
+for i in range(3):
+    c = socket.create_connection(("{IP_B}", 9100), timeout=10)
+    c.sendall(b"x" * 100000)
+    got = 0
+    while got < 100000:
+        got += len(c.recv(65536))
+    c.sendall(b"y" * 200000)  # left in flight, or unread in the echo's replies
+    cs.append(c)
+l = socket.socket()
+l.bind(("0.0.0.0", 7300 + int(sys.argv[2])))
+l.listen(8)
+print("ready", flush=True)
+if sys.argv[1] == "exit":
+    os._exit(3)
+time.sleep(120)
+"#
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    /// Ends the stream loop also when an assertion below panics (the scope joins it).
+    struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|sc| {
+        let _done = Done(&done);
+        let streams = sc.spawn(|| {
+            let mut n = 0;
+            while n == 0 || !done.load(std::sync::atomic::Ordering::Relaxed) {
+                bed.stream_through_echo_a(20_000_000, 2, n, Duration::from_secs(120));
+                n += 1;
+            }
+            n
+        });
+        for i in 0..12 {
+            let how = if i % 2 == 0 { "kill" } else { "exit" };
+            let name = format!("victim-{i}");
+            let pid = bed.spawn(&bed.ns_a, &name, &["python3", "-c", &victim, how, &i.to_string()], &env_refs(&env));
+            let out = bed.run_dir.join(format!("{name}.out"));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !fs::read_to_string(&out).unwrap_or_default().contains("ready") {
+                if how == "kill" {
+                    assert!(bed.exited(pid).is_none(), "{name} exited before it was ready");
+                }
+                assert!(Instant::now() < deadline, "{name} not ready in 30 s");
+                sleep(Duration::from_millis(20));
+            }
+            if i == 0 {
+                // While it lives, tasd holds its application, region, connections and
+                // listener: what the final check must see go away.
+                let alive = tasd_holdings(&bed, tasd);
+                assert!(alive.0 > before.0 && alive.1 >= before.1 + 3 && alive.2 > before.2 && alive.3 > before.3, "{name} alive: tasd holds {alive:?}, before {before:?}");
+            }
+            if how == "kill" {
+                let st = Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill");
+                assert!(st.success());
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while bed.exited(pid).is_none() {
+                assert!(Instant::now() < deadline, "{name} did not end");
+                sleep(Duration::from_millis(20));
+            }
+        }
+        drop(_done);
+        let n = streams.join().expect("the stream thread panicked");
+        eprintln!("{n} transfers of 2 x 20 MB through tas-echo ran while 12 programs were killed or exited");
+    });
+    // tasd lets a killed program's connections go (reset; a FIN for what it had closed).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = tasd_holdings(&bed, tasd);
+        let in_b = bed.capture_ok(&["ip", "netns", "exec", &bed.ns_b, "ss", "-Htn", "state", "established", "( sport = :9100 )"]);
+        let left_in_b = in_b.lines().filter(|l| !l.trim().is_empty()).count();
+        if now == before && left_in_b == 0 {
+            eprintln!("tasd holds {now:?} (apps, flows, listeners, regions), as before the victims");
+            break;
+        }
+        assert!(Instant::now() < deadline, "20 s after the last victim: tasd holds {now:?} (before {before:?}); B still has {left_in_b} connections:\n{in_b}");
+        sleep(Duration::from_millis(200));
+    }
+}

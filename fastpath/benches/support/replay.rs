@@ -34,10 +34,16 @@ pub struct Replay {
     pub per_burst: usize,
     pub tx_buf: Vec<u8>,
     pub tx_count: u64,
+    /// Run once at the next receive burst: lets a test act while the core is between
+    /// taking its commands and taking the doorbells.
+    pub on_rx: Option<Box<dyn FnMut()>>,
 }
 
 impl PacketIo for Replay {
     fn rx_burst(&mut self, out: &mut [RxFrame]) -> usize {
+        if let Some(mut hook) = self.on_rx.take() {
+            hook();
+        }
         let n = out.len().min(self.limit - self.next).min(self.per_burst);
         for (i, o) in out[..n].iter_mut().enumerate() {
             let idx = self.next + i;
@@ -174,6 +180,8 @@ pub struct Bench {
     pub rcv_nxt: Vec<u32>,
     /// Bytes delivered and not yet given back, per connection (scratch for drain_app).
     pub consumed: Vec<u32>,
+    /// The state each flow was installed with.
+    pub states: Vec<FlowState>,
     pub rng: Rng,
     pub ts: u32,
     pub now: u64,
@@ -225,6 +233,7 @@ pub fn setup(flows: u32) -> Bench {
         per_burst: BATCH,
         tx_buf: vec![0; 2048],
         tx_count: 0,
+        on_rx: None,
     };
     let mut cfg = FpConfig::new(0, LOCAL, MAC_L);
     cfg.flow_capacity = flows.max(cfg.flow_capacity);
@@ -242,6 +251,7 @@ pub fn setup(flows: u32) -> Bench {
         })
         .unwrap();
     let mut now = 1u64;
+    let mut states = Vec::new();
     for i in 0..flows {
         let (ip, port) = peer_of(i);
         let st = FlowState {
@@ -262,6 +272,7 @@ pub fn setup(flows: u32) -> Bench {
             flags: F_TS,
             ..FlowState::default()
         };
+        states.push(st);
         let mut cmd = Command::InstallFlow {
             flow: i,
             state: Box::new(st),
@@ -287,6 +298,7 @@ pub fn setup(flows: u32) -> Bench {
         _region: region,
         rcv_nxt: vec![1000; flows as usize],
         consumed: vec![0; flows as usize],
+        states,
         rng: Rng(0x9E37_79B9_7F4A_7C15),
         ts: 1,
         now: 1_000_000,
