@@ -116,7 +116,8 @@ fn conformance_kernel_vs_shim() {
     kernel.assert_success();
     assert!(kernel.stdout.trim_end().ends_with("done"), "kernel run incomplete:\n{}", kernel.stdout);
     bed.start_tasd();
-    let env = shim_env(&bed);
+    let mut env = shim_env(&bed);
+    env.push(("TAS_PRELOAD_DEBUG", PathBuf::from("1")));
     let shim = conform_run(&bed, &bin, "conform-shim", &env_refs(&env));
     let k: Vec<&str> = kernel.stdout.lines().collect();
     let s: Vec<&str> = shim.stdout.lines().collect();
@@ -139,6 +140,13 @@ fn conformance_kernel_vs_shim() {
         diffs.join("\n"),
         shim.stderr
     );
+    // Connections used by other threads moved to those threads' contexts (decisions §28):
+    // at least the six of t_thread_moves (the worker's, the control connection read by
+    // the main thread, the three whose user thread made twelve calls, the turns' socket).
+    let stats = shim.stderr.lines().find(|l| l.contains("connections moved between threads")).unwrap_or_else(|| panic!("no statistics line:\n{}", shim.stderr));
+    eprintln!("{stats}");
+    let moved: u64 = stats.split(" contexts attached, ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).expect("moves");
+    assert!(moved >= 6, "too few moves between threads: {stats}");
 }
 
 /// With no service, the shim falls back to kernel sockets with one warning; with

@@ -255,3 +255,10 @@ pub fn register_atfork(child: extern "C" fn()) {
     // is never unloaded: it is preloaded).
     unsafe { libc::pthread_atfork(None, None, Some(child)) };
 }
+
+/// Run `f` at process exit (`atexit`): the shim's statistics line.
+pub fn register_atexit(f: extern "C" fn()) {
+    // SAFETY: `f` is a plain function valid for the life of the process (this library is
+    // never unloaded: it is preloaded).
+    unsafe { libc::atexit(f) };
+}
