@@ -194,7 +194,9 @@ fn move_here(s: &Sock) {
         return;
     }
     s.mv.ver.fetch_add(1, Ordering::SeqCst); // odd: calls that found `c` before let it be
+    let t0 = std::time::Instant::now();
     let r = transfer(&old, &p, c, peer, local.port());
+    let took = t0.elapsed();
     if let Ok((conn, read, written)) = r {
         *lock(&s.home) = p.clone();
         st.kind = Kind::Conn(conn);
@@ -216,12 +218,13 @@ fn move_here(s: &Sock) {
             Err(why) => format!("did not move ({why}) to"),
         };
         sys::warn(&format!(
-            "libtas_preload: pid {}: connection {}:{} <-> {} {what} the context of thread {} (next move after {} calls)\n",
+            "libtas_preload: pid {}: connection {}:{} <-> {} {what} the context of thread {} in {} us (next move after {} calls)\n",
             std::process::id(),
             local.ip(),
             local.port(),
             peer,
             p.thread,
+            took.as_micros(),
             s.mv.after.load(Ordering::Relaxed),
         ));
     }
