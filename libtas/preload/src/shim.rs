@@ -7,8 +7,10 @@
 //!   from libc), so its number can never collide with a kernel descriptor, `dup`/`fork`/
 //!   close-on-exec act on a real descriptor, and the fd table below only maps numbers to
 //!   socket state;
-//! - one libtas [`Context`] per process, behind one mutex; sleeping happens outside it on
-//!   the context's eventfd (announce, then sleep; the last sleeper out clears the flags);
+//! - one libtas [`Context`] per thread that makes sockets, each behind its own mutex;
+//!   sleeping happens outside it on the context's eventfd (announce, then sleep; the last
+//!   sleeper out clears the flags); a connection moves to the context of a thread that
+//!   keeps using it (`moves`, decisions §28);
 //! - poll/select/epoll on sets that mix stack sockets and kernel descriptors compute the
 //!   stack sockets' readiness in user space and sleep in the kernel on the kernel
 //!   descriptors plus the context's eventfd.
