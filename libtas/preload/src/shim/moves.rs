@@ -154,28 +154,34 @@ impl Moves {
 /// foreign thread made the socket's threshold of calls in a row.
 pub(super) fn note_use(s: &Sock) {
     let after = s.mv.after.load(Ordering::Relaxed);
-    if after == 0 {
-        return;
-    }
-    let me = thread_token();
-    if me == 0 {
-        return;
-    }
     let cur = s.mv.streak.load(Ordering::Relaxed);
-    if me == s.mv.owner.load(Ordering::Relaxed) {
-        if cur != 0 {
-            s.mv.streak.store(0, Ordering::Relaxed);
-        }
-        return;
+    let owner = s.mv.owner.load(Ordering::Relaxed);
+    let (streak, next) = decide(cur, owner, thread_token(), after);
+    if streak != cur {
+        s.mv.streak.store(streak, Ordering::Relaxed);
     }
-    let n = if cur >> 24 == me { (cur & 0xff_ffff) + 1 } else { 1 };
+    if let Some(next) = next {
+        s.mv.after.store(next, Ordering::Relaxed);
+        move_here(s);
+    }
+}
+
+/// The policy, on plain values: thread `me` makes a data call on a socket whose context
+/// belongs to thread `owner`, with run state `streak` (`thread << 24 | count`) and
+/// threshold `after` (0: never move). Returns the new run state and, if the connection
+/// should move to `me` now, the socket's next threshold.
+fn decide(streak: u64, owner: u64, me: u64, after: u64) -> (u64, Option<u64>) {
+    if after == 0 || me == 0 {
+        return (streak, None);
+    }
+    if me == owner {
+        return (0, None); // the owner's call ends any foreign run
+    }
+    let n = if streak >> 24 == me { (streak & 0xff_ffff) + 1 } else { 1 };
     if n < after {
-        s.mv.streak.store(me << 24 | n, Ordering::Relaxed);
-        return;
+        return (me << 24 | n, None);
     }
-    s.mv.streak.store(0, Ordering::Relaxed);
-    s.mv.after.store((after * 2).min(MOVE_AFTER_MAX), Ordering::Relaxed);
-    move_here(s);
+    (0, Some((after * 2).min(MOVE_AFTER_MAX)))
 }
 
 /// Move connection socket `s` into the calling thread's context (attached now if the
@@ -270,4 +276,68 @@ fn transfer(old: &Arc<Proc>, new: &Arc<Proc>, c: ConnId, peer: std::net::SocketA
         let _ = g.ctx.forget(c);
     }
     Ok((conn, read, written.saturating_sub(now)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decide;
+
+    /// Runs `calls` (thread tokens in order) through the policy, moving the socket to the
+    /// caller whenever it says so; returns the moves (thread it moved to) in order.
+    fn run(calls: &[u64], owner: u64, after: u64) -> Vec<u64> {
+        let (mut streak, mut owner, mut after) = (0, owner, after);
+        let mut moves = Vec::new();
+        for &me in calls {
+            let (s, next) = decide(streak, owner, me, after);
+            streak = s;
+            if let Some(next) = next {
+                after = next;
+                owner = me;
+                moves.push(me);
+            }
+        }
+        moves
+    }
+
+    #[test]
+    fn a_worker_that_keeps_using_a_connection_gets_it_after_four_calls() {
+        assert_eq!(run(&[2, 2, 2], 1, 4), Vec::<u64>::new());
+        assert_eq!(run(&[2, 2, 2, 2], 1, 4), vec![2]);
+        // Once it is the worker's, its calls never move it again.
+        assert_eq!(run(&[2; 1000], 1, 4), vec![2]);
+    }
+
+    #[test]
+    fn alternating_threads_never_move_it() {
+        let calls: Vec<u64> = (0..10_000).map(|i| if i % 2 == 0 { 1 } else { 2 }).collect();
+        assert!(run(&calls, 1, 4).is_empty());
+        // Three threads in turn, none of them the owner: no run reaches 4.
+        let calls: Vec<u64> = (0..10_000).map(|i| 2 + i % 3).collect();
+        assert!(run(&calls, 1, 4).is_empty());
+    }
+
+    #[test]
+    fn bursts_move_it_a_logarithmic_number_of_times() {
+        // Two threads take turns making bursts of six calls: the first burst of the
+        // foreign thread moves it (threshold 4 -> 8), later bursts of six never do.
+        let calls: Vec<u64> = (0..200).flat_map(|r| std::iter::repeat_n(1 + r % 2, 6)).collect();
+        assert_eq!(run(&calls, 1, 4), vec![2]);
+        // Bursts that grow: each move doubles the run needed for the next.
+        let mut calls = Vec::new();
+        for r in 0..40u64 {
+            calls.extend(std::iter::repeat_n(1 + r % 2, 10 * (r as usize + 1)));
+        }
+        let moves = run(&calls, 1, 4);
+        assert!(moves.len() <= 9, "{} moves", moves.len());
+        assert!(moves.len() >= 4);
+    }
+
+    #[test]
+    fn zero_never_moves_and_the_threshold_is_capped() {
+        assert!(run(&[2; 100], 1, 0).is_empty());
+        assert_eq!(decide(0, 1, 2, 1 << 20), (2 << 24 | 1, None));
+        assert_eq!(decide(2 << 24 | ((1 << 20) - 1), 1, 2, 1 << 20), (0, Some(1 << 20)));
+        // An exiting thread (token 0) changes nothing.
+        assert_eq!(decide(5, 1, 0, 4), (5, None));
+    }
 }
