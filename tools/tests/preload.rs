@@ -146,12 +146,19 @@ fn conformance_kernel_vs_shim() {
         shim.stderr
     );
     // Connections used by other threads moved to those threads' contexts (decisions §28):
-    // at least the six of t_thread_moves (the worker's, the control connection read by
-    // the main thread, the three whose user thread made twelve calls, the turns' socket).
+    // at least the five of t_thread_moves (the worker's; the socket of the blocked read;
+    // the blocked epoll's and poll's socket twice, once per mover thread; the turns'
+    // socket, once). Its control connection is not moved: the main thread reads it after
+    // the peer's FIN (only established connections move).
     let stats = shim.stderr.lines().find(|l| l.contains("connections moved between threads")).unwrap_or_else(|| panic!("no statistics line:\n{}", shim.stderr));
-    eprintln!("{stats}");
+    for l in shim.stderr.lines().filter(|l| l.contains(" move")) {
+        eprintln!("{l}");
+    }
     let moved: u64 = stats.split(" contexts attached, ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).expect("moves");
-    assert!(moved >= 6, "too few moves between threads: {stats}");
+    let only = std::env::var("CONFORM_ONLY").ok();
+    if only.is_none_or(|o| "t_thread_moves".contains(o.as_str())) {
+        assert!(moved >= 5, "too few moves between threads: {stats}");
+    }
 }
 
 /// With no service, the shim falls back to kernel sockets with one warning; with
@@ -469,7 +476,9 @@ print("memcached-ok", ok)
     }
     let err = fs::read_to_string(bed.run_dir.join("memcached.err")).unwrap_or_default();
     let stats = err.lines().find(|l| l.contains("connections moved between threads")).unwrap_or_else(|| panic!("no statistics line:\n{err}"));
-    eprintln!("{stats}");
+    for l in err.lines().filter(|l| l.contains(" move")) {
+        eprintln!("{l}");
+    }
     let moved: u64 = stats.split(" contexts attached, ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).expect("moves");
     // Each of the 4 + 8 connections that served more than one request moved to its worker.
     let never = std::env::var("TAS_PRELOAD_MOVE_AFTER").is_ok_and(|v| v.trim() == "0");
