@@ -39,7 +39,10 @@ pub(super) fn move_after() -> u64 {
     static V: AtomicU64 = AtomicU64::new(u64::MAX);
     let mut v = V.load(Ordering::Relaxed);
     if v == u64::MAX {
-        v = std::env::var("TAS_PRELOAD_MOVE_AFTER").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(DEFAULT_MOVE_AFTER);
+        v = std::env::var("TAS_PRELOAD_MOVE_AFTER")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(DEFAULT_MOVE_AFTER);
         V.store(v, Ordering::Relaxed);
     }
     v
@@ -85,7 +88,10 @@ pub(super) static CONTENDED_CTXS: AtomicU64 = AtomicU64::new(0);
 /// Connections this process moved between its threads' contexts, and attempts that did
 /// not move (the connection was closing, a queue was full, tasd refused).
 pub fn moves() -> (u64, u64) {
-    (MOVED.load(Ordering::Relaxed), MOVE_FAILED.load(Ordering::Relaxed))
+    (
+        MOVED.load(Ordering::Relaxed),
+        MOVE_FAILED.load(Ordering::Relaxed),
+    )
 }
 
 extern "C" fn print_stats() {
@@ -146,7 +152,10 @@ impl Moves {
 
     /// (received, transmit) offsets of earlier contexts; read them under the socket's lock.
     pub(super) fn offsets(&self) -> (u64, u64) {
-        (self.rx_off.load(Ordering::Relaxed), self.tx_off.load(Ordering::Relaxed))
+        (
+            self.rx_off.load(Ordering::Relaxed),
+            self.tx_off.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -177,7 +186,11 @@ fn decide(streak: u64, owner: u64, me: u64, after: u64) -> (u64, Option<u64>) {
     if me == owner {
         return (0, None); // the owner's call ends any foreign run
     }
-    let n = if streak >> 24 == me { (streak & 0xff_ffff) + 1 } else { 1 };
+    let n = if streak >> 24 == me {
+        (streak & 0xff_ffff) + 1
+    } else {
+        1
+    };
     if n < after {
         return (me << 24 | n, None);
     }
@@ -193,7 +206,9 @@ fn move_here(s: &Sock) {
         return; // another process may hold it: §26's adopt moves it between processes
     }
     let Kind::Conn(c) = st.kind else { return };
-    let (Some(peer), Some(local)) = (st.peer, st.local) else { return };
+    let (Some(peer), Some(local)) = (st.peer, st.local) else {
+        return;
+    };
     let old = s.proc();
     if Arc::ptr_eq(&old, &p) || old.gen != p.gen {
         s.mv.owner.store(p.thread, Ordering::Relaxed);
@@ -240,7 +255,13 @@ fn move_here(s: &Sock) {
 /// new handle, the bytes the application read on `old` (the new context counts from the
 /// first unread byte) and the bytes written on `old` minus those the new context starts
 /// with (the ones still unacknowledged).
-fn transfer(old: &Arc<Proc>, new: &Arc<Proc>, c: ConnId, peer: std::net::SocketAddrV4, lport: u16) -> Result<(ConnId, u64, u64), &'static str> {
+fn transfer(
+    old: &Arc<Proc>,
+    new: &Arc<Proc>,
+    c: ConnId,
+    peer: std::net::SocketAddrV4,
+    lport: u16,
+) -> Result<(ConnId, u64, u64), &'static str> {
     let (read, written) = {
         let mut g = old.lock();
         g.ctx.poll();
@@ -250,14 +271,22 @@ fn transfer(old: &Arc<Proc>, new: &Arc<Proc>, c: ConnId, peer: std::net::SocketA
         if !g.ctx.quiesce(c) {
             return Err("doorbells pending");
         }
-        (g.ctx.rx_total(c) - g.ctx.readable(c) as u64, g.ctx.tx_acked(c) + u64::from(g.ctx.tx_outstanding(c)))
+        (
+            g.ctx.rx_total(c) - g.ctx.readable(c) as u64,
+            g.ctx.tx_acked(c) + u64::from(g.ctx.tx_outstanding(c)),
+        )
     };
-    let token = new.lock().ctx.adopt_start(peer, lport).map_err(|_| "no request")?;
-    let r: SysResult<Result<Adoption, libtas::Error>> = new.block(false, |ctx| match ctx.adopt_result(token) {
-        Ok(None) => None,
-        Ok(Some(a)) => Some(Ok(Ok(a))),
-        Err(err) => Some(Ok(Err(err))),
-    });
+    let token = new
+        .lock()
+        .ctx
+        .adopt_start(peer, lport)
+        .map_err(|_| "no request")?;
+    let r: SysResult<Result<Adoption, libtas::Error>> =
+        new.block(false, |ctx| match ctx.adopt_result(token) {
+            Ok(None) => None,
+            Ok(Some(a)) => Some(Ok(Ok(a))),
+            Err(err) => Some(Ok(Err(err))),
+        });
     let conn = match r {
         Ok(Ok(Adoption::Here { conn, .. })) => conn,
         Ok(Ok(Adoption::NotLast)) => return Err("unexpected answer"),
@@ -309,7 +338,9 @@ mod tests {
 
     #[test]
     fn alternating_threads_never_move_it() {
-        let calls: Vec<u64> = (0..10_000).map(|i| if i % 2 == 0 { 1 } else { 2 }).collect();
+        let calls: Vec<u64> = (0..10_000)
+            .map(|i| if i % 2 == 0 { 1 } else { 2 })
+            .collect();
         assert!(run(&calls, 1, 4).is_empty());
         // Three threads in turn, none of them the owner: no run reaches 4.
         let calls: Vec<u64> = (0..10_000).map(|i| 2 + i % 3).collect();
@@ -320,7 +351,9 @@ mod tests {
     fn bursts_move_it_a_logarithmic_number_of_times() {
         // Two threads take turns making bursts of six calls: the first burst of the
         // foreign thread moves it (threshold 4 -> 8), later bursts of six never do.
-        let calls: Vec<u64> = (0..200).flat_map(|r| std::iter::repeat_n(1 + r % 2, 6)).collect();
+        let calls: Vec<u64> = (0..200)
+            .flat_map(|r| std::iter::repeat_n(1 + r % 2, 6))
+            .collect();
         assert_eq!(run(&calls, 1, 4), vec![2]);
         // Bursts that grow: each move doubles the run needed for the next.
         let mut calls = Vec::new();
@@ -336,7 +369,10 @@ mod tests {
     fn zero_never_moves_and_the_threshold_is_capped() {
         assert!(run(&[2; 100], 1, 0).is_empty());
         assert_eq!(decide(0, 1, 2, 1 << 20), (2 << 24 | 1, None));
-        assert_eq!(decide(2 << 24 | ((1 << 20) - 1), 1, 2, 1 << 20), (0, Some(1 << 20)));
+        assert_eq!(
+            decide(2 << 24 | ((1 << 20) - 1), 1, 2, 1 << 20),
+            (0, Some(1 << 20))
+        );
         // An exiting thread (token 0) changes nothing.
         assert_eq!(decide(5, 1, 0, 4), (5, None));
     }
