@@ -1173,6 +1173,29 @@ impl Context {
         Ok(())
     }
 
+    /// Before another context of this process adopts the connection (a move between
+    /// threads, decisions §29): post every doorbell it still owes the fast path (bytes
+    /// written, bytes read, a wanted FIN) and publish them. True if nothing is left
+    /// unposted, so that the move (which takes the doorbells already posted) loses nothing;
+    /// false if a queue was full (try later) or the connection has no slot or is closing.
+    /// The caller must not use the connection in this context after a true answer, until
+    /// the move failed.
+    pub fn quiesce(&mut self, c: ConnId) -> bool {
+        let Ok(idx) = self.conn_idx(c) else { return false };
+        self.flush_conn(idx);
+        self.publish();
+        let x = &self.conns[idx];
+        x.handle.is_some()
+            && x.closed.is_none()
+            && !x.connecting
+            && !x.forgotten
+            && !x.released
+            && x.tx_unposted == 0
+            && x.rx_unacked == 0
+            && x.shutdown != Shutdown::Wanted
+            && self.broken.is_none()
+    }
+
     // ---- waiting --------------------------------------------------------------------------
 
     /// Wait until the service posts something or `timeout` passes (None: no limit).

@@ -71,7 +71,7 @@ pub fn counter_help(name: &str, per_core: bool) -> (&'static str, bool) {
             "reinjected" => ("Segments handed back to a core after racing a flow installation.", false),
             "bad_frames" => ("Frames the slow path could not parse.", false),
             "bad_requests" => ("Application control requests rejected as malformed.", false),
-            "conn_moves" => ("Connections moved to another application context (fork hand-over).", false),
+            "conn_moves" => ("Connections moved to another application context (fork hand-over, or to the thread that uses them).", false),
             "orphan_closes" => ("Connections closed by an application that exited before the close finished (finished in order).", false),
             "closes" => ("Connections closed in order.", false),
             "resets" => ("Connections reset or aborted.", false),

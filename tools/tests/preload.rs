@@ -88,9 +88,14 @@ fn wait_until(bed: &Bed, ns: &str, cmd: &[&str], want: &str, pid: u32, what: &st
 }
 
 fn compile_conform(bed: &Bed) -> String {
+    compile_c(bed, "conform")
+}
+
+/// Build `tools/conformance/NAME.c` into the run directory.
+fn compile_c(bed: &Bed, name: &str) -> String {
     need("gcc");
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance/conform.c");
-    let bin = bed.run_dir.join("conform");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("conformance/{name}.c"));
+    let bin = bed.run_dir.join(name);
     let out = Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).arg("-lpthread").output().expect("gcc");
     assert!(out.status.success(), "gcc failed:\n{}", String::from_utf8_lossy(&out.stderr));
     bin.to_str().expect("utf-8").to_string()
@@ -116,7 +121,8 @@ fn conformance_kernel_vs_shim() {
     kernel.assert_success();
     assert!(kernel.stdout.trim_end().ends_with("done"), "kernel run incomplete:\n{}", kernel.stdout);
     bed.start_tasd();
-    let env = shim_env(&bed);
+    let mut env = shim_env(&bed);
+    env.push(("TAS_PRELOAD_DEBUG", PathBuf::from("1")));
     let shim = conform_run(&bed, &bin, "conform-shim", &env_refs(&env));
     let k: Vec<&str> = kernel.stdout.lines().collect();
     let s: Vec<&str> = shim.stdout.lines().collect();
@@ -139,6 +145,20 @@ fn conformance_kernel_vs_shim() {
         diffs.join("\n"),
         shim.stderr
     );
+    // Connections used by other threads moved to those threads' contexts (decisions §29):
+    // at least the five of t_thread_moves (the worker's; the socket of the blocked read;
+    // the blocked epoll's and poll's socket twice, once per mover thread; the turns'
+    // socket, once). Its control connection is not moved: the main thread reads it after
+    // the peer's FIN (only established connections move).
+    let stats = shim.stderr.lines().find(|l| l.contains("connections moved between threads")).unwrap_or_else(|| panic!("no statistics line:\n{}", shim.stderr));
+    for l in shim.stderr.lines().filter(|l| l.contains(" move")) {
+        eprintln!("{l}");
+    }
+    let moved: u64 = stats.split(" contexts attached, ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).expect("moves");
+    let only = std::env::var("CONFORM_ONLY").ok();
+    if only.is_none_or(|o| "t_thread_moves".contains(o.as_str())) {
+        assert!(moved >= 5, "too few moves between threads: {stats}");
+    }
 }
 
 /// With no service, the shim falls back to kernel sockets with one warning; with
@@ -392,15 +412,21 @@ fn nginx_single_process_under_the_shim() {
 }
 
 /// memcached (libevent, a listener thread handing connections to worker threads) under
-/// the shim; a Python client in B stores and reads back values.
+/// the shim; a Python client in B stores and reads back values, then a C client in B
+/// (`tools/conformance/mcload.c`, every reply checked) loads it with 8 connections. The
+/// connections move from the listener thread's context to their workers' (decisions §29):
+/// the shim's statistics line, printed when memcached exits on SIGTERM, says how many and
+/// how often a thread waited for another thread's context lock.
 #[test]
 #[ignore = "needs root and veth: run with cargo test -- --ignored"]
 fn memcached_under_the_shim() {
     let bed = Bed::up("preload-memcached");
     let mc = need("memcached");
+    let load = compile_c(&bed, "mcload");
     bed.start_tasd();
-    let env = shim_env(&bed);
-    let pid = bed.spawn(&bed.ns_a, "memcached", &[&mc, "-u", "root", "-p", "11211", "-U", "0", "-t", "2", "-l", "0.0.0.0"], &env_refs(&env));
+    let mut env = shim_env(&bed);
+    env.push(("TAS_PRELOAD_DEBUG", PathBuf::from("1")));
+    let pid = bed.spawn(&bed.ns_a, "memcached", &[&mc, "-u", "root", "-p", "11211", "-U", "0", "-t", "4", "-l", "0.0.0.0"], &env_refs(&env));
     sleep(Duration::from_millis(500));
     assert!(bed.exited(pid).is_none(), "memcached exited at start");
     let script = format!(
@@ -431,6 +457,32 @@ print("memcached-ok", ok)
     out.assert_success();
     assert!(out.stdout.contains("memcached-ok 200"), "{}", out.stdout);
     assert!(bed.exited(pid).is_none(), "memcached died");
+    let threads = std::env::var("TAS_TEST_MC_CONNS").unwrap_or_else(|_| "8".into());
+    let secs = std::env::var("TAS_TEST_MC_SECONDS").unwrap_or_else(|_| "3".into());
+    let out = bed.run(&bed.ns_b, "mcload", &[&load, IP_A, "11211", &threads, &secs], Duration::from_secs(120));
+    out.assert_success();
+    eprintln!("memcached -t 4 under the shim, {threads} connections: {}", out.stdout.trim());
+    let ops: u64 = out.stdout.split_whitespace().nth(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(ops > 0 && out.stdout.contains(" bad 0 "), "{}", out.stdout);
+    assert!(bed.exited(pid).is_none(), "memcached died under load");
+    // memcached exits on SIGTERM (exit(): the shim's statistics line is printed).
+    let st = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    assert!(st.success());
+    for _ in 0..100 {
+        if bed.exited(pid).is_some() {
+            break;
+        }
+        sleep(Duration::from_millis(50));
+    }
+    let err = fs::read_to_string(bed.run_dir.join("memcached.err")).unwrap_or_default();
+    let stats = err.lines().find(|l| l.contains("connections moved between threads")).unwrap_or_else(|| panic!("no statistics line:\n{err}"));
+    for l in err.lines().filter(|l| l.contains(" move")) {
+        eprintln!("{l}");
+    }
+    let moved: u64 = stats.split(" contexts attached, ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).expect("moves");
+    // Each of the 4 + 8 connections that served more than one request moved to its worker.
+    let never = std::env::var("TAS_PRELOAD_MOVE_AFTER").is_ok_and(|v| v.trim() == "0");
+    assert!(never || moved >= 12, "connections did not move to the workers: {stats}");
 }
 
 /// nginx with a master and two workers (fork): the workers accept on the listener the

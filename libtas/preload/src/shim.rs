@@ -7,8 +7,10 @@
 //!   from libc), so its number can never collide with a kernel descriptor, `dup`/`fork`/
 //!   close-on-exec act on a real descriptor, and the fd table below only maps numbers to
 //!   socket state;
-//! - one libtas [`Context`] per process, behind one mutex; sleeping happens outside it on
-//!   the context's eventfd (announce, then sleep; the last sleeper out clears the flags);
+//! - one libtas [`Context`] per thread that makes sockets, each behind its own mutex;
+//!   sleeping happens outside it on the context's eventfd (announce, then sleep; the last
+//!   sleeper out clears the flags); a connection moves to the context of a thread that
+//!   keeps using it (`moves`, decisions §29);
 //! - poll/select/epoll on sets that mix stack sockets and kernel descriptors compute the
 //!   stack sockets' readiness in user space and sleep in the kernel on the kernel
 //!   descriptors plus the context's eventfd.
@@ -26,6 +28,10 @@ use std::time::{Duration, Instant};
 use libtas::{Adoption, ConnId, ConnState, Context, Error, ListenOptions, ListenerId};
 
 use crate::sys::{self, Errno, SysResult};
+
+mod moves;
+pub use moves::moves;
+use moves::Moves;
 
 // ---- errno helpers ------------------------------------------------------------------------
 
@@ -94,11 +100,25 @@ pub struct Proc {
     gen: u64,
     inner: Mutex<Inner>,
     efd: c_int,
+    /// The thread that attached it (its `moves::thread_token`).
+    thread: u64,
+    /// Its lock was ever found taken (counted once in the statistics).
+    contended: AtomicBool,
 }
 
 impl Proc {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        lock(&self.inner)
+        match self.inner.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                moves::LOCK_WAITS.fetch_add(1, Ordering::Relaxed);
+                if !self.contended.swap(true, Ordering::Relaxed) {
+                    moves::CONTENDED_CTXS.fetch_add(1, Ordering::Relaxed);
+                }
+                lock(&self.inner)
+            }
+        }
     }
 }
 
@@ -150,8 +170,15 @@ fn thread_ctx() -> SysResult<Arc<Proc>> {
         .clone();
     let ctx = Context::attach_to(&path, &name).map_err(errno_of)?;
     let Some(efd) = ctx.sleep_fd().map(|f| f.as_raw_fd()) else { return Err(e(libc::ENETDOWN)) };
-    let p = Arc::new(Proc { gen, inner: Mutex::new(Inner { ctx: ManuallyDrop::new(ctx), sleepers: 0 }), efd });
+    let p = Arc::new(Proc {
+        gen,
+        inner: Mutex::new(Inner { ctx: ManuallyDrop::new(ctx), sleepers: 0 }),
+        efd,
+        thread: moves::thread_token(),
+        contended: AtomicBool::new(false),
+    });
     ATTACHED.fetch_add(1, Ordering::Relaxed);
+    moves::on_attach();
     // A parent's context replaced here in a forked child is leaked by its Drop.
     let _ = MINE.try_with(|m| m.replace(Some(p.clone())));
     Ok(p)
@@ -218,6 +245,13 @@ fn spin_time() -> Duration {
 /// action (nothing in the protocol should need it).
 const MAX_SLEEP_MS: c_int = 200;
 
+/// Whether a blocking socket call of the application that a signal handler interrupted
+/// fails with `EINTR` (signal(7)): always if the socket has a time limit (`deadline`),
+/// else unless the handler has `SA_RESTART` (see [`sys::some_handler_without_restart`]).
+fn signal_ends_call(deadline: Option<Instant>) -> bool {
+    deadline.is_some() || sys::some_handler_without_restart()
+}
+
 /// Outcome of one sleep.
 enum Slept {
     /// Woken (or timed out of the slice): look again.
@@ -261,11 +295,18 @@ fn end_all(procs: &[Arc<Proc>]) {
 }
 
 /// Sleep until the service posts to one of `procs`, a descriptor of `extra` is ready, or
-/// `ms` passes. `extra` gets the contexts' eventfds appended and removed again.
-fn sleep_on(procs: &[Arc<Proc>], extra: &mut Vec<libc::pollfd>, ms: c_int) -> Slept {
+/// `ms` passes. `extra` gets the contexts' eventfds appended and removed again. `moved`
+/// is asked once the sleep is announced: true (a socket the caller looks at moved to
+/// another context since it looked; the mover wakes the old context only after that)
+/// returns at once, to look again.
+fn sleep_on(procs: &[Arc<Proc>], extra: &mut Vec<libc::pollfd>, ms: c_int, moved: &dyn Fn() -> bool) -> Slept {
     let mut broken = false;
     if !announce_all(procs, &mut broken) {
         return if broken { Slept::Interrupted } else { Slept::Again };
+    }
+    if moved() {
+        end_all(procs);
+        return Slept::Again;
     }
     let base = extra.len();
     for p in procs {
@@ -293,7 +334,7 @@ fn sleep_on(procs: &[Arc<Proc>], extra: &mut Vec<libc::pollfd>, ms: c_int) -> Sl
 impl Proc {
     /// Sleep until the service posts to this context, or `ms` passes.
     fn sleep(self: &Arc<Self>, ms: c_int) -> Slept {
-        sleep_on(std::slice::from_ref(self), &mut Vec::new(), ms)
+        sleep_on(std::slice::from_ref(self), &mut Vec::new(), ms, &|| false)
     }
 
     /// Run `f` under the context lock until it gives a result (blocking with the adaptive
@@ -353,9 +394,7 @@ impl Proc {
                 if self.lock().ctx.health().is_err() {
                     return Err(e(libc::ENETDOWN));
                 }
-                // signal(7): socket calls with a timeout fail with EINTR whatever the
-                // handler's flags; others restart under SA_RESTART.
-                if eintr && (deadline.is_some() || sys::some_handler_without_restart()) {
+                if eintr && signal_ends_call(deadline) {
                     return Err(e(libc::EINTR));
                 }
             }
@@ -431,12 +470,23 @@ struct SockState {
 #[derive(Debug)]
 pub struct Sock {
     st: Mutex<SockState>,
-    proc: Arc<Proc>,
+    /// The context the socket lives on. A connection moves to the context of a thread
+    /// that keeps using it ([`move_here`], decisions §29): `home` and `st.kind` change
+    /// together, under `st`'s lock, so read them together under it.
+    home: Mutex<Arc<Proc>>,
+    /// The move state ([`Moves`]).
+    mv: Moves,
     /// Listener: connections ever queued that an `EPOLLEXCLUSIVE` waiter was woken for.
     excl_claimed: AtomicU64,
 }
 
 impl Sock {
+    /// The context the socket lives on now (for a connection, read it under `st`'s lock
+    /// together with its `ConnId`).
+    fn proc(&self) -> Arc<Proc> {
+        lock(&self.home).clone()
+    }
+
     /// An `EPOLLEXCLUSIVE` waiter woke and sees `arrivals` connections ever queued: true
     /// for exactly one waiter per new arrival count.
     fn claim_arrivals(&self, arrivals: u64) -> bool {
@@ -514,14 +564,14 @@ fn adopt(fd: c_int, s: Arc<Sock>) -> SysResult<Arc<Sock>> {
         let st = lock(&s.st);
         match st.kind {
             Kind::Listening(_) if st.gen != gen && st.port != 0 => (Some((st.port, st.nonblock, st.opts.clone())), None),
-            Kind::Conn(c) if st.gen != gen || st.shared => (None, Some((c, st.gen == gen))),
+            Kind::Conn(c) if st.gen != gen || st.shared => (None, Some((c, st.gen == gen, s.proc()))),
             _ => (None, None),
         }
     };
-    if let Some((c, ours)) = conn {
+    if let Some((c, ours, home)) = conn {
         // An inherited connection, or one that moved to another process since: it moves
         // here on use (decisions §26).
-        if ours && s.proc.lock().ctx.state(c) != ConnState::Failed(Error::Moved) {
+        if ours && home.lock().ctx.state(c) != ConnState::Failed(Error::Moved) {
             return Ok(s);
         }
         return adopt_conn(&s, c, ours);
@@ -549,7 +599,8 @@ fn adopt(fd: c_int, s: Arc<Sock>) -> SysResult<Arc<Sock>> {
             sndbuf_cap: 0,
             shared: false,
         }),
-        proc: p,
+        mv: Moves::new(p.thread),
+        home: Mutex::new(p),
         excl_claimed: AtomicU64::new(0),
     });
     insert(fd, ns.clone())?;
@@ -642,7 +693,7 @@ fn adopt_conn(s: &Arc<Sock>, c: ConnId, ours: bool) -> SysResult<Arc<Sock>> {
         _ => return Err(e(libc::EBADF)),
     };
     if ours {
-        let _ = s.proc.lock().ctx.close(c); // frees the moved-away entry
+        let _ = s.proc().lock().ctx.close(c); // frees the moved-away entry
     }
     let ns = Arc::new(Sock {
         st: Mutex::new(SockState {
@@ -662,7 +713,8 @@ fn adopt_conn(s: &Arc<Sock>, c: ConnId, ours: bool) -> SysResult<Arc<Sock>> {
             sndbuf_cap,
             shared: true,
         }),
-        proc: p,
+        mv: Moves::new(p.thread),
+        home: Mutex::new(p),
         excl_claimed: AtomicU64::new(0),
     });
     replace_sock(s, &ns);
@@ -673,12 +725,12 @@ fn adopt_conn(s: &Arc<Sock>, c: ConnId, ours: bool) -> SysResult<Arc<Sock>> {
 /// The last descriptor of a shared connection closed: give up this process's hold; the
 /// last holder gets the connection and closes it.
 fn release_conn(s: &Arc<Sock>, c: ConnId, ours: bool, peer: SocketAddrV4, lport: u16) {
-    let moved = ours && s.proc.lock().ctx.state(c) == ConnState::Failed(Error::Moved);
+    let moved = ours && s.proc().lock().ctx.state(c) == ConnState::Failed(Error::Moved);
     if moved {
-        let _ = s.proc.lock().ctx.close(c);
+        let _ = s.proc().lock().ctx.close(c);
     }
     let p = if ours && !moved {
-        s.proc.clone()
+        s.proc()
     } else {
         match thread_ctx() {
             Ok(p) => p,
@@ -722,8 +774,8 @@ pub fn after_fork_parent(child: u32) {
             any = true;
             if st.gen == gen {
                 st.shared = true;
-                if !procs.iter().any(|p| Arc::ptr_eq(p, &s.proc)) {
-                    procs.push(s.proc.clone());
+                if !procs.iter().any(|p| Arc::ptr_eq(p, &s.proc())) {
+                    procs.push(s.proc());
                 }
             }
         }
@@ -765,7 +817,8 @@ fn new_sock(proc: Arc<Proc>, kind: Kind, nonblock: bool, cloexec: bool) -> SysRe
             sndbuf_cap: 0,
             shared: false,
         }),
-        proc,
+        mv: Moves::new(proc.thread),
+        home: Mutex::new(proc),
         excl_claimed: AtomicU64::new(0),
     });
     if let Err(err) = insert(fd, s.clone()) {
@@ -789,6 +842,66 @@ impl Sock {
             return Err(e(libc::EBADF));
         }
         Ok(st)
+    }
+
+    /// A connection's context and handle now, with the move version they belong to.
+    fn binding(&self) -> SysResult<(Arc<Proc>, ConnId, u64)> {
+        let st = self.state()?;
+        match st.kind {
+            Kind::Conn(c) => Ok((self.proc(), c, self.mv.ver())),
+            _ => Err(e(libc::EBADF)),
+        }
+    }
+
+    /// [`Proc::block_until`] for a data call on a connection, wherever it lives: `f` gets
+    /// the context and the handle the connection has now. If the connection moves to
+    /// another thread's context meanwhile (decisions §29), the call follows it: a sleeper
+    /// on the old context is woken by the move and looks again.
+    fn block_conn<T>(
+        &self,
+        nonblock: bool,
+        deadline: Option<Instant>,
+        mut f: impl FnMut(&mut Context, ConnId) -> Option<SysResult<T>>,
+    ) -> SysResult<T> {
+        let start = Instant::now();
+        let spin = spin_time();
+        loop {
+            let (p, c, ver) = self.binding()?;
+            {
+                let mut g = p.lock();
+                if self.mv.ver() != ver {
+                    continue; // moving or moved: wait for the mover, then find it again
+                }
+                if let Some(r) = f(&mut g.ctx, c) {
+                    return r;
+                }
+                if g.ctx.health().is_err() {
+                    return Err(e(libc::ENETDOWN));
+                }
+            }
+            if nonblock {
+                return Err(e(libc::EAGAIN));
+            }
+            if start.elapsed() < spin {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+                p.lock().ctx.poll();
+                continue;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(e(libc::EAGAIN));
+            }
+            let moved = || self.mv.ver() != ver;
+            if let Slept::Interrupted = sleep_on(std::slice::from_ref(&p), &mut Vec::new(), ms_left(deadline), &moved) {
+                if p.lock().ctx.health().is_err() {
+                    return Err(e(libc::ENETDOWN));
+                }
+                if signal_ends_call(deadline) {
+                    return Err(e(libc::EINTR));
+                }
+            }
+        }
     }
 }
 
@@ -887,7 +1000,7 @@ pub fn bind(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
     if st.kind != Kind::Fresh || st.port != 0 {
         return Err(e(libc::EINVAL));
     }
-    let local = s.proc.lock().ctx.local_ip();
+    let local = s.proc().lock().ctx.local_ip();
     if !a.ip().is_unspecified() && *a.ip() != local {
         return Err(e(libc::EADDRNOTAVAIL));
     }
@@ -947,8 +1060,8 @@ pub fn listen(fd: c_int, backlog: c_int) -> SysResult<c_int> {
         let port = st.port;
         // Shared, so that a forked child can listen on the inherited port too (decisions §17).
         let opts = ListenOptions::shared().with_rcvbuf(rcvbuf_of(&st.opts));
-        let token = s.proc.lock().ctx.listen_start_with(port, backlog, opts).map_err(errno_of)?;
-        let r = s.proc.block(false, |ctx| ctx.listen_result(token).map_err(errno_of).transpose());
+        let token = s.proc().lock().ctx.listen_start_with(port, backlog, opts).map_err(errno_of)?;
+        let r = s.proc().block(false, |ctx| ctx.listen_result(token).map_err(errno_of).transpose());
         match r {
             Ok(l) => {
                 st.kind = Kind::Listening(l);
@@ -988,16 +1101,17 @@ pub fn accept(fd: c_int, flags: c_int) -> SysResult<(c_int, SocketAddrV4)> {
             _ => return Err(e(libc::EINVAL)),
         }
     };
-    let c = s.proc.block_until(nonblock, deadline, |ctx| match ctx.accept(l) {
+    let c = s.proc().block_until(nonblock, deadline, |ctx| match ctx.accept(l) {
         Ok(Some(c)) => Some(Ok(c)),
         Ok(None) => None,
         Err(err) => Some(Err(if err == Error::InvalidHandle { e(libc::EINVAL) } else { errno_of(err) })),
     })?;
     let (peer, local) = {
-        let g = s.proc.lock();
+        let home = s.proc();
+        let g = home.lock();
         (g.ctx.peer_addr(c).unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)), g.ctx.local_addr(c))
     };
-    match new_sock(s.proc.clone(), Kind::Conn(c), flags & libc::SOCK_NONBLOCK != 0, flags & libc::SOCK_CLOEXEC != 0) {
+    match new_sock(s.proc(), Kind::Conn(c), flags & libc::SOCK_NONBLOCK != 0, flags & libc::SOCK_CLOEXEC != 0) {
         Ok((nfd, ns)) => {
             let mut st = lock(&ns.st);
             st.peer = Some(peer);
@@ -1005,7 +1119,7 @@ pub fn accept(fd: c_int, flags: c_int) -> SysResult<(c_int, SocketAddrV4)> {
             Ok((nfd, peer))
         }
         Err(err) => {
-            let _ = s.proc.lock().ctx.abort(c);
+            let _ = s.proc().lock().ctx.abort(c);
             Err(err)
         }
     }
@@ -1015,7 +1129,8 @@ pub fn connect(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
     let s = sock(fd)?;
     let mut st = s.state()?;
     {
-        let mut g = s.proc.lock();
+        let home = s.proc();
+        let mut g = home.lock();
         settle(&mut st, &mut g.ctx);
     }
     let kind = st.kind;
@@ -1039,7 +1154,7 @@ pub fn connect(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
     if a.port() == 0 || a.ip().is_unspecified() {
         return Err(e(libc::ECONNREFUSED));
     }
-    let c = s.proc.lock().ctx.connect_start_with(a, rcvbuf_of(&st.opts)).map_err(errno_of)?;
+    let c = s.proc().lock().ctx.connect_start_with(a, rcvbuf_of(&st.opts)).map_err(errno_of)?;
     st.kind = Kind::Connecting(c);
     st.peer = Some(a);
     if st.port != 0 {
@@ -1052,7 +1167,7 @@ pub fn connect(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
     }
     let deadline = timeo(&st, libc::SO_SNDTIMEO);
     drop(st);
-    let r = s.proc.block_until(false, deadline, |ctx| match ctx.state(c) {
+    let r = s.proc().block_until(false, deadline, |ctx| match ctx.state(c) {
         ConnState::Connecting => None,
         _ => Some(Ok(())),
     });
@@ -1068,7 +1183,8 @@ pub fn connect(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
     }
     r?;
     let mut st = s.state()?;
-    let mut g = s.proc.lock();
+    let home = s.proc();
+    let mut g = home.lock();
     settle(&mut st, &mut g.ctx);
     match st.kind {
         Kind::Conn(_) => Ok(Routed::Done(0)),
@@ -1082,7 +1198,8 @@ pub fn connect(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
 /// The connection of a socket for data calls, with its blocking mode.
 fn conn_of(s: &Sock, data_err: c_int) -> SysResult<(ConnId, bool, bool)> {
     let mut st = s.state()?;
-    let mut g = s.proc.lock();
+    let home = s.proc();
+    let mut g = home.lock();
     settle(&mut st, &mut g.ctx);
     match st.kind {
         Kind::Conn(c) => Ok((c, st.nonblock, st.rd_shut)),
@@ -1107,7 +1224,7 @@ fn open_conn(s: &Sock, flags: c_int, data_err: c_int) -> SysResult<(ConnId, bool
             };
             drop(st);
             if let Some(c) = pending {
-                s.proc.block(false, |ctx| (ctx.state(c) != ConnState::Connecting).then_some(Ok(())))?;
+                s.proc().block(false, |ctx| (ctx.state(c) != ConnState::Connecting).then_some(Ok(())))?;
             }
             conn_of(s, data_err)
         }
@@ -1121,7 +1238,8 @@ pub const MSG_PEEK: c_int = libc::MSG_PEEK;
 /// recv/read on a stack socket into `buf`.
 pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> SysResult<usize> {
     let s = sock(fd)?;
-    let (c, nonblock, rd_shut) = open_conn(&s, flags, libc::ENOTCONN)?;
+    moves::note_use(&s);
+    let (_, nonblock, rd_shut) = open_conn(&s, flags, libc::ENOTCONN)?;
     if rd_shut || buf.is_empty() || lock(&s.st).reset_reported {
         return Ok(0);
     }
@@ -1131,7 +1249,7 @@ pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> SysResult<usize> {
     let waitall = flags & libc::MSG_WAITALL != 0 && !peek;
     let mut got = 0usize;
     loop {
-        let r = s.proc.block_until(nonblock, deadline, |ctx| {
+        let r = s.block_conn(nonblock, deadline, |ctx, c| {
             if peek {
                 return match ctx.recv_view(c) {
                     Ok(v) => Some(Ok(v.copy_to(buf))),
@@ -1170,6 +1288,7 @@ pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> SysResult<usize> {
 /// send/write on a stack socket. `nosignal`: no SIGPIPE on EPIPE.
 pub fn send(fd: c_int, data: &[u8], flags: c_int) -> SysResult<usize> {
     let s = sock(fd)?;
+    moves::note_use(&s);
     let r = send_inner(&s, data, flags);
     if r == Err(e(libc::EPIPE)) && flags & libc::MSG_NOSIGNAL == 0 {
         sys::raise_sigpipe();
@@ -1179,7 +1298,7 @@ pub fn send(fd: c_int, data: &[u8], flags: c_int) -> SysResult<usize> {
 
 fn send_inner(s: &Sock, data: &[u8], flags: c_int) -> SysResult<usize> {
     // Linux: for a socket that never connected, send fails with EPIPE too.
-    let (c, nonblock, _) = open_conn(s, flags, libc::EPIPE)?;
+    let (_, nonblock, _) = open_conn(s, flags, libc::EPIPE)?;
     if lock(&s.st).reset_reported {
         return Err(e(libc::EPIPE));
     }
@@ -1193,7 +1312,7 @@ fn send_inner(s: &Sock, data: &[u8], flags: c_int) -> SysResult<usize> {
     };
     let mut sent = 0usize;
     loop {
-        let r = s.proc.block_until(nonblock, deadline, |ctx| {
+        let r = s.block_conn(nonblock, deadline, |ctx, c| {
             let mut chunk = &data[sent..];
             if cap > 0 {
                 // SO_SNDBUF: no more than `cap` bytes written and not yet acknowledged.
@@ -1267,7 +1386,8 @@ pub fn shutdown(fd: c_int, how: c_int) -> SysResult<c_int> {
     if !(0..=2).contains(&how) {
         return Err(e(libc::EINVAL));
     }
-    let mut g = s.proc.lock();
+    let home = s.proc();
+    let mut g = home.lock();
     settle(&mut st, &mut g.ctx);
     match st.kind {
         Kind::Conn(c) => {
@@ -1311,7 +1431,8 @@ pub fn close(fd: c_int) -> SysResult<c_int> {
         .opts
         .get(libc::SOL_SOCKET, libc::SO_LINGER)
         .is_some_and(|v| v.len() >= 8 && v[..4] != [0; 4] && v[4..8] == [0; 4]);
-    let mut g = s.proc.lock();
+    let home = s.proc();
+    let mut g = home.lock();
     match st.kind {
         Kind::Listening(l) => {
             let _ = g.ctx.unlisten(l);
@@ -1402,7 +1523,8 @@ pub fn ioctl(fd: c_int, req: u64, val: &mut c_int) -> SysResult<c_int> {
         }
         r if r == libc::FIONREAD => {
             let mut st = s.state()?;
-            let mut g = s.proc.lock();
+            let home = s.proc();
+            let mut g = home.lock();
             settle(&mut st, &mut g.ctx);
             g.ctx.poll();
             match st.kind {
@@ -1424,7 +1546,8 @@ pub fn ioctl(fd: c_int, req: u64, val: &mut c_int) -> SysResult<c_int> {
 pub fn sockname(fd: c_int, peer: bool) -> SysResult<SocketAddrV4> {
     let s = sock(fd)?;
     let mut st = s.state()?;
-    let mut g = s.proc.lock();
+    let home = s.proc();
+    let mut g = home.lock();
     settle(&mut st, &mut g.ctx);
     if peer {
         return match st.kind {
@@ -1593,15 +1716,18 @@ const INFO_WAIT: Duration = Duration::from_millis(500);
 /// control interval old) and the application side's byte counts. Fields the stack does
 /// not track stay zero (docs/compatibility.md lists them).
 fn tcp_info(s: &Arc<Sock>, out: &mut [u8]) -> SysResult<usize> {
-    let (state, conn) = {
+    let (state, conn, home, (rx_off, tx_off)) = {
         let mut st = s.state()?;
-        let mut g = s.proc.lock();
+        let home = s.proc();
+        let mut g = home.lock();
         settle(&mut st, &mut g.ctx);
         let c = match st.kind {
             Kind::Conn(c) => Some(c),
             _ => None,
         };
-        (tcp_state_number(&st, &g.ctx), c)
+        let state = tcp_state_number(&st, &g.ctx);
+        drop(g);
+        (state, c, home, s.mv.offsets())
     };
     let mut ti = [0u8; 512];
     ti[0] = state;
@@ -1616,23 +1742,23 @@ fn tcp_info(s: &Arc<Sock>, out: &mut [u8]) -> SysResult<usize> {
     put64(&mut ti, 112, u64::MAX); // tcpi_max_pacing_rate: unlimited
     put64(&mut ti, 104, u64::MAX); // tcpi_pacing_rate
     if let Some(c) = conn {
-        let token = s.proc.lock().ctx.info_start(c).ok();
+        let token = home.lock().ctx.info_start(c).ok();
         let info = match token {
             Some(t) => {
                 let deadline = Instant::now() + INFO_WAIT;
-                let r = s.proc.block_inner(false, Some(deadline), false, |ctx| match ctx.info_result(t) {
+                let r = home.block_inner(false, Some(deadline), false, |ctx| match ctx.info_result(t) {
                     Ok(Some(i)) => Some(Ok(i)),
                     Ok(None) => None,
                     Err(err) => Some(Err(errno_of(err))),
                 });
                 if r.is_err() {
-                    s.proc.lock().ctx.info_cancel(t);
+                    home.lock().ctx.info_cancel(t);
                 }
                 r.ok()
             }
             None => None,
         };
-        let g = s.proc.lock();
+        let g = home.lock();
         let layout = g.ctx.layout();
         let info = info.filter(|i| i.opts & libtas::tas_proto::shm::INFO_FOUND != 0).unwrap_or_default();
         let mss = if info.mss > 0 { info.mss as u32 } else { 1460 };
@@ -1664,8 +1790,8 @@ fn tcp_info(s: &Arc<Sock>, out: &mut [u8]) -> SysResult<usize> {
         put32(&mut ti, 84, mss); // advmss
         put32(&mut ti, 96, layout.rx_buf_size); // rcv_space
         put32(&mut ti, 100, info.retransmits); // total_retrans
-        put64(&mut ti, 120, g.ctx.tx_acked(c) + 1); // bytes_acked: Linux counts the SYN
-        put64(&mut ti, 128, g.ctx.rx_total(c)); // bytes_received
+        put64(&mut ti, 120, g.ctx.tx_acked(c) + tx_off + 1); // bytes_acked: Linux counts the SYN
+        put64(&mut ti, 128, g.ctx.rx_total(c) + rx_off); // bytes_received
         put32(&mut ti, 232, layout.rx_buf_size - g.ctx.readable(c).min(layout.rx_buf_size as usize) as u32); // rcv_wnd
     }
     let n = out.len().min(kernel_tcp_info_len()).min(ti.len());
@@ -1680,7 +1806,8 @@ pub fn getsockopt(fd: c_int, level: c_int, name: c_int, out: &mut [u8]) -> SysRe
         return tcp_info(&s, out);
     }
     let mut st = s.state()?;
-    let mut g = s.proc.lock();
+    let home = s.proc();
+    let mut g = home.lock();
     settle(&mut st, &mut g.ctx);
     let int = |v: i32, out: &mut [u8]| -> SysResult<usize> {
         let b = v.to_ne_bytes();
@@ -1743,35 +1870,43 @@ fn setsockopt_known(level: c_int, name: c_int) -> bool {
 // ---- readiness, poll, select --------------------------------------------------------------
 
 /// POLL* bits of a stack socket now (the context is locked and polled by the caller).
-fn readiness(s: &Sock, ctx: &mut Context) -> i16 {
-    readiness_counts(s, ctx).0
+fn readiness(s: &Sock, p: &Arc<Proc>, ctx: &mut Context) -> i16 {
+    readiness_counts(s, p, ctx).map_or(0, |r| r.0)
 }
 
 /// Readiness, readable bytes and waiting connections. The caller holds the context lock,
 /// and the lock order elsewhere is socket, then context: so the socket is only tried; if
 /// another thread holds it, the socket counts as not ready this round (the caller looks
-/// again within a millisecond).
-fn readiness_counts(s: &Sock, ctx: &mut Context) -> (i16, u64, u64) {
+/// again within a millisecond). `ctx` is `p`'s; a connection that moved to another
+/// context since the caller grouped its sockets is not ready here (the caller finds the
+/// move epoch changed and groups them again).
+fn readiness_counts(s: &Sock, p: &Arc<Proc>, ctx: &mut Context) -> Option<(i16, u64, u64)> {
     let mut st = match s.st.try_lock() {
         Ok(g) => g,
         Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
         Err(std::sync::TryLockError::WouldBlock) => {
             CONTENDED.store(true, Ordering::Relaxed);
-            return (0, 0, 0);
+            return None;
         }
     };
     if st.gen != FORK_GEN.load(Ordering::Relaxed) || st.kind == Kind::Stale {
-        return (libc::POLLNVAL, 0, 0);
+        return Some((libc::POLLNVAL, 0, 0));
+    }
+    if !Arc::ptr_eq(&lock(&s.home), p) {
+        CONTENDED.store(true, Ordering::Relaxed);
+        return None;
     }
     settle(&mut st, ctx);
-    // Monotonic counters: any arrival (bytes, acknowledged space, connections) changes them.
+    // Monotonic counters: any arrival (bytes, acknowledged space, connections) changes
+    // them; those of the contexts a connection lived on before count too (§29).
+    let (rx_off, tx_off) = s.mv.offsets();
     let counts = match st.kind {
-        Kind::Conn(c) => (ctx.rx_total(c), ctx.tx_total(c)),
+        Kind::Conn(c) => (ctx.rx_total(c) + rx_off, ctx.tx_total(c) + tx_off),
         Kind::Listening(l) => (ctx.arrivals(l), 0),
         _ => (0, 0),
     };
     let bits = readiness_state(&st, ctx);
-    (bits, counts.0, counts.1)
+    Some((bits, counts.0, counts.1))
 }
 
 /// A poll saw a socket locked by another thread: sleep briefly, not long.
@@ -1832,27 +1967,45 @@ struct Sets {
     /// Per descriptor: the index of its socket's context in `procs`.
     which: Vec<Option<usize>>,
     procs: Vec<Arc<Proc>>,
+    /// The move epoch the grouping belongs to (`moves::EPOCH`).
+    epoch: u64,
+}
+
+impl Sets {
+    /// Group the sockets by the context each lives on now.
+    fn group(&mut self) {
+        self.epoch = moves::EPOCH.load(Ordering::SeqCst);
+        let gen = FORK_GEN.load(Ordering::SeqCst);
+        self.procs.clear();
+        let procs = &mut self.procs;
+        self.which = self
+            .socks
+            .iter()
+            .map(|s| {
+                let home = s.as_ref().map(|s| s.proc()).filter(|p| p.gen == gen)?;
+                Some(match procs.iter().position(|p| Arc::ptr_eq(p, &home)) {
+                    Some(i) => i,
+                    None => {
+                        procs.push(home);
+                        procs.len() - 1
+                    }
+                })
+            })
+            .collect();
+    }
+
+    /// A connection of the set moved to another context since it was grouped.
+    fn moved(&self) -> bool {
+        moves::EPOCH.load(Ordering::SeqCst) != self.epoch
+    }
 }
 
 fn sets_of(fds: &[c_int]) -> Option<Sets> {
     let socks: Socks = fds.iter().map(|&fd| lookup(fd).map(|s| adopt(fd, s.clone()).unwrap_or(s))).collect();
     socks.iter().flatten().next()?;
-    let gen = FORK_GEN.load(Ordering::SeqCst);
-    let mut procs: Vec<Arc<Proc>> = Vec::new();
-    let which = socks
-        .iter()
-        .map(|s| {
-            let s = s.as_ref().filter(|s| s.proc.gen == gen)?;
-            Some(match procs.iter().position(|p| Arc::ptr_eq(p, &s.proc)) {
-                Some(i) => i,
-                None => {
-                    procs.push(s.proc.clone());
-                    procs.len() - 1
-                }
-            })
-        })
-        .collect();
-    Some(Sets { socks, which, procs })
+    let mut sets = Sets { socks, which: Vec::new(), procs: Vec::new(), epoch: 0 };
+    sets.group();
+    Some(sets)
 }
 
 /// Stack sockets' revents of a poll set: each context is locked (and polled) once, in turn.
@@ -1872,7 +2025,7 @@ fn scan_poll(sets: &Sets, fds: &mut [libc::pollfd]) -> c_int {
                 continue;
             }
             let Some(s) = s else { continue };
-            let r = readiness(s, &mut g.ctx);
+            let r = readiness(s, p, &mut g.ctx);
             let ev = r & (fds[i].events | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL);
             fds[i].revents = ev;
             if ev != 0 {
@@ -1897,15 +2050,18 @@ fn ms_left(deadline: Option<Instant>) -> c_int {
 /// Returns None if no descriptor is a stack socket (the caller uses libc).
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> Option<SysResult<c_int>> {
     let nums: Vec<c_int> = fds.iter().map(|p| p.fd).collect();
-    let sets = sets_of(&nums)?;
-    let socks = &sets.socks;
+    let mut sets = sets_of(&nums)?;
+    let stack: Vec<bool> = sets.socks.iter().map(|s| s.is_some()).collect();
     let deadline = (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
     let start = Instant::now();
     let spin = spin_time();
     let mut kernel: Vec<libc::pollfd> =
-        fds.iter().zip(socks).map(|(p, s)| if s.is_some() { libc::pollfd { fd: -1, events: 0, revents: 0 } } else { *p }).collect();
-    let has_kernel = socks.iter().any(|s| s.is_none());
+        fds.iter().zip(&stack).map(|(p, &s)| if s { libc::pollfd { fd: -1, events: 0, revents: 0 } } else { *p }).collect();
+    let has_kernel = stack.iter().any(|s| !s);
     loop {
+        if sets.moved() {
+            sets.group();
+        }
         let mut n = scan_poll(&sets, fds);
         let waited_long = start.elapsed() >= spin;
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
@@ -1916,7 +2072,7 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> Option<SysResult<c_i
                     Err(err) => return Some(Err(err)),
                 }
                 for (i, k) in kernel.iter().enumerate() {
-                    if socks[i].is_none() {
+                    if !stack[i] {
                         fds[i].revents = k.revents;
                         if k.revents != 0 {
                             n += 1;
@@ -1934,11 +2090,11 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> Option<SysResult<c_i
             }
             continue;
         }
-        match sleep_on(&sets.procs, &mut kernel, ms_left(deadline)) {
+        match sleep_on(&sets.procs, &mut kernel, ms_left(deadline), &|| sets.moved()) {
             Slept::Interrupted => return Some(Err(e(libc::EINTR))),
             Slept::Kernel => {
                 for (i, k) in kernel.iter().enumerate() {
-                    if socks[i].is_none() {
+                    if !stack[i] {
                         fds[i].revents = k.revents;
                     }
                 }
@@ -1972,9 +2128,52 @@ struct EpShadow {
     /// Contexts whose eventfd is in the kernel's epoll set (weak: a context goes away
     /// with its thread and last socket; the kernel drops its eventfd from the set then).
     ctxs: Vec<std::sync::Weak<Proc>>,
+    /// The move epoch at which every item's context was last made sure to be in `ctxs`.
+    epoch: u64,
 }
 
 impl EpShadow {
+    /// Put context `p`'s eventfd into the kernel's epoll set `epfd` (once; EEXIST: a live
+    /// context's eventfd with this number is in already).
+    fn join(&mut self, epfd: c_int, p: &Arc<Proc>) -> SysResult<()> {
+        if self.ctxs.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(p))) {
+            return Ok(());
+        }
+        let mut cev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: EFD_COOKIE };
+        match sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, p.efd, Some(&mut cev)) {
+            Ok(_) | Err(Errno(libc::EEXIST)) => {}
+            Err(err) => return Err(err),
+        }
+        self.ctxs.retain(|w| w.strong_count() > 0);
+        self.ctxs.push(Arc::downgrade(p));
+        Ok(())
+    }
+
+    /// After connections moved between contexts (decisions §29): the contexts the set's
+    /// sockets live on now join the kernel set, so a sleeper is woken by their events.
+    fn rehome(&mut self, epfd: c_int) {
+        let epoch = moves::EPOCH.load(Ordering::SeqCst);
+        if self.epoch == epoch {
+            return;
+        }
+        self.epoch = epoch;
+        let gen = FORK_GEN.load(Ordering::SeqCst);
+        let homes: Vec<Arc<Proc>> = self.items.keys().filter_map(|&fd| lookup(fd)).map(|s| s.proc()).filter(|p| p.gen == gen).collect();
+        for p in &homes {
+            let _ = self.join(epfd, p);
+        }
+        // A context none of the set's sockets lives on any more leaves the set, so its
+        // traffic (a listener thread's new connections) does not wake this set's waiters.
+        self.ctxs.retain(|w| match w.upgrade() {
+            None => false,
+            Some(p) if p.gen != gen || homes.iter().any(|h| Arc::ptr_eq(h, &p)) => true,
+            Some(p) => {
+                let _ = sys::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, p.efd, None);
+                false
+            }
+        });
+    }
+
     /// The live contexts of this fork generation whose eventfds are in the set.
     fn live_ctxs(&self) -> Vec<Arc<Proc>> {
         let gen = FORK_GEN.load(Ordering::SeqCst);
@@ -2046,17 +2245,9 @@ pub fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: Option<libc::epoll_event
             if ev.events & libc::EPOLLEXCLUSIVE as u32 != 0 && ev.events & libc::EPOLLONESHOT as u32 != 0 {
                 return Err(e(libc::EINVAL)); // as Linux
             }
-            // The socket's context's eventfd joins the kernel set once (EEXIST: a live
-            // context's eventfd with this number is in already).
-            if !sh.ctxs.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&s.proc))) {
-                let mut cev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: EFD_COOKIE };
-                match sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, s.proc.efd, Some(&mut cev)) {
-                    Ok(_) | Err(Errno(libc::EEXIST)) => {}
-                    Err(err) => return Err(err),
-                }
-                sh.ctxs.retain(|w| w.strong_count() > 0);
-                sh.ctxs.push(Arc::downgrade(&s.proc));
-            }
+            // The socket's context's eventfd joins the kernel set once (a move later is
+            // caught up with by `rehome`: the move epoch changes first).
+            sh.join(epfd, &s.proc())?;
             sh.items.insert(fd, EpItem { events: ev.events, data: ev.u64, disabled: false, last: (0, 0, 0) });
             Ok(0)
         }
@@ -2102,12 +2293,29 @@ fn to_epoll(r: i16) -> u32 {
 /// `EPOLLEXCLUSIVE` listener is reported only to the one caller that claims its new
 /// connections (Linux wakes one exclusive waiter per arrival; a caller that enters
 /// epoll_wait sees the listener's level, as on Linux).
-fn epoll_scan(sh: &Mutex<EpShadow>, out: &mut [libc::epoll_event], woken: bool) -> usize {
-    let (items, ctxs): (Vec<(c_int, EpItem)>, Vec<Arc<Proc>>) = {
-        let g = lock(sh);
-        (g.items.iter().filter(|(_, v)| !v.disabled).map(|(k, v)| (*k, *v)).collect(), g.live_ctxs())
+fn epoll_scan(epfd: c_int, sh: &Mutex<EpShadow>, out: &mut [libc::epoll_event], woken: bool) -> usize {
+    let items: Vec<(c_int, EpItem)> = {
+        let mut g = lock(sh);
+        g.rehome(epfd);
+        g.items.iter().filter(|(_, v)| !v.disabled).map(|(k, v)| (*k, *v)).collect()
     };
-    let socks: Vec<(c_int, EpItem, Arc<Sock>)> = items.into_iter().filter_map(|(fd, it)| Some((fd, it, lookup(fd)?))).collect();
+    let socks: Vec<(c_int, EpItem, Arc<Sock>, Arc<Proc>)> = items
+        .into_iter()
+        .filter_map(|(fd, it)| {
+            let s = lookup(fd)?;
+            let home = s.proc();
+            Some((fd, it, s, home))
+        })
+        .collect();
+    // The contexts the sockets live on (of this fork generation: a parent's sockets in a
+    // forked child are not scanned).
+    let gen = FORK_GEN.load(Ordering::SeqCst);
+    let mut ctxs: Vec<Arc<Proc>> = Vec::new();
+    for (.., home) in &socks {
+        if home.gen == gen && !ctxs.iter().any(|p| Arc::ptr_eq(p, home)) {
+            ctxs.push(home.clone());
+        }
+    }
     let mut n = 0;
     let mut updates = Vec::new();
     // Each context is locked once, in turn, for the sockets that live on it.
@@ -2117,14 +2325,16 @@ fn epoll_scan(sh: &Mutex<EpShadow>, out: &mut [libc::epoll_event], woken: bool) 
         }
         let mut g = p.lock();
         g.ctx.poll();
-        for (fd, it, s) in &socks {
+        for (fd, it, s, home) in &socks {
             if n >= out.len() {
                 break;
             }
-            if !Arc::ptr_eq(&s.proc, p) {
+            if !Arc::ptr_eq(home, p) {
                 continue;
             }
-            let (r, rd, acc) = readiness_counts(s, &mut g.ctx);
+            // Not known this round (another thread holds the socket, or it moved): no
+            // report and no change of what was last reported (no false edge).
+            let Some((r, rd, acc)) = readiness_counts(s, p, &mut g.ctx) else { continue };
             let wanted = it.events | libc::EPOLLERR as u32 | libc::EPOLLHUP as u32;
             let ev = to_epoll(r) & wanted;
             let sig = (ev as i16, rd, acc);
@@ -2180,7 +2390,12 @@ fn strip_cookie(evs: &mut [libc::epoll_event], n: usize) -> usize {
 /// epoll_wait on a set with stack sockets. None: no stack socket in it (use libc).
 pub fn epoll_wait(epfd: c_int, out: &mut [libc::epoll_event], timeout_ms: c_int) -> Option<SysResult<c_int>> {
     let sh = shadow(epfd)?;
-    if lock(&sh).live_ctxs().is_empty() {
+    let live = {
+        let mut g = lock(&sh);
+        g.rehome(epfd);
+        g.live_ctxs()
+    };
+    if live.is_empty() {
         // Only a parent's sockets (in a forked child), or none left: the kernel's set.
         return None;
     }
@@ -2192,7 +2407,8 @@ pub fn epoll_wait(epfd: c_int, out: &mut [libc::epoll_event], timeout_ms: c_int)
     let spin = spin_time();
     let mut first = true;
     loop {
-        let n = epoll_scan(&sh, out, !first);
+        let epoch = moves::EPOCH.load(Ordering::SeqCst);
+        let n = epoll_scan(epfd, &sh, out, !first);
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
         if n > 0 || expired || first {
             first = false;
@@ -2219,6 +2435,11 @@ pub fn epoll_wait(epfd: c_int, out: &mut [libc::epoll_event], timeout_ms: c_int)
             }
             continue;
         }
+        if moves::EPOCH.load(Ordering::SeqCst) != epoch {
+            // A connection moved since the scan: its new context may not be in the set yet.
+            end_all(&ctxs);
+            continue;
+        }
         let left = ms_left(deadline);
         let cap = if CONTENDED.swap(false, Ordering::Relaxed) { 1 } else { MAX_SLEEP_MS };
         let ms = if left < 0 { cap } else { left.min(cap) };
@@ -2229,7 +2450,7 @@ pub fn epoll_wait(epfd: c_int, out: &mut [libc::epoll_event], timeout_ms: c_int)
             Ok(k) => {
                 let k = strip_cookie(out, k as usize);
                 if k > 0 {
-                    let m = epoll_scan(&sh, &mut out[k..], true);
+                    let m = epoll_scan(epfd, &sh, &mut out[k..], true);
                     return Some(Ok((k + m) as c_int));
                 }
             }

@@ -277,3 +277,10 @@ pub fn some_handler_without_restart() -> bool {
     }
     false
 }
+
+/// Run `f` at process exit (`atexit`): the shim's statistics line.
+pub fn register_atexit(f: extern "C" fn()) {
+    // SAFETY: `f` is a plain function valid for the life of the process (this library is
+    // never unloaded: it is preloaded).
+    unsafe { libc::atexit(f) };
+}
