@@ -916,3 +916,59 @@ fn a_burst_beyond_the_backlog_is_served_without_resets() {
         ca.accept_queue_overflows
     );
 }
+
+/// Listen, accept, close the listener and listen again on the same port at once while the
+/// accepted connection is still open (iperf3 does this after a client that sent nothing;
+/// Linux allows it with SO_REUSEADDR): the new listener is granted and accepts the next
+/// connection, the old connection still carries data. A port an outgoing connection uses
+/// cannot be listened on.
+#[test]
+fn listening_again_while_accepted_connections_remain() {
+    let mut w = World::new(Impairments::default(), 12);
+    let mut server = context(&mut w.a, IP_A, "server");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let listen = |w: &mut World, server: &mut libtas::Context, client: &mut libtas::Context, port: u16| {
+        let tok = server.listen_start(port, 16).unwrap();
+        loop {
+            w.step(&mut [server, client]);
+            if let Some(r) = server.listen_result(tok).transpose() {
+                return r;
+            }
+        }
+    };
+    let accept = |w: &mut World, server: &mut libtas::Context, client: &mut libtas::Context, l: libtas::ListenerId| loop {
+        w.step(&mut [server, client]);
+        if let Some(c) = server.accept(l).unwrap() {
+            return c;
+        }
+    };
+    let l1 = listen(&mut w, &mut server, &mut client, 8300).expect("first listen");
+    let c1 = client.connect_start(SocketAddrV4::new(IP_A, 8300)).unwrap();
+    let s1 = accept(&mut w, &mut server, &mut client, l1);
+    server.unlisten(l1).unwrap();
+    let l2 = listen(&mut w, &mut server, &mut client, 8300).expect("listen again while the accepted connection is open");
+    let c2 = client.connect_start(SocketAddrV4::new(IP_A, 8300)).unwrap();
+    let s2 = accept(&mut w, &mut server, &mut client, l2);
+    // Both connections carry data.
+    for (c, s, msg) in [(c1, s1, b"old".as_slice()), (c2, s2, b"new".as_slice())] {
+        while client.state(c) == ConnState::Connecting {
+            w.step(&mut [&mut server, &mut client]);
+        }
+        assert_eq!(client.send(c, msg).unwrap(), 3);
+        let mut buf = [0u8; 8];
+        let n = loop {
+            w.step(&mut [&mut server, &mut client]);
+            match server.recv(s, &mut buf) {
+                Ok(n) => break n,
+                Err(Error::WouldBlock) => {}
+                Err(e) => panic!("recv: {e}"),
+            }
+        };
+        assert_eq!(&buf[..n], msg);
+    }
+    // The client's local port (an active open on host B) cannot be listened on there.
+    let p = client.local_port(c1).expect("connected");
+    assert_eq!(listen(&mut w, &mut client, &mut server, p), Err(Error::AddrInUse));
+    let (ca, cb) = (w.a.slow.counters(), w.b.slow.counters());
+    assert_eq!((ca.resets, cb.resets), (0, 0));
+}
