@@ -332,6 +332,7 @@ fn iperf3_survives_bad_clients_under_the_shim() {
     bed.start_tasd();
     let env = shim_env(&bed);
     let mut cmd: Vec<String> = Vec::new();
+    // TAS_TEST_STRACE=FILE: run the server under `strace -f` (how the errno leak was found).
     if let Some(out) = std::env::var_os("TAS_TEST_STRACE") {
         cmd.extend(["strace", "-f", "-tt", "-o"].map(String::from));
         cmd.push(out.to_string_lossy().into_owned());
