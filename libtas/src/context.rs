@@ -1042,6 +1042,11 @@ impl Context {
                     }
                 }
                 c.closed = Some(error.map(Error::from_code));
+                if moved {
+                    // The unread bytes went with the connection: none are readable here
+                    // (the ring is no longer ours; counting them made a read return 0).
+                    c.rx_avail = 0;
+                }
                 c.tx_unposted = 0;
                 c.rx_unacked = 0;
                 c.forgotten = false;
@@ -1599,6 +1604,13 @@ impl Context {
             (false, true) => ConnState::LocalClosed,
             (true, true) => ConnState::Closing,
         }
+    }
+
+    /// True once the peer's FIN arrived (also after the connection failed or closed:
+    /// a reset that follows the FIN does not undo it; the sockets layer reads EOF then,
+    /// as Linux does).
+    pub fn peer_fin(&self, c: ConnId) -> bool {
+        self.conn_idx(c).is_ok_and(|i| self.conns[i].rx_fin)
     }
 
     /// The peer's address.

@@ -215,6 +215,18 @@ struct Listener {
     joined: bool,
     /// A connection was handed to it at least once.
     assigned: bool,
+    /// Handshakes whose final ACK came while the accept queue was full (in arrival
+    /// order): kept in SYN-RECEIVED, not reset; when the application accepts, each gets
+    /// its SYN-ACK again at once, and the peer's answering ACK completes it.
+    waiting: std::collections::VecDeque<FlowKey>,
+}
+
+impl Listener {
+    /// Linux's `sk_acceptq_is_full`: more connections wait for `accept` than the
+    /// backlog (so backlog + 1 fit).
+    fn accept_queue_full(&self) -> bool {
+        self.unaccepted > self.backlog
+    }
 }
 
 /// Options a peer offered in its SYN (or SYN-ACK).
@@ -266,6 +278,8 @@ struct Conn {
     we_closed_first: bool,
     /// Holds a reference on its local port (active opens and accepted connections).
     port_ref: bool,
+    /// An active open (its port reference is counted in `active_port_refs` too).
+    active: bool,
     deadline: Option<Instant>,
     /// Payload bytes per segment of the installed flow.
     mss: u16,
@@ -314,6 +328,9 @@ pub struct SlowCounters {
     pub connect_failures: u64,
     /// SYNs dropped: listener backlog full.
     pub syn_backlog_drops: u64,
+    /// Final ACKs of handshakes (or valid SYN cookies) that found the accept queue full:
+    /// the handshake waits for room (Linux's ListenOverflows).
+    pub accept_queue_overflows: u64,
     /// SYNs dropped: no connection slot or flow slot.
     pub syn_resource_drops: u64,
     /// RSTs sent.
@@ -331,6 +348,9 @@ pub struct SlowCounters {
     /// Connections whose application closed them and exited before the close finished:
     /// the close went on in order instead of a reset.
     pub orphan_closes: u64,
+    /// Connections whose owning application went away while another process still held
+    /// them (fork): kept open for that holder instead of reset (decisions §30).
+    pub kept_for_holders: u64,
     /// Connections closed in order.
     pub closes: u64,
     /// Connections reset.
@@ -417,7 +437,11 @@ pub struct SlowPath {
     port_groups: HashMap<u16, Vec<u32>>,
     /// Round-robin position for port groups.
     group_rr: usize,
+    /// Connections (active opens and accepted ones) per local port.
     port_refs: HashMap<u16, u32>,
+    /// Active opens per local port (a subset of `port_refs`): a port that only accepted
+    /// connections use can be listened on again, one an active open uses cannot.
+    active_port_refs: HashMap<u16, u32>,
     conns: HashMap<FlowKey, Conn>,
     by_slot: HashMap<(u32, u32), FlowKey>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -469,6 +493,7 @@ impl SlowPath {
             port_groups: HashMap::new(),
             group_rr: 0,
             port_refs: HashMap::new(),
+            active_port_refs: HashMap::new(),
             conns: HashMap::new(),
             by_slot: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -630,6 +655,7 @@ impl SlowPath {
             ("active_opens", s.active_opens),
             ("connect_failures", s.connect_failures),
             ("syn_backlog_drops", s.syn_backlog_drops),
+            ("accept_queue_overflows", s.accept_queue_overflows),
             ("syn_resource_drops", s.syn_resource_drops),
             ("rsts_sent", s.rsts_sent),
             ("rsts_received", s.rsts_received),
@@ -638,6 +664,7 @@ impl SlowPath {
             ("bad_requests", s.bad_requests),
             ("conn_moves", s.moves),
             ("orphan_closes", s.orphan_closes),
+            ("kept_for_holders", s.kept_for_holders),
             ("closes", s.closes),
             ("resets", s.resets),
             ("arp_requests", s.arp_requests),
@@ -758,6 +785,7 @@ impl SlowPath {
     pub fn detach_app(&mut self, id: u32) {
         let Some(app) = self.apps.get_mut(&id) else { return };
         app.detaching = true;
+        let pid = app.pid;
         tracing::info!(app = id, conns = app.conns, "application detached");
         for l in std::mem::take(&mut app.listeners) {
             self.close_listener(l);
@@ -768,6 +796,19 @@ impl SlowPath {
             // queued) finishes its close in order, as the kernel's would after exit; the
             // core says which (Orphaned). Others are reset.
             match self.conns.get(&k) {
+                Some(c)
+                    if matches!(c.phase, Phase::Established)
+                        && c.flow.is_some()
+                        && c.holders.as_ref().is_some_and(|v| v.iter().any(|&p| p != pid)) =>
+                {
+                    // Another process still holds it (a forked parent whose child used
+                    // the connection and exited without closing it): Linux keeps it open
+                    // for that process. It stays here, ownerless, until a holder uses it
+                    // (moved to it), releases it last (moved to it, to be closed), or
+                    // every holder is gone (decisions §30).
+                    self.counters.kept_for_holders += 1;
+                    tracing::debug!(app = id, flow = c.flow, "owner gone; connection kept for its other holders");
+                }
                 Some(c) if matches!(c.phase, Phase::Established) && c.flow.is_some() => {
                     let (core, flow) = (c.core, c.flow.unwrap_or_default());
                     self.cores[core as usize].send(Command::Orphan { flow });
@@ -915,6 +956,7 @@ impl SlowPath {
                         l.accepting = true;
                     }
                 }
+                self.resume_waiting(listener);
             }
             ControlRequest::Abort { conn } => {
                 if let Some(&k) = self.by_slot.get(&(app, conn)) {
@@ -990,7 +1032,13 @@ impl SlowPath {
             tracing::debug!(app, port, backlog = self.listeners[&id].backlog, listener = id, "joined a shared port");
             return Ok(id);
         }
-        if self.port_refs.contains_key(&port) {
+        // Connections accepted by an earlier listener on the port (open, closing or in
+        // TIME-WAIT) do not stop a new listener: Linux lets a socket with SO_REUSEADDR
+        // bind and listen then (servers that close their listener and listen again, like
+        // iperf3, rely on it; the shim refuses the bind without SO_REUSEADDR while this
+        // process holds such a connection). An active open's local port cannot be
+        // listened on.
+        if self.active_port_refs.contains_key(&port) {
             return Err(ErrorCode::AddrInUse);
         }
         self.filter.own(port).map_err(|e| {
@@ -1021,6 +1069,7 @@ impl SlowPath {
             accepting: !on_demand,
             joined,
             assigned: false,
+            waiting: std::collections::VecDeque::new(),
         });
         if let Some(a) = self.apps.get_mut(&app) {
             a.listeners.push(id);
@@ -1165,6 +1214,7 @@ impl SlowPath {
             }
         }
         self.port_ref(local_port);
+        *self.active_port_refs.entry(local_port).or_insert(0) += 1;
         let core = self.core_for(key);
         let iss = self.isn(key);
         let mac = self.neigh.get(&hop).and_then(|n| n.mac);
@@ -1173,6 +1223,7 @@ impl SlowPath {
             Conn {
                 slot: Some(slot),
                 port_ref: true,
+                active: true,
                 rcvbuf,
                 ..Conn::opening(key, mac, app, core, Phase::SynSent { token, iss, retries: 0, sent_at: self.now, peer: None })
             },
@@ -1413,6 +1464,14 @@ impl SlowPath {
         if c.port_ref {
             self.port_unref(c.local_port);
         }
+        if c.active {
+            if let Some(n) = self.active_port_refs.get_mut(&c.local_port) {
+                *n -= 1;
+                if *n == 0 {
+                    self.active_port_refs.remove(&c.local_port);
+                }
+            }
+        }
         self.maybe_finish_detach(c.app);
     }
 
@@ -1634,6 +1693,18 @@ impl SlowPath {
                 }
                 match seg.ack_number {
                     Some(ack) if ack == iss.wrapping_add(1) && seg.seq_number == irs.wrapping_add(1) => {
+                        if let Some(l) = self.listeners.get_mut(&listener) {
+                            if l.accept_queue_full() {
+                                // Linux's listen overflow: the ACK is dropped, the
+                                // handshake stays (its SYN-ACK is sent again, at once
+                                // when the application accepts), no reset.
+                                if !l.waiting.contains(&key) {
+                                    l.waiting.push_back(key);
+                                }
+                                self.counters.accept_queue_overflows += 1;
+                                return;
+                            }
+                        }
                         self.establish_passive(core, key, listener, iss, irs, opts, sent_at, seg, frame);
                     }
                     Some(_) => self.send_rst_for(core, mac, src, seg),
@@ -1720,15 +1791,16 @@ impl SlowPath {
 
     fn passive_open(&mut self, core: u8, lid: u32, key: FlowKey, mac: EthernetAddress, src: Ipv4Addr, seg: &TcpRepr) {
         let l = self.listeners.get_mut(&lid).expect("indexed listener");
-        if l.unaccepted >= l.backlog {
+        if l.accept_queue_full() {
             // The accept queue itself is full: the application is not keeping up. Drop;
             // the peer retries (Linux does the same).
             self.counters.syn_backlog_drops += 1;
             return;
         }
-        if l.syn_rcvd + l.unaccepted >= l.backlog {
-            // Handshakes fill the backlog (a SYN flood, or a burst): answer statelessly
-            // with a SYN cookie so legitimate clients still get in.
+        if l.syn_rcvd >= l.backlog {
+            // Handshakes fill the SYN queue (as long as the backlog, as Linux's: a SYN
+            // flood, or a burst): answer statelessly with a SYN cookie so legitimate
+            // clients still get in.
             self.send_cookie_synack(core, key, mac, src, seg);
             return;
         }
@@ -1808,11 +1880,8 @@ impl SlowPath {
             return false;
         }
         let Some(l) = self.listeners.get_mut(&lid) else { return false };
-        if l.unaccepted >= l.backlog {
-            self.counters.syn_backlog_drops += 1;
-            return true; // valid but no room: drop silently, the peer retransmits
-        }
-        l.syn_rcvd += 1; // establish_passive takes it back
+        let full = l.accept_queue_full();
+        l.syn_rcvd += 1; // establish_passive (or the handshake's end) takes it back
         let (app, rcvbuf) = (l.app, l.rcvbuf);
         self.counters.syn_cookies_accepted += 1;
         let opts = PeerOpts { mss: Some(COOKIE_MSS[idx as usize]), wscale: None, ts: None, sack: false, ecn: false };
@@ -1823,9 +1892,40 @@ impl SlowPath {
                 ..Conn::opening(key, Some(mac), app, core, Phase::SynRcvd { listener: lid, iss, irs, opts, retries: 0, sent_at: self.now })
             },
         );
+        if full {
+            // Valid, but the accept queue is full: the cookie's handshake becomes a
+            // stateful one waiting for room (the peer believes it is connected and may
+            // send nothing until the server speaks: dropping its ACK would strand it).
+            // Its SYN-ACK is sent again when the application accepts, or on the timer.
+            if let Some(l) = self.listeners.get_mut(&lid) {
+                l.waiting.push_back(key);
+            }
+            self.counters.accept_queue_overflows += 1;
+            let rto = self.cfg.syn_rto;
+            self.arm(key, self.now + rto);
+            return true;
+        }
         let sent_at = self.now;
         self.establish_passive(core, key, lid, iss, irs, opts, sent_at, seg, frame);
         true
+    }
+
+    /// The application accepted: handshakes that waited for room in the accept queue get
+    /// their SYN-ACK again now (as many as fit), so the peer's answering ACK completes
+    /// them within a round trip instead of at the next SYN-ACK retransmission.
+    fn resume_waiting(&mut self, lid: u32) {
+        let Some(l) = self.listeners.get_mut(&lid) else { return };
+        // Room before the queue is full again (backlog + 1 fit, as Linux).
+        let mut room = (l.backlog + 1).saturating_sub(l.unaccepted);
+        while room > 0 {
+            let Some(l) = self.listeners.get_mut(&lid) else { return };
+            let Some(key) = l.waiting.pop_front() else { return };
+            let pending = self.conns.get(&key).is_some_and(|c| matches!(c.phase, Phase::SynRcvd { listener, .. } if listener == lid));
+            if pending {
+                self.send_synack(key);
+                room -= 1;
+            }
+        }
     }
 
     fn send_synack(&mut self, key: FlowKey) {
@@ -2315,6 +2415,7 @@ impl Conn {
             fin_acked: false,
             we_closed_first: false,
             port_ref: false,
+            active: false,
             deadline: None,
             mss: 0,
             sb: Default::default(),

@@ -802,3 +802,173 @@ fn connection_moves_between_contexts_mid_transfer() {
     }
     assert!(matches!(s2.state(c2), ConnState::Closed | ConnState::PeerClosed), "{:?}", s2.state(c2));
 }
+
+/// Sixteen clients connect at once to a listener with a backlog of 2 whose application
+/// accepts only 30 ms later (Python's `socketserver` has a backlog of 5 and forks per
+/// connection): every connection must be served, none reset. Linux keeps such
+/// connections (handshakes beyond the queue complete later: the final ACK that found the
+/// accept queue full is dropped and the SYN-ACK retransmitted). The server speaks first
+/// (a greeting), so a client never sends anything that could complete a lost handshake
+/// by itself.
+#[test]
+fn a_burst_beyond_the_backlog_is_served_without_resets() {
+    const CLIENTS: usize = 16;
+    let mut w = World::new(Impairments::default(), 11);
+    let mut server = context(&mut w.a, IP_A, "server");
+    let mut client = context(&mut w.b, IP_B, "clients");
+    let tok = server.listen_start(8100, 2).unwrap();
+    let listener = loop {
+        w.step(&mut [&mut server, &mut client]);
+        if let Some(l) = server.listen_result(tok).unwrap() {
+            break l;
+        }
+    };
+    let conns: Vec<_> = (0..CLIENTS).map(|_| client.connect_start(SocketAddrV4::new(IP_A, 8100)).unwrap()).collect();
+    let accept_from = w.clock.now() + Duration::from_millis(30);
+    // Server: greeting, then echo until EOF. Clients: read the greeting, send 1000 bytes,
+    // read them back, close.
+    let mut served: Vec<(libtas::ConnId, Vec<u8>, bool)> = Vec::new();
+    let mut progress = vec![(false, false, Vec::new(), false); CLIENTS]; // greeted, sent, echoed, done
+    let deadline = w.clock.now() + Duration::from_secs(60);
+    let mut buf = vec![0u8; 4096];
+    while progress.iter().any(|p| !p.3) {
+        assert!(w.clock.now() < deadline, "not all served in 60 s: {:?}", progress.iter().map(|p| (p.0, p.1, p.2.len(), p.3)).collect::<Vec<_>>());
+        w.step(&mut [&mut server, &mut client]);
+        if w.clock.now() >= accept_from {
+            while let Ok(Some(c)) = server.accept(listener) {
+                served.push((c, b"hello\n".to_vec(), false));
+            }
+        }
+        for (c, out, eof) in &mut served {
+            if !out.is_empty() {
+                match server.send(*c, out) {
+                    Ok(n) => {
+                        out.drain(..n);
+                    }
+                    Err(Error::WouldBlock) => {}
+                    Err(e) => panic!("server send: {e}"),
+                }
+            }
+            if !*eof {
+                match server.recv(*c, &mut buf) {
+                    Ok(0) => {
+                        *eof = true;
+                        server.close(*c).unwrap();
+                    }
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Err(Error::WouldBlock) => {}
+                    Err(e) => panic!("server recv: {e}"),
+                }
+            }
+        }
+        for (i, &c) in conns.iter().enumerate() {
+            let p = &mut progress[i];
+            match client.state(c) {
+                ConnState::Connecting => continue,
+                ConnState::Failed(e) => panic!("client {i} failed: {e}"),
+                _ => {}
+            }
+            if !p.0 {
+                let mut g = [0u8; 6];
+                match client.recv(c, &mut g) {
+                    Ok(6) => {
+                        assert_eq!(&g, b"hello\n");
+                        p.0 = true;
+                    }
+                    Ok(n) => panic!("client {i}: short greeting ({n} bytes)"),
+                    Err(Error::WouldBlock) => continue,
+                    Err(e) => panic!("client {i} recv: {e}"),
+                }
+            }
+            if !p.1 {
+                let mut data = [0u8; 1000];
+                pattern(i as u64, 0, &mut data);
+                assert_eq!(client.send(c, &data).unwrap(), 1000);
+                p.1 = true;
+            }
+            if p.2.len() < 1000 {
+                match client.recv(c, &mut buf) {
+                    Ok(0) => panic!("client {i}: EOF after {} echoed bytes", p.2.len()),
+                    Ok(n) => p.2.extend_from_slice(&buf[..n]),
+                    Err(Error::WouldBlock) => {}
+                    Err(e) => panic!("client {i} recv: {e}"),
+                }
+            } else if !p.3 {
+                let mut want = [0u8; 1000];
+                pattern(i as u64, 0, &mut want);
+                assert!(p.2 == want, "client {i}: echo differs");
+                client.close(c).unwrap();
+                p.3 = true;
+            }
+        }
+    }
+    assert_eq!(served.len(), CLIENTS, "each client accepted once");
+    let (ca, cb) = (w.a.slow.counters(), w.b.slow.counters());
+    assert_eq!((ca.rsts_sent, ca.resets, cb.rsts_received, cb.resets), (0, 0, 0, 0), "no connection reset");
+    assert_eq!(ca.passive_opens, CLIENTS as u64);
+    assert!(ca.accept_queue_overflows > 0, "the burst must have found the accept queue full");
+    eprintln!(
+        "burst of {CLIENTS} on a backlog of 2: all served in {:.3} s (virtual); SYN cookies sent {}, accepted {}, SYNs dropped {}, accept-queue overflows {}",
+        (w.clock.now().as_nanos() - (accept_from.as_nanos() - 30_000_000)) as f64 / 1e9,
+        ca.syn_cookies_sent,
+        ca.syn_cookies_accepted,
+        ca.syn_backlog_drops,
+        ca.accept_queue_overflows
+    );
+}
+
+/// Listen, accept, close the listener and listen again on the same port at once while the
+/// accepted connection is still open (iperf3 does this after a client that sent nothing;
+/// Linux allows it with SO_REUSEADDR): the new listener is granted and accepts the next
+/// connection, the old connection still carries data. A port an outgoing connection uses
+/// cannot be listened on.
+#[test]
+fn listening_again_while_accepted_connections_remain() {
+    let mut w = World::new(Impairments::default(), 12);
+    let mut server = context(&mut w.a, IP_A, "server");
+    let mut client = context(&mut w.b, IP_B, "client");
+    let listen = |w: &mut World, server: &mut libtas::Context, client: &mut libtas::Context, port: u16| {
+        let tok = server.listen_start(port, 16).unwrap();
+        loop {
+            w.step(&mut [server, client]);
+            if let Some(r) = server.listen_result(tok).transpose() {
+                return r;
+            }
+        }
+    };
+    let accept = |w: &mut World, server: &mut libtas::Context, client: &mut libtas::Context, l: libtas::ListenerId| loop {
+        w.step(&mut [server, client]);
+        if let Some(c) = server.accept(l).unwrap() {
+            return c;
+        }
+    };
+    let l1 = listen(&mut w, &mut server, &mut client, 8300).expect("first listen");
+    let c1 = client.connect_start(SocketAddrV4::new(IP_A, 8300)).unwrap();
+    let s1 = accept(&mut w, &mut server, &mut client, l1);
+    server.unlisten(l1).unwrap();
+    let l2 = listen(&mut w, &mut server, &mut client, 8300).expect("listen again while the accepted connection is open");
+    let c2 = client.connect_start(SocketAddrV4::new(IP_A, 8300)).unwrap();
+    let s2 = accept(&mut w, &mut server, &mut client, l2);
+    // Both connections carry data.
+    for (c, s, msg) in [(c1, s1, b"old".as_slice()), (c2, s2, b"new".as_slice())] {
+        while client.state(c) == ConnState::Connecting {
+            w.step(&mut [&mut server, &mut client]);
+        }
+        assert_eq!(client.send(c, msg).unwrap(), 3);
+        let mut buf = [0u8; 8];
+        let n = loop {
+            w.step(&mut [&mut server, &mut client]);
+            match server.recv(s, &mut buf) {
+                Ok(n) => break n,
+                Err(Error::WouldBlock) => {}
+                Err(e) => panic!("recv: {e}"),
+            }
+        };
+        assert_eq!(&buf[..n], msg);
+    }
+    // The client's local port (an active open on host B) cannot be listened on there.
+    let p = client.local_port(c1).expect("connected");
+    assert_eq!(listen(&mut w, &mut client, &mut server, p), Err(Error::AddrInUse));
+    let (ca, cb) = (w.a.slow.counters(), w.b.slow.counters());
+    assert_eq!((ca.resets, cb.resets), (0, 0));
+}

@@ -118,6 +118,22 @@ static void *peer_conn(void *arg) {
             dprintf(fd, "connect failed %d\n", errno);
         }
         close(c);
+    } else if (!strncmp(line, "KNOCK", 5)) {
+        /* Connect to PORT and close at once without sending (a port probe, a client
+         * that gave up), COUNT times; report when done. */
+        int port = 0, count = 1;
+        sscanf(line + 6, "%d %d", &port, &count);
+        struct sockaddr_in a; socklen_t al = sizeof a;
+        getpeername(fd, (struct sockaddr *)&a, &al);
+        a.sin_port = htons(port);
+        int ok = 0;
+        for (int i = 0; i < count; i++) {
+            int c = socket(AF_INET, SOCK_STREAM, 0);
+            if (connect(c, (struct sockaddr *)&a, sizeof a) == 0) ok++;
+            close(c);
+        }
+        dprintf(fd, "%d\n", ok);
+        while (read(fd, buf, sizeof buf) > 0) {}
     } else if (!strncmp(line, "CALL", 4)) {
         int port = atoi(line + 5);
         struct sockaddr_in a; socklen_t al = sizeof a;
@@ -835,6 +851,153 @@ static void t_handover(void) {
     CHECK("handover.exit.parent_close", close(c));
     report("handover.exit.peer", ctl);
     close(ctl);
+    /* 4. the child uses the connection (reads part of what the peer sent, writes an
+     * answer) and exits without closing it; the parent, which still holds it, reads the
+     * rest and echoes on: the connection stays open for it (as Linux's does). */
+    c = dial_back(l, &ctl);
+    char want[5000];
+    for (int j = 0; j < 5000; j++) want[j] = pat(j + 5);
+    CHECK("handover.child_exit.write", write(c, want, sizeof want));
+    usleep(200000);
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        int r = 0;
+        if (recv(c, got, 2000, MSG_WAITALL) != 2000 || memcmp(got, want, 2000)) r = 9;
+        if (!r && write(c, "kid", 3) != 3) r = 10;
+        _exit(r);
+    }
+    waitpid(pid, &st, 0);
+    CHECK("handover.child_exit.child_status", WIFEXITED(st) ? WEXITSTATUS(st) : 100);
+    CHECK("handover.child_exit.parent_rest", recv(c, got, 3003, MSG_WAITALL));
+    CHECK("handover.child_exit.parent_rest_ok", memcmp(got, want + 2000, 3000) == 0 && memcmp(got + 3000, "kid", 3) == 0);
+    CHECK("handover.child_exit.parent_echo", echo_through(c));
+    CHECK("handover.child_exit.parent_close", close(c));
+    report("handover.child_exit.peer", ctl);
+    close(ctl);
+    close(l);
+}
+
+/* Clients that connect and close without sending (port probes; iperf3 gets them): the
+ * accepted connection reads EOF, and a read that returns 0 leaves errno alone. */
+static int listener(int reuse) {
+    int l = tcp();
+    if (reuse) setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof reuse);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(listen_port)};
+    if (bind(l, (struct sockaddr *)&a, sizeof a) || listen(l, 16)) { perror("listener"); exit(2); }
+    return l;
+}
+static int knock(int count) {
+    char line[64];
+    int ctl = dial();
+    snprintf(line, sizeof line, "KNOCK %d %d\n", listen_port, count);
+    put(ctl, line);
+    return ctl;
+}
+static void say_read(const char *name, int fd, size_t n) {
+    char buf[64];
+    errno = EDOM; /* a read that returns 0 or data must not change it */
+    long r = read(fd, buf, n < sizeof buf ? n : sizeof buf);
+    int e = errno;
+    printf("%s = %ld %s\n", name, r, strerrorname_np(e) ? strerrorname_np(e) : "?");
+    fflush(stdout);
+}
+static void t_knock(void) {
+    int l = listener(1);
+    /* 1. a blocking read right after accept (iperf3 reading its cookie) */
+    int ctl = knock(1);
+    int c = accept(l, 0, 0);
+    CHECK("knock.accept", c >= 0);
+    say_read("knock.blocking_read", c, 37);
+    say_read("knock.blocking_read_again", c, 4);
+    report("knock.peer", ctl);
+    close(c); close(ctl);
+    /* 2. poll for POLLIN, then a non-blocking read */
+    ctl = knock(1);
+    c = accept4(l, 0, 0, SOCK_NONBLOCK);
+    CHECK("knock.poll", wait_fd(c, POLLIN | POLLRDHUP, 5000));
+    say_read("knock.nonblocking_read", c, 37);
+    report("knock.poll.peer", ctl);
+    close(c); close(ctl);
+    /* 3. epoll with EPOLLRDHUP (edge-triggered), then a non-blocking read */
+    ctl = knock(1);
+    c = accept4(l, 0, 0, SOCK_NONBLOCK);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = 1};
+    CHECK("knock.epoll_add", epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev));
+    say_tags("knock.epoll_rdhup", ep, 5000);
+    say_read("knock.epoll.nonblocking_read", c, 37);
+    report("knock.epoll.peer", ctl);
+    close(ep); close(c); close(ctl);
+    /* 4. the FIN is there before accept: a non-blocking read at once reads EOF */
+    ctl = knock(1);
+    report("knock.queued.peer", ctl);
+    usleep(200000);
+    c = accept4(l, 0, 0, SOCK_NONBLOCK);
+    CHECK("knock.queued.accept", c >= 0);
+    say_read("knock.queued.nonblocking_read", c, 37);
+    close(c); close(ctl);
+    /* 5. we write after the peer's FIN: its kernel answers with a reset (the socket is
+     * gone); reads still see EOF, the next write EPIPE (iperf3 sends a state byte) */
+    ctl = knock(1);
+    c = accept(l, 0, 0);
+    say_read("knock.reset.read", c, 37);
+    report("knock.reset.peer", ctl);
+    CHECK("knock.reset.write", send(c, "x", 1, MSG_NOSIGNAL));
+    usleep(200000);
+    CHECK("knock.reset.poll", wait_fd(c, POLLIN | POLLOUT | POLLRDHUP, 1000));
+    say_read("knock.reset.read_after", c, 37);
+    CHECK("knock.reset.write_after", send(c, "x", 1, MSG_NOSIGNAL));
+    say_read("knock.reset.read_last", c, 37);
+    close(c); close(ctl);
+    close(l);
+}
+
+/* Close the listener and listen again on the same port at once (iperf3 after a client
+ * that sent nothing): with SO_REUSEADDR it works while the last accepted connection is
+ * still open or closing; without it, bind fails while one is open (as Linux). */
+static void t_relisten(void) {
+    int l = listener(1), ctl, one = 1;
+    ctl = knock(1);
+    int c = accept(l, 0, 0);
+    CHECK("relisten.accept", c >= 0);
+    say_read("relisten.read_eof", c, 37);
+    CHECK("relisten.close_conn", close(c));
+    CHECK("relisten.close_listener", close(l));
+    l = tcp();
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(listen_port)};
+    CHECK("relisten.bind", bind(l, (struct sockaddr *)&a, sizeof a));
+    CHECK("relisten.listen", listen(l, 16));
+    report("relisten.first.peer", ctl);
+    close(ctl);
+    ctl = knock(1);
+    c = accept(l, 0, 0);
+    CHECK("relisten.accept_again", c >= 0);
+    say_read("relisten.read_eof_again", c, 37);
+    report("relisten.second.peer", ctl);
+    close(c); close(ctl);
+    /* an accepted connection still open when the listener closes */
+    int d = dial_back(l, &ctl);
+    CHECK("relisten.open.accept", d >= 0);
+    CHECK("relisten.open.close_listener", close(l));
+    l = tcp();
+    CHECK("relisten.open.bind_without_reuseaddr", bind(l, (struct sockaddr *)&a, sizeof a));
+    close(l);
+    l = tcp();
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    CHECK("relisten.open.bind_reuseaddr", bind(l, (struct sockaddr *)&a, sizeof a));
+    CHECK("relisten.open.listen", listen(l, 16));
+    int ctl2 = knock(1);
+    c = accept(l, 0, 0);
+    CHECK("relisten.open.accept_new", c >= 0);
+    say_read("relisten.open.new_read_eof", c, 37);
+    report("relisten.open.knock.peer", ctl2);
+    close(c); close(ctl2);
+    CHECK("relisten.open.old_still_echoes", echo_through(d));
+    close(d);
+    report("relisten.open.old.peer", ctl);
+    close(ctl);
     close(l);
 }
 
@@ -1086,7 +1249,7 @@ int main(int argc, char **argv) {
     RUN(t_basics); RUN(t_nb_connect); RUN(t_echo); RUN(t_nonblocking); RUN(t_peek_waitall);
     RUN(t_vectors); RUN(t_shutdown_pipe); RUN(t_reset); RUN(t_options); RUN(t_sndbuf); RUN(t_rcvbuf); RUN(t_tcp_info); RUN(t_dup);
     RUN(t_listen); RUN(t_epoll); RUN(t_poll_select); RUN(t_threads); RUN(t_contexts); RUN(t_exclusive);
-    RUN(t_fork); RUN(t_handover); RUN(t_thread_moves); RUN(t_exec); RUN(t_signals);
+    RUN(t_fork); RUN(t_handover); RUN(t_thread_moves); RUN(t_exec); RUN(t_signals); RUN(t_knock); RUN(t_relisten);
     printf("done\n");
     return 0;
 }

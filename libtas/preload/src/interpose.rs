@@ -12,7 +12,7 @@ use std::ffi::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::shim;
-use crate::sys::{raw, set_errno, Errno, SysResult};
+use crate::sys::{errno, raw, set_errno, Errno, SysResult};
 
 thread_local! {
     /// This thread is inside the shim: its libc calls are the shim's own.
@@ -36,14 +36,33 @@ fn enter() -> Option<Enter> {
 }
 
 /// Run `f` inside the shim; a panic becomes EIO and `fail`.
-fn run<T: Copy>(fail: T, f: impl FnOnce() -> T) -> T {
+///
+/// errno is left as the caller had it unless the call fails (returns `fail`): the
+/// kernel never changes errno on success, and the shim's own system calls on the way
+/// (eventfd reads and polls that find nothing: EAGAIN) must not show through. iperf3
+/// reports errno after a read that returned 0 (EOF), and printed "Resource temporarily
+/// unavailable" under the shim for a client that closed at once.
+fn run<T: Copy + PartialEq>(fail: T, f: impl FnOnce() -> T) -> T {
+    let saved = errno();
     match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(v) => v,
+        Ok(v) => {
+            if v != fail {
+                set_errno(saved.0);
+            }
+            v
+        }
         Err(_) => {
             set_errno(libc::EIO);
             fail
         }
     }
+}
+
+/// Run `f` (which has no result) inside the shim, errno untouched.
+fn run_quiet(f: impl FnOnce()) {
+    let saved = errno();
+    let _ = catch_unwind(AssertUnwindSafe(f));
+    set_errno(saved.0);
 }
 
 fn ret_int(r: SysResult<c_int>) -> c_int {
@@ -498,7 +517,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let stack = shim::is_stack(fd);
     if !stack && shim::epoll_any() {
         if let Some(_g) = enter() {
-            run((), || shim::epoll_closed(fd));
+            run_quiet(|| shim::epoll_closed(fd));
         }
     }
     let Some(_g) = stack.then(enter).flatten() else {
@@ -515,11 +534,9 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
     // SAFETY: forwarding unchanged.
     let pid = unsafe { raw::fork() };
     if pid > 0 && shim::any_stack_fd() {
-        let saved = crate::sys::errno();
         if let Some(_g) = enter() {
-            run((), || shim::after_fork_parent(pid as u32));
+            run_quiet(|| shim::after_fork_parent(pid as u32));
         }
-        set_errno(saved.0);
     }
     pid
 }

@@ -571,8 +571,17 @@ fn adopt(fd: c_int, s: Arc<Sock>) -> SysResult<Arc<Sock>> {
     if let Some((c, ours, home)) = conn {
         // An inherited connection, or one that moved to another process since: it moves
         // here on use (decisions §26).
-        if ours && home.lock().ctx.state(c) != ConnState::Failed(Error::Moved) {
-            return Ok(s);
+        if ours {
+            // Take the context's news first: the connection may have moved to another
+            // process (which used it) since this process last looked.
+            let moved = {
+                let mut g = home.lock();
+                g.ctx.poll();
+                g.ctx.state(c) == ConnState::Failed(Error::Moved)
+            };
+            if !moved {
+                return Ok(s);
+            }
         }
         return adopt_conn(&s, c, ours);
     }
@@ -682,9 +691,9 @@ fn all_socks() -> Vec<Arc<Sock>> {
 /// Move connection `c` of socket `s` (inherited from the parent, or `ours` and moved to
 /// another process since) into this thread's context; every descriptor of it follows.
 fn adopt_conn(s: &Arc<Sock>, c: ConnId, ours: bool) -> SysResult<Arc<Sock>> {
-    let (peer, local, nonblock, opts, rd_shut, nfds, sndbuf_cap) = {
+    let (peer, local, nonblock, opts, rd_shut, nfds, sndbuf_cap, port) = {
         let st = lock(&s.st);
-        (st.peer, st.local, st.nonblock, st.opts.clone(), st.rd_shut, st.nfds, st.sndbuf_cap)
+        (st.peer, st.local, st.nonblock, st.opts.clone(), st.rd_shut, st.nfds, st.sndbuf_cap, st.port)
     };
     let (Some(peer), Some(local)) = (peer, local) else { return Err(e(libc::EBADF)) };
     let p = thread_ctx()?;
@@ -701,7 +710,7 @@ fn adopt_conn(s: &Arc<Sock>, c: ConnId, ours: bool) -> SysResult<Arc<Sock>> {
             kind: Kind::Conn(conn),
             nonblock,
             nfds,
-            port: 0,
+            port,
             auto_port: false,
             opts,
             rd_shut,
@@ -793,8 +802,9 @@ pub fn after_fork_parent(child: u32) {
     }
 }
 
-/// Processes ports bound by this process's stack sockets (the service only learns of a
-/// port at listen, Linux refuses a second bind at once).
+/// Ports held by this process's stack sockets, with their SO_REUSEADDR: bound and
+/// listening sockets, and connections accepted on a port (the service only learns of a
+/// port at listen; Linux refuses a conflicting bind at once).
 static BOUND: Mutex<Vec<(u16, bool)>> = Mutex::new(Vec::new());
 
 fn new_sock(proc: Arc<Proc>, kind: Kind, nonblock: bool, cloexec: bool) -> SysResult<(c_int, Arc<Sock>)> {
@@ -1004,8 +1014,7 @@ pub fn bind(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
     if !a.ip().is_unspecified() && *a.ip() != local {
         return Err(e(libc::EADDRNOTAVAIL));
     }
-    let reuse = st.opts.int(libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0) != 0
-        || st.opts.int(libc::SOL_SOCKET, libc::SO_REUSEPORT).unwrap_or(0) != 0;
+    let reuse = reuse_addr(&st.opts);
     let mut bound = lock(&BOUND);
     let port = if a.port() == 0 {
         let seed = (std::process::id() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ Instant::now().elapsed().as_nanos() as u64 ^ fd as u64;
@@ -1032,6 +1041,11 @@ pub fn bind(fd: c_int, addr: &[u8]) -> SysResult<Routed> {
     st.port = port;
     st.local = Some(SocketAddrV4::new(*a.ip(), port));
     Ok(Routed::Done(0))
+}
+
+/// SO_REUSEADDR or SO_REUSEPORT set: the socket may bind a port others hold (with it).
+fn reuse_addr(opts: &Opts) -> bool {
+    opts.int(libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0) != 0 || opts.int(libc::SOL_SOCKET, libc::SO_REUSEPORT).unwrap_or(0) != 0
 }
 
 fn unbind(port: u16) {
@@ -1094,10 +1108,10 @@ fn addr_bytes(a: SocketAddrV4) -> Vec<u8> {
 /// accept4; returns the new descriptor and the peer.
 pub fn accept(fd: c_int, flags: c_int) -> SysResult<(c_int, SocketAddrV4)> {
     let s = sock(fd)?;
-    let (l, nonblock, deadline) = {
+    let (l, nonblock, deadline, port, reuse) = {
         let st = s.state()?;
         match st.kind {
-            Kind::Listening(l) => (l, st.nonblock, timeo(&st, libc::SO_RCVTIMEO)),
+            Kind::Listening(l) => (l, st.nonblock, timeo(&st, libc::SO_RCVTIMEO), st.port, reuse_addr(&st.opts)),
             _ => return Err(e(libc::EINVAL)),
         }
     };
@@ -1116,6 +1130,14 @@ pub fn accept(fd: c_int, flags: c_int) -> SysResult<(c_int, SocketAddrV4)> {
             let mut st = lock(&ns.st);
             st.peer = Some(peer);
             st.local = local;
+            // The connection holds the listener's port until it closes, with the
+            // listener's SO_REUSEADDR (Linux: an accepted socket shares its listener's
+            // bind bucket and inherits its sk_reuse), so a bind of the port without
+            // SO_REUSEADDR fails meanwhile.
+            if port != 0 {
+                lock(&BOUND).push((port, reuse));
+                st.port = port;
+            }
             Ok((nfd, peer))
         }
         Err(err) => {
@@ -1251,15 +1273,17 @@ pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> SysResult<usize> {
     loop {
         let r = s.block_conn(nonblock, deadline, |ctx, c| {
             if peek {
-                return match ctx.recv_view(c) {
-                    Ok(v) => Some(Ok(v.copy_to(buf))),
+                return match ctx.recv_view(c).map(|v| v.copy_to(buf)) {
+                    Ok(n) => Some(Ok(n)),
                     Err(Error::WouldBlock) => None,
+                    Err(err) if reset_after_fin(ctx, c, err) => Some(Ok(0)),
                     Err(err) => Some(Err(errno_of(err))),
                 };
             }
             match ctx.recv(c, &mut buf[got..]) {
                 Ok(n) => Some(Ok(n)),
                 Err(Error::WouldBlock) => None,
+                Err(err) if reset_after_fin(ctx, c, err) => Some(Ok(0)),
                 Err(err) => Some(Err(errno_of(err))),
             }
         });
@@ -1282,6 +1306,23 @@ pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> SysResult<usize> {
                 return Err(err);
             }
         }
+    }
+}
+
+/// A reset that came after the peer's FIN: Linux's reads return EOF then (the FIN
+/// marked the socket done) and its writes `EPIPE` (the reset of a half-closed connection
+/// sets EPIPE, not ECONNRESET). A client that connects and closes at once, answered with a
+/// write, resets this way.
+fn reset_after_fin(ctx: &Context, c: ConnId, err: Error) -> bool {
+    matches!(err, Error::Reset | Error::Aborted) && ctx.peer_fin(c)
+}
+
+/// The errno of a failed send on connection `c`.
+fn send_errno(ctx: &Context, c: ConnId, err: Error) -> Errno {
+    if reset_after_fin(ctx, c, err) {
+        e(libc::EPIPE)
+    } else {
+        errno_of(err)
     }
 }
 
@@ -1323,14 +1364,14 @@ fn send_inner(s: &Sock, data: &[u8], flags: c_int) -> SysResult<usize> {
                 }
                 if room == 0 {
                     // Full: wait, unless the connection can no longer send at all.
-                    return ctx.send(c, &[]).err().filter(|e| *e != Error::WouldBlock).map(|e| Err(errno_of(e)));
+                    return ctx.send(c, &[]).err().filter(|e| *e != Error::WouldBlock).map(|err| Err(send_errno(ctx, c, err)));
                 }
                 chunk = &chunk[..chunk.len().min(room)];
             }
             match ctx.send(c, chunk) {
                 Ok(n) => Some(Ok(n)),
                 Err(Error::WouldBlock) => None,
-                Err(err) => Some(Err(errno_of(err))),
+                Err(err) => Some(Err(send_errno(ctx, c, err))),
             }
         });
         match r {
@@ -1419,12 +1460,18 @@ pub fn close(fd: c_int) -> SysResult<c_int> {
     if let (Kind::Conn(c), Some(peer), Some(local)) = (st.kind, st.peer, st.local) {
         if !ours || st.shared {
             st.kind = Kind::Stale;
+            if st.port != 0 {
+                unbind(st.port);
+            }
             drop(st);
             release_conn(&s, c, ours, peer, local.port());
             return r;
         }
     }
     if !ours {
+        if st.port != 0 {
+            unbind(st.port);
+        }
         return r;
     }
     let linger0 = st

@@ -306,8 +306,23 @@ impl SlowPath {
         v.retain(|&p| p != pid);
         if v.is_empty() {
             c.holders = None;
-            let (app, slot) = (c.app, c.slot);
-            if let Some(slot) = slot {
+            let (app, slot, core, flow) = (c.app, c.slot, c.core, c.flow);
+            if self.apps.get(&app).is_none_or(|a| a.detaching) {
+                // The owner exited before (the connection was kept for the holders) and
+                // the last holder is gone too: end it as the owner's exit would have
+                // (the core says whether the owner had shut it down).
+                match flow {
+                    Some(flow)
+                        if matches!(
+                            self.conns.get(&key).map(|c| c.phase),
+                            Some(Phase::Established)
+                        ) =>
+                    {
+                        self.cores[core as usize].send(Command::Orphan { flow });
+                    }
+                    _ => self.abort_conn(key, ErrorCode::Aborted, true),
+                }
+            } else if let Some(slot) = slot {
                 self.post(app, SpEvent::Orphaned { conn: slot });
             }
         }
