@@ -203,6 +203,11 @@ struct Conn {
     /// the entry waits, posting nothing, until the connection moves away (`Closed` with
     /// `Moved`) or the service says nobody holds it any more (`Orphaned`: closed then).
     forgotten: bool,
+    /// The service said nobody else holds the connection (`Orphaned`) before this context
+    /// gave it up: the answer to its release ("another process holds it") and the exit of
+    /// that other process can arrive in one poll, before [`Context::forget`] runs; the
+    /// close then happens at once instead of waiting for an `Orphaned` already taken.
+    orphaned: bool,
 }
 
 impl Conn {
@@ -231,6 +236,7 @@ impl Conn {
             queued: false,
             dirty: false,
             forgotten: false,
+            orphaned: false,
         }
     }
 }
@@ -904,6 +910,10 @@ impl Context {
                         // Nobody else holds it: the close this context deferred happens now.
                         self.conns[idx].forgotten = false;
                         self.flush_conn(idx);
+                    } else {
+                        // Not given up yet (the release's answer is in the same poll):
+                        // `forget` closes it instead.
+                        self.conns[idx].orphaned = true;
                     }
                 }
             }
@@ -1172,7 +1182,8 @@ impl Context {
         self.health()?;
         let idx = self.conn_idx(c)?;
         self.flush_conn(idx);
-        self.conns[idx].forgotten = true;
+        // Already orphaned: nobody else holds it any more, so this is a plain close.
+        self.conns[idx].forgotten = !std::mem::take(&mut self.conns[idx].orphaned);
         self.release_conn(idx, false);
         self.publish();
         Ok(())
