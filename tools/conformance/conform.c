@@ -410,6 +410,26 @@ static void t_tcp_info(void) {
     /* Linux counts the SYN as one acknowledged byte */
     CHECK("tcp_info.conn.bytes_acked_minus_sent", (long)(ti64(ti, 120) - (uint64_t)sent - 5));
     CHECK("tcp_info.conn.bytes_received_eq", ti64(ti, 128) == (uint64_t)got);
+    /* the rest of the 6.18 struct, where both must agree after a clean exchange (offsets
+     * from include/uapi/linux/tcp.h; an older kernel's shorter struct reads as zero) */
+    int full = l >= 248;
+    CHECK("tcp_info.conn.ca_state_open", ti[1]);
+    CHECK("tcp_info.conn.retransmits_backoff", ti[2] * 256 + ti[4]);
+    CHECK("tcp_info.conn.sacked_lost_retrans", (long)ti32(ti, 28) + ti32(ti, 32) + ti32(ti, 36));
+    CHECK("tcp_info.conn.last_data_recv_below_1s", ti32(ti, 52) < 1000);
+    CHECK("tcp_info.conn.last_ack_recv_below_1s", ti32(ti, 56) < 1000);
+    CHECK("tcp_info.conn.min_rtt_positive_le_rtt", ti32(ti, 148) > 0 && ti32(ti, 148) <= ti32(ti, 68));
+    CHECK("tcp_info.conn.notsent_bytes", ti32(ti, 144));
+    CHECK("tcp_info.conn.delivery_rate_positive", ti64(ti, 160) > 0);
+    CHECK("tcp_info.conn.bytes_sent_ge_written", !full || ti64(ti, 200) >= (uint64_t)sent + 5);
+    CHECK("tcp_info.conn.bytes_retrans_below_sent", !full || ti64(ti, 208) < ti64(ti, 200));
+    /* the peer's window: positive and at most its largest receive buffer (tcp_rmem[2]) */
+    long rmem_max = 0; FILE *rm = fopen("/proc/sys/net/ipv4/tcp_rmem", "r");
+    if (rm) { long a, b2; if (fscanf(rm, "%ld %ld %ld", &a, &b2, &rmem_max) != 3) rmem_max = 0; fclose(rm); }
+    CHECK("tcp_info.conn.snd_wnd_plausible", !full || (ti32(ti, 228) > 0 && (rmem_max == 0 || ti32(ti, 228) <= rmem_max)));
+    CHECK("tcp_info.conn.rcv_wnd_positive", !full || ti32(ti, 232) > 0);
+    uint16_t total_rto; memcpy(&total_rto, ti + 240, 2);
+    CHECK("tcp_info.conn.total_rto", full ? total_rto : 0);
     close(fd);
 }
 
