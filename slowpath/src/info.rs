@@ -152,6 +152,11 @@ pub fn conn_info(i: &Inputs) -> ConnInfo {
         info.delivery_kbps = cc.measured_kbps;
         info.snd_ssthresh = cc.ssthresh;
         info.min_rtt_us = cc.min_rtt_us;
+        if cc.rtt_us > 0 {
+            // RFC 6298 2.3 from the last report (the flow's own values replace it below).
+            let rto = cc.rtt_us as u64 + (4 * info.rttvar_us as u64).max(1_000);
+            info.rto_us = rto.clamp(RTO_MIN_US as u64, RTO_MAX_US as u64) as u32;
+        }
         let cnt = i.peek.map(|p| p.state.cnt_retx);
         info.retransmits = cc.retransmit_events(cnt).min(u32::MAX as u64) as u32;
     }

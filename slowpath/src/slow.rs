@@ -380,6 +380,9 @@ pub struct ConnInfo {
     pub rcv_start: u32,
     /// Congestion control, if the flow is installed.
     pub cc: Option<CcInfo>,
+    /// What `TCP_INFO` would report from the slow path's view alone (loss-recovery
+    /// state, SACK scoreboard, timeouts; no fast-path copy).
+    pub tcp: tas_proto::shm::ConnInfo,
 }
 
 /// A snapshot of one application for the control API.
@@ -615,6 +618,7 @@ impl SlowPath {
                 flow: c.flow,
                 rcv_start: c.rcv_start,
                 cc: c.cc.as_ref().map(|s| s.info()),
+                tcp: self.conn_info_reply(c.key, None),
             })
             .collect()
     }
