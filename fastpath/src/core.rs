@@ -301,6 +301,9 @@ pub struct FastPath<IO: PacketIo> {
     flows: FlowTable,
     /// Out-of-order intervals per flow slot (rare state, beside the hot FlowState).
     ooo: Vec<OooSet>,
+    /// Data bytes retransmitted per flow slot (wrapping; for `TCP_INFO`'s
+    /// `bytes_retrans`): written only when a flow retransmits, read on a `Peek`.
+    retx_bytes: Vec<u32>,
     apps: Vec<Option<AppSlot>>,
     /// Slots of `apps` in use, so per-batch loops skip the empty ones.
     active_apps: Vec<u16>,
@@ -361,6 +364,7 @@ impl<IO: PacketIo> FastPath<IO> {
         FastPath {
             flows: FlowTable::new(cap, rand::random()),
             ooo: vec![OooSet::default(); cap as usize],
+            retx_bytes: vec![0; cap as usize],
             apps: (0..MAX_APPS).map(|_| None).collect(),
             active_apps: Vec::with_capacity(MAX_APPS),
             qm: QueueManager::new(cap),
@@ -480,6 +484,9 @@ impl<IO: PacketIo> FastPath<IO> {
                     if let Some(o) = self.ooo.get_mut(flow as usize) {
                         o.clear();
                     }
+                    if let Some(r) = self.retx_bytes.get_mut(flow as usize) {
+                        *r = 0;
+                    }
                     if self.flows.insert(flow, state).is_ok() {
                         bump(&self.counters.flows, 1);
                         self.qm.reset(flow);
@@ -509,6 +516,12 @@ impl<IO: PacketIo> FastPath<IO> {
                 Command::Retransmit { flow } => self.go_back(flow),
                 Command::RetransmitRange { flow, seq, len } => {
                     self.retransmit_range(flow, seq, len);
+                }
+                Command::Peek { flow, tag } => {
+                    let state = self.flows.get(flow).filter(|f| f.has(F_ACTIVE)).map(|f| Box::new(*f));
+                    let retx_bytes = self.retx_bytes.get(flow as usize).copied().unwrap_or(0);
+                    let now_us = self.now_us;
+                    self.report(ToSlow::Peeked { flow, tag, now_us, retx_bytes, state });
                 }
                 Command::Snapshot(reply) => {
                     let flows = self.flows.iter().map(|(i, f)| (i, *f)).collect();
@@ -931,6 +944,7 @@ impl<IO: PacketIo> FastPath<IO> {
             return 0;
         }
         let end_off = start_off.saturating_add(len).min(f.tx_sent);
+        let first = start_off;
         let mut off = start_off;
         let mut n = 0;
         let seg = seg_max(&f);
@@ -954,6 +968,9 @@ impl<IO: PacketIo> FastPath<IO> {
             bump(&self.counters.retransmitted_segments, n as u64);
             let fm = self.flows.get_mut(idx).expect("live");
             fm.cnt_retx = fm.cnt_retx.wrapping_add(1);
+            if let Some(r) = self.retx_bytes.get_mut(idx as usize) {
+                *r = r.wrapping_add(off - first);
+            }
         }
         n
     }
@@ -993,6 +1010,9 @@ impl<IO: PacketIo> FastPath<IO> {
     /// window, the congestion window and the pacing rate.
     fn send_flow(&mut self, idx: u32, now_ns: u64) -> Turn {
         let mut n = 0;
+        // Where this turn starts sending: bytes below `recover` sent again after a
+        // go-back are retransmissions (counted once per turn, not per segment).
+        let start = self.flows.get(idx).map(|f| (f.snd_una.wrapping_add(f.tx_sent), f.recover, f.snd_una));
         let mut pace = match self.qm.pace.get(idx as usize) {
             Some(p) => *p,
             None => return Turn::Done(0),
@@ -1080,7 +1100,27 @@ impl<IO: PacketIo> FastPath<IO> {
         if let Some(p) = self.qm.pace.get_mut(idx as usize) {
             p.next_ns = pace.next_ns;
         }
+        if let Some((from, recover, una)) = start {
+            if n > 0 && rx::seq_lt(from, recover) && rx::seq_lt(una, recover) {
+                self.count_resent(idx, from, recover);
+            }
+        }
         turn
+    }
+
+    /// After a go-back, the part of this turn's segments below `recover` was sent
+    /// before: count it as retransmitted (`TCP_INFO`'s `bytes_retrans`).
+    #[cold]
+    fn count_resent(&mut self, idx: u32, from: u32, recover: u32) {
+        let Some(f) = self.flows.get(idx) else { return };
+        let to = f.snd_una.wrapping_add(f.tx_sent);
+        let end = if rx::seq_lt(to, recover) { to } else { recover };
+        let n = end.wrapping_sub(from);
+        if rx::seq_lt(from, end) {
+            if let Some(r) = self.retx_bytes.get_mut(idx as usize) {
+                *r = r.wrapping_add(n);
+            }
+        }
     }
 
     /// Build and queue one segment of flow `idx`.
@@ -1242,10 +1282,12 @@ impl<IO: PacketIo> FastPath<IO> {
                 self.schedule(idx);
             } else {
                 bump(&self.counters.rto_fired, 1);
+                let snd_una = fm.snd_una;
                 self.go_back(idx);
+                let recover = self.flows.get(idx).map_or(snd_una, |f| f.recover);
                 self.report(ToSlow::Note {
                     flow: idx,
-                    note: FlowNote::Rto,
+                    note: FlowNote::Rto { snd_una, recover },
                 });
             }
         }

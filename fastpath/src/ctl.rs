@@ -76,6 +76,14 @@ pub enum Command {
         /// Length in bytes.
         len: u32,
     },
+    /// Send a copy of flow `flow` ([`ToSlow::Peeked`]: an application's `TCP_INFO`; rare,
+    /// allocates the copy's box).
+    Peek {
+        /// Flow-table index.
+        flow: u32,
+        /// The slow path's tag, echoed.
+        tag: u64,
+    },
     /// Send a copy of every live flow (for the control API; rare, allocates).
     Snapshot(crossbeam_channel::Sender<(u8, Vec<(u32, FlowState)>)>),
     /// Start (`Some`) or stop (`None`) a packet capture on this core (control API).
@@ -145,6 +153,8 @@ pub struct CcSample {
     pub in_flight: u32,
     /// Bytes queued by the application and not yet sent.
     pub unsent: u32,
+    /// `snd_una` (for the slow path's loss-recovery state).
+    pub snd_una: u32,
 }
 
 impl CcSample {
@@ -160,6 +170,7 @@ impl CcSample {
             rttvar_us: f.rttvar_us,
             in_flight: f.tx_sent,
             unsent: f.tx_avail,
+            snd_una: f.snd_una,
         }
     }
 }
@@ -201,7 +212,12 @@ pub enum FlowNote {
     GaveUp,
     /// A retransmission timeout fired: the core went back to `snd_una` (go-back-N);
     /// loss-recovery state kept elsewhere is void.
-    Rto,
+    Rto {
+        /// `snd_una` when it fired.
+        snd_una: u32,
+        /// The highest sequence sent before (the recovery ends when it is acknowledged).
+        recover: u32,
+    },
 }
 
 /// Core -> slow path.
@@ -261,6 +277,20 @@ pub enum ToSlow {
         flow: u32,
         /// Our FIN is queued or sent.
         closing: bool,
+    },
+    /// The answer to [`Command::Peek`]: a copy of the flow at `now_us` (None: no live
+    /// flow at that index), and the bytes it retransmitted (wrapping).
+    Peeked {
+        /// Flow-table index.
+        flow: u32,
+        /// The slow path's tag.
+        tag: u64,
+        /// The core's clock, µs (wrapping), when the copy was taken.
+        now_us: u32,
+        /// Data bytes retransmitted so far (wrapping; a side table of the core).
+        retx_bytes: u32,
+        /// The copy.
+        state: Option<Box<FlowState>>,
     },
     /// Flow `flow` was removed; its final state.
     FlowRemoved {

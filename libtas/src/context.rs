@@ -208,6 +208,9 @@ struct Conn {
     /// that other process can arrive in one poll, before [`Context::forget`] runs; the
     /// close then happens at once instead of waiting for an `Orphaned` already taken.
     orphaned: bool,
+    /// When this context last took a data-arrival event for the connection
+    /// (`TCP_INFO`'s `last_data_recv`).
+    rx_last: Option<std::time::Instant>,
 }
 
 impl Conn {
@@ -237,8 +240,17 @@ impl Conn {
             dirty: false,
             forgotten: false,
             orphaned: false,
+            rx_last: None,
         }
     }
+}
+
+/// The reply to an `Info` request as its parts come ([`ConnInfo::events`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct InfoReply {
+    words: [u32; tas_proto::shm::INFO_WORDS],
+    /// Parts received (they come in order).
+    parts: usize,
 }
 
 /// What became of an adopt or release request ([`Context::adopt_result`]).
@@ -325,8 +337,8 @@ pub struct Context {
     listener_map: HashMap<u32, u32>,
     pending_listens: HashMap<u64, PendingListen>,
     pending_connects: HashMap<u64, u32>,
-    /// `Info` requests waiting for (None) or holding (Some) their reply.
-    pending_infos: HashMap<u64, Option<ConnInfo>>,
+    /// `Info` requests and the parts of their replies that came.
+    pending_infos: HashMap<u64, InfoReply>,
     /// Adopt and release requests (decisions §26).
     pending_adopts: HashMap<u64, PendingAdopt>,
     dirty_conns: Vec<u32>,
@@ -833,6 +845,9 @@ impl Context {
             return;
         }
         c.rx_avail += bytes;
+        if bytes > 0 {
+            c.rx_last = Some(std::time::Instant::now());
+        }
         let new_fin = fin && !c.rx_fin;
         c.rx_fin |= fin;
         if c.released {
@@ -917,9 +932,13 @@ impl Context {
                     }
                 }
             }
-            SpEvent::Info { token, info } => match self.pending_infos.get_mut(&token) {
-                Some(slot @ None) => *slot = Some(info),
-                Some(Some(_)) => self.fail(Error::Protocol("a second info reply to one request")),
+            SpEvent::Info { token, part, words } => match self.pending_infos.get_mut(&token) {
+                Some(r) if r.parts == part as usize && r.parts < tas_proto::shm::INFO_PARTS => {
+                    let n = tas_proto::shm::INFO_WORDS_PER_PART;
+                    r.words[r.parts * n..(r.parts + 1) * n].copy_from_slice(&words);
+                    r.parts += 1;
+                }
+                Some(_) => self.fail(Error::Protocol("an info reply part out of order or repeated")),
                 // A request its caller gave up on (tokens are never reused).
                 None => {}
             },
@@ -1648,7 +1667,7 @@ impl Context {
         let idx = self.conn_idx(c)?;
         let h = self.conns[idx].handle.ok_or(Error::NotConnected)?;
         let token = self.next_token();
-        self.pending_infos.insert(token, None);
+        self.pending_infos.insert(token, InfoReply::default());
         self.request(ControlRequest::Info { token, conn: h.conn });
         self.publish();
         Ok(Token(token))
@@ -1659,15 +1678,16 @@ impl Context {
     /// stops waiting calls [`Context::info_cancel`].
     pub fn info_result(&mut self, token: Token) -> Result<Option<ConnInfo>> {
         self.health()?;
-        if self.pending_infos.get(&token.0).is_some_and(|r| r.is_none()) {
+        let complete = |r: &InfoReply| r.parts == tas_proto::shm::INFO_PARTS;
+        if self.pending_infos.get(&token.0).is_some_and(|r| !complete(r)) {
             self.poll();
             self.health()?;
         }
         match self.pending_infos.get(&token.0) {
             None => Err(Error::InvalidHandle),
-            Some(None) => Ok(None),
-            Some(Some(i)) => {
-                let i = *i;
+            Some(r) if !complete(r) => Ok(None),
+            Some(r) => {
+                let i = ConnInfo::from_words(&r.words);
                 self.pending_infos.remove(&token.0);
                 Ok(Some(i))
             }
@@ -1687,6 +1707,13 @@ impl Context {
             let x = &self.conns[i];
             x.tx_write.saturating_sub(tx_size - x.tx_free as u64)
         })
+    }
+
+    /// Time since this context last took a data-arrival event for the connection (None:
+    /// no data yet). The fast path posts the event in the batch the data arrived in; an
+    /// application that was not calling into the library meanwhile takes it later.
+    pub fn since_rx(&self, c: ConnId) -> Option<Duration> {
+        self.conn_idx(c).ok().and_then(|i| self.conns[i].rx_last).map(|t| t.elapsed())
     }
 
     /// Bytes written and not yet acknowledged (in flight or not yet sent).

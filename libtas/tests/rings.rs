@@ -477,3 +477,44 @@ fn context_is_send() {
     send::<Context>();
     let _ = Duration::ZERO;
 }
+
+/// An `Info` reply comes in `INFO_PARTS` descriptors: the result is there once the last
+/// one came, equal to what the service sent; a part out of order breaks the context.
+#[test]
+fn info_reply_is_assembled_from_its_parts() {
+    use tas_proto::shm::{ConnInfo, CA_LOSS, INFO_FOUND, INFO_FRESH};
+    let (mut svc, mut ctx, c) = setup();
+    let t = ctx.info_start(c).unwrap();
+    let token = match svc.requests()[..] {
+        [ControlRequest::Info { token, conn }] if conn == H.conn => token,
+        ref r => panic!("unexpected requests {r:?}"),
+    };
+    let info = ConnInfo {
+        opts: INFO_FOUND | INFO_FRESH,
+        mss: 1448,
+        srtt_us: 350,
+        ca_state: CA_LOSS,
+        snd_wnd: 65_535,
+        sent_bytes_lo: 123_456,
+        retrans_bytes_lo: 2_896,
+        total_rto: 1,
+        total_rto_recoveries: 1,
+        ..ConnInfo::default()
+    };
+    let parts = info.events(token);
+    for p in &parts[..parts.len() - 1] {
+        svc.post_sp(*p);
+        assert_eq!(ctx.info_result(t), Ok(None), "not complete before the last part");
+    }
+    svc.post_sp(parts[parts.len() - 1]);
+    assert_eq!(ctx.info_result(t), Ok(Some(info)));
+    assert_eq!(ctx.info_result(t), Err(Error::InvalidHandle), "answered once");
+    // Parts out of order are a protocol error.
+    let t = ctx.info_start(c).unwrap();
+    let token = match svc.requests()[..] {
+        [ControlRequest::Info { token, .. }] => token,
+        ref r => panic!("unexpected requests {r:?}"),
+    };
+    svc.post_sp(info.events(token)[1]);
+    assert!(matches!(ctx.info_result(t), Err(Error::Protocol(_))));
+}

@@ -36,8 +36,9 @@ use core::mem::{align_of, size_of};
 use core::sync::atomic::AtomicU32;
 
 /// Version of this ABI; an application and a service must agree exactly. 2: the `Info`
-/// request and reply (`TCP_INFO`), the receive buffer of `Listen` and `Connect`.
-pub const ABI_VERSION: u32 = 3;
+/// request and reply (`TCP_INFO`), the receive buffer of `Listen` and `Connect`. 4: the
+/// `Info` reply in [`INFO_PARTS`] descriptors (decisions §21).
+pub const ABI_VERSION: u32 = 4;
 /// `"TASREGN1"`: the first eight bytes of every region.
 pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"TASREGN1");
 /// Cache-line size assumed by the layout (x86-64 and most arm64 cores).
@@ -215,8 +216,17 @@ pub const KIND_REQ_UNLISTEN: u8 = 52;
 /// Control request: report the state of connection slot `conn` (`TCP_INFO`); reply
 /// [`KIND_INFO`] tagged with `aux`.
 pub const KIND_REQ_INFO: u8 = 53;
-/// Slow-path reply to [`KIND_REQ_INFO`] tagged `aux`: see [`ConnInfo`] for the fields.
+/// Slow-path reply to [`KIND_REQ_INFO`] tagged `aux`: one of [`INFO_PARTS`] descriptors,
+/// part number in `core`, five words of [`ConnInfo::to_words`] in `flow`, `conn`, `len`,
+/// `ip` and `local_port | remote_port << 16`. The parts are posted in order, so the last
+/// one completes the reply.
 pub const KIND_INFO: u8 = 38;
+/// Words of [`ConnInfo`] per [`KIND_INFO`] descriptor.
+pub const INFO_WORDS_PER_PART: usize = 5;
+/// [`KIND_INFO`] descriptors per reply.
+pub const INFO_PARTS: usize = 5;
+/// Words of an encoded [`ConnInfo`].
+pub const INFO_WORDS: usize = INFO_WORDS_PER_PART * INFO_PARTS;
 /// [`ConnInfo::opts`] bit: the service knows the connection (else every field is zero).
 pub const INFO_FOUND: u16 = 1 << 0;
 /// [`ConnInfo::opts`] bit: TCP timestamps are in use.
@@ -225,6 +235,19 @@ pub const INFO_TIMESTAMPS: u16 = 1 << 1;
 pub const INFO_SACK: u16 = 1 << 2;
 /// [`ConnInfo::opts`] bit: window scaling is in use (shifts in bits 8-11 and 12-15).
 pub const INFO_WSCALE: u16 = 1 << 3;
+/// [`ConnInfo::opts`] bit: the fast path's own state was read for this reply (the
+/// window, bytes in flight, times and backoff are current); without it only the slow
+/// path's view (one congestion-control interval old) is there.
+pub const INFO_FRESH: u16 = 1 << 4;
+/// [`ConnInfo::ca_state`]: no loss suspected (Linux `TCP_CA_Open`).
+pub const CA_OPEN: u8 = 0;
+/// [`ConnInfo::ca_state`]: duplicate ACKs or SACKed data seen, no recovery yet
+/// (`TCP_CA_Disorder`).
+pub const CA_DISORDER: u8 = 1;
+/// [`ConnInfo::ca_state`]: fast recovery (`TCP_CA_Recovery`).
+pub const CA_RECOVERY: u8 = 3;
+/// [`ConnInfo::ca_state`]: recovering from a retransmission timeout (`TCP_CA_Loss`).
+pub const CA_LOSS: u8 = 4;
 /// Control request: this process forked; child pid `len` holds every connection this
 /// process holds (cross-process reference counting, decisions §26).
 pub const KIND_REQ_FORKED: u8 = 54;
@@ -399,12 +422,15 @@ pub enum FpEvent {
     },
 }
 
-/// What the service knows of a connection ([`SpEvent::Info`]): the slow path's view, at
-/// most one congestion-control interval old (the fast path reports its counters then).
+/// What the service knows of a connection ([`SpEvent::Info`]), in Linux `tcp_info`
+/// terms where one exists: the slow path's view (congestion control, loss recovery, the
+/// SACK scoreboard) and, with [`INFO_FRESH`], the fast path's flow state read for the
+/// request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnInfo {
-    /// [`INFO_FOUND`], [`INFO_TIMESTAMPS`], [`INFO_SACK`], [`INFO_WSCALE`]; bits 8-11: our
-    /// send window scale (the peer's shift), bits 12-15: our receive window scale.
+    /// [`INFO_FOUND`], [`INFO_TIMESTAMPS`], [`INFO_SACK`], [`INFO_WSCALE`],
+    /// [`INFO_FRESH`]; bits 8-11: our send window scale (the peer's shift), bits 12-15:
+    /// our receive window scale.
     pub opts: u16,
     /// Payload bytes per segment we send.
     pub mss: u16,
@@ -414,10 +440,130 @@ pub struct ConnInfo {
     pub rttvar_us: u32,
     /// Congestion window, bytes (`u32::MAX`: no window limit).
     pub cwnd: u32,
-    /// Retransmission events (timeouts and fast retransmits) so far.
+    /// Retransmission events (timeouts, fast retransmits, SACK repairs, tail-loss probes)
+    /// so far.
     pub retransmits: u32,
-    /// Current retransmission timeout, ms (saturating).
-    pub rto_ms: u16,
+    /// Current retransmission timeout including the backoff, µs.
+    pub rto_us: u32,
+    /// `CA_*`: the loss-recovery state.
+    pub ca_state: u8,
+    /// Retransmission timeouts in a row without progress (Linux `icsk_retransmits`).
+    pub rto_backoff: u8,
+    /// Zero-window or keepalive probes sent without an answer (`icsk_probes_out`).
+    pub probes: u8,
+    /// SACKed segments above the cumulative ACK (the scoreboard's bytes over the MSS).
+    pub sacked: u32,
+    /// Segments the scoreboard deems lost.
+    pub lost: u32,
+    /// Of those, retransmitted and not yet acknowledged.
+    pub retrans: u32,
+    /// Milliseconds since the last segment from the peer (every one carries an ACK);
+    /// `u32::MAX` unknown.
+    pub last_ack_recv_ms: u32,
+    /// Smallest RTT seen, µs (of the smoothed values congestion control saw and the
+    /// handshake's sample).
+    pub min_rtt_us: u32,
+    /// Bytes the application wrote that were never sent.
+    pub notsent_bytes: u32,
+    /// Bytes sent and not yet acknowledged.
+    pub unacked_bytes: u32,
+    /// Data bytes sent at least once since the connection opened, modulo 2^32.
+    pub sent_bytes_lo: u32,
+    /// Data bytes sent again (retransmissions), modulo 2^32.
+    pub retrans_bytes_lo: u32,
+    /// Bytes acknowledged per time over the last control interval, kbit/s.
+    pub delivery_kbps: u32,
+    /// Pacing rate, kbit/s (0: not paced).
+    pub pacing_kbps: u32,
+    /// The peer's advertised window, bytes (scaled).
+    pub snd_wnd: u32,
+    /// The window we offer, bytes.
+    pub rcv_wnd: u32,
+    /// Slow-start threshold, bytes (`u32::MAX`: none yet).
+    pub snd_ssthresh: u32,
+    /// The most window we may offer (the receive buffer), bytes.
+    pub rcv_ssthresh: u32,
+    /// Retransmission timeouts so far (Linux `total_rto`).
+    pub total_rto: u16,
+    /// Recoveries from a timeout started so far (`total_rto_recoveries`).
+    pub total_rto_recoveries: u16,
+    /// Milliseconds spent recovering from timeouts, the current one included
+    /// (`total_rto_time`).
+    pub total_rto_time_ms: u32,
+}
+
+impl ConnInfo {
+    /// The fields as [`INFO_WORDS`] words (the reply's wire form).
+    pub fn to_words(&self) -> [u32; INFO_WORDS] {
+        let mut w = [0u32; INFO_WORDS];
+        w[0] = self.opts as u32 | (self.mss as u32) << 16;
+        w[1] = self.srtt_us;
+        w[2] = self.rttvar_us;
+        w[3] = self.cwnd;
+        w[4] = self.retransmits;
+        w[5] = self.rto_us;
+        w[6] = self.ca_state as u32 | (self.rto_backoff as u32) << 8 | (self.probes as u32) << 16;
+        w[7] = self.sacked;
+        w[8] = self.lost;
+        w[9] = self.retrans;
+        w[10] = self.last_ack_recv_ms;
+        w[11] = self.min_rtt_us;
+        w[12] = self.notsent_bytes;
+        w[13] = self.unacked_bytes;
+        w[14] = self.sent_bytes_lo;
+        w[15] = self.retrans_bytes_lo;
+        w[16] = self.delivery_kbps;
+        w[17] = self.pacing_kbps;
+        w[18] = self.snd_wnd;
+        w[19] = self.rcv_wnd;
+        w[20] = self.snd_ssthresh;
+        w[21] = self.rcv_ssthresh;
+        w[22] = self.total_rto as u32 | (self.total_rto_recoveries as u32) << 16;
+        w[23] = self.total_rto_time_ms;
+        w
+    }
+    /// The inverse of [`ConnInfo::to_words`].
+    pub fn from_words(w: &[u32; INFO_WORDS]) -> Self {
+        ConnInfo {
+            opts: w[0] as u16,
+            mss: (w[0] >> 16) as u16,
+            srtt_us: w[1],
+            rttvar_us: w[2],
+            cwnd: w[3],
+            retransmits: w[4],
+            rto_us: w[5],
+            ca_state: w[6] as u8,
+            rto_backoff: (w[6] >> 8) as u8,
+            probes: (w[6] >> 16) as u8,
+            sacked: w[7],
+            lost: w[8],
+            retrans: w[9],
+            last_ack_recv_ms: w[10],
+            min_rtt_us: w[11],
+            notsent_bytes: w[12],
+            unacked_bytes: w[13],
+            sent_bytes_lo: w[14],
+            retrans_bytes_lo: w[15],
+            delivery_kbps: w[16],
+            pacing_kbps: w[17],
+            snd_wnd: w[18],
+            rcv_wnd: w[19],
+            snd_ssthresh: w[20],
+            rcv_ssthresh: w[21],
+            total_rto: w[22] as u16,
+            total_rto_recoveries: (w[22] >> 16) as u16,
+            total_rto_time_ms: w[23],
+        }
+    }
+    /// The reply's descriptors for request `token`, in the order they are posted.
+    pub fn events(&self, token: u64) -> [SpEvent; INFO_PARTS] {
+        let w = self.to_words();
+        core::array::from_fn(|p| SpEvent::Info {
+            token,
+            part: p as u8,
+            words: w[p * INFO_WORDS_PER_PART..(p + 1) * INFO_WORDS_PER_PART].try_into().expect("part length"),
+        })
+    }
 }
 
 /// Slow path -> app descriptors.
@@ -473,12 +619,14 @@ pub enum SpEvent {
         /// Why, if not an orderly close.
         error: Option<ErrorCode>,
     },
-    /// The reply to [`ControlRequest::Info`].
+    /// One part of the reply to [`ControlRequest::Info`] ([`ConnInfo::events`]).
     Info {
         /// The app's tag from the request.
         token: u64,
-        /// What the service knows.
-        info: ConnInfo,
+        /// Which part (`0..INFO_PARTS`, posted in order).
+        part: u8,
+        /// Its words of [`ConnInfo::to_words`].
+        words: [u32; INFO_WORDS_PER_PART],
     },
     /// A connection moved into this context (reply to [`ControlRequest::Adopt`], or to
     /// the last holder's [`ControlRequest::Release`]).
@@ -771,16 +919,16 @@ impl SpEvent {
                 Desc { kind: KIND_ADOPT_FAILED, len: error.map_or(0, |e| e as u32), aux: token, ..Desc::default() }
             }
             SpEvent::Orphaned { conn } => Desc { kind: KIND_ORPHANED, conn, ..Desc::default() },
-            SpEvent::Info { token, info } => Desc {
+            SpEvent::Info { token, part, words } => Desc {
                 kind: KIND_INFO,
-                core: 0,
-                flags: info.opts,
-                flow: info.srtt_us,
-                conn: info.rttvar_us,
-                len: info.cwnd,
-                ip: info.retransmits,
-                local_port: info.mss,
-                remote_port: info.rto_ms,
+                core: part,
+                flags: 0,
+                flow: words[0],
+                conn: words[1],
+                len: words[2],
+                ip: words[3],
+                local_port: words[4] as u16,
+                remote_port: (words[4] >> 16) as u16,
                 aux: token,
             },
         }
@@ -830,17 +978,10 @@ impl SpEvent {
                 },
             },
             KIND_ORPHANED => SpEvent::Orphaned { conn: d.conn },
-            KIND_INFO => SpEvent::Info {
+            KIND_INFO if (d.core as usize) < INFO_PARTS => SpEvent::Info {
                 token: d.aux,
-                info: ConnInfo {
-                    opts: d.flags,
-                    mss: d.local_port,
-                    srtt_us: d.flow,
-                    rttvar_us: d.conn,
-                    cwnd: d.len,
-                    retransmits: d.ip,
-                    rto_ms: d.remote_port,
-                },
+                part: d.core,
+                words: [d.flow, d.conn, d.len, d.ip, d.local_port as u32 | (d.remote_port as u32) << 16],
             },
             k => return Err(BadDesc(k)),
         })
@@ -1037,6 +1178,48 @@ mod tests {
     }
 
     #[test]
+    fn conn_info_round_trips_through_its_parts() {
+        let i = ConnInfo {
+            opts: INFO_FOUND | INFO_SACK | INFO_WSCALE | INFO_FRESH | 7 << 8 | 9 << 12,
+            mss: 1460,
+            srtt_us: 123,
+            rttvar_us: 45,
+            cwnd: 14600,
+            retransmits: 3,
+            rto_us: 200_000,
+            ca_state: CA_LOSS,
+            rto_backoff: 2,
+            probes: 1,
+            sacked: 4,
+            lost: 5,
+            retrans: 6,
+            last_ack_recv_ms: 7,
+            min_rtt_us: 8,
+            notsent_bytes: 9,
+            unacked_bytes: 10,
+            sent_bytes_lo: u32::MAX,
+            retrans_bytes_lo: 11,
+            delivery_kbps: 12,
+            pacing_kbps: 13,
+            snd_wnd: 14,
+            rcv_wnd: 15,
+            snd_ssthresh: u32::MAX - 1,
+            rcv_ssthresh: 16,
+            total_rto: 17,
+            total_rto_recoveries: 18,
+            total_rto_time_ms: 19,
+        };
+        assert_eq!(ConnInfo::from_words(&i.to_words()), i);
+        let mut w = [0u32; INFO_WORDS];
+        for (p, e) in i.events(77).iter().enumerate() {
+            let Ok(SpEvent::Info { token: 77, part, words }) = SpEvent::decode(&e.encode()) else { panic!("{e:?}") };
+            assert_eq!(part as usize, p);
+            w[p * INFO_WORDS_PER_PART..][..INFO_WORDS_PER_PART].copy_from_slice(&words);
+        }
+        assert_eq!(ConnInfo::from_words(&w), i);
+    }
+
+    #[test]
     fn descriptors_round_trip() {
         let h = ConnHandle { conn: 7, core: 1, flow: 99 };
         for e in [
@@ -1052,18 +1235,7 @@ mod tests {
             SpEvent::AdoptFailed { token: 9, error: Some(ErrorCode::NotFound) },
             SpEvent::Orphaned { conn: 3 },
             SpEvent::Closed { conn: 4, error: Some(ErrorCode::Reset) },
-            SpEvent::Info {
-                token: 12,
-                info: ConnInfo {
-                    opts: INFO_FOUND | INFO_SACK | INFO_WSCALE | 7 << 8 | 9 << 12,
-                    mss: 1460,
-                    srtt_us: 123,
-                    rttvar_us: 45,
-                    cwnd: 14600,
-                    retransmits: 3,
-                    rto_ms: 200,
-                },
-            },
+            SpEvent::Info { token: 12, part: 4, words: [1, u32::MAX, 3, 4, 0xfedc_ba98] },
         ] {
             assert_eq!(SpEvent::decode(&e.encode()), Ok(e));
         }
@@ -1093,6 +1265,8 @@ mod tests {
             assert_eq!(ControlRequest::decode(&r.encode()), Ok(r));
         }
         assert_eq!(Doorbell::decode(&Desc { kind: 200, ..Desc::default() }), Err(BadDesc(200)));
+        // An info part beyond the last is refused.
+        assert!(SpEvent::decode(&Desc { kind: KIND_INFO, core: INFO_PARTS as u8, ..Desc::default() }).is_err());
         assert!(SpEvent::decode(&Desc { kind: KIND_CLOSED, len: 77, ..Desc::default() }).is_err());
         // Listen flags this version does not know are refused, not ignored.
         let unknown = Desc { kind: KIND_REQ_LISTEN, flags: 1 << 7, local_port: 80, ..Desc::default() };

@@ -206,6 +206,9 @@ pub struct CcState {
     pub retransmits: u64,
     /// Control intervals run.
     pub intervals: u64,
+    /// Retransmission events the fast path counted up to the last report (its wrapping
+    /// 16-bit counter, unwrapped; the counter starts at 0 when the flow is installed).
+    retx_reported: u64,
     /// Bytes to be acknowledged before loss may cut again (DCTCP: once per window).
     loss_guard: u32,
     /// Bytes acknowledged in the last interval / its length: the measured rate, kbit/s.
@@ -249,6 +252,7 @@ impl CcState {
             min_rtt_us: srtt_us.max(1),
             retransmits: 0,
             intervals: 0,
+            retx_reported: 0,
             loss_guard: 0,
             measured_kbps: 0,
             last: None,
@@ -261,6 +265,13 @@ impl CcState {
             k_s: 0.0,
             elapsed_us: 0,
         }
+    }
+
+    /// Retransmission events of the flow (`TCP_INFO`'s `total_retrans`): those reported,
+    /// plus those since the last report if the flow's current counter `cnt_retx` is known.
+    pub fn retransmit_events(&self, cnt_retx: Option<u16>) -> u64 {
+        let last = self.last.map_or(0, |l| l.retx);
+        self.retx_reported + cnt_retx.map_or(0, |c| c.wrapping_sub(last) as u64)
     }
 
     /// RTT variation of the latest report, µs (0 before the first).
@@ -298,6 +309,7 @@ impl CcState {
     /// A report from the fast path; returns the new limits if they changed.
     pub fn on_sample(&mut self, s: &CcSample, p: &CcParams) -> Option<Limits> {
         let before = self.limits();
+        self.retx_reported += s.retx.wrapping_sub(self.last.map_or(0, |l| l.retx)) as u64;
         let Some(last) = self.last.replace(*s) else {
             // The first report only sets the baseline.
             self.rtt_us = s.srtt_us;
@@ -573,7 +585,20 @@ mod tests {
     use super::*;
 
     fn sample(t_us: u32, acked: u32, ecn: u32, retx: u16, srtt: u32) -> CcSample {
-        CcSample { now_us: t_us, acked, ecn, dupacks: 0, retx, srtt_us: srtt, rttvar_us: 0, in_flight: 100_000, unsent: 100_000 }
+        CcSample { now_us: t_us, acked, ecn, dupacks: 0, retx, srtt_us: srtt, rttvar_us: 0, in_flight: 100_000, unsent: 100_000, snd_una: 0 }
+    }
+
+    #[test]
+    fn retransmit_events_unwrap_the_cores_16_bit_counter() {
+        let p = CcParams::default();
+        let mut s = CcState::new(Algorithm::DctcpWindow, &p, 1000, 100, None);
+        assert_eq!(s.retransmit_events(Some(3)), 3, "before any report: the counter from 0");
+        s.on_sample(&sample(0, 0, 0, 3, 100), &p);
+        assert_eq!(s.retransmit_events(None), 3, "the baseline report counts too");
+        s.on_sample(&sample(200, 0, 0, 65_535, 100), &p);
+        s.on_sample(&sample(400, 0, 0, 2, 100), &p);
+        assert_eq!(s.retransmit_events(None), 65_538, "across the wrap");
+        assert_eq!(s.retransmit_events(Some(5)), 65_541, "plus those since the last report");
     }
 
     #[test]

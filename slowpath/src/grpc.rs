@@ -412,7 +412,20 @@ pub fn flow_message(local_ip: Ipv4Addr, c: &ConnInfo, st: Option<(u32, FlowState
         out.flags = flag_names(&f);
         out.remote_mac = f.remote_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         out.app_conn = f.conn;
+        // The slow path's view (a timeout's recovery, the scoreboard) refined with the
+        // flow's own fast recovery and duplicate ACKs, as TCP_INFO does.
+        use tas_proto::shm::{CA_DISORDER, CA_OPEN, CA_RECOVERY};
+        out.ca_state = match c.tcp.ca_state {
+            CA_OPEN | CA_DISORDER if f.flags & F_RECOVERY != 0 => CA_RECOVERY,
+            CA_OPEN if f.dupacks > 0 => CA_DISORDER,
+            s => s,
+        } as u32;
     }
+    out.min_rtt_us = c.tcp.min_rtt_us;
+    out.total_rto = c.tcp.total_rto as u32;
+    out.rto_recoveries = c.tcp.total_rto_recoveries as u32;
+    out.sacked = c.tcp.sacked;
+    out.lost = c.tcp.lost;
     out
 }
 
@@ -880,6 +893,15 @@ mod tests {
             // 1234 bytes and a FIN received since installation (rcv_nxt is 7 below).
             rcv_start: 7u32.wrapping_sub(1235),
             cc: None,
+            tcp: tas_proto::shm::ConnInfo {
+                ca_state: tas_proto::shm::CA_LOSS,
+                min_rtt_us: 40,
+                total_rto: 3,
+                total_rto_recoveries: 2,
+                sacked: 5,
+                lost: 1,
+                ..Default::default()
+            },
         }
     }
 
@@ -916,6 +938,12 @@ mod tests {
         assert_eq!(m.flags, vec!["timestamps", "fin_received"]);
         assert_eq!(m.remote_mac, "02:00:00:00:00:ab");
         assert!(m.installed && m.timestamps);
+        assert_eq!((m.ca_state, m.min_rtt_us, m.total_rto, m.rto_recoveries, m.sacked, m.lost), (4, 40, 3, 2, 5, 1));
+        let open = ConnInfo { tcp: Default::default(), ..conn() };
+        let rec = FlowState { flags: F_RECOVERY, ..f };
+        assert_eq!(flow_message("10.77.0.1".parse().unwrap(), &open, Some((3, rec))).ca_state, 3, "fast recovery");
+        let dis = FlowState { dupacks: 2, ..f };
+        assert_eq!(flow_message("10.77.0.1".parse().unwrap(), &open, Some((3, dis))).ca_state, 1, "duplicate ACKs");
         let bare = flow_message("10.77.0.1".parse().unwrap(), &ConnInfo { flow: None, ..conn() }, None);
         assert!(!bare.installed && bare.rx_bytes == 0 && bare.id == m.id);
     }

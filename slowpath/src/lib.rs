@@ -8,6 +8,7 @@
 //! - [`grpc`]: the administration API; [`metrics`]: counters' help and the Prometheus
 //!   endpoint; [`live`]: configuration changes while running; [`service`]: the `tasd`
 //!   runtime that wires it all.
+//! - [`info`]: what an application's `TCP_INFO` reports.
 //! - [`sim`]: a whole service on the in-memory link for deterministic tests.
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod cc;
 pub mod config;
 pub mod frames;
 pub mod grpc;
+pub mod info;
 pub mod live;
 pub mod metrics;
 pub mod packet_socket;

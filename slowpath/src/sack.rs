@@ -43,6 +43,8 @@ use tas_fastpath::rx::seq_lt as lt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Hole {
     start: u32,
+    /// Where it ends (the next SACKed byte).
+    end: u32,
     since: u64,
     /// How long it must stay a hole before it counts as lost (see `on_ack`).
     wait: u64,
@@ -101,6 +103,16 @@ impl Scoreboard {
     /// The SACKed ranges.
     pub fn sacked(&self) -> &[(u32, u32)] {
         &self.sacked
+    }
+
+    /// `TCP_INFO`'s view in segments of `mss` bytes (each range rounded up): (SACKed,
+    /// deemed lost, retransmitted and not yet acknowledged). A hole is deemed lost when
+    /// it is retransmitted (both happen at once here), so the last two are equal.
+    pub fn segments(&self, mss: u32) -> (u32, u32, u32) {
+        let mss = mss.max(1);
+        let sacked = self.sacked.iter().map(|&(a, b)| b.wrapping_sub(a).div_ceil(mss)).sum();
+        let lost = self.holes.iter().filter(|h| h.sent.is_some()).map(|h| h.end.wrapping_sub(h.start).div_ceil(mss)).sum();
+        (sacked, lost, lost)
     }
 
     fn insert(&mut self, s: u32, e: u32) {
@@ -180,8 +192,8 @@ impl Scoreboard {
                 .iter()
                 .find(|h| !lt(h.start, s) && lt(h.start, e))
                 .copied()
-                .map(|h| Hole { start: s, wait, ..h })
-                .unwrap_or(Hole { start: s, since: now_us, wait, sent: None, tries: 0 });
+                .map(|h| Hole { start: s, end: e, wait, ..h })
+                .unwrap_or(Hole { start: s, end: e, since: now_us, wait, sent: None, tries: 0 });
             let due = match h.sent {
                 None => now_us.saturating_sub(h.since) >= wait,
                 Some(t) => h.tries < MAX_RETRIES && now_us.saturating_sub(t) >= rexmit_after,
@@ -210,9 +222,12 @@ mod tests {
         assert!(sb.on_ack(0, SRTT, 1000, 2000, 100, &[(1100, 1300)]).is_empty(), "200 B above: not yet lost");
         assert!(sb.on_ack(10, SRTT, 1000, 2000, 100, &[(1400, 1800), (1100, 1300)]).is_empty(), "inside the reordering window");
         assert_eq!(sb.next_check(), Some(250), "the window ends 250 us after the first hole appeared (at 0)");
+        assert_eq!(sb.segments(100), (6, 0, 0), "six segments SACKed, nothing deemed lost yet");
         let r = sb.on_ack(300, SRTT, 1000, 2000, 100, &[(1400, 1800)]);
         assert_eq!(r, vec![(1000, 100), (1300, 100)]);
         assert!(sb.in_recovery());
+        assert_eq!(sb.segments(100), (6, 2, 2), "two holes of one segment each: lost and retransmitted");
+        assert_eq!(sb.segments(60), (4 + 7, 2 + 2, 4), "ranges round up to whole segments");
         assert!(sb.on_ack(400, SRTT, 1000, 2000, 100, &[(1400, 1900)]).is_empty(), "already retransmitted");
         // A partial ACK: the first hole is repaired, the second still open.
         assert!(sb.on_ack(500, SRTT, 1300, 2000, 100, &[(1400, 1900)]).is_empty());
@@ -223,6 +238,7 @@ mod tests {
         // Everything acknowledged.
         assert!(sb.on_ack(5400, SRTT, 2000, 2000, 100, &[]).is_empty());
         assert!(!sb.in_recovery());
+        assert_eq!(sb.segments(100), (0, 0, 0));
         assert!(sb.sacked().is_empty());
     }
 

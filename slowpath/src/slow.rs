@@ -297,6 +297,10 @@ struct Conn {
     info_opts: u16,
     /// Receive buffer the application asked for (`SO_RCVBUF`; 0: the ring).
     rcvbuf: u32,
+    /// `snd_una` when the flow was installed (bytes sent = highest sent - this).
+    snd_start: u32,
+    /// Recoveries from retransmission timeouts (`TCP_INFO`).
+    rto_rec: crate::info::RtoRecovery,
     /// Processes that hold the connection after a fork (None: only the owner's).
     holders: Option<Vec<u32>>,
 }
@@ -396,6 +400,9 @@ pub struct ConnInfo {
     pub rcv_start: u32,
     /// Congestion control, if the flow is installed.
     pub cc: Option<CcInfo>,
+    /// What `TCP_INFO` would report from the slow path's view alone (loss-recovery
+    /// state, SACK scoreboard, timeouts; no fast-path copy).
+    pub tcp: tas_proto::shm::ConnInfo,
 }
 
 /// A snapshot of one application for the control API.
@@ -458,7 +465,22 @@ pub struct SlowPath {
     rcv_wscale: u8,
     ops: ops::OpsState,
     share: share::ShareState,
+    /// `Info` requests waiting for a fast-path core's copy of their flow, by tag.
+    info_waits: HashMap<u64, InfoWait>,
+    info_tag: u64,
 }
+
+/// An application's `Info` request waiting for [`ToSlow::Peeked`].
+struct InfoWait {
+    app: u32,
+    token: u64,
+    key: FlowKey,
+    asked: Instant,
+}
+
+/// A `Peek` not answered in this long (the core's report queue was full) is answered
+/// without the fast path's state; the application waits 500 ms at most.
+const INFO_WAIT: Duration = Duration::from_millis(100);
 
 /// ARP requests beyond the first before an active open to an unresolvable neighbour
 /// fails with `Unreachable`.
@@ -508,6 +530,8 @@ impl SlowPath {
             rcv_wscale,
             ops: ops::OpsState::default(),
             share: share::ShareState::default(),
+            info_waits: HashMap::new(),
+            info_tag: 0,
         }
     }
 
@@ -545,6 +569,7 @@ impl SlowPath {
         let p = self.cfg.cc;
         let Some(c) = self.conns.get_mut(&key) else { return };
         c.rcv_start = state.rcv_nxt;
+        c.snd_start = state.snd_una;
         c.info_opts = info_opts(state);
         let alg = c.cc_alg.unwrap_or(p.algorithm);
         let cc = CcState::new(alg, &p, state.mss, state.srtt_us, None);
@@ -618,6 +643,7 @@ impl SlowPath {
                 flow: c.flow,
                 rcv_start: c.rcv_start,
                 cc: c.cc.as_ref().map(|s| s.info()),
+                tcp: self.conn_info_reply(c.key, None),
             })
             .collect()
     }
@@ -973,43 +999,80 @@ impl SlowPath {
                     self.close_listener(listener);
                 }
             }
-            ControlRequest::Info { token, conn } => {
-                let info = self.conn_info_reply(app, conn);
-                self.post(app, SpEvent::Info { token, info });
-            }
+            ControlRequest::Info { token, conn } => self.on_info_request(app, token, conn),
             ControlRequest::Forked { child } => self.on_forked(app, child),
             ControlRequest::Adopt { token, key } => self.on_adopt(app, token, key),
             ControlRequest::Release { token, key } => self.on_release(app, token, key),
         }
     }
 
-    /// What the slow path knows of an application's connection slot, for `TCP_INFO`: the
-    /// congestion controller's latest report from the fast path (at most one control
-    /// interval old). All zero if the slot has no installed connection.
-    fn conn_info_reply(&self, app: u32, slot: u32) -> tas_proto::shm::ConnInfo {
-        let Some(c) = self.by_slot.get(&(app, slot)).and_then(|k| self.conns.get(k)) else {
+    /// `TCP_INFO` (decisions §21): ask the flow's core for a copy of its state and answer
+    /// when it comes ([`SlowPath::on_peeked`]); answer at once from the slow path's own
+    /// view if no flow is installed (a handshake, a closing connection).
+    fn on_info_request(&mut self, app: u32, token: u64, slot: u32) {
+        let now = self.now;
+        // Waits whose answer was lost (a full report queue) are answered without it.
+        let stale: Vec<u64> =
+            self.info_waits.iter().filter(|(_, w)| now.as_nanos().saturating_sub(w.asked.as_nanos()) > INFO_WAIT.as_nanos() as u64).map(|(&t, _)| t).collect();
+        for t in stale {
+            let w = self.info_waits.remove(&t).expect("listed");
+            let info = self.conn_info_reply(w.key, None);
+            self.post_info(w.app, w.token, info);
+        }
+        let Some(&key) = self.by_slot.get(&(app, slot)) else {
+            return self.post_info(app, token, tas_proto::shm::ConnInfo::default());
+        };
+        let c = &self.conns[&key];
+        match (c.flow, &c.phase) {
+            (Some(flow), Phase::Established) if c.cc.is_some() => {
+                self.info_tag += 1;
+                let tag = self.info_tag;
+                self.info_waits.insert(tag, InfoWait { app, token, key, asked: now });
+                let core = c.core;
+                self.cores[core as usize].send(Command::Peek { flow, tag });
+            }
+            _ => {
+                let info = self.conn_info_reply(key, None);
+                self.post_info(app, token, info);
+            }
+        }
+    }
+
+    /// A core's copy of a flow for a waiting `Info` request.
+    fn on_peeked(&mut self, tag: u64, now_us: u32, retx_bytes: u32, state: Option<&FlowState>) {
+        let Some(w) = self.info_waits.remove(&tag) else { return };
+        let peek = state.map(|state| crate::info::Peek { state, now_us, retx_bytes });
+        if let (Some(p), Some(c)) = (peek, self.conns.get_mut(&w.key)) {
+            c.rto_rec.on_progress(self.now, p.state.snd_una);
+        }
+        let info = self.conn_info_reply(w.key, peek);
+        self.post_info(w.app, w.token, info);
+    }
+
+    fn post_info(&mut self, app: u32, token: u64, info: tas_proto::shm::ConnInfo) {
+        for ev in info.events(token) {
+            self.post(app, ev);
+        }
+    }
+
+    /// What the slow path knows of connection `key` for `TCP_INFO`, with the fast path's
+    /// copy of the flow if there is one (`info::conn_info`). All zero if it is gone.
+    fn conn_info_reply(&self, key: FlowKey, peek: Option<crate::info::Peek>) -> tas_proto::shm::ConnInfo {
+        let Some(c) = self.conns.get(&key) else {
             return tas_proto::shm::ConnInfo::default();
         };
-        let Some(cc) = c.cc.as_deref() else {
-            // Not installed yet (handshake): only the MSS is known.
-            return tas_proto::shm::ConnInfo { opts: tas_proto::shm::INFO_FOUND, mss: c.mss, ..Default::default() };
-        };
-        let (srtt, rttvar) = (cc.rtt_us, cc.rttvar_us());
-        // RFC 6298 2.3 with Linux's 200 ms floor (no backoff: the fast path keeps that).
-        let rto_us = (srtt as u64 + (4 * rttvar as u64).max(1000)).clamp(200_000, 60_000_000);
-        let cwnd = match cc.limits().cwnd {
-            0 => u32::MAX,
-            w => w,
-        };
-        tas_proto::shm::ConnInfo {
-            opts: c.info_opts | tas_proto::shm::INFO_FOUND,
+        let inputs = crate::info::Inputs {
+            opts: c.info_opts,
             mss: c.mss,
-            srtt_us: srtt,
-            rttvar_us: rttvar,
-            cwnd,
-            retransmits: cc.retransmits.min(u32::MAX as u64) as u32,
-            rto_ms: (rto_us / 1000).min(u16::MAX as u64) as u16,
-        }
+            cc: c.cc.as_deref(),
+            sb: &c.sb,
+            rto: &c.rto_rec,
+            snd_start: c.snd_start,
+            rcv_space: self.rcv_space(c.rcvbuf),
+            peek,
+            now: self.now,
+        };
+        crate::info::conn_info(&inputs)
     }
 
     fn listen(&mut self, app: u32, port: u16, backlog: u32, shared: bool, on_demand: bool) -> Result<u32, ErrorCode> {
@@ -1495,6 +1558,7 @@ impl SlowPath {
                 let Some(key) = self.cores[core as usize].owners.get(flow as usize).copied().flatten() else { return };
                 let p = self.cfg.cc;
                 let Some(c) = self.conns.get_mut(&key) else { return };
+                c.rto_rec.on_progress(self.now, sample.snd_una);
                 let Some(cc) = c.cc.as_mut() else { return };
                 self.counters.cc_intervals += 1;
                 if let Some(l) = cc.on_sample(&sample, &p) {
@@ -1516,6 +1580,9 @@ impl SlowPath {
             }
             ToSlow::FlowMoved { flow, moved, rx_bytes, tx_bytes, rx_fin, tx_fin } => {
                 self.on_moved(core, flow, moved, rx_bytes, tx_bytes, rx_fin, tx_fin);
+            }
+            ToSlow::Peeked { flow: _, tag, now_us, retx_bytes, state } => {
+                self.on_peeked(tag, now_us, retx_bytes, state.as_deref());
             }
             ToSlow::FlowRemoved { flow, state } => {
                 let c = &mut self.cores[core as usize];
@@ -2261,7 +2328,8 @@ impl SlowPath {
                     self.arm(key, self.now + t);
                 }
             }
-            FlowNote::Rto => {
+            FlowNote::Rto { snd_una, recover } => {
+                c.rto_rec.on_rto(self.now, snd_una, recover);
                 c.sb.reset();
                 c.sack_deadline = None;
                 let p = self.cfg.cc;
@@ -2425,6 +2493,8 @@ impl Conn {
             cc_alg: None,
             info_opts: 0,
             rcvbuf: 0,
+            snd_start: 0,
+            rto_rec: Default::default(),
             holders: None,
         }
     }

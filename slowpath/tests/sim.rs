@@ -589,7 +589,22 @@ fn connection_info_reports_rtt_window_and_retransmissions() {
     assert!(info.mss >= 500 && info.mss <= 1460, "{info:?}");
     assert!(info.cwnd > 0, "{info:?}");
     assert!(info.retransmits > 0, "1 % loss over 2 MB must have caused retransmissions: {info:?}");
-    assert!(info.rto_ms >= 200, "{info:?}");
+    assert!(info.rto_us >= 200_000, "{info:?}");
+    // The fast path's state was read for the reply (decisions §21).
+    use libtas::tas_proto::shm::{CA_OPEN, INFO_FRESH};
+    assert!(info.opts & INFO_FRESH != 0, "{info:?}");
+    assert_eq!(info.sent_bytes_lo as u64, TOTAL, "every byte sent at least once, none twice: {info:?}");
+    assert!(info.retrans_bytes_lo > 0, "1 % loss: bytes were sent again: {info:?}");
+    assert!((info.retrans_bytes_lo as u64) < TOTAL / 5, "{info:?}");
+    assert_eq!((info.unacked_bytes, info.notsent_bytes), (0, 0), "all acknowledged: {info:?}");
+    assert_eq!((info.ca_state, info.sacked, info.lost, info.retrans), (CA_OPEN, 0, 0, 0), "recovered: {info:?}");
+    assert_eq!((info.rto_backoff, info.probes), (0, 0), "{info:?}");
+    assert!(info.min_rtt_us >= 400 && info.min_rtt_us <= info.srtt_us, "{info:?}");
+    assert!(info.snd_wnd > 0 && info.snd_wnd <= 1 << 30, "the echo server's window: {info:?}");
+    assert!(info.rcv_wnd > 0 && info.rcv_wnd <= info.rcv_ssthresh, "{info:?}");
+    assert!(info.total_rto_recoveries as u32 <= info.total_rto as u32, "{info:?}");
+    assert!(info.delivery_kbps > 0, "{info:?}");
+    assert!(info.last_ack_recv_ms < 1_000, "{info:?}");
     assert_eq!(client.info_result(t), Err(Error::InvalidHandle), "a token is answered once");
 }
 

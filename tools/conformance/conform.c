@@ -45,6 +45,9 @@ static uint64_t fnv(const void *p, size_t n, uint64_t h) {
 }
 #define FNV0 1469598103934665603ULL
 static unsigned char pat(size_t i) { return (unsigned char)((i * 7 + 3) % 251); }
+/* Fields of the raw struct tcp_info by offset (include/uapi/linux/tcp.h, Linux 6.18). */
+static uint32_t ti32(const unsigned char *b, int off) { uint32_t v; memcpy(&v, b + off, 4); return v; }
+static uint64_t ti64(const unsigned char *b, int off) { uint64_t v; memcpy(&v, b + off, 8); return v; }
 
 static int tcp(void) { return socket(AF_INET, SOCK_STREAM, 0); }
 static int dial(void) {
@@ -81,7 +84,14 @@ static void *peer_conn(void *arg) {
     while (n < sizeof line - 1) { ssize_t k = read(fd, line + n, 1); if (k <= 0) { close(fd); return 0; } if (line[n++] == '\n') break; }
     line[n] = 0;
     char buf[65536];
-    if (!strncmp(line, "ECHO", 4)) {
+    if (!strncmp(line, "ECHOINFO", 8)) {
+        /* Echo until the client's FIN, then report this (kernel) end's TCP_INFO. */
+        for (;;) { ssize_t k = read(fd, buf, sizeof buf); if (k <= 0) break; size_t off = 0; while (off < (size_t)k) { ssize_t w = write(fd, buf + off, k - off); if (w <= 0) break; off += w; } }
+        unsigned char ti[512]; socklen_t l = sizeof ti; memset(ti, 0, sizeof ti);
+        getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &l);
+        dprintf(fd, "peer_bytes_acked=%llu\npeer_bytes_received=%llu\npeer_rcv_wnd=%u\npeer_snd_wnd=%u\npeer_total_retrans=%u\npeer_rtt=%u\npeer_min_rtt=%u\n",
+                (unsigned long long)ti64(ti, 120), (unsigned long long)ti64(ti, 128), ti32(ti, 232), ti32(ti, 228), ti32(ti, 100), ti32(ti, 68), ti32(ti, 148));
+    } else if (!strncmp(line, "ECHO", 4)) {
         for (;;) { ssize_t k = read(fd, buf, sizeof buf); if (k <= 0) break; size_t off = 0; while (off < (size_t)k) { ssize_t w = write(fd, buf + off, k - off); if (w <= 0) break; off += w; } }
     } else if (!strncmp(line, "HOLD", 4)) {
         while (read(fd, buf, sizeof buf) > 0) {}
@@ -393,8 +403,6 @@ static void t_rcvbuf(void) {
 
 /* TCP_INFO after a 1 MiB echo: plausible real values (the raw buffer holds the kernel's
  * whole struct; glibc's header stops at tcpi_total_retrans). */
-static uint32_t ti32(const unsigned char *b, int off) { uint32_t v; memcpy(&v, b + off, 4); return v; }
-static uint64_t ti64(const unsigned char *b, int off) { uint64_t v; memcpy(&v, b + off, 8); return v; }
 static void t_tcp_info(void) {
     unsigned char ti[512]; socklen_t l = sizeof ti;
     int fd = tcp();
@@ -428,6 +436,26 @@ static void t_tcp_info(void) {
     /* Linux counts the SYN as one acknowledged byte */
     CHECK("tcp_info.conn.bytes_acked_minus_sent", (long)(ti64(ti, 120) - (uint64_t)sent - 5));
     CHECK("tcp_info.conn.bytes_received_eq", ti64(ti, 128) == (uint64_t)got);
+    /* the rest of the 6.18 struct, where both must agree after a clean exchange (offsets
+     * from include/uapi/linux/tcp.h; an older kernel's shorter struct reads as zero) */
+    int full = l >= 248;
+    CHECK("tcp_info.conn.ca_state_open", ti[1]);
+    CHECK("tcp_info.conn.retransmits_backoff", ti[2] * 256 + ti[4]);
+    CHECK("tcp_info.conn.sacked_lost_retrans", (long)ti32(ti, 28) + ti32(ti, 32) + ti32(ti, 36));
+    CHECK("tcp_info.conn.last_data_recv_below_1s", ti32(ti, 52) < 1000);
+    CHECK("tcp_info.conn.last_ack_recv_below_1s", ti32(ti, 56) < 1000);
+    CHECK("tcp_info.conn.min_rtt_positive_le_rtt", ti32(ti, 148) > 0 && ti32(ti, 148) <= ti32(ti, 68));
+    CHECK("tcp_info.conn.notsent_bytes", ti32(ti, 144));
+    CHECK("tcp_info.conn.delivery_rate_positive", ti64(ti, 160) > 0);
+    CHECK("tcp_info.conn.bytes_sent_ge_written", !full || ti64(ti, 200) >= (uint64_t)sent + 5);
+    CHECK("tcp_info.conn.bytes_retrans_below_sent", !full || ti64(ti, 208) < ti64(ti, 200));
+    /* the peer's window: positive and at most its largest receive buffer (tcp_rmem[2]) */
+    long rmem_max = 0; FILE *rm = fopen("/proc/sys/net/ipv4/tcp_rmem", "r");
+    if (rm) { long a, b2; if (fscanf(rm, "%ld %ld %ld", &a, &b2, &rmem_max) != 3) rmem_max = 0; fclose(rm); }
+    CHECK("tcp_info.conn.snd_wnd_plausible", !full || (ti32(ti, 228) > 0 && (rmem_max == 0 || ti32(ti, 228) <= rmem_max)));
+    CHECK("tcp_info.conn.rcv_wnd_positive", !full || ti32(ti, 232) > 0);
+    uint16_t total_rto; memcpy(&total_rto, ti + 240, 2);
+    CHECK("tcp_info.conn.total_rto", full ? total_rto : 0);
     close(fd);
 }
 
@@ -1233,10 +1261,68 @@ static void t_signals(void) {
     close(l); close(s);
 }
 
+/* conform info PEER_IP PEER_PORT BYTES: echo BYTES through the peer's ECHOINFO service
+ * (hash-checked), sampling TCP_INFO after every 64 KiB; print this end's final TCP_INFO
+ * and the most loss state seen as key=value lines, then the peer's (kernel) TCP_INFO. */
+static int run_info(long bytes) {
+    int fd = dial(); put(fd, "ECHOINFO\n");
+    static unsigned char buf[1 << 16], back[1 << 16]; unsigned char ti[512]; socklen_t l;
+    size_t i = 0; long sent = 0, got = 0; uint64_t hw = FNV0, hr = FNV0;
+    unsigned max_ca = 0, max_lost = 0, max_sacked = 0, max_retrans = 0;
+    while (sent < bytes) {
+        size_t n = bytes - sent < (long)sizeof buf ? (size_t)(bytes - sent) : sizeof buf;
+        for (size_t j = 0; j < n; j++) buf[j] = pat(i++);
+        hw = fnv(buf, n, hw);
+        size_t off = 0;
+        while (off < n) { ssize_t w = write(fd, buf + off, n - off); if (w <= 0) { perror("write"); return 1; } off += w; }
+        sent += n;
+        ssize_t r = recv(fd, back, n, MSG_WAITALL); if (r != (ssize_t)n) { perror("recv"); return 1; }
+        hr = fnv(back, r, hr); got += r;
+        l = sizeof ti; memset(ti, 0, sizeof ti);
+        if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &l) == 0) {
+            if (ti[1] > max_ca) max_ca = ti[1];
+            if (ti32(ti, 32) > max_lost) max_lost = ti32(ti, 32);
+            if (ti32(ti, 28) > max_sacked) max_sacked = ti32(ti, 28);
+            if (ti32(ti, 36) > max_retrans) max_retrans = ti32(ti, 36);
+        }
+    }
+    l = sizeof ti; memset(ti, 0, sizeof ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &l) != 0) { perror("getsockopt"); return 1; }
+    printf("written=%ld\nechoed=%ld\necho_hash_ok=%d\nlen=%u\n", sent + 9, got, hw == hr, (unsigned)l);
+    printf("max_ca_state=%u\nmax_lost=%u\nmax_sacked=%u\nmax_retrans=%u\n", max_ca, max_lost, max_sacked, max_retrans);
+    printf("state=%u\nca_state=%u\nretransmits=%u\nprobes=%u\nbackoff=%u\noptions=%u\n", ti[0], ti[1], ti[2], ti[3], ti[4], ti[5]);
+    static const struct { const char *k; int off; } f32[] = {
+        {"rto", 8}, {"snd_mss", 16}, {"unacked", 24}, {"sacked", 28}, {"lost", 32}, {"retrans", 36},
+        {"last_data_sent", 44}, {"last_data_recv", 52}, {"last_ack_recv", 56}, {"rcv_ssthresh", 64},
+        {"rtt", 68}, {"rttvar", 72}, {"snd_ssthresh", 76}, {"snd_cwnd", 80}, {"reordering", 88},
+        {"rcv_space", 96}, {"total_retrans", 100}, {"notsent_bytes", 144}, {"min_rtt", 148},
+        {"snd_wnd", 228}, {"rcv_wnd", 232}, {"total_rto_time", 244}};
+    for (size_t k = 0; k < sizeof f32 / sizeof f32[0]; k++) printf("%s=%u\n", f32[k].k, ti32(ti, f32[k].off));
+    static const struct { const char *k; int off; } f64[] = {
+        {"pacing_rate", 104}, {"bytes_acked", 120}, {"bytes_received", 128}, {"delivery_rate", 160},
+        {"bytes_sent", 200}, {"bytes_retrans", 208}};
+    for (size_t k = 0; k < sizeof f64 / sizeof f64[0]; k++) printf("%s=%llu\n", f64[k].k, (unsigned long long)ti64(ti, f64[k].off));
+    uint16_t rto[2]; memcpy(rto, ti + 240, 4);
+    printf("total_rto=%u\ntotal_rto_recoveries=%u\n", rto[0], rto[1]);
+    fflush(stdout);
+    shutdown(fd, SHUT_WR);
+    char tail[1024]; size_t t = 0;
+    for (;;) { ssize_t k = read(fd, tail + t, sizeof tail - 1 - t); if (k <= 0) break; t += k; if (t == sizeof tail - 1) break; }
+    tail[t] = 0;
+    printf("%s", tail);
+    close(fd);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "peer")) return run_peer(atoi(argv[2]));
+    if (argc == 5 && !strcmp(argv[1], "info")) {
+        peer_addr = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
+        inet_pton(AF_INET, argv[2], &peer_addr.sin_addr);
+        return run_info(atol(argv[4]));
+    }
     if (argc != 6 || strcmp(argv[1], "run")) {
-        fprintf(stderr, "usage: conform peer PORT | conform run PEER_IP PEER_PORT CLOSED_PORT LISTEN_PORT\n");
+        fprintf(stderr, "usage: conform peer PORT | conform run PEER_IP PEER_PORT CLOSED_PORT LISTEN_PORT | conform info PEER_IP PEER_PORT BYTES\n");
         return 2;
     }
     signal(SIGPIPE, on_sigpipe);

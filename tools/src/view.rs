@@ -138,7 +138,25 @@ pub fn flow_json(f: &Flow) -> Value {
         "ooo_intervals": f.ooo_intervals,
         "flags": f.flags,
         "remote_mac": f.remote_mac,
+        "ca_state": f.ca_state,
+        "min_rtt_us": f.min_rtt_us,
+        "total_rto": f.total_rto,
+        "rto_recoveries": f.rto_recoveries,
+        "sacked": f.sacked,
+        "lost": f.lost,
     })
+}
+
+/// Linux's name of a `TCP_CA_*` state (as `ss -i` would not show, but `tcp_info` has).
+fn ca_state_name(s: u32) -> &'static str {
+    match s {
+        0 => "open",
+        1 => "disorder",
+        2 => "cwr",
+        3 => "recovery",
+        4 => "loss",
+        _ => "unknown",
+    }
 }
 
 fn pct(part: u32, whole: u32) -> String {
@@ -195,6 +213,18 @@ pub fn flow_detail(f: &Flow) -> String {
                 ),
             ),
             ("retransmits".into(), f.retransmits.to_string()),
+            (
+                "loss".into(),
+                format!(
+                    "ca_state {} min_rtt {} us, {} timeouts ({} recoveries), sacked {} lost {} segments",
+                    ca_state_name(f.ca_state),
+                    f.min_rtt_us,
+                    f.total_rto,
+                    f.rto_recoveries,
+                    f.sacked,
+                    f.lost
+                ),
+            ),
             ("dupacks".into(), f.dupacks.to_string()),
             ("rx_bytes".into(), f.rx_bytes.to_string()),
             ("tx_bytes".into(), f.tx_bytes.to_string()),
@@ -805,6 +835,15 @@ mod tests {
     }
 
     #[test]
+    fn flow_detail_and_json_show_loss_recovery() {
+        let f = Flow { ca_state: 4, min_rtt_us: 40, total_rto: 3, rto_recoveries: 2, sacked: 5, lost: 1, ..flow(1, "ESTABLISHED", 10) };
+        let d = flow_detail(&f);
+        assert!(d.contains("ca_state loss min_rtt 40 us, 3 timeouts (2 recoveries), sacked 5 lost 1 segments"), "{d}");
+        let j = flow_json(&f);
+        assert_eq!((j["ca_state"].as_u64(), j["min_rtt_us"].as_u64(), j["lost"].as_u64()), (Some(4), Some(40), Some(1)));
+    }
+
+    #[test]
     fn core_cycles_ratios_and_dashes_before_traffic() {
         let idle = Core::default();
         assert_eq!(
@@ -902,7 +941,7 @@ mod tests {
         }
         assert_eq!(v["id"], 7);
         assert_eq!(v["rx_bytes"], 5);
-        assert_eq!(v.as_object().unwrap().len(), 34);
+        assert_eq!(v.as_object().unwrap().len(), 40);
         let c = Counter {
             name: "rx_frames".into(),
             value: 3,

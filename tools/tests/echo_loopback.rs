@@ -220,13 +220,11 @@ impl Loopback {
             }
             ControlRequest::Accepted { .. } => {}
             // No TCP here: nothing to report (the "found" bit stays clear).
-            ControlRequest::Info { token, .. } => self.sp(
-                app,
-                SpEvent::Info {
-                    token,
-                    info: Default::default(),
-                },
-            ),
+            ControlRequest::Info { token, .. } => {
+                for ev in tas_proto::shm::ConnInfo::default().events(token) {
+                    self.sp(app, ev);
+                }
+            }
             // No processes share connections here.
             ControlRequest::Forked { .. } => {}
             ControlRequest::Adopt { token, .. } | ControlRequest::Release { token, .. } => self.sp(

@@ -556,6 +556,103 @@ fn result(what: &str, summary: &Value, fwd: &Value) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// TCP_INFO under loss: the shim's values against known quantities and the kernel's own
+// ---------------------------------------------------------------------------------------------
+
+/// Port of the conformance program's kernel peer in B (`conform peer`).
+const INFO_PEER_PORT: u16 = 9400;
+/// Bytes echoed in [`tcp_info_under_loss_is_real`].
+const INFO_BYTES: u64 = 4_000_000;
+
+/// `key=value` lines of `conform info` as numbers.
+fn info_values(text: &str) -> std::collections::HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .filter_map(|(k, v)| v.trim().parse::<u64>().ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
+
+/// `conform info` (tools/conformance/conform.c) echoes 4 MB through a kernel peer in B
+/// across the forwarder with 2 % loss each way, once on the kernel's sockets and once under
+/// the LD_PRELOAD shim on tasd, and prints TCP_INFO at the end and the peer's own (kernel)
+/// TCP_INFO after the client's FIN. The shim's values must be real: retransmissions and
+/// retransmitted bytes counted, the bytes sent once equal to what was written and to what
+/// the kernel peer received, the recovery over (ca_state open, nothing unacknowledged, lost
+/// or SACKed), min_rtt <= rtt, the last arrival recent, the peer's window positive and
+/// within its largest receive buffer.
+#[test]
+#[ignore = "needs root and veth: run with cargo test -- --ignored"]
+fn tcp_info_under_loss_is_real() {
+    let bed = Bed::up("tcpinfo");
+    let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance/conform.c");
+    let bin = bed.run_dir.join("conform");
+    let out = Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).arg("-lpthread").output().expect("gcc");
+    assert!(out.status.success(), "gcc failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let bin = bin.to_str().expect("utf-8 path").to_string();
+    bed.start_forwarder(&["--seed", "3", "--loss", "0.02"]);
+    let port = INFO_PEER_PORT.to_string();
+    let peer = bed.spawn(&bed.ns_b.clone(), "conform-peer", &[&bin, "peer", &port], &[]);
+    sleep(Duration::from_millis(300));
+    assert!(bed.exited(peer).is_none(), "the conformance peer exited");
+    let bytes = INFO_BYTES.to_string();
+    let cmd = [bin.as_str(), "info", IP_B, &port, &bytes];
+    let kernel = bed.run(&bed.ns_a.clone(), "info-kernel", &cmd, Duration::from_secs(120));
+    kernel.assert_success();
+    let k = info_values(&kernel.stdout);
+    bed.start_tasd();
+    let lib = bed.paths.tasd.parent().expect("bin dir").join("libtas_preload.so");
+    assert!(lib.is_file(), "{} not found: build it with `cargo build --release --workspace`", lib.display());
+    let sock = bed.app_socket();
+    let fail = std::path::PathBuf::from("fail");
+    let env: [(&str, &std::path::Path); 3] = [("LD_PRELOAD", &lib), ("TAS_SOCKET", &sock), ("TAS_PRELOAD_FALLBACK", &fail)];
+    let before = bed.kernel_tcp_counters_a();
+    let shim = bed.run_env(&bed.ns_a.clone(), "info-shim", &cmd, &env, Duration::from_secs(120));
+    shim.assert_success();
+    bed.assert_kernel_a_did_no_tcp(&before);
+    let s = info_values(&shim.stdout);
+    let fwd = bed.stop_forwarder();
+    let keys = [
+        "ca_state", "total_retrans", "bytes_sent", "bytes_retrans", "total_rto", "total_rto_recoveries", "total_rto_time",
+        "rtt", "min_rtt", "rto", "snd_cwnd", "snd_ssthresh", "snd_wnd", "rcv_wnd", "delivery_rate", "last_data_recv",
+        "last_ack_recv", "max_ca_state", "max_lost", "max_sacked", "peer_bytes_received", "peer_rcv_wnd",
+    ];
+    for key in keys {
+        eprintln!("tcp-info: {key:>22}  kernel {:>12}  shim {:>12}", k.get(key).copied().unwrap_or(0), s.get(key).copied().unwrap_or(0));
+    }
+    eprintln!("tcp-info: forwarder a2b lost {} b2a lost {}", fwd["a2b"]["lost"], fwd["b2a"]["lost"]);
+    let v = |key: &str| *s.get(key).unwrap_or_else(|| panic!("no {key} in the shim's output:\n{}", shim.stdout));
+    let written = v("written");
+    // The transfer itself: every byte echoed, hash-checked.
+    assert_eq!((v("echoed"), v("echo_hash_ok")), (INFO_BYTES, 1), "{}", shim.stdout);
+    assert_eq!(v("len"), k["len"], "the kernel's struct length");
+    assert_eq!(v("state"), 1, "ESTABLISHED");
+    // Loss was seen and repaired.
+    assert!(v("total_retrans") > 0 && v("bytes_retrans") > 0, "2 % loss: retransmissions counted\n{}", shim.stdout);
+    assert_eq!(v("bytes_sent") - v("bytes_retrans"), written, "bytes sent once = bytes written (all acknowledged)");
+    assert_eq!(v("bytes_acked"), written + 1, "bytes acknowledged (+ the SYN, as Linux)");
+    assert_eq!(v("peer_bytes_received"), written + 1, "the kernel peer received every byte (+ our FIN)");
+    assert!(v("bytes_retrans") < written / 4, "{}", shim.stdout);
+    assert!(v("total_rto_recoveries") <= v("total_rto"), "{}", shim.stdout);
+    assert_eq!(
+        (v("ca_state"), v("unacked"), v("notsent_bytes"), v("lost"), v("sacked"), v("retrans"), v("backoff")),
+        (0, 0, 0, 0, 0, 0, 0),
+        "recovery over after the echo came back: {}",
+        shim.stdout
+    );
+    // Times and windows.
+    assert!(v("rtt") > 0 && v("rtt") < 1_000_000, "{}", shim.stdout);
+    assert!(v("min_rtt") > 0 && v("min_rtt") <= v("rtt"), "{}", shim.stdout);
+    assert!(v("rto") >= 200_000, "{}", shim.stdout);
+    assert!(v("last_data_recv") < 1_000 && v("last_ack_recv") < 1_000, "just read: {}", shim.stdout);
+    let rmem = bed.capture_ok(&["ip", "netns", "exec", &bed.ns_b, "cat", "/proc/sys/net/ipv4/tcp_rmem"]);
+    let rmem_max: u64 = rmem.split_whitespace().nth(2).and_then(|x| x.parse().ok()).expect("tcp_rmem");
+    assert!(v("snd_wnd") > 0 && v("snd_wnd") <= rmem_max, "the peer's window within its buffer {rmem_max}: {}", shim.stdout);
+    assert!(v("rcv_wnd") > 0 && v("delivery_rate") > 0 && v("snd_cwnd") > 0, "{}", shim.stdout);
+    // The kernel under the same loss counted retransmissions too (the comparison above).
+    assert!(k["total_retrans"] > 0, "the kernel's run saw no loss?\n{}", kernel.stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The test bed: three namespaces (common::Bed), the forwarder, tasd, peers
 // ---------------------------------------------------------------------------------------------
 

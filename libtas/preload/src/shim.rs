@@ -1758,10 +1758,11 @@ fn kernel_tcp_info_len() -> usize {
 /// the application side knows alone.
 const INFO_WAIT: Duration = Duration::from_millis(500);
 
-/// Linux's `struct tcp_info` (include/uapi/linux/tcp.h) from what the stack knows: the
-/// slow path's view (RTT, window, retransmissions, options; at most one congestion
-/// control interval old) and the application side's byte counts. Fields the stack does
-/// not track stay zero (docs/compatibility.md lists them).
+/// Linux's `struct tcp_info` (include/uapi/linux/tcp.h, 6.18 offsets) from what the
+/// stack knows: the service's reply (the fast path's flow state read for the request,
+/// congestion control, loss recovery, the SACK scoreboard; decisions §21) and the
+/// application side's byte counts and arrival times. Fields the stack does not track stay
+/// zero (docs/compatibility.md lists them and where each value comes from).
 fn tcp_info(s: &Arc<Sock>, out: &mut [u8]) -> SysResult<usize> {
     let (state, conn, home, (rx_off, tx_off)) = {
         let mut st = s.state()?;
@@ -1808,6 +1809,7 @@ fn tcp_info(s: &Arc<Sock>, out: &mut [u8]) -> SysResult<usize> {
         let g = home.lock();
         let layout = g.ctx.layout();
         let info = info.filter(|i| i.opts & libtas::tas_proto::shm::INFO_FOUND != 0).unwrap_or_default();
+        let fresh = info.opts & libtas::tas_proto::shm::INFO_FRESH != 0;
         let mss = if info.mss > 0 { info.mss as u32 } else { 1460 };
         let mut opts = 0u8;
         if info.opts & libtas::tas_proto::shm::INFO_TIMESTAMPS != 0 {
@@ -1820,26 +1822,67 @@ fn tcp_info(s: &Arc<Sock>, out: &mut [u8]) -> SysResult<usize> {
             opts |= 4; // TCPI_OPT_WSCALE
             ti[6] = ((info.opts >> 8) & 15) as u8 | (((info.opts >> 12) & 15) as u8) << 4;
         }
+        ti[1] = info.ca_state;
+        ti[2] = info.rto_backoff; // retransmits: timeouts in a row
+        ti[3] = info.probes;
+        ti[4] = info.rto_backoff; // backoff
         ti[5] = opts;
-        if info.rto_ms > 0 {
-            put32(&mut ti, 8, info.rto_ms as u32 * 1000);
+        if info.rto_us > 0 {
+            put32(&mut ti, 8, info.rto_us);
         }
         put32(&mut ti, 16, mss); // snd_mss
         put32(&mut ti, 20, mss); // rcv_mss
-        let outstanding = g.ctx.tx_outstanding(c);
-        put32(&mut ti, 24, outstanding.div_ceil(mss)); // unacked (incl. not yet sent)
+        // unacked: segments sent and not acknowledged (in MSS-sized segments; without
+        // the fast path's state, everything written and not acknowledged).
+        let unacked = if fresh { info.unacked_bytes } else { g.ctx.tx_outstanding(c) };
+        put32(&mut ti, 24, unacked.div_ceil(mss));
+        put32(&mut ti, 28, info.sacked);
+        put32(&mut ti, 32, info.lost);
+        put32(&mut ti, 36, info.retrans);
+        if let Some(d) = g.ctx.since_rx(c) {
+            put32(&mut ti, 52, d.as_millis().min(u32::MAX as u128) as u32); // last_data_recv
+        }
+        if fresh {
+            put32(&mut ti, 56, info.last_ack_recv_ms);
+        }
         put32(&mut ti, 60, mss + 40); // pmtu
-        put32(&mut ti, 64, layout.rx_buf_size); // rcv_ssthresh
+        let rcv_space = if info.rcv_ssthresh > 0 { info.rcv_ssthresh } else { layout.rx_buf_size };
+        put32(&mut ti, 64, rcv_space); // rcv_ssthresh
         put32(&mut ti, 68, info.srtt_us); // rtt
         put32(&mut ti, 72, info.rttvar_us); // rttvar
-        let cwnd = if info.cwnd == u32::MAX { layout.tx_buf_size } else { info.cwnd };
+        if info.snd_ssthresh != u32::MAX && info.snd_ssthresh > 0 {
+            put32(&mut ti, 76, (info.snd_ssthresh / mss).max(2)); // snd_ssthresh, segments
+        }
+        let cwnd = if info.cwnd == u32::MAX || info.cwnd == 0 { layout.tx_buf_size } else { info.cwnd };
         put32(&mut ti, 80, cwnd.div_ceil(mss).max(1)); // snd_cwnd, segments
         put32(&mut ti, 84, mss); // advmss
-        put32(&mut ti, 96, layout.rx_buf_size); // rcv_space
-        put32(&mut ti, 100, info.retransmits); // total_retrans
-        put64(&mut ti, 120, g.ctx.tx_acked(c) + tx_off + 1); // bytes_acked: Linux counts the SYN
+        put32(&mut ti, 96, rcv_space); // rcv_space
+        put32(&mut ti, 100, info.retransmits); // total_retrans (retransmission events)
+        if info.pacing_kbps > 0 {
+            put64(&mut ti, 104, info.pacing_kbps as u64 * 125); // pacing_rate, bytes/s
+        }
+        let acked = g.ctx.tx_acked(c) + tx_off; // counted since the connection began, across moves
+        put64(&mut ti, 120, acked + 1); // bytes_acked: Linux counts the SYN
         put64(&mut ti, 128, g.ctx.rx_total(c) + rx_off); // bytes_received
-        put32(&mut ti, 232, layout.rx_buf_size - g.ctx.readable(c).min(layout.rx_buf_size as usize) as u32); // rcv_wnd
+        if fresh {
+            put32(&mut ti, 144, info.notsent_bytes);
+        }
+        put32(&mut ti, 148, info.min_rtt_us); // min_rtt
+        put64(&mut ti, 160, info.delivery_kbps as u64 * 125); // delivery_rate, bytes/s
+        if fresh {
+            // Bytes sent at least once, modulo 2^32, made whole with the application's
+            // own 64-bit count of acknowledged bytes (at most 4 GiB can be in flight).
+            let first = acked + info.sent_bytes_lo.wrapping_sub(acked as u32) as u64;
+            put64(&mut ti, 200, first + info.retrans_bytes_lo as u64); // bytes_sent, as Linux with retransmissions
+            put64(&mut ti, 208, info.retrans_bytes_lo as u64); // bytes_retrans
+            put32(&mut ti, 228, info.snd_wnd);
+            put32(&mut ti, 232, info.rcv_wnd);
+        } else {
+            put32(&mut ti, 232, layout.rx_buf_size - g.ctx.readable(c).min(layout.rx_buf_size as usize) as u32); // rcv_wnd
+        }
+        ti[240..242].copy_from_slice(&info.total_rto.to_ne_bytes());
+        ti[242..244].copy_from_slice(&info.total_rto_recoveries.to_ne_bytes());
+        put32(&mut ti, 244, info.total_rto_time_ms);
     }
     let n = out.len().min(kernel_tcp_info_len()).min(ti.len());
     out[..n].copy_from_slice(&ti[..n]);
