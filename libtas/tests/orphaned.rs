@@ -18,16 +18,7 @@ const PEER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 4000);
 fn accepted() -> (FakeService, Context, ConnId) {
     let mut svc = FakeService::new(layout(1, 16, 4, 4096, 4096));
     let mut ctx = svc.context();
-    let tok = ctx.listen_start(7000, 16).unwrap();
-    let token = match svc.requests()[..] {
-        [ControlRequest::Listen { token, .. }] => token,
-        ref r => panic!("unexpected requests {r:?}"),
-    };
-    svc.post_sp(SpEvent::ListenOk { token, listener: 1 });
-    let l = ctx.listen_result(tok).unwrap().unwrap();
-    svc.post_sp(SpEvent::Accepted { listener: 1, handle: H, remote_ip: u32::from(*PEER.ip()), remote_port: PEER.port(), local_port: 7000 });
-    let c = ctx.accept(l).unwrap().expect("a connection");
-    svc.requests();
+    let c = common::accept_one(&mut svc, &mut ctx, 7000, H);
     (svc, ctx, c)
 }
 

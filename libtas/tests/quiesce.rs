@@ -5,7 +5,7 @@ mod common;
 
 use common::{layout, FakeService};
 use libtas::{ConnId, Context};
-use tas_proto::shm::{ConnHandle, ControlRequest, Doorbell, SpEvent};
+use tas_proto::shm::{ConnHandle, Doorbell, SpEvent};
 
 const H: ConnHandle = ConnHandle {
     conn: 2,
@@ -16,22 +16,7 @@ const H: ConnHandle = ConnHandle {
 fn setup() -> (FakeService, Context, ConnId) {
     let mut svc = FakeService::new(layout(1, 16, 4, 4096, 4096));
     let mut ctx = svc.context();
-    let tok = ctx.listen_start(6379, 16).unwrap();
-    let token = match svc.requests()[..] {
-        [ControlRequest::Listen { token, .. }] => token,
-        ref r => panic!("unexpected requests {r:?}"),
-    };
-    svc.post_sp(SpEvent::ListenOk { token, listener: 1 });
-    let l = ctx.listen_result(tok).unwrap().unwrap();
-    svc.post_sp(SpEvent::Accepted {
-        listener: 1,
-        handle: H,
-        remote_ip: 0x0a000002,
-        remote_port: 4000,
-        local_port: 6379,
-    });
-    let c = ctx.accept(l).unwrap().expect("a connection");
-    svc.requests();
+    let c = common::accept_one(&mut svc, &mut ctx, 6379, H);
     (svc, ctx, c)
 }
 

@@ -177,3 +177,20 @@ impl FakeService {
         v
     }
 }
+
+/// Listen on `port` and accept one connection from 10.0.0.2:4000 with `handle`, the
+/// service's side played by `svc`; the requests it made are taken.
+#[allow(dead_code)]
+pub fn accept_one(svc: &mut FakeService, ctx: &mut Context, port: u16, handle: tas_proto::shm::ConnHandle) -> libtas::ConnId {
+    let tok = ctx.listen_start(port, 16).unwrap();
+    let token = match svc.requests()[..] {
+        [ControlRequest::Listen { token, .. }] => token,
+        ref r => panic!("unexpected requests {r:?}"),
+    };
+    svc.post_sp(SpEvent::ListenOk { token, listener: 1 });
+    let l = ctx.listen_result(tok).unwrap().unwrap();
+    svc.post_sp(SpEvent::Accepted { listener: 1, handle, remote_ip: 0x0a00_0002, remote_port: 4000, local_port: port });
+    let c = ctx.accept(l).unwrap().expect("a connection");
+    svc.requests();
+    c
+}
